@@ -1,0 +1,444 @@
+//! The `ims` command line: qemu-img's verbs and options over the `ims` library.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ims::compare::Comparison;
+use ims::{CreateOptions, Error, ExtentState, Format, OpenOptions, PipelineOptions, Progress, Target};
+
+#[derive(Parser)]
+#[command(name = "ims", version, about = "Read, write, convert and inspect virtual-disk images")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum OutputKind {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ProgressKind {
+    /// A progress bar on the terminal (as -p).
+    Bar,
+    /// One JSON object per line on stderr, for services.
+    Json,
+}
+
+#[derive(clap::Args)]
+struct Input {
+    /// The image's format (probed when not given).
+    #[arg(short = 'f', value_name = "FMT")]
+    format: Option<String>,
+    /// Follow references to other files (backing files, extents, parents) inside DIR only.
+    #[arg(long, value_name = "DIR")]
+    allow_references: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show an image's format, sizes and format-specific details.
+    Info {
+        #[command(flatten)]
+        input: Input,
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputKind,
+        file: PathBuf,
+    },
+    /// Convert an image to another format (DST `-` writes to stdout, for formats that stream).
+    Convert {
+        #[command(flatten)]
+        input: Input,
+        /// The output format.
+        #[arg(short = 'O', value_name = "FMT")]
+        output_format: String,
+        /// Output format options, key=value[,key=value...]; may be repeated.
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+        /// Compress the output (formats that can).
+        #[arg(short = 'c')]
+        compress: bool,
+        /// Draw a progress bar.
+        #[arg(short = 'p')]
+        progress_bar: bool,
+        /// Report progress: `bar` on a terminal, or `json` lines on stderr.
+        #[arg(long, value_enum, value_name = "KIND")]
+        progress: Option<ProgressKind>,
+        /// Worker threads (default: one per core).
+        #[arg(short = 'j', value_name = "N", default_value_t = 0)]
+        threads: usize,
+        src: PathBuf,
+        dst: String,
+    },
+    /// Compare two images' content: exit 0 when identical, 1 when they differ, 2 on error.
+    Compare {
+        /// The first image's format.
+        #[arg(short = 'f', value_name = "FMT")]
+        format_a: Option<String>,
+        /// The second image's format.
+        #[arg(short = 'F', value_name = "FMT")]
+        format_b: Option<String>,
+        /// Strict: images of different sizes differ.
+        #[arg(short = 's')]
+        strict: bool,
+        /// Quiet: print nothing, only the exit code.
+        #[arg(short = 'q')]
+        quiet: bool,
+        #[arg(long, value_name = "DIR")]
+        allow_references: Option<PathBuf>,
+        a: PathBuf,
+        b: PathBuf,
+    },
+    /// Show which ranges of the disk hold data, zeros or nothing.
+    Map {
+        #[command(flatten)]
+        input: Input,
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputKind,
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Compare {
+            format_a,
+            format_b,
+            strict,
+            quiet,
+            allow_references,
+            a,
+            b,
+        } => compare(format_a, format_b, strict, quiet, allow_references, a, b),
+        other => match run(other) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ims: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn open_options(format: Option<&str>, allow_references: Option<PathBuf>) -> ims::Result<OpenOptions> {
+    Ok(OpenOptions {
+        format: format.map(str::parse).transpose()?,
+        allow_references,
+    })
+}
+
+fn run(command: Command) -> ims::Result<()> {
+    match command {
+        Command::Info { input, output, file } => {
+            let image = ims::open(&file, &open_options(input.format.as_deref(), input.allow_references)?)?;
+            let info = image.info();
+            match output {
+                OutputKind::Json => println!("{}", to_json(&info)?),
+                OutputKind::Human => {
+                    println!("image: {}", info.filename);
+                    println!("file format: {}", info.format);
+                    println!(
+                        "virtual size: {} ({} bytes)",
+                        human_size(info.virtual_size),
+                        info.virtual_size
+                    );
+                    println!("disk size: {}", human_size(info.actual_size));
+                    if let Some(fs) = &info.format_specific {
+                        println!("Format specific information:");
+                        if let Some(data) = fs.get("data").and_then(|d| d.as_object()) {
+                            for (k, v) in data {
+                                println!("    {k}: {}", v.to_string().trim_matches('"'));
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Convert {
+            input,
+            output_format,
+            options,
+            compress,
+            progress_bar,
+            progress,
+            threads,
+            src,
+            dst,
+        } => {
+            let out_format: Format = output_format.parse()?;
+            let mut create = CreateOptions {
+                compress,
+                ..Default::default()
+            };
+            for o in &options {
+                create.parse_options(o)?;
+            }
+            let image = ims::open(&src, &open_options(input.format.as_deref(), input.allow_references)?)?;
+            let target = if dst == "-" {
+                if std::io::stdout().is_terminal() {
+                    return Err(Error::InvalidArgument(
+                        "refusing to write an image to a terminal; redirect stdout".into(),
+                    ));
+                }
+                Target::Stdout
+            } else {
+                Target::File(PathBuf::from(&dst))
+            };
+            let writer = ims::create(out_format, target, image.virtual_size(), &create)?;
+            let kind = match (progress, progress_bar) {
+                (Some(k), _) => Some(k),
+                (None, true) => Some(ProgressKind::Bar),
+                (None, false) => None,
+            };
+            let mut reporter = Reporter::new(kind, image.virtual_size());
+            let pipeline = PipelineOptions {
+                threads,
+                ..Default::default()
+            };
+            let result = ims::convert(image, writer, &pipeline, &mut |p| reporter.report(p));
+            reporter.finish();
+            if result.is_err() && dst != "-" {
+                // Leave no half-written image behind.
+                let _ = std::fs::remove_file(&dst);
+            }
+            result
+        }
+        Command::Map { input, output, file } => {
+            let image = ims::open(&file, &open_options(input.format.as_deref(), input.allow_references)?)?;
+            let reader = image.reader().ok_or_else(|| {
+                ims::Error::unsupported(format!(
+                    "{} images can only be read front to back; map needs random access",
+                    image.format()
+                ))
+            })?;
+            let size = reader.virtual_size();
+            let mut stdout = std::io::stdout().lock();
+            let io_err = |e| Error::io("write map", e);
+            if output == OutputKind::Human {
+                writeln!(stdout, "{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to").map_err(io_err)?;
+            }
+            let mut first = true;
+            let mut pos = 0;
+            const WINDOW: u64 = 1 << 30;
+            let mut pending: Option<ims::Extent> = None;
+            // Extents are merged across map windows, as qemu-img prints them.
+            let mut emit = |e: &ims::Extent, out: &mut std::io::StdoutLock| -> ims::Result<()> {
+                match output {
+                    OutputKind::Json => {
+                        let line = map_json(e);
+                        let sep = if first { "[" } else { ",\n" };
+                        first = false;
+                        write!(out, "{sep}{line}").map_err(io_err)
+                    }
+                    OutputKind::Human => {
+                        if let (ExtentState::Data, Some(host)) = (e.state, e.host_offset) {
+                            writeln!(
+                                out,
+                                "{:<16}{:<16}{:<16}{}",
+                                hex(e.start),
+                                hex(e.length),
+                                hex(host),
+                                file.display()
+                            )
+                            .map_err(io_err)?;
+                        }
+                        Ok(())
+                    }
+                }
+            };
+            while pos < size {
+                let len = WINDOW.min(size - pos);
+                for e in reader.map(pos, len)? {
+                    pending = match pending {
+                        Some(p) => match ims::block::merge_extents([p, e]).as_slice() {
+                            [merged] => Some(*merged),
+                            _ => {
+                                emit(&p, &mut stdout)?;
+                                Some(e)
+                            }
+                        },
+                        None => Some(e),
+                    };
+                }
+                pos += len;
+            }
+            if let Some(p) = pending {
+                emit(&p, &mut stdout)?;
+            }
+            if output == OutputKind::Json {
+                writeln!(stdout, "{}]", if first { "[" } else { "" }).map_err(io_err)?;
+            }
+            Ok(())
+        }
+        Command::Compare { .. } => Err(Error::InvalidArgument("compare is run by main".into())),
+    }
+}
+
+/// One line of `map --output json`, with qemu-img's keys in its order.
+fn map_json(e: &ims::Extent) -> String {
+    let (present, zero, data) = match e.state {
+        ExtentState::Data => (true, false, true),
+        ExtentState::Zero => (true, true, false),
+        ExtentState::Unallocated => (false, true, false),
+    };
+    let offset = match e.host_offset {
+        Some(o) => format!(", \"offset\": {o}"),
+        None => String::new(),
+    };
+    format!(
+        "{{ \"start\": {}, \"length\": {}, \"depth\": 0, \"present\": {present}, \"zero\": {zero}, \"data\": {data}, \"compressed\": {}{offset}}}",
+        e.start, e.length, e.compressed
+    )
+}
+
+fn hex(v: u64) -> String {
+    if v == 0 { "0".into() } else { format!("{v:#x}") }
+}
+
+fn to_json(v: &impl serde::Serialize) -> ims::Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::InvalidArgument(format!("JSON output: {e}")))
+}
+
+/// A size as qemu-img prints it: three significant digits and a binary unit.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        return format!("{bytes} B");
+    }
+    let digits = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let s = format!("{value:.digits$}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    };
+    format!("{s} {}", UNITS[unit])
+}
+
+/// Draws progress as a bar or as JSON lines.
+struct Reporter {
+    bar: Option<indicatif::ProgressBar>,
+    json: bool,
+    last_percent: Option<u64>,
+}
+
+impl Reporter {
+    fn new(kind: Option<ProgressKind>, total: u64) -> Self {
+        let bar = (kind == Some(ProgressKind::Bar) && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Reporter {
+            bar,
+            json: kind == Some(ProgressKind::Json),
+            last_percent: None,
+        }
+    }
+
+    fn report(&mut self, p: Progress) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(p.done);
+        }
+        if self.json {
+            let percent = (p.done as u128 * 100).checked_div(p.total as u128).unwrap_or(100) as u64;
+            if self.last_percent != Some(percent) {
+                self.last_percent = Some(percent);
+                eprintln!(
+                    "{{\"done\": {}, \"total\": {}, \"percent\": {percent}}}",
+                    p.done, p.total
+                );
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
+
+fn compare(
+    format_a: Option<String>,
+    format_b: Option<String>,
+    strict: bool,
+    quiet: bool,
+    allow_references: Option<PathBuf>,
+    a: PathBuf,
+    b: PathBuf,
+) -> ExitCode {
+    let result = (|| -> ims::Result<Comparison> {
+        let ia = ims::open(&a, &open_options(format_a.as_deref(), allow_references.clone())?)?;
+        let ib = ims::open(&b, &open_options(format_b.as_deref(), allow_references)?)?;
+        let piece = 2 << 20;
+        let mut sa = ia.into_source().into_stream(piece);
+        let mut sb = ib.into_source().into_stream(piece);
+        ims::compare::compare(&mut sa, &mut sb, strict)
+    })();
+    match result {
+        Ok(Comparison::Identical { size_mismatch }) => {
+            if !quiet {
+                if size_mismatch {
+                    println!("Warning: Image size mismatch!");
+                }
+                println!("Images are identical.");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Comparison::Differ { offset }) => {
+            if !quiet {
+                println!("Content mismatch at offset {}!", offset / 512 * 512);
+            }
+            ExitCode::from(1)
+        }
+        Ok(Comparison::SizeMismatch) => {
+            if !quiet {
+                println!("Strict mode: Image size mismatch!");
+            }
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("ims: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_print_like_qemu_img() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1 << 30), "1 GiB");
+        assert_eq!(human_size(10000000), "9.54 MiB");
+        assert_eq!(human_size(3 << 20), "3 MiB");
+        assert_eq!(human_size(150 << 20), "150 MiB");
+        assert_eq!(human_size(64 << 30), "64 GiB");
+    }
+}

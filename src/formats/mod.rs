@@ -1,0 +1,81 @@
+//! The image formats. Each one lives in its own module and talks to the rest of the crate only
+//! through the traits in [`crate::block`].
+
+pub mod raw;
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// An image format ims reads or writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Raw,
+    Qcow2,
+    Vmdk,
+    /// Microsoft's Virtual Hard Disk (qemu-img calls it `vpc`).
+    Vhd,
+    /// Huawei Cloud's stream-compressed VHD.
+    Zvhd,
+    /// Huawei Cloud's block-compressed, indexed VHD.
+    Zvhd2,
+}
+
+impl Format {
+    pub const ALL: [Format; 6] = [
+        Format::Raw,
+        Format::Qcow2,
+        Format::Vmdk,
+        Format::Vhd,
+        Format::Zvhd,
+        Format::Zvhd2,
+    ];
+
+    /// The name used on the command line and in `info`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+            Format::Vmdk => "vmdk",
+            Format::Vhd => "vhd",
+            Format::Zvhd => "zvhd",
+            Format::Zvhd2 => "zvhd2",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Format {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "vpc" => Ok(Format::Vhd),
+            _ => Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown image format '{s}' (known: raw, qcow2, vmdk, vhd or vpc, zvhd, zvhd2)"
+                ))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_vpc_is_vhd() {
+        for f in Format::ALL {
+            assert_eq!(f.name().parse::<Format>().unwrap(), f);
+        }
+        assert_eq!("vpc".parse::<Format>().unwrap(), Format::Vhd);
+        assert!("vhdx".parse::<Format>().is_err());
+    }
+}

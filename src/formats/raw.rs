@@ -1,0 +1,207 @@
+//! Raw images: the disk's bytes, one for one. Holes in the file are the zero ranges.
+
+use std::fs::File;
+use std::io;
+
+use rustix::fs::{SeekFrom, seek};
+
+use crate::block::{BlockReader, BlockWriter, Extent, ExtentState, Piece, check_range, push_extent};
+use crate::error::{Error, Result};
+use crate::io::{AppendSink, file_length};
+
+/// Reads a raw image file; `map` asks the file system where the holes are.
+pub struct RawReader {
+    file: File,
+    size: u64,
+}
+
+impl RawReader {
+    pub fn new(file: File) -> Result<Self> {
+        let size = file_length(&file)?;
+        Ok(RawReader { file, size })
+    }
+}
+
+/// The next offset at or after `pos` where the file has data (`hole = false`) or a hole
+/// (`hole = true`), or `None` when the file system cannot tell.
+fn seek_extent(file: &File, pos: u64, hole: bool) -> Option<std::result::Result<u64, rustix::io::Errno>> {
+    let whence = if hole { SeekFrom::Hole(pos) } else { SeekFrom::Data(pos) };
+    match seek(file, whence) {
+        Ok(p) => Some(Ok(p)),
+        // EINVAL: the file system does not support SEEK_DATA/SEEK_HOLE.
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+impl BlockReader for RawReader {
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        // The file may have shrunk since it was opened; what is gone reads as zeros.
+        let n = crate::io::read_up_to_at(&self.file, buf, offset)?;
+        buf[n..].fill(0);
+        Ok(())
+    }
+
+    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size);
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let data_start = match seek_extent(&self.file, pos, false) {
+                // No hole information: everything left is data.
+                None => {
+                    push_extent(&mut out, data_extent(pos, end - pos, ExtentState::Data));
+                    break;
+                }
+                Some(Ok(p)) => p.clamp(pos, end),
+                // ENXIO: no data after pos.
+                Some(Err(rustix::io::Errno::NXIO)) => end,
+                Some(Err(e)) => return Err(Error::io("seek data", io::Error::from(e))),
+            };
+            push_extent(&mut out, data_extent(pos, data_start - pos, ExtentState::Zero));
+            if data_start >= end {
+                break;
+            }
+            let hole_start = match seek_extent(&self.file, data_start, true) {
+                None | Some(Err(rustix::io::Errno::NXIO)) => end,
+                Some(Ok(p)) => p.clamp(data_start + 1, end),
+                Some(Err(e)) => return Err(Error::io("seek hole", io::Error::from(e))),
+            };
+            push_extent(&mut out, data_extent(data_start, hole_start - data_start, ExtentState::Data));
+            pos = hole_start;
+        }
+        Ok(out)
+    }
+
+    fn format_specific(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// An extent of a raw file, which lies at the same offset in the file as on the disk.
+fn data_extent(start: u64, length: u64, state: ExtentState) -> Extent {
+    Extent {
+        host_offset: Some(start),
+        ..Extent::new(start, length, state)
+    }
+}
+
+/// Writes a raw image to any append-only sink; zero runs become holes in a file.
+pub struct RawWriter<S: AppendSink> {
+    sink: S,
+    size: u64,
+}
+
+impl<S: AppendSink> RawWriter<S> {
+    pub fn new(sink: S, size: u64) -> Self {
+        RawWriter { sink, size }
+    }
+}
+
+/// Zero runs shorter than this are written as data: qemu-img's default `-S` (sparse size).
+const SPARSE_UNIT: u64 = 4096;
+
+impl<S: AppendSink> BlockWriter for RawWriter<S> {
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn unit_size(&self) -> u64 {
+        SPARSE_UNIT
+    }
+
+    fn write_piece(&mut self, piece: Piece) -> Result<()> {
+        if piece.offset() != self.sink.position() {
+            return Err(Error::InvalidArgument(format!(
+                "raw writer got a piece at {} while at {}",
+                piece.offset(),
+                self.sink.position()
+            )));
+        }
+        match piece {
+            Piece::Data { data, .. } => self.sink.append(&data),
+            Piece::Zero { length, .. } => self.sink.append_zeros(length),
+            Piece::Encoded { .. } => Err(Error::InvalidArgument("raw images hold no encoded units".into())),
+        }
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        if self.sink.position() != self.size {
+            return Err(Error::InvalidArgument(format!(
+                "raw writer finished at {} of {} bytes",
+                self.sink.position(),
+                self.size
+            )));
+        }
+        self.sink.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn map_finds_data_between_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.raw");
+        let f = File::create(&path).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(&[1u8; 1 << 20], 8 << 20).unwrap();
+        f.write_all_at(b"end", (64 << 20) - 3).unwrap();
+        drop(f);
+        let r = RawReader::new(File::open(&path).unwrap()).unwrap();
+        let map = r.map(0, r.virtual_size()).unwrap();
+        crate::block::check_map(&map, 0, 64 << 20).unwrap();
+        let data: Vec<_> = map.iter().filter(|e| e.state == ExtentState::Data).collect();
+        // The file system may round data to its block size, but must find both pieces.
+        assert_eq!(data.len(), 2, "{map:?}");
+        assert!(data[0].start <= 8 << 20 && data[0].end() >= 9 << 20);
+        assert_eq!(data[1].end(), 64 << 20);
+        let mut buf = [0u8; 3];
+        r.read_at(&mut buf, (64 << 20) - 3).unwrap();
+        assert_eq!(&buf, b"end");
+        assert!(r.read_at(&mut buf, (64 << 20) - 2).is_err());
+    }
+
+    #[test]
+    fn writer_keeps_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.raw");
+        let sink = crate::io::FileSink::create(&path).unwrap();
+        let mut w: Box<dyn BlockWriter> = Box::new(RawWriter::new(sink, 3 << 20));
+        w.write_piece(Piece::Zero { offset: 0, length: 1 << 20 }).unwrap();
+        w.write_piece(Piece::Data {
+            offset: 1 << 20,
+            data: bytes::Bytes::from(vec![7u8; 1 << 20]),
+        })
+        .unwrap();
+        w.write_piece(Piece::Zero {
+            offset: 2 << 20,
+            length: 1 << 20,
+        })
+        .unwrap();
+        w.finish().unwrap();
+        let back = std::fs::read(&path).unwrap();
+        assert_eq!(back.len(), 3 << 20);
+        assert!(back[..1 << 20].iter().all(|&b| b == 0));
+        assert!(back[1 << 20..2 << 20].iter().all(|&b| b == 7));
+        let r = RawReader::new(File::open(&path).unwrap()).unwrap();
+        let map = r.map(0, 3 << 20).unwrap();
+        assert_eq!(map.iter().filter(|e| e.state == ExtentState::Data).count(), 1);
+    }
+
+    #[test]
+    fn writer_refuses_out_of_order_pieces() {
+        let mut out = Vec::new();
+        let sink = crate::io::PipeSink::new(&mut out);
+        let mut w = RawWriter::new(sink, 1024);
+        assert!(w.write_piece(Piece::Zero { offset: 512, length: 512 }).is_err());
+    }
+}

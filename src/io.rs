@@ -1,0 +1,316 @@
+//! Positional reads and the sinks writers write to.
+//!
+//! Readers use positional reads (`pread`) so many threads can read one file at once. Writers
+//! write either to a [`FileSink`] (random access; zero runs become holes and the final length is
+//! set at the end) or, when their format allows it, to any [`AppendSink`] such as a pipe.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Reads exactly `buf.len()` bytes at `offset`; a read past the end of the file is a
+/// [`Error::Truncated`] naming `structure`.
+pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, structure: &'static str) -> Result<()> {
+    match file.read_exact_at(buf, offset) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            let available = file.metadata().map(|m| m.len()).unwrap_or(0);
+            Err(Error::truncated(structure, offset, buf.len() as u64, available))
+        }
+        Err(e) => Err(Error::io("read", e)),
+    }
+}
+
+/// Reads up to `buf.len()` bytes at `offset`, returning how many there were before the end of
+/// the file.
+pub fn read_up_to_at(file: &File, buf: &mut [u8], offset: u64) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", e)),
+        }
+    }
+    Ok(done)
+}
+
+/// The length of an open file or block device.
+pub fn file_length(file: &File) -> Result<u64> {
+    let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
+    if meta.is_dir() {
+        return Err(Error::InvalidArgument("is a directory, not an image file".into()));
+    }
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    // Block devices report length 0 in metadata; ask where their end is.
+    use std::io::Seek;
+    let mut handle = file;
+    handle.seek(io::SeekFrom::End(0)).map_err(|e| Error::io("seek to end", e))
+}
+
+/// Opens an image file for reading, with an error that names it.
+pub fn open_input(path: &Path) -> Result<File> {
+    let file = File::open(path).map_err(|e| Error::io("open", e).in_file(path))?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", e).in_file(path))?;
+    if meta.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: is a directory, not an image file",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// An output that is written front to back.
+pub trait AppendSink: Send {
+    /// Appends bytes.
+    fn append(&mut self, data: &[u8]) -> Result<()>;
+    /// Appends `len` zero bytes (a hole where the sink can make one).
+    fn append_zeros(&mut self, len: u64) -> Result<()>;
+    /// Bytes appended so far.
+    fn position(&self) -> u64;
+    /// Flushes; a file sink also sets its length to the position.
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// A regular output file: positional writes, holes for zero runs, length set at the end.
+pub struct FileSink {
+    file: File,
+    /// The file's name, for errors.
+    path: Option<std::path::PathBuf>,
+    pos: u64,
+    /// Whether `finish` syncs the data to stable storage.
+    durable: bool,
+}
+
+impl FileSink {
+    /// Creates (or truncates) the file at `path`.
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io("create", e).in_file(path))?;
+        Ok(FileSink {
+            file,
+            path: Some(path.to_path_buf()),
+            pos: 0,
+            durable: false,
+        })
+    }
+
+    /// Wraps a file that is already open for writing.
+    pub fn from_file(file: File) -> Self {
+        FileSink {
+            file,
+            path: None,
+            pos: 0,
+            durable: false,
+        }
+    }
+
+    /// Makes `finish` sync the file to stable storage.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Writes `data` at `offset` without moving the append position.
+    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| self.name(Error::io("write", e)))
+    }
+
+    /// Names the output file in an error.
+    fn name(&self, e: Error) -> Error {
+        match &self.path {
+            Some(p) => e.in_file(p),
+            None => e,
+        }
+    }
+
+    /// Moves the append position (the file's length at `finish`).
+    pub fn set_position(&mut self, pos: u64) {
+        self.pos = pos;
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl AppendSink for FileSink {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.write_at(data, self.pos)?;
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    fn append_zeros(&mut self, len: u64) -> Result<()> {
+        // The file was created empty, so skipping leaves a hole that reads as zeros.
+        self.pos = self
+            .pos
+            .checked_add(len)
+            .ok_or_else(|| Error::InvalidArgument("output too large".into()))?;
+        Ok(())
+    }
+
+    fn position(&self) -> u64 {
+        self.pos
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.file
+            .set_len(self.pos)
+            .map_err(|e| self.name(Error::io("set length of", e)))?;
+        if self.durable {
+            self.file.sync_all().map_err(|e| self.name(Error::io("sync", e)))?;
+        }
+        Ok(())
+    }
+}
+
+/// A buffered stream that can only be appended to: a pipe, stdout, a socket.
+pub struct PipeSink<W: Write + Send> {
+    out: io::BufWriter<W>,
+    pos: u64,
+}
+
+impl<W: Write + Send> PipeSink<W> {
+    pub fn new(out: W) -> Self {
+        PipeSink {
+            out: io::BufWriter::with_capacity(1 << 20, out),
+            pos: 0,
+        }
+    }
+}
+
+impl PipeSink<io::Stdout> {
+    /// A sink on the process's standard output.
+    pub fn stdout() -> Self {
+        PipeSink::new(io::stdout())
+    }
+}
+
+/// A page of zeros to write zero runs from.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+impl<W: Write + Send> AppendSink for PipeSink<W> {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.out.write_all(data).map_err(|e| Error::io("write to output stream", e))?;
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    fn append_zeros(&mut self, mut len: u64) -> Result<()> {
+        while len > 0 {
+            let n = len.min(ZEROS.len() as u64) as usize;
+            self.append(&ZEROS[..n])?;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+
+    fn position(&self) -> u64 {
+        self.pos
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.out.flush().map_err(|e| Error::io("flush output stream", e))
+    }
+}
+
+/// Either kind of sink behind one type, for writers that only append.
+pub enum Output {
+    File(FileSink),
+    Stream(Box<dyn AppendSink>),
+}
+
+impl AppendSink for Output {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        match self {
+            Output::File(f) => f.append(data),
+            Output::Stream(s) => s.append(data),
+        }
+    }
+    fn append_zeros(&mut self, len: u64) -> Result<()> {
+        match self {
+            Output::File(f) => f.append_zeros(len),
+            Output::Stream(s) => s.append_zeros(len),
+        }
+    }
+    fn position(&self) -> u64 {
+        match self {
+            Output::File(f) => f.position(),
+            Output::Stream(s) => s.position(),
+        }
+    }
+    fn finish(&mut self) -> Result<()> {
+        match self {
+            Output::File(f) => f.finish(),
+            Output::Stream(s) => s.finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_sink_leaves_holes_and_sets_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut sink = FileSink::create(&path).unwrap();
+        sink.append(b"head").unwrap();
+        sink.append_zeros(64 << 20).unwrap();
+        sink.append(b"tail").unwrap();
+        sink.append_zeros(100).unwrap();
+        sink.finish().unwrap();
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(data.len(), 4 + (64 << 20) + 4 + 100);
+        assert_eq!(&data[..4], b"head");
+        assert_eq!(&data[4 + (64 << 20)..][..4], b"tail");
+        use std::os::unix::fs::MetadataExt;
+        let blocks = std::fs::metadata(&path).unwrap().blocks();
+        assert!(blocks * 512 < 1 << 20, "output is not sparse: {blocks} blocks");
+    }
+
+    #[test]
+    fn pipe_sink_writes_zeros() {
+        let mut buf = Vec::new();
+        {
+            let mut sink = PipeSink::new(&mut buf);
+            sink.append(b"a").unwrap();
+            sink.append_zeros(70000).unwrap();
+            sink.append(b"b").unwrap();
+            assert_eq!(sink.position(), 70002);
+            sink.finish().unwrap();
+        }
+        assert_eq!(buf.len(), 70002);
+        assert!(buf[1..70001].iter().all(|&b| b == 0));
+        assert_eq!(buf[70001], b'b');
+    }
+
+    #[test]
+    fn short_read_is_truncated_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"12345").unwrap();
+        let f = File::open(&path).unwrap();
+        let mut buf = [0u8; 8];
+        let e = read_exact_at(&f, &mut buf, 0, "header").unwrap_err();
+        assert_eq!(e.kind(), "truncated");
+        assert_eq!(read_up_to_at(&f, &mut buf, 2).unwrap(), 3);
+    }
+}

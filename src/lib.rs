@@ -1,0 +1,284 @@
+//! `ims` reads, writes and converts virtual-disk images (raw, QCOW2, VMDK, VHD, ZVHD, ZVHD2).
+//!
+//! Every format is, to the rest of the crate, a disk of `virtual_size` bytes (see [`block`]).
+//! [`open`] probes and opens an image, [`create`] makes a writer for an output format, and
+//! [`convert`] copies one into the other through the parallel pipeline in [`convert`](mod@convert).
+//!
+//! ```
+//! use ims::{CreateOptions, Format, OpenOptions, Target};
+//! # fn main() -> ims::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let src = dir.path().join("disk.raw");
+//! # std::fs::write(&src, vec![7u8; 1 << 20]).unwrap();
+//! let image = ims::open(&src, &OpenOptions::default())?;
+//! assert_eq!(image.format(), Format::Raw);
+//! let out = dir.path().join("copy.raw");
+//! let writer = ims::create(Format::Raw, Target::File(out.clone()), image.virtual_size(), &CreateOptions::default())?;
+//! ims::convert(image, writer, &Default::default(), &mut |_progress| {})?;
+//! assert_eq!(std::fs::read(&out).unwrap(), vec![7u8; 1 << 20]);
+//! # Ok(()) }
+//! ```
+
+pub mod block;
+pub mod compare;
+pub mod convert;
+pub mod error;
+pub mod formats;
+pub mod io;
+pub mod probe;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use block::{BlockReader, BlockWriter, Chunk, ChunkStream, Extent, ExtentState, Piece};
+pub use convert::{PipelineOptions, Progress, Source};
+pub use error::{Error, ReferenceKind, Result};
+pub use formats::Format;
+
+use formats::raw::{RawReader, RawWriter};
+use io::{AppendSink, FileSink, Output};
+
+/// How to open an image.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// The format, when the caller knows it; otherwise it is probed.
+    pub format: Option<Format>,
+    /// The one directory inside which references to other files (backing files, extents,
+    /// parents, data files) may be followed. `None` (the default) refuses every reference.
+    pub allow_references: Option<PathBuf>,
+}
+
+/// An opened image: its format and its disk.
+pub struct Image {
+    path: PathBuf,
+    format: Format,
+    source: Source,
+    file_length: u64,
+    allocated: u64,
+}
+
+impl Image {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn virtual_size(&self) -> u64 {
+        self.source.virtual_size()
+    }
+
+    /// The image file's length in bytes.
+    pub fn file_length(&self) -> u64 {
+        self.file_length
+    }
+
+    /// The random-access reader, for formats that have one.
+    pub fn reader(&self) -> Option<Arc<dyn BlockReader>> {
+        match &self.source {
+            Source::Random(r) => Some(r.clone()),
+            Source::Stream(_) => None,
+        }
+    }
+
+    /// The disk as the pipeline's source.
+    pub fn into_source(self) -> Source {
+        self.source
+    }
+
+    /// What `ims info` reports, in qemu-img's JSON shape.
+    pub fn info(&self) -> ImageInfo {
+        let format_specific = match &self.source {
+            Source::Random(r) => r.format_specific(),
+            Source::Stream(s) => s.format_specific(),
+        };
+        ImageInfo {
+            virtual_size: self.virtual_size(),
+            filename: self.path.display().to_string(),
+            format: self.format.name(),
+            actual_size: self.allocated,
+            format_specific,
+            dirty_flag: false,
+        }
+    }
+}
+
+/// `ims info`'s answer; the field names are qemu-img's.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+    pub filename: String,
+    pub format: &'static str,
+    /// Bytes the file occupies on disk.
+    #[serde(rename = "actual-size")]
+    pub actual_size: u64,
+    #[serde(rename = "format-specific", skip_serializing_if = "Option::is_none")]
+    pub format_specific: Option<serde_json::Value>,
+    #[serde(rename = "dirty-flag")]
+    pub dirty_flag: bool,
+}
+
+/// Opens an image file, probing its format unless `options` names it.
+pub fn open(path: &Path, options: &OpenOptions) -> Result<Image> {
+    let file = io::open_input(path)?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", e).in_file(path))?;
+    let file_length = io::file_length(&file).map_err(|e| e.in_file(path))?;
+    let format = match options.format {
+        Some(f) => f,
+        None => probe::probe_file(&file).map_err(|e| e.in_file(path))?,
+    };
+    let source = match format {
+        Format::Raw => Source::Random(Arc::new(RawReader::new(file).map_err(|e| e.in_file(path))?)),
+        other => {
+            return Err(Error::unsupported(format!("reading {other} images is not implemented yet")).in_file(path));
+        }
+    };
+    use std::os::unix::fs::MetadataExt;
+    Ok(Image {
+        path: path.to_path_buf(),
+        format,
+        source: named(source, path),
+        file_length,
+        allocated: meta.blocks().saturating_mul(512),
+    })
+}
+
+/// Where a writer writes.
+pub enum Target {
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// The process's standard output (only for formats that can be written front to back).
+    Stdout,
+    /// Any append-only sink of the caller's (an upload, a socket).
+    Stream(Box<dyn AppendSink>),
+}
+
+/// How to create an output image: qemu-img's `-o key=value` options and `-c`.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Format options, in the order given.
+    pub options: Vec<(String, String)>,
+    /// Compress the data (formats that can).
+    pub compress: bool,
+    /// Sync the output to stable storage before `finish` returns.
+    pub durable: bool,
+}
+
+impl CreateOptions {
+    /// Parses qemu-img's `-o` syntax (`key=value[,key=value...]`) and adds the pairs.
+    pub fn parse_options(&mut self, spec: &str) -> Result<()> {
+        for part in spec.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| Error::InvalidArgument(format!("option '{part}' is not key=value")))?;
+            self.options.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        Ok(())
+    }
+
+    /// Fails on the first option not in `known`.
+    fn check_known(&self, format: Format, known: &[&str]) -> Result<()> {
+        match self.options.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            Some((k, _)) => Err(Error::InvalidArgument(format!(
+                "format '{format}' has no option '{k}'{}",
+                if known.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (known: {})", known.join(", "))
+                }
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Makes a writer of `format` for a disk of `virtual_size` bytes.
+pub fn create(format: Format, target: Target, virtual_size: u64, options: &CreateOptions) -> Result<Box<dyn BlockWriter>> {
+    match format {
+        Format::Raw => {
+            options.check_known(format, &[])?;
+            if options.compress {
+                return Err(Error::InvalidArgument("raw images cannot be compressed".into()));
+            }
+            Ok(Box::new(RawWriter::new(
+                append_sink(target, options)?,
+                virtual_size,
+            )))
+        }
+        other => Err(Error::unsupported(format!(
+            "writing {other} images is not implemented yet"
+        ))),
+    }
+}
+
+/// The sink for a writer that only appends.
+fn append_sink(target: Target, options: &CreateOptions) -> Result<Output> {
+    Ok(match target {
+        Target::File(path) => Output::File(FileSink::create(&path)?.durable(options.durable)),
+        Target::Stdout => Output::Stream(Box::new(io::PipeSink::stdout())),
+        Target::Stream(s) => Output::Stream(s),
+    })
+}
+
+/// Converts `image` into `writer` (made by [`create`]) through the parallel pipeline.
+pub fn convert(
+    image: Image,
+    writer: Box<dyn BlockWriter>,
+    options: &PipelineOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
+    convert::run(image.into_source(), writer, options, progress)
+}
+
+/// Wraps a source so that its errors name `path`.
+fn named(source: Source, path: &Path) -> Source {
+    let path = path.to_path_buf();
+    match source {
+        Source::Random(inner) => Source::Random(Arc::new(NamedReader { path, inner })),
+        Source::Stream(inner) => Source::Stream(Box::new(NamedStream { path, inner })),
+    }
+}
+
+/// A reader whose errors name the file it reads.
+struct NamedReader {
+    path: PathBuf,
+    inner: Arc<dyn BlockReader>,
+}
+
+impl BlockReader for NamedReader {
+    fn virtual_size(&self) -> u64 {
+        self.inner.virtual_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.inner.read_at(buf, offset).map_err(|e| e.in_file(&self.path))
+    }
+    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.inner.map(offset, len).map_err(|e| e.in_file(&self.path))
+    }
+    fn format_specific(&self) -> Option<serde_json::Value> {
+        self.inner.format_specific()
+    }
+}
+
+/// A chunk stream whose errors name the file it reads.
+struct NamedStream {
+    path: PathBuf,
+    inner: Box<dyn ChunkStream>,
+}
+
+impl ChunkStream for NamedStream {
+    fn virtual_size(&self) -> u64 {
+        self.inner.virtual_size()
+    }
+    fn next_chunk(&mut self) -> Result<Option<Chunk>> {
+        self.inner.next_chunk().map_err(|e| e.in_file(&self.path))
+    }
+    fn format_specific(&self) -> Option<serde_json::Value> {
+        self.inner.format_specific()
+    }
+}
