@@ -244,11 +244,19 @@ impl ChunkStream for ReaderChunks {
 
 /// Checks that a reader's map covers `[start, start + len)` without gaps or overlaps, so a buggy
 /// format cannot make the pipeline skip or repeat data.
-pub fn check_map<'a>(extents: impl IntoIterator<Item = &'a Extent>, start: u64, len: u64) -> Result<()> {
+pub fn check_map<'a>(
+    extents: impl IntoIterator<Item = &'a Extent>,
+    start: u64,
+    len: u64,
+) -> Result<()> {
     let mut pos = start;
     for e in extents {
         if e.start != pos || e.length == 0 {
-            return Err(Error::malformed("map", e.start, format!("extent does not start at {pos}")));
+            return Err(Error::malformed(
+                "map",
+                e.start,
+                format!("extent does not start at {pos}"),
+            ));
         }
         pos = e
             .start
@@ -263,7 +271,8 @@ pub fn check_map<'a>(extents: impl IntoIterator<Item = &'a Extent>, start: u64, 
 
 /// Converts a length to `usize`, failing on 32-bit hosts rather than truncating.
 pub fn usize_len(len: u64) -> Result<usize> {
-    usize::try_from(len).map_err(|_| Error::InvalidArgument(format!("length {len} does not fit in memory")))
+    usize::try_from(len)
+        .map_err(|_| Error::InvalidArgument(format!("length {len} does not fit in memory")))
 }
 
 /// A piece handed to a writer. Pieces come in ascending, gap-free order; no piece straddles a
@@ -275,13 +284,19 @@ pub enum Piece {
     /// A run that reads as zeros.
     Zero { offset: u64, length: u64 },
     /// One unit, already encoded by the writer's [`UnitEncoder`] on a worker thread.
-    Encoded { offset: u64, length: u64, payload: Vec<u8> },
+    Encoded {
+        offset: u64,
+        length: u64,
+        payload: Vec<u8>,
+    },
 }
 
 impl Piece {
     pub fn offset(&self) -> u64 {
         match self {
-            Piece::Data { offset, .. } | Piece::Zero { offset, .. } | Piece::Encoded { offset, .. } => *offset,
+            Piece::Data { offset, .. }
+            | Piece::Zero { offset, .. }
+            | Piece::Encoded { offset, .. } => *offset,
         }
     }
 
@@ -382,8 +397,15 @@ impl<S: ChunkStream> UnitAligner<S> {
                 c.offset,
                 format!("chunk of {} bytes does not follow at {expected}", c.length),
             )),
-            Some(c) if c.end() > self.size || c.data.as_ref().is_some_and(|d| d.len() as u64 != c.length) => {
-                Err(Error::malformed("chunk stream", c.offset, "chunk runs past the disk"))
+            Some(c)
+                if c.end() > self.size
+                    || c.data.as_ref().is_some_and(|d| d.len() as u64 != c.length) =>
+            {
+                Err(Error::malformed(
+                    "chunk stream",
+                    c.offset,
+                    "chunk runs past the disk",
+                ))
             }
             Some(c) => Ok(Some(c)),
         }
@@ -470,7 +492,8 @@ impl<S: ChunkStream> ChunkStream for UnitAligner<S> {
                 }
             }
             // A unit was started in `pending`; if it is already complete, give it.
-            if self.pending_offset + self.pending.len() as u64 == self.unit_end(self.pending_offset) {
+            if self.pending_offset + self.pending.len() as u64 == self.unit_end(self.pending_offset)
+            {
                 let data = std::mem::take(&mut self.pending).freeze();
                 let out = Chunk::data(self.pending_offset, data);
                 self.pending_offset = out.end();

@@ -20,7 +20,11 @@ pub enum Comparison {
 }
 
 /// Compares two disks. In `strict` mode a size difference is a difference in itself.
-pub fn compare(a: &mut dyn ChunkStream, b: &mut dyn ChunkStream, strict: bool) -> Result<Comparison> {
+pub fn compare(
+    a: &mut dyn ChunkStream,
+    b: &mut dyn ChunkStream,
+    strict: bool,
+) -> Result<Comparison> {
     let (size_a, size_b) = (a.virtual_size(), b.virtual_size());
     if strict && size_a != size_b {
         return Ok(Comparison::SizeMismatch);
@@ -30,13 +34,20 @@ pub fn compare(a: &mut dyn ChunkStream, b: &mut dyn ChunkStream, strict: bool) -
     let common = size_a.min(size_b);
     while ca.pos < common {
         let (Some(x), Some(y)) = (ca.peek()?, cb.peek()?) else {
-            return Err(Error::malformed("chunk stream", ca.pos, "stream ended before the disk"));
+            return Err(Error::malformed(
+                "chunk stream",
+                ca.pos,
+                "stream ended before the disk",
+            ));
         };
         let n = x.length.min(y.length).min(common - ca.pos);
         let diff = match (&x.data, &y.data) {
             (None, None) => None,
             (Some(d), None) | (None, Some(d)) => first_non_zero(&d[..n as usize]),
-            (Some(d), Some(e)) => d[..n as usize].iter().zip(&e[..n as usize]).position(|(p, q)| p != q),
+            (Some(d), Some(e)) => d[..n as usize]
+                .iter()
+                .zip(&e[..n as usize])
+                .position(|(p, q)| p != q),
         };
         if let Some(i) = diff {
             return Ok(Comparison::Differ {
@@ -154,7 +165,9 @@ mod tests {
         let mut b = stream(&[(1, 500), (1, 500), (0, 1000), (255, 2096)]);
         assert_eq!(
             compare(&mut a, &mut b, false).unwrap(),
-            Comparison::Identical { size_mismatch: false }
+            Comparison::Identical {
+                size_mismatch: false
+            }
         );
     }
 
@@ -174,11 +187,16 @@ mod tests {
         let mut b = stream(&[(1, 1000), (255, 1000), (0, 24)]);
         assert_eq!(
             compare(&mut a, &mut b, false).unwrap(),
-            Comparison::Identical { size_mismatch: true }
+            Comparison::Identical {
+                size_mismatch: true
+            }
         );
         let mut a = stream(&[(1, 1000)]);
         let mut b = stream(&[(1, 1000), (255, 1000)]);
-        assert_eq!(compare(&mut a, &mut b, true).unwrap(), Comparison::SizeMismatch);
+        assert_eq!(
+            compare(&mut a, &mut b, true).unwrap(),
+            Comparison::SizeMismatch
+        );
         let mut a = stream(&[(1, 1000), (255, 10), (9, 1)]);
         let mut b = stream(&[(1, 1000)]);
         assert_eq!(

@@ -15,8 +15,8 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::block::{
-    BlockReader, BlockWriter, Chunk, ChunkStream, ExtentState, Piece, ReaderChunks, UnitAligner, UnitEncoder,
-    check_map, is_zero, usize_len,
+    BlockReader, BlockWriter, Chunk, ChunkStream, ExtentState, Piece, ReaderChunks, UnitAligner,
+    UnitEncoder, check_map, is_zero, usize_len,
 };
 use crate::error::{Error, Result};
 
@@ -193,7 +193,11 @@ impl Planner<'_> {
             Source::Stream(stream) => {
                 let mut aligned = UnitAligner::new(stream, unit, piece);
                 while let Some(chunk) = aligned.next_chunk()? {
-                    let Chunk { offset, length, data } = chunk;
+                    let Chunk {
+                        offset,
+                        length,
+                        data,
+                    } = chunk;
                     let input = match data {
                         Some(d) => JobInput::Have(d),
                         None => JobInput::Zero,
@@ -292,7 +296,12 @@ fn worker(
 }
 
 /// Reads a job's data if needed, then cuts it into zero runs, data runs and encoded units.
-fn process(job: Job, reader: Option<&dyn BlockReader>, encoder: Option<&dyn UnitEncoder>, unit: u64) -> Result<Vec<Piece>> {
+fn process(
+    job: Job,
+    reader: Option<&dyn BlockReader>,
+    encoder: Option<&dyn UnitEncoder>,
+    unit: u64,
+) -> Result<Vec<Piece>> {
     let data = match job.input {
         JobInput::Zero => {
             return Ok(vec![Piece::Zero {
@@ -302,7 +311,8 @@ fn process(job: Job, reader: Option<&dyn BlockReader>, encoder: Option<&dyn Unit
         }
         JobInput::Have(d) => d,
         JobInput::Read => {
-            let reader = reader.ok_or_else(|| Error::InvalidArgument("read job without a reader".into()))?;
+            let reader =
+                reader.ok_or_else(|| Error::InvalidArgument("read job without a reader".into()))?;
             let mut buf = BytesMut::zeroed(usize_len(job.length)?);
             reader.read_at(&mut buf, job.offset)?;
             buf.freeze()
@@ -313,7 +323,12 @@ fn process(job: Job, reader: Option<&dyn BlockReader>, encoder: Option<&dyn Unit
 
 /// Splits data starting at `offset` into pieces at unit boundaries: zero units become zero runs,
 /// other units are encoded when there is an encoder, and neighbours of the same kind are joined.
-pub fn split_units(offset: u64, data: Bytes, encoder: Option<&dyn UnitEncoder>, unit: u64) -> Result<Vec<Piece>> {
+pub fn split_units(
+    offset: u64,
+    data: Bytes,
+    encoder: Option<&dyn UnitEncoder>,
+    unit: u64,
+) -> Result<Vec<Piece>> {
     let mut pieces: Vec<Piece> = Vec::new();
     let mut pos = 0usize;
     while pos < data.len() {
@@ -342,7 +357,13 @@ pub fn split_units(offset: u64, data: Bytes, encoder: Option<&dyn UnitEncoder>, 
         };
         match (pieces.last_mut(), piece) {
             (Some(Piece::Zero { length, .. }), Piece::Zero { length: more, .. }) => *length += more,
-            (Some(Piece::Data { offset: start, data: run }), Piece::Data { data: more, .. }) => {
+            (
+                Some(Piece::Data {
+                    offset: start,
+                    data: run,
+                }),
+                Piece::Data { data: more, .. },
+            ) => {
                 let from = usize_len(*start - offset)?;
                 *run = data.slice(from..from + run.len() + more.len());
             }
@@ -441,7 +462,8 @@ mod tests {
             self.unit
         }
         fn encoder(&self) -> Option<Arc<dyn UnitEncoder>> {
-            self.encode.then(|| Arc::new(FirstByte) as Arc<dyn UnitEncoder>)
+            self.encode
+                .then(|| Arc::new(FirstByte) as Arc<dyn UnitEncoder>)
         }
         fn write_piece(&mut self, piece: Piece) -> Result<()> {
             self.log.lock().unwrap().push(piece);
@@ -466,7 +488,14 @@ mod tests {
         out
     }
 
-    fn convert(data: &[u8], unit: u64, encode: bool, threads: usize, piece: usize, stream: bool) -> Vec<Piece> {
+    fn convert(
+        data: &[u8],
+        unit: u64,
+        encode: bool,
+        threads: usize,
+        piece: usize,
+        stream: bool,
+    ) -> Vec<Piece> {
         let log = Arc::new(Mutex::new(Vec::new()));
         let writer = Box::new(Recorder {
             size: data.len() as u64,
@@ -501,9 +530,15 @@ mod tests {
         for p in pieces {
             assert_eq!(p.offset(), pos);
             match p {
-                Piece::Data { offset, data } => out[*offset as usize..][..data.len()].copy_from_slice(data),
+                Piece::Data { offset, data } => {
+                    out[*offset as usize..][..data.len()].copy_from_slice(data)
+                }
                 Piece::Zero { .. } => {}
-                Piece::Encoded { offset, length, payload } => {
+                Piece::Encoded {
+                    offset,
+                    length,
+                    payload,
+                } => {
                     assert_eq!(payload[1], *length as u8);
                     out[*offset as usize..][..*length as usize].fill(payload[0]);
                 }

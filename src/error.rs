@@ -70,7 +70,9 @@ pub enum Error {
     },
 
     /// The file ends before a structure it needs.
-    #[error("{file}truncated: {structure} at offset {offset:#x} needs {needed} bytes, the file has {available}")]
+    #[error(
+        "{file}truncated: {structure} at offset {offset:#x} needs {needed} bytes, the file has {available}"
+    )]
     Truncated {
         file: FileName,
         structure: &'static str,
@@ -103,7 +105,9 @@ pub enum Error {
     },
 
     /// The file matches more than one format; the caller must name one.
-    #[error("{file}ambiguous format: the file looks like {first} and like {second}; name the format with -f")]
+    #[error(
+        "{file}ambiguous format: the file looks like {first} and like {second}; name the format with -f"
+    )]
     Ambiguous {
         file: FileName,
         first: &'static str,
@@ -213,7 +217,8 @@ mod tests {
 
     #[test]
     fn names_file_structure_and_offset() {
-        let e = Error::malformed("qcow2 header", 0x24, "l1_size too large").in_file(Path::new("a.qcow2"));
+        let e = Error::malformed("qcow2 header", 0x24, "l1_size too large")
+            .in_file(Path::new("a.qcow2"));
         assert_eq!(
             e.to_string(),
             "a.qcow2: malformed qcow2 header at offset 0x24: l1_size too large"
@@ -231,7 +236,10 @@ mod tests {
     #[test]
     fn reference_names_what_it_refers_to() {
         let e = Error::reference(ReferenceKind::BackingFile, "/etc/passwd");
-        assert!(e.to_string().contains("backing file reference \"/etc/passwd\" refused"));
+        assert!(
+            e.to_string()
+                .contains("backing file reference \"/etc/passwd\" refused")
+        );
         assert_eq!(e.kind(), "external-reference");
     }
 }

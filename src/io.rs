@@ -13,12 +13,22 @@ use crate::error::{Error, Result};
 
 /// Reads exactly `buf.len()` bytes at `offset`; a read past the end of the file is a
 /// [`Error::Truncated`] naming `structure`.
-pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, structure: &'static str) -> Result<()> {
+pub fn read_exact_at(
+    file: &File,
+    buf: &mut [u8],
+    offset: u64,
+    structure: &'static str,
+) -> Result<()> {
     match file.read_exact_at(buf, offset) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             let available = file.metadata().map(|m| m.len()).unwrap_or(0);
-            Err(Error::truncated(structure, offset, buf.len() as u64, available))
+            Err(Error::truncated(
+                structure,
+                offset,
+                buf.len() as u64,
+                available,
+            ))
         }
         Err(e) => Err(Error::io("read", e)),
     }
@@ -43,7 +53,9 @@ pub fn read_up_to_at(file: &File, buf: &mut [u8], offset: u64) -> Result<usize> 
 pub fn file_length(file: &File) -> Result<u64> {
     let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
     if meta.is_dir() {
-        return Err(Error::InvalidArgument("is a directory, not an image file".into()));
+        return Err(Error::InvalidArgument(
+            "is a directory, not an image file".into(),
+        ));
     }
     if meta.is_file() {
         return Ok(meta.len());
@@ -51,13 +63,17 @@ pub fn file_length(file: &File) -> Result<u64> {
     // Block devices report length 0 in metadata; ask where their end is.
     use std::io::Seek;
     let mut handle = file;
-    handle.seek(io::SeekFrom::End(0)).map_err(|e| Error::io("seek to end", e))
+    handle
+        .seek(io::SeekFrom::End(0))
+        .map_err(|e| Error::io("seek to end", e))
 }
 
 /// Opens an image file for reading, with an error that names it.
 pub fn open_input(path: &Path) -> Result<File> {
     let file = File::open(path).map_err(|e| Error::io("open", e).in_file(path))?;
-    let meta = file.metadata().map_err(|e| Error::io("stat", e).in_file(path))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("stat", e).in_file(path))?;
     if meta.is_dir() {
         return Err(Error::InvalidArgument(format!(
             "{}: is a directory, not an image file",
@@ -174,7 +190,9 @@ impl AppendSink for FileSink {
             .set_len(self.pos)
             .map_err(|e| self.name(Error::io("set length of", e)))?;
         if self.durable {
-            self.file.sync_all().map_err(|e| self.name(Error::io("sync", e)))?;
+            self.file
+                .sync_all()
+                .map_err(|e| self.name(Error::io("sync", e)))?;
         }
         Ok(())
     }
@@ -207,7 +225,9 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 impl<W: Write + Send> AppendSink for PipeSink<W> {
     fn append(&mut self, data: &[u8]) -> Result<()> {
-        self.out.write_all(data).map_err(|e| Error::io("write to output stream", e))?;
+        self.out
+            .write_all(data)
+            .map_err(|e| Error::io("write to output stream", e))?;
         self.pos += data.len() as u64;
         Ok(())
     }
@@ -226,7 +246,9 @@ impl<W: Write + Send> AppendSink for PipeSink<W> {
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.out.flush().map_err(|e| Error::io("flush output stream", e))
+        self.out
+            .flush()
+            .map_err(|e| Error::io("flush output stream", e))
     }
 }
 
@@ -283,7 +305,10 @@ mod tests {
         assert_eq!(&data[4 + (64 << 20)..][..4], b"tail");
         use std::os::unix::fs::MetadataExt;
         let blocks = std::fs::metadata(&path).unwrap().blocks();
-        assert!(blocks * 512 < 1 << 20, "output is not sparse: {blocks} blocks");
+        assert!(
+            blocks * 512 < 1 << 20,
+            "output is not sparse: {blocks} blocks"
+        );
     }
 
     #[test]

@@ -19,6 +19,11 @@
 //! # Ok(()) }
 //! ```
 
+/// The README's examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod block;
 pub mod compare;
 pub mod convert;
@@ -126,7 +131,9 @@ pub struct ImageInfo {
 /// Opens an image file, probing its format unless `options` names it.
 pub fn open(path: &Path, options: &OpenOptions) -> Result<Image> {
     let file = io::open_input(path)?;
-    let meta = file.metadata().map_err(|e| Error::io("stat", e).in_file(path))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("stat", e).in_file(path))?;
     let file_length = io::file_length(&file).map_err(|e| e.in_file(path))?;
     let format = match options.format {
         Some(f) => f,
@@ -135,7 +142,10 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Image> {
     let source = match format {
         Format::Raw => Source::Random(Arc::new(RawReader::new(file).map_err(|e| e.in_file(path))?)),
         other => {
-            return Err(Error::unsupported(format!("reading {other} images is not implemented yet")).in_file(path));
+            return Err(Error::unsupported(format!(
+                "reading {other} images is not implemented yet"
+            ))
+            .in_file(path));
         }
     };
     use std::os::unix::fs::MetadataExt;
@@ -173,17 +183,22 @@ impl CreateOptions {
     /// Parses qemu-img's `-o` syntax (`key=value[,key=value...]`) and adds the pairs.
     pub fn parse_options(&mut self, spec: &str) -> Result<()> {
         for part in spec.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| Error::InvalidArgument(format!("option '{part}' is not key=value")))?;
-            self.options.push((k.trim().to_string(), v.trim().to_string()));
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                Error::InvalidArgument(format!("option '{part}' is not key=value"))
+            })?;
+            self.options
+                .push((k.trim().to_string(), v.trim().to_string()));
         }
         Ok(())
     }
 
     /// Fails on the first option not in `known`.
     fn check_known(&self, format: Format, known: &[&str]) -> Result<()> {
-        match self.options.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        match self
+            .options
+            .iter()
+            .find(|(k, _)| !known.contains(&k.as_str()))
+        {
             Some((k, _)) => Err(Error::InvalidArgument(format!(
                 "format '{format}' has no option '{k}'{}",
                 if known.is_empty() {
@@ -198,12 +213,19 @@ impl CreateOptions {
 }
 
 /// Makes a writer of `format` for a disk of `virtual_size` bytes.
-pub fn create(format: Format, target: Target, virtual_size: u64, options: &CreateOptions) -> Result<Box<dyn BlockWriter>> {
+pub fn create(
+    format: Format,
+    target: Target,
+    virtual_size: u64,
+    options: &CreateOptions,
+) -> Result<Box<dyn BlockWriter>> {
     match format {
         Format::Raw => {
             options.check_known(format, &[])?;
             if options.compress {
-                return Err(Error::InvalidArgument("raw images cannot be compressed".into()));
+                return Err(Error::InvalidArgument(
+                    "raw images cannot be compressed".into(),
+                ));
             }
             Ok(Box::new(RawWriter::new(
                 append_sink(target, options)?,
@@ -255,10 +277,14 @@ impl BlockReader for NamedReader {
         self.inner.virtual_size()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.inner.read_at(buf, offset).map_err(|e| e.in_file(&self.path))
+        self.inner
+            .read_at(buf, offset)
+            .map_err(|e| e.in_file(&self.path))
     }
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        self.inner.map(offset, len).map_err(|e| e.in_file(&self.path))
+        self.inner
+            .map(offset, len)
+            .map_err(|e| e.in_file(&self.path))
     }
     fn format_specific(&self) -> Option<serde_json::Value> {
         self.inner.format_specific()

@@ -73,7 +73,9 @@ pub fn probe(head: &[u8], tail: &[u8]) -> Result<Format> {
     match matches.as_slice() {
         [] => Ok(Format::Raw),
         [Detected::Supported(f)] => Ok(*f),
-        [Detected::Refused(name)] => Err(Error::unsupported(format!("{name} images are not supported"))),
+        [Detected::Refused(name)] => Err(Error::unsupported(format!(
+            "{name} images are not supported"
+        ))),
         [first, second, ..] => Err(Error::Ambiguous {
             file: Default::default(),
             first: first.name(),
@@ -90,7 +92,9 @@ fn detect(head: &[u8], tail: &[u8]) -> Vec<(Detected, Strength)> {
     let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
 
     if at(0, b"QFI\xfb") {
-        let version = head.get(4..8).map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        let version = head
+            .get(4..8)
+            .map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
         found.push((
             match version {
                 Some(2) | Some(3) => Supported(Format::Qcow2),
@@ -182,8 +186,14 @@ mod tests {
         q[7] = 2;
         assert_eq!(probe_head(&q).unwrap(), Format::Qcow2);
         assert_eq!(probe_head(&head_with(0, b"KDMV")).unwrap(), Format::Vmdk);
-        assert_eq!(probe_head(&head_with(0, b"stream\0\0")).unwrap(), Format::Zvhd);
-        assert_eq!(probe_head(&head_with(0, b"z2strm\0\0")).unwrap(), Format::Zvhd2);
+        assert_eq!(
+            probe_head(&head_with(0, b"stream\0\0")).unwrap(),
+            Format::Zvhd
+        );
+        assert_eq!(
+            probe_head(&head_with(0, b"z2strm\0\0")).unwrap(),
+            Format::Zvhd2
+        );
         let mut vhd = vec![0u8; 4096];
         vhd[4096 - 512..4096 - 504].copy_from_slice(b"conectix");
         assert_eq!(probe_head(&vhd).unwrap(), Format::Vhd);

@@ -6,10 +6,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ims::compare::Comparison;
-use ims::{CreateOptions, Error, ExtentState, Format, OpenOptions, PipelineOptions, Progress, Target};
+use ims::{
+    CreateOptions, Error, ExtentState, Format, OpenOptions, PipelineOptions, Progress, Target,
+};
 
 #[derive(Parser)]
-#[command(name = "ims", version, about = "Read, write, convert and inspect virtual-disk images")]
+#[command(
+    name = "ims",
+    version,
+    about = "Read, write, convert and inspect virtual-disk images"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -125,7 +131,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn open_options(format: Option<&str>, allow_references: Option<PathBuf>) -> ims::Result<OpenOptions> {
+fn open_options(
+    format: Option<&str>,
+    allow_references: Option<PathBuf>,
+) -> ims::Result<OpenOptions> {
     Ok(OpenOptions {
         format: format.map(str::parse).transpose()?,
         allow_references,
@@ -134,8 +143,15 @@ fn open_options(format: Option<&str>, allow_references: Option<PathBuf>) -> ims:
 
 fn run(command: Command) -> ims::Result<()> {
     match command {
-        Command::Info { input, output, file } => {
-            let image = ims::open(&file, &open_options(input.format.as_deref(), input.allow_references)?)?;
+        Command::Info {
+            input,
+            output,
+            file,
+        } => {
+            let image = ims::open(
+                &file,
+                &open_options(input.format.as_deref(), input.allow_references)?,
+            )?;
             let info = image.info();
             match output {
                 OutputKind::Json => println!("{}", to_json(&info)?),
@@ -179,7 +195,10 @@ fn run(command: Command) -> ims::Result<()> {
             for o in &options {
                 create.parse_options(o)?;
             }
-            let image = ims::open(&src, &open_options(input.format.as_deref(), input.allow_references)?)?;
+            let image = ims::open(
+                &src,
+                &open_options(input.format.as_deref(), input.allow_references)?,
+            )?;
             let target = if dst == "-" {
                 if std::io::stdout().is_terminal() {
                     return Err(Error::InvalidArgument(
@@ -209,8 +228,15 @@ fn run(command: Command) -> ims::Result<()> {
             }
             result
         }
-        Command::Map { input, output, file } => {
-            let image = ims::open(&file, &open_options(input.format.as_deref(), input.allow_references)?)?;
+        Command::Map {
+            input,
+            output,
+            file,
+        } => {
+            let image = ims::open(
+                &file,
+                &open_options(input.format.as_deref(), input.allow_references)?,
+            )?;
             let reader = image.reader().ok_or_else(|| {
                 ims::Error::unsupported(format!(
                     "{} images can only be read front to back; map needs random access",
@@ -221,7 +247,12 @@ fn run(command: Command) -> ims::Result<()> {
             let mut stdout = std::io::stdout().lock();
             let io_err = |e| Error::io("write map", e);
             if output == OutputKind::Human {
-                writeln!(stdout, "{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to").map_err(io_err)?;
+                writeln!(
+                    stdout,
+                    "{:<16}{:<16}{:<16}File",
+                    "Offset", "Length", "Mapped to"
+                )
+                .map_err(io_err)?;
             }
             let mut first = true;
             let mut pos = 0;
@@ -298,7 +329,11 @@ fn map_json(e: &ims::Extent) -> String {
 }
 
 fn hex(v: u64) -> String {
-    if v == 0 { "0".into() } else { format!("{v:#x}") }
+    if v == 0 {
+        "0".into()
+    } else {
+        format!("{v:#x}")
+    }
 }
 
 fn to_json(v: &impl serde::Serialize) -> ims::Result<String> {
@@ -364,7 +399,9 @@ impl Reporter {
             bar.set_position(p.done);
         }
         if self.json {
-            let percent = (p.done as u128 * 100).checked_div(p.total as u128).unwrap_or(100) as u64;
+            let percent = (p.done as u128 * 100)
+                .checked_div(p.total as u128)
+                .unwrap_or(100) as u64;
             if self.last_percent != Some(percent) {
                 self.last_percent = Some(percent);
                 eprintln!(
@@ -392,7 +429,10 @@ fn compare(
     b: PathBuf,
 ) -> ExitCode {
     let result = (|| -> ims::Result<Comparison> {
-        let ia = ims::open(&a, &open_options(format_a.as_deref(), allow_references.clone())?)?;
+        let ia = ims::open(
+            &a,
+            &open_options(format_a.as_deref(), allow_references.clone())?,
+        )?;
         let ib = ims::open(&b, &open_options(format_b.as_deref(), allow_references)?)?;
         let piece = 2 << 20;
         let mut sa = ia.into_source().into_stream(piece);

@@ -5,7 +5,9 @@ use std::io;
 
 use rustix::fs::{SeekFrom, seek};
 
-use crate::block::{BlockReader, BlockWriter, Extent, ExtentState, Piece, check_range, push_extent};
+use crate::block::{
+    BlockReader, BlockWriter, Extent, ExtentState, Piece, check_range, push_extent,
+};
 use crate::error::{Error, Result};
 use crate::io::{AppendSink, file_length};
 
@@ -24,8 +26,16 @@ impl RawReader {
 
 /// The next offset at or after `pos` where the file has data (`hole = false`) or a hole
 /// (`hole = true`), or `None` when the file system cannot tell.
-fn seek_extent(file: &File, pos: u64, hole: bool) -> Option<std::result::Result<u64, rustix::io::Errno>> {
-    let whence = if hole { SeekFrom::Hole(pos) } else { SeekFrom::Data(pos) };
+fn seek_extent(
+    file: &File,
+    pos: u64,
+    hole: bool,
+) -> Option<std::result::Result<u64, rustix::io::Errno>> {
+    let whence = if hole {
+        SeekFrom::Hole(pos)
+    } else {
+        SeekFrom::Data(pos)
+    };
     match seek(file, whence) {
         Ok(p) => Some(Ok(p)),
         // EINVAL: the file system does not support SEEK_DATA/SEEK_HOLE.
@@ -63,7 +73,10 @@ impl BlockReader for RawReader {
                 Some(Err(rustix::io::Errno::NXIO)) => end,
                 Some(Err(e)) => return Err(Error::io("seek data", io::Error::from(e))),
             };
-            push_extent(&mut out, data_extent(pos, data_start - pos, ExtentState::Zero));
+            push_extent(
+                &mut out,
+                data_extent(pos, data_start - pos, ExtentState::Zero),
+            );
             if data_start >= end {
                 break;
             }
@@ -72,7 +85,10 @@ impl BlockReader for RawReader {
                 Some(Ok(p)) => p.clamp(data_start + 1, end),
                 Some(Err(e)) => return Err(Error::io("seek hole", io::Error::from(e))),
             };
-            push_extent(&mut out, data_extent(data_start, hole_start - data_start, ExtentState::Data));
+            push_extent(
+                &mut out,
+                data_extent(data_start, hole_start - data_start, ExtentState::Data),
+            );
             pos = hole_start;
         }
         Ok(out)
@@ -126,7 +142,9 @@ impl<S: AppendSink> BlockWriter for RawWriter<S> {
         match piece {
             Piece::Data { data, .. } => self.sink.append(&data),
             Piece::Zero { length, .. } => self.sink.append_zeros(length),
-            Piece::Encoded { .. } => Err(Error::InvalidArgument("raw images hold no encoded units".into())),
+            Piece::Encoded { .. } => Err(Error::InvalidArgument(
+                "raw images hold no encoded units".into(),
+            )),
         }
     }
 
@@ -159,7 +177,10 @@ mod tests {
         let r = RawReader::new(File::open(&path).unwrap()).unwrap();
         let map = r.map(0, r.virtual_size()).unwrap();
         crate::block::check_map(&map, 0, 64 << 20).unwrap();
-        let data: Vec<_> = map.iter().filter(|e| e.state == ExtentState::Data).collect();
+        let data: Vec<_> = map
+            .iter()
+            .filter(|e| e.state == ExtentState::Data)
+            .collect();
         // The file system may round data to its block size, but must find both pieces.
         assert_eq!(data.len(), 2, "{map:?}");
         assert!(data[0].start <= 8 << 20 && data[0].end() >= 9 << 20);
@@ -176,7 +197,11 @@ mod tests {
         let path = dir.path().join("out.raw");
         let sink = crate::io::FileSink::create(&path).unwrap();
         let mut w: Box<dyn BlockWriter> = Box::new(RawWriter::new(sink, 3 << 20));
-        w.write_piece(Piece::Zero { offset: 0, length: 1 << 20 }).unwrap();
+        w.write_piece(Piece::Zero {
+            offset: 0,
+            length: 1 << 20,
+        })
+        .unwrap();
         w.write_piece(Piece::Data {
             offset: 1 << 20,
             data: bytes::Bytes::from(vec![7u8; 1 << 20]),
@@ -194,7 +219,10 @@ mod tests {
         assert!(back[1 << 20..2 << 20].iter().all(|&b| b == 7));
         let r = RawReader::new(File::open(&path).unwrap()).unwrap();
         let map = r.map(0, 3 << 20).unwrap();
-        assert_eq!(map.iter().filter(|e| e.state == ExtentState::Data).count(), 1);
+        assert_eq!(
+            map.iter().filter(|e| e.state == ExtentState::Data).count(),
+            1
+        );
     }
 
     #[test]
@@ -202,6 +230,12 @@ mod tests {
         let mut out = Vec::new();
         let sink = crate::io::PipeSink::new(&mut out);
         let mut w = RawWriter::new(sink, 1024);
-        assert!(w.write_piece(Piece::Zero { offset: 512, length: 512 }).is_err());
+        assert!(
+            w.write_piece(Piece::Zero {
+                offset: 512,
+                length: 512
+            })
+            .is_err()
+        );
     }
 }

@@ -1,0 +1,299 @@
+//! The `ims` binary's contract: verbs, options, exit codes and error messages, driven on files
+//! made in the test.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{allocated, have_qemu_img, ims, mixed_raw, qemu_img};
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn raw_with_holes_converts_to_an_equal_sparse_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    let dst = dir.path().join("dst.raw");
+    let data = mixed_raw(&src, (8 << 20) + 1000, 1);
+    let out = ims(&["convert", "-f", "raw", "-O", "raw", s(&src), s(&dst)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+    // A quarter of the image is zeros: the output keeps those as holes.
+    assert!(
+        allocated(&dst) <= allocated(&src) + (64 << 10),
+        "output lost its holes"
+    );
+}
+
+#[test]
+fn sparse_64_gib_raw_converts_quickly_and_stays_sparse() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big.raw");
+    let dst = dir.path().join("big.out");
+    let f = std::fs::File::create(&src).unwrap();
+    let size = 64u64 << 30;
+    f.set_len(size).unwrap();
+    for off in [0, size / 2, size - (1 << 20)] {
+        f.write_all_at(&[0xa5; 1 << 20], off).unwrap();
+    }
+    drop(f);
+    let t = Instant::now();
+    let out = ims(&["convert", "-O", "raw", s(&src), s(&dst)]);
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Well under a second in release; a debug build gets some slack.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(std::fs::metadata(&dst).unwrap().len(), size);
+    assert!(allocated(&dst) < 16 << 20, "output is not sparse");
+    let mut buf = vec![0u8; 1 << 20];
+    let g = std::fs::File::open(&dst).unwrap();
+    g.read_exact_at(&mut buf, size / 2).unwrap();
+    assert!(buf.iter().all(|&b| b == 0xa5));
+    let cmp = ims(&["compare", s(&src), s(&dst)]);
+    assert_eq!(cmp.status.code(), Some(0));
+}
+
+#[test]
+fn stdout_output_pipes_to_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    let data = mixed_raw(&src, 3 << 20, 2);
+    let out = ims(&["convert", "-O", "raw", s(&src), "-"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, data);
+}
+
+#[test]
+fn output_is_identical_for_every_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    mixed_raw(&src, 5 << 20, 3);
+    let one = ims(&["convert", "-j", "1", "-O", "raw", s(&src), "-"]);
+    let four = ims(&["convert", "-j", "4", "-O", "raw", s(&src), "-"]);
+    assert!(one.status.success() && four.status.success());
+    assert_eq!(one.stdout, four.stdout);
+}
+
+#[test]
+fn short_file_is_a_tiny_raw_image() {
+    // As qemu-img does: too short for any signature, so it is raw.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("short");
+    std::fs::write(&f, b"abc").unwrap();
+    let out = ims(&["info", "--output", "json", s(&f)]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format"], "raw");
+    assert_eq!(v["virtual-size"], 3);
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let out = ims(&["convert", "-O", "raw", s(&empty), "-"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn directory_and_missing_file_fail_with_exit_1_and_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ims(&["info", s(dir.path())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory"));
+    let missing = dir.path().join("missing.raw");
+    let out = ims(&["info", s(&missing)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing.raw") && err.contains("No such file"),
+        "{err}"
+    );
+    let out = ims(&[
+        "convert",
+        "-O",
+        "raw",
+        s(&missing),
+        s(&dir.path().join("x")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!dir.path().join("x").exists());
+}
+
+#[test]
+fn unknown_output_format_and_option_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("a.raw");
+    mixed_raw(&src, 1 << 20, 4);
+    let out = ims(&[
+        "convert",
+        "-O",
+        "nosuchformat",
+        s(&src),
+        s(&dir.path().join("b")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown image format 'nosuchformat'"));
+    let out = ims(&[
+        "convert",
+        "-O",
+        "raw",
+        "-o",
+        "bogus=1",
+        s(&src),
+        s(&dir.path().join("b")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no option 'bogus'"));
+    let out = ims(&[
+        "convert",
+        "-f",
+        "vpc",
+        "-O",
+        "raw",
+        s(&src),
+        s(&dir.path().join("b")),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "vpc is accepted as a name for vhd"
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("unknown image format"));
+}
+
+#[test]
+fn info_and_map_speak_qemu_img_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("a.raw");
+    let f = std::fs::File::create(&src).unwrap();
+    f.set_len(16 << 20).unwrap();
+    f.write_all_at(&[1u8; 1 << 20], 4 << 20).unwrap();
+    drop(f);
+    let out = ims(&["info", "--output", "json", s(&src)]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format"], "raw");
+    assert_eq!(v["virtual-size"], 16 << 20);
+    assert_eq!(v["filename"], s(&src));
+    assert!(v["actual-size"].as_u64().unwrap() >= 1 << 20);
+    let human = String::from_utf8(ims(&["info", s(&src)]).stdout).unwrap();
+    assert!(
+        human.contains("file format: raw")
+            && human.contains("virtual size: 16 MiB (16777216 bytes)")
+    );
+
+    let out = ims(&["map", "--output", "json", s(&src)]);
+    let ours: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    if have_qemu_img("info_and_map_speak_qemu_img_json") {
+        let theirs: serde_json::Value =
+            serde_json::from_slice(&qemu_img(&["map", "--output", "json", s(&src)]).stdout)
+                .unwrap();
+        assert_eq!(ours, theirs);
+    } else {
+        assert_eq!(ours.as_array().unwrap().len(), 3);
+    }
+}
+
+#[test]
+fn compare_agrees_with_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.raw");
+    let b = dir.path().join("b.raw");
+    let c = dir.path().join("c.raw");
+    let data = mixed_raw(&a, 10_000_000, 5);
+    std::fs::write(&b, &data).unwrap();
+    let mut changed = data.clone();
+    changed[7_000_001] ^= 0x40;
+    std::fs::write(&c, &changed).unwrap();
+    let longer = dir.path().join("longer.raw");
+    std::fs::write(&longer, &data).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&longer)
+        .unwrap()
+        .set_len(12_000_000)
+        .unwrap();
+    let missing = dir.path().join("missing.raw");
+    let cases: [(&[&str], i32); 5] = [
+        (&[s(&a), s(&b)], 0),
+        (&[s(&a), s(&c)], 1),
+        (&[s(&a), s(&longer)], 0),
+        (&["-s", s(&a), s(&longer)], 1),
+        (&[s(&a), s(&missing)], 2),
+    ];
+    let qemu = have_qemu_img("compare_agrees_with_qemu_img");
+    for (args, code) in cases {
+        let mut full = vec!["compare"];
+        full.extend_from_slice(args);
+        let ours = ims(&full);
+        assert_eq!(ours.status.code(), Some(code), "{args:?}");
+        if qemu {
+            let theirs = Command::new("qemu-img").args(&full).output().unwrap();
+            assert_eq!(ours.status.code(), theirs.status.code(), "{args:?}");
+            if code != 2 {
+                assert_eq!(ours.stdout, theirs.stdout, "{args:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn unsupported_formats_are_refused_by_name() {
+    if !have_qemu_img("unsupported_formats_are_refused_by_name") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (fmt, name) in [("vhdx", "vhdx"), ("vdi", "vdi"), ("qed", "qed")] {
+        let f = dir.path().join(format!("x.{fmt}"));
+        qemu_img(&["create", "-q", "-f", fmt, s(&f), "64M"]);
+        let out = ims(&["info", s(&f)]);
+        assert_eq!(out.status.code(), Some(1), "{fmt}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("unsupported") && err.contains(name),
+            "{fmt}: {err}"
+        );
+    }
+}
+
+#[test]
+fn progress_json_reports_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("a.raw");
+    mixed_raw(&src, 4 << 20, 6);
+    let out = Command::new(env!("CARGO_BIN_EXE_ims"))
+        .args([
+            "convert",
+            "--progress",
+            "json",
+            "-O",
+            "raw",
+            s(&src),
+            s(&dir.path().join("b.raw")),
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stderr)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 2);
+    assert_eq!(lines.last().unwrap()["percent"], 100);
+    assert_eq!(lines.last().unwrap()["done"], 4 << 20);
+}

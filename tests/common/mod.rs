@@ -1,0 +1,98 @@
+//! Helpers shared by the integration tests: running the `ims` binary and qemu-img, making
+//! deterministic test images.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs the `ims` binary built for these tests.
+pub fn ims(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ims"))
+        .args(args)
+        .output()
+        .expect("run ims")
+}
+
+/// Whether qemu-img is installed; prints why a test is skipped when it is not.
+pub fn have_qemu_img(test: &str) -> bool {
+    let ok = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipping {test}: qemu-img is not installed (apt-get install qemu-utils)");
+    }
+    ok
+}
+
+/// Runs qemu-img and returns its output, failing the test when it fails.
+pub fn qemu_img(args: &[&str]) -> Output {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("run qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A deterministic pseudo-random generator (xorshift), so test images are the same every run.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// Writes a raw image of `size` bytes whose 64 KiB pieces cycle through random data, zeros,
+/// text and a half-random piece, leaving the zero pieces as holes.
+pub fn mixed_raw(path: &Path, size: u64, seed: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut rng = Rng::new(seed);
+    let mut data = vec![0u8; size as usize];
+    for (i, piece) in data.chunks_mut(64 << 10).enumerate() {
+        match i % 4 {
+            0 => rng.fill(piece),
+            1 => {}
+            2 => {
+                for (j, b) in piece.iter_mut().enumerate() {
+                    *b = b"ims test text "[j % 14];
+                }
+            }
+            _ => {
+                let half = piece.len() / 2;
+                rng.fill(&mut piece[..half]);
+            }
+        }
+    }
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    for (i, piece) in data.chunks(64 << 10).enumerate() {
+        if i % 4 != 1 {
+            f.write_all_at(piece, (i as u64) * (64 << 10)).unwrap();
+        }
+    }
+    data
+}
+
+/// Bytes a file occupies on disk.
+pub fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
