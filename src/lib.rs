@@ -232,8 +232,30 @@ pub fn create(
                 virtual_size,
             )))
         }
+        Format::Qcow2 => {
+            let opts = formats::qcow2::writer::Qcow2CreateOptions::parse(
+                &options.options,
+                options.compress,
+            )?;
+            let sink = seekable_sink(format, target, options)?;
+            Ok(Box::new(formats::qcow2::writer::Qcow2Writer::new(
+                sink,
+                virtual_size,
+                opts,
+            )?))
+        }
         other => Err(Error::unsupported(format!(
             "writing {other} images is not implemented yet"
+        ))),
+    }
+}
+
+/// The file sink for a format whose writer must seek; pipes are refused.
+fn seekable_sink(format: Format, target: Target, options: &CreateOptions) -> Result<FileSink> {
+    match target {
+        Target::File(path) => Ok(FileSink::create(&path)?.durable(options.durable)),
+        Target::Stdout | Target::Stream(_) => Err(Error::InvalidArgument(format!(
+            "{format} images cannot be written to a pipe or stdout (the writer must seek); write to a file"
         ))),
     }
 }
