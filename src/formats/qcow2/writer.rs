@@ -472,9 +472,13 @@ impl BlockWriter for Qcow2Writer {
             )));
         }
         self.flush_l2()?;
-        let l1_bytes = (self.l1.len() as u64 * 8).max(1);
-        let l1_clusters = l1_bytes.div_ceil(self.cluster_size);
-        let l1_offset = self.alloc_clusters(l1_clusters)?;
+        // An empty disk has an empty L1 table, which takes no cluster.
+        let l1_clusters = (self.l1.len() as u64 * 8).div_ceil(self.cluster_size);
+        let l1_offset = if l1_clusters == 0 {
+            0
+        } else {
+            self.alloc_clusters(l1_clusters)?
+        };
         let l1: Vec<u8> = self.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
         self.sink.write_at(&l1, l1_offset)?;
 
