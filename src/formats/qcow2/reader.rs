@@ -1,0 +1,930 @@
+//! Reads a QCOW2 image as a [`BlockReader`].
+//!
+//! Opening parses the header (refusing encryption, unknown incompatible features and references
+//! to other files that the caller has not resolved), checks where the tables are, loads the L1
+//! table and lists the internal snapshots. Everything else is read on demand: L2 tables go
+//! through a small bounded cache shared by all threads, compressed clusters are inflated into a
+//! buffer of exactly one cluster, and runs of clusters that are contiguous in the file are read
+//! with one positional read.
+//!
+//! One walk over the L1/L2 tables (`Walker`) turns a virtual range into segments (stored data,
+//! compressed cluster, zeros, unallocated); `read_at` and `map` both consume it, so they agree.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use flate2::{Decompress, FlushDecompress, Status};
+use rustix::fs::{SeekFrom, seek};
+use serde_json::{Map, Value, json};
+use zstd::stream::raw::{DParameter, Decoder, Operation};
+
+use crate::block::{BlockReader, Extent, ExtentState, check_map, check_range, push_extent, usize_len};
+use crate::error::{Error, ReferenceKind, Result};
+use crate::io::{file_length, read_exact_at};
+
+use super::header::{CompressionType, Qcow2Header, compatible, incompatible};
+use super::tables::{
+    COMPRESSED_SECTOR_SIZE, ClusterType, CompressedDescriptor, Geometry, L1Entry, L2Entry, Snapshot,
+    SubclusterState, TABLE_ENTRY_SIZE, classify_standard, decode_table, read_snapshot_table, subcluster_state,
+};
+
+/// Memory the L2 table cache may use.
+const L2_CACHE_BYTES: u64 = 16 << 20;
+/// Fewest and most L2 tables the cache keeps, whatever the cluster size.
+const L2_CACHE_MIN_TABLES: usize = 4;
+const L2_CACHE_MAX_TABLES: usize = 256;
+/// Decompressed clusters kept, so a cluster read in several pieces is inflated once.
+const CLUSTER_CACHE_ENTRIES: usize = 4;
+/// Largest zstd window accepted: qemu compresses one cluster (at most 2 MiB) per frame, which
+/// zstd encodes with a window of at most 2 MiB. This bounds what a hostile frame can allocate.
+const ZSTD_WINDOW_LOG_MAX: u32 = 22;
+
+/// What the caller resolved for the image before opening it.
+#[derive(Clone, Default)]
+pub struct Qcow2OpenOptions {
+    /// The backing image's disk, opened by the caller (see [`crate::open`]) for an image that
+    /// names a backing file. Without it such an image is refused with
+    /// [`Error::ExternalReference`]. Ignored for an image without a backing file.
+    pub backing: Option<Arc<dyn BlockReader>>,
+}
+
+/// A QCOW2 image (version 2 or 3) opened for reading.
+pub struct Qcow2Reader {
+    file: File,
+    file_len: u64,
+    header: Qcow2Header,
+    geometry: Geometry,
+    /// The active L1 table, the entries that map the disk (`l1_size` may hold more).
+    l1: Vec<u64>,
+    snapshots: Vec<Snapshot>,
+    backing: Option<Arc<dyn BlockReader>>,
+    l2_cache: Mutex<L2Cache>,
+    cluster_cache: Mutex<Vec<(u64, Arc<Vec<u8>>)>>,
+}
+
+impl Qcow2Reader {
+    /// Opens the image in `file`. An image that names a backing file is refused unless
+    /// `options.backing` supplies it; an image with an external data file is always refused
+    /// (with [`Error::ExternalReference`] naming it).
+    pub fn open(file: File, options: &Qcow2OpenOptions) -> Result<Self> {
+        let file_len = file_length(&file)?;
+        let header = Qcow2Header::read(&file)?;
+        if let Some(name) = header.data_file() {
+            return Err(Error::reference(ReferenceKind::DataFile, name));
+        }
+        let backing = match (header.backing_file(), &options.backing) {
+            (Some(name), None) => return Err(Error::reference(ReferenceKind::BackingFile, name)),
+            (Some(_), Some(b)) => Some(b.clone()),
+            (None, _) => None,
+        };
+        header.check_layout(file_len)?;
+        let h = &header.header;
+        let geometry = h.geometry()?;
+
+        // Only the entries that map the disk are read; check_layout has checked that the table
+        // holds them and lies inside the file (so this is at most the file's size).
+        let needed = geometry.l1_entries_for(h.size);
+        let mut l1_bytes = vec![0u8; usize_len(needed * TABLE_ENTRY_SIZE)?];
+        read_exact_at(&file, &mut l1_bytes, h.l1_table_offset, "qcow2 L1 table")?;
+        let l1 = decode_table(&l1_bytes);
+
+        let snapshots = read_snapshot_table(&file, h, file_len)?;
+        let tables = usize::try_from(L2_CACHE_BYTES >> geometry.cluster_bits())
+            .unwrap_or(L2_CACHE_MAX_TABLES)
+            .clamp(L2_CACHE_MIN_TABLES, L2_CACHE_MAX_TABLES);
+        Ok(Qcow2Reader {
+            file,
+            file_len,
+            header,
+            geometry,
+            l1,
+            snapshots,
+            backing,
+            l2_cache: Mutex::new(L2Cache::new(tables)),
+            cluster_cache: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The parsed header, extensions and backing file name.
+    pub fn header(&self) -> &Qcow2Header {
+        &self.header
+    }
+
+    /// The backing file the image names (opened only by the caller).
+    pub fn backing_file(&self) -> Option<&str> {
+        self.header.backing_file()
+    }
+
+    /// The backing file's format, when the image records it.
+    pub fn backing_format(&self) -> Option<&str> {
+        self.header.backing_format()
+    }
+
+    pub fn cluster_size(&self) -> u64 {
+        self.geometry.cluster_size()
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// The internal snapshots (listed only; ims reads the active state).
+    pub fn snapshots(&self) -> &[Snapshot] {
+        &self.snapshots
+    }
+
+    fn walk(&self, start: u64, end: u64) -> Walker<'_> {
+        Walker {
+            reader: self,
+            pos: start,
+            end,
+            current: None,
+        }
+    }
+
+    /// The L2 table of L1 entry `l1_index`, or `None` when that entry is unallocated.
+    fn l2_table(&self, l1_index: u64) -> Result<Option<Arc<L2Table>>> {
+        let h = &self.header.header;
+        let entry_pos = h.l1_table_offset.saturating_add(l1_index.saturating_mul(TABLE_ENTRY_SIZE));
+        let raw = usize::try_from(l1_index)
+            .ok()
+            .and_then(|i| self.l1.get(i))
+            .ok_or_else(|| Error::malformed("qcow2 L1 table", entry_pos, "lookup past the end of the table"))?;
+        let offset = L1Entry(*raw).l2_offset();
+        if offset == 0 {
+            return Ok(None);
+        }
+        let cluster_size = self.geometry.cluster_size();
+        if offset % cluster_size != 0 {
+            return Err(Error::malformed(
+                "qcow2 L1 table",
+                entry_pos,
+                format!("L2 table offset {offset:#x} is not aligned to a cluster"),
+            ));
+        }
+        if offset.checked_add(cluster_size).is_none_or(|end| end > self.file_len) {
+            return Err(Error::truncated("qcow2 L2 table", offset, cluster_size, self.file_len));
+        }
+        if let Some(t) = self.l2_cache.lock().unwrap_or_else(PoisonError::into_inner).get(offset) {
+            return Ok(Some(t));
+        }
+        let mut bytes = vec![0u8; usize_len(cluster_size)?];
+        read_exact_at(&self.file, &mut bytes, offset, "qcow2 L2 table")?;
+        let table = Arc::new(L2Table {
+            offset,
+            words: decode_table(&bytes),
+            extended: self.geometry.extended_l2(),
+        });
+        self.l2_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(offset, table.clone());
+        Ok(Some(table))
+    }
+
+    /// Where a compressed cluster's bytes are: (host offset, bytes to read). The descriptor's
+    /// last sector may run past the end of the file by less than a sector (the file ends inside
+    /// it); anything more is an error.
+    fn compressed_range(&self, descriptor: u64) -> Result<(u64, u64)> {
+        let d = CompressedDescriptor::decode(descriptor, &self.geometry);
+        let past_eof = || Error::truncated("qcow2 compressed cluster", d.host_offset, d.length(), self.file_len);
+        let end = d.end().ok_or_else(past_eof)?;
+        let limit = self.file_len.checked_next_multiple_of(COMPRESSED_SECTOR_SIZE).unwrap_or(u64::MAX);
+        if d.host_offset >= self.file_len || end > limit {
+            return Err(past_eof());
+        }
+        Ok((d.host_offset, end.min(self.file_len) - d.host_offset))
+    }
+
+    /// The decompressed bytes of the compressed cluster `descriptor` describes.
+    fn compressed_cluster(&self, descriptor: u64) -> Result<Arc<Vec<u8>>> {
+        {
+            let cache = self.cluster_cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, c)) = cache.iter().find(|(d, _)| *d == descriptor) {
+                return Ok(c.clone());
+            }
+        }
+        let (host, len) = self.compressed_range(descriptor)?;
+        // At most two clusters (the sector count field's range): 4 MiB.
+        let mut input = vec![0u8; usize_len(len)?];
+        read_exact_at(&self.file, &mut input, host, "qcow2 compressed cluster")?;
+        let mut out = vec![0u8; usize_len(self.geometry.cluster_size())?];
+        match self.header.header.compression_type {
+            CompressionType::Zlib => inflate_cluster(&input, &mut out),
+            CompressionType::Zstd => unzstd_cluster(&input, &mut out),
+        }
+        .map_err(|problem| Error::malformed("qcow2 compressed cluster", host, problem))?;
+        let out = Arc::new(out);
+        let mut cache = self.cluster_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.insert(0, (descriptor, out.clone()));
+        cache.truncate(CLUSTER_CACHE_ENTRIES);
+        Ok(out)
+    }
+
+    /// Reads `run.len` bytes of the file at `run.src` into `buf` at `run.at`.
+    fn read_host(&self, buf: &mut [u8], run: Run) -> Result<()> {
+        read_exact_at(&self.file, part(buf, run.at, run.len)?, run.src, "qcow2 data cluster")
+    }
+
+    /// Reads `run.len` bytes of the backing disk at virtual `run.src` into `buf` at `run.at`;
+    /// what lies beyond the backing disk's end reads as zeros.
+    fn read_backing(&self, buf: &mut [u8], run: Run) -> Result<()> {
+        let dst = part(buf, run.at, run.len)?;
+        let Some(backing) = &self.backing else {
+            dst.fill(0);
+            return Ok(());
+        };
+        let available = backing.virtual_size().saturating_sub(run.src);
+        // Bounded by dst.len(), so it fits a usize.
+        let n = usize::try_from(available).unwrap_or(usize::MAX).min(dst.len());
+        let (inside, beyond) = dst.split_at_mut(n);
+        if !inside.is_empty() {
+            backing.read_at(inside, run.src)?;
+        }
+        beyond.fill(0);
+        Ok(())
+    }
+
+    /// Adds a finished extent to `out`: stored data split where the image file has holes (which
+    /// read as zeros), unallocated ranges replaced by the backing disk's map.
+    fn finish_extent(&self, out: &mut Vec<Extent>, e: Extent) -> Result<()> {
+        match (e.state, e.host_offset) {
+            (ExtentState::Data, Some(host)) if !e.compressed => self.push_split_by_holes(out, e, host),
+            (ExtentState::Unallocated, _) if self.backing.is_some() => self.push_backing(out, e.start, e.length),
+            _ => {
+                push_extent(out, e);
+                Ok(())
+            }
+        }
+    }
+
+    /// Pushes the data extent `e` stored at `host`, marking the parts that are holes in the
+    /// image file as zeros (as qemu does: such clusters are preallocated but never written).
+    fn push_split_by_holes(&self, out: &mut Vec<Extent>, e: Extent, host: u64) -> Result<()> {
+        let end = host.saturating_add(e.length);
+        let piece = |out: &mut Vec<Extent>, from: u64, to: u64, state| {
+            if to > from {
+                push_extent(
+                    out,
+                    Extent {
+                        start: e.start + (from - host),
+                        length: to - from,
+                        state,
+                        host_offset: Some(from),
+                        compressed: false,
+                    },
+                );
+            }
+        };
+        let mut pos = host;
+        while pos < end {
+            let data_start = match next_boundary(&self.file, pos, false)? {
+                Some(p) => p.clamp(pos, end),
+                None => pos,
+            };
+            piece(out, pos, data_start, ExtentState::Zero);
+            if data_start >= end {
+                break;
+            }
+            let hole_start = match next_boundary(&self.file, data_start, true)? {
+                Some(p) => p.clamp(data_start + 1, end),
+                None => end,
+            };
+            piece(out, data_start, hole_start, ExtentState::Data);
+            pos = hole_start;
+        }
+        Ok(())
+    }
+
+    /// Pushes the backing disk's extents for `[start, start + length)` (without host offsets,
+    /// which would be in another file); past the backing disk's end the range is unallocated.
+    fn push_backing(&self, out: &mut Vec<Extent>, start: u64, length: u64) -> Result<()> {
+        let end = start.saturating_add(length);
+        let inside_end = match &self.backing {
+            Some(backing) => end.min(backing.virtual_size()).max(start),
+            None => start,
+        };
+        if let Some(backing) = &self.backing
+            && inside_end > start
+        {
+            let extents = backing.map(start, inside_end - start)?;
+            check_map(&extents, start, inside_end - start)?;
+            for x in extents {
+                push_extent(
+                    out,
+                    Extent {
+                        host_offset: None,
+                        ..x
+                    },
+                );
+            }
+        }
+        if end > inside_end {
+            push_extent(out, Extent::new(inside_end, end - inside_end, ExtentState::Unallocated));
+        }
+        Ok(())
+    }
+}
+
+/// Where the next data (`hole = false`) or hole (`hole = true`) at or after `pos` starts in
+/// `file`; `Some(end of file)` when there is none, `None` when the file system cannot tell.
+fn next_boundary(file: &File, pos: u64, hole: bool) -> Result<Option<u64>> {
+    let whence = if hole { SeekFrom::Hole(pos) } else { SeekFrom::Data(pos) };
+    match seek(file, whence) {
+        Ok(p) => Ok(Some(p)),
+        // ENXIO: no data at or after `pos`.
+        Err(rustix::io::Errno::NXIO) => Ok(Some(u64::MAX)),
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(None),
+        Err(e) => Err(Error::io(
+            if hole { "seek hole" } else { "seek data" },
+            std::io::Error::from(e),
+        )),
+    }
+}
+
+/// `buf[at..at + len]`, or an error rather than a panic should a walk ever disagree with the
+/// buffer.
+fn part(buf: &mut [u8], at: usize, len: usize) -> Result<&mut [u8]> {
+    at.checked_add(len)
+        .and_then(|end| buf.get_mut(at..end))
+        .ok_or_else(|| Error::InvalidArgument(format!("qcow2 walk outside the read buffer at {at}")))
+}
+
+/// A run of bytes to copy from `src` (a host offset, or a virtual offset of the backing disk)
+/// into the read buffer at `at`.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    at: usize,
+    src: u64,
+    len: usize,
+}
+
+impl Run {
+    fn continues(&self, at: usize, src: u64) -> bool {
+        self.at.checked_add(self.len) == Some(at) && self.src.checked_add(self.len as u64) == Some(src)
+    }
+}
+
+/// Extends `pending` with `[at, at + len)` from `src` when it continues it; otherwise returns
+/// the finished run and starts a new one.
+fn extend_run(pending: &mut Option<Run>, at: usize, src: u64, len: usize) -> Option<Run> {
+    if let Some(p) = pending
+        && p.continues(at, src)
+    {
+        p.len += len;
+        return None;
+    }
+    pending.replace(Run { at, src, len })
+}
+
+impl BlockReader for Qcow2Reader {
+    fn virtual_size(&self) -> u64 {
+        self.header.header.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let len = buf.len() as u64;
+        check_range(offset, len, self.virtual_size())?;
+        let mut walker = self.walk(offset, offset + len);
+        let mut data: Option<Run> = None;
+        let mut backing: Option<Run> = None;
+        while let Some(seg) = walker.next()? {
+            let at = usize_len(seg.start - offset)?;
+            let n = usize_len(seg.length)?;
+            match seg.kind {
+                Kind::Data { host } => {
+                    if let Some(done) = extend_run(&mut data, at, host, n) {
+                        self.read_host(buf, done)?;
+                    }
+                }
+                Kind::Unallocated { .. } if self.backing.is_some() => {
+                    if let Some(done) = extend_run(&mut backing, at, seg.start, n) {
+                        self.read_backing(buf, done)?;
+                    }
+                }
+                Kind::Zero { .. } | Kind::Unallocated { .. } => part(buf, at, n)?.fill(0),
+                Kind::Compressed {
+                    descriptor,
+                    cluster_start,
+                } => {
+                    let cluster = self.compressed_cluster(descriptor)?;
+                    let from = usize_len(seg.start - cluster_start)?;
+                    let src = from
+                        .checked_add(n)
+                        .and_then(|end| cluster.get(from..end))
+                        .ok_or_else(|| Error::malformed("qcow2 compressed cluster", seg.start, "read past the cluster"))?;
+                    part(buf, at, n)?.copy_from_slice(src);
+                }
+            }
+        }
+        if let Some(run) = data {
+            self.read_host(buf, run)?;
+        }
+        if let Some(run) = backing {
+            self.read_backing(buf, run)?;
+        }
+        Ok(())
+    }
+
+    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.virtual_size());
+        let mut out = Vec::new();
+        if offset >= end {
+            return Ok(out);
+        }
+        let mut walker = self.walk(offset, end);
+        let mut pending: Option<Extent> = None;
+        while let Some(seg) = walker.next()? {
+            let mut e = seg.extent();
+            if self.backing.is_some() && e.state == ExtentState::Unallocated {
+                // Replaced by the backing disk's map: where this image preallocated does not matter.
+                e.host_offset = None;
+            }
+            match &mut pending {
+                Some(p) if continues(p, &e) => p.length += e.length,
+                _ => {
+                    if let Some(done) = pending.replace(e) {
+                        self.finish_extent(&mut out, done)?;
+                    }
+                }
+            }
+        }
+        if let Some(done) = pending {
+            self.finish_extent(&mut out, done)?;
+        }
+        Ok(out)
+    }
+
+    fn format_specific(&self) -> Option<Value> {
+        let h = &self.header.header;
+        let v3 = h.version >= 3;
+        let mut data = Map::new();
+        data.insert("compat".into(), json!(if v3 { "1.1" } else { "0.10" }));
+        data.insert("compression-type".into(), json!(h.compression_type.name()));
+        if v3 {
+            data.insert(
+                "lazy-refcounts".into(),
+                json!(h.compatible_features & compatible::LAZY_REFCOUNTS != 0),
+            );
+        }
+        data.insert("refcount-bits".into(), json!(self.geometry.refcount_bits()));
+        if v3 {
+            data.insert("corrupt".into(), json!(self.header.has(incompatible::CORRUPT)));
+            data.insert("extended-l2".into(), json!(self.header.has(incompatible::EXTENDED_L2)));
+            data.insert("dirty".into(), json!(self.header.has(incompatible::DIRTY)));
+        }
+        data.insert("cluster-size".into(), json!(self.geometry.cluster_size()));
+        if let Some(name) = self.header.backing_file() {
+            data.insert("backing-filename".into(), json!(name));
+        }
+        if let Some(format) = self.header.backing_format() {
+            data.insert("backing-filename-format".into(), json!(format));
+        }
+        if !self.snapshots.is_empty() {
+            let list: Vec<Value> = self
+                .snapshots
+                .iter()
+                .map(|s| {
+                    let mut v = json!({
+                        "id": s.id,
+                        "name": s.name,
+                        "vm-state-size": s.vm_state_size,
+                        "date-sec": s.date_sec,
+                        "date-nsec": s.date_nsec,
+                        "vm-clock-sec": s.vm_clock_nsec / 1_000_000_000,
+                        "vm-clock-nsec": s.vm_clock_nsec % 1_000_000_000,
+                    });
+                    if let (Some(icount), Some(obj)) = (s.icount, v.as_object_mut()) {
+                        obj.insert("icount".into(), json!(icount));
+                    }
+                    v
+                })
+                .collect();
+            data.insert("snapshots".into(), Value::Array(list));
+        }
+        Some(json!({ "type": "qcow2", "data": data }))
+    }
+}
+
+/// Whether extent `b` continues `a` with nothing to tell them apart.
+fn continues(a: &Extent, b: &Extent) -> bool {
+    a.end() == b.start
+        && a.state == b.state
+        && a.compressed == b.compressed
+        && match (a.host_offset, b.host_offset) {
+            (None, None) => true,
+            (Some(x), Some(y)) => x.checked_add(a.length) == Some(y),
+            _ => false,
+        }
+}
+
+/// One L2 table, decoded.
+struct L2Table {
+    /// Where it lies in the file (for errors).
+    offset: u64,
+    words: Vec<u64>,
+    extended: bool,
+}
+
+impl L2Table {
+    /// Entry `index`, and the file offset it was read from.
+    fn entry(&self, index: u64) -> Result<(L2Entry, u64)> {
+        let size = if self.extended { 16 } else { 8 };
+        let at = self.offset.saturating_add(index.saturating_mul(size));
+        let i = usize::try_from(index).ok();
+        let entry = if self.extended {
+            i.and_then(|i| i.checked_mul(2)).and_then(|i| {
+                Some(L2Entry {
+                    descriptor: *self.words.get(i)?,
+                    bitmap: *self.words.get(i + 1)?,
+                })
+            })
+        } else {
+            i.and_then(|i| self.words.get(i)).map(|&descriptor| L2Entry { descriptor, bitmap: 0 })
+        };
+        entry
+            .map(|e| (e, at))
+            .ok_or_else(|| Error::malformed("qcow2 L2 table", at, "entry past the end of the table"))
+    }
+}
+
+/// L2 tables by file offset, least recently used evicted first.
+struct L2Cache {
+    capacity: usize,
+    tick: u64,
+    tables: HashMap<u64, (u64, Arc<L2Table>)>,
+}
+
+impl L2Cache {
+    fn new(capacity: usize) -> Self {
+        L2Cache {
+            capacity,
+            tick: 0,
+            tables: HashMap::with_capacity(capacity),
+        }
+    }
+
+    fn get(&mut self, offset: u64) -> Option<Arc<L2Table>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.tables.get_mut(&offset).map(|(used, t)| {
+            *used = tick;
+            t.clone()
+        })
+    }
+
+    fn insert(&mut self, offset: u64, table: Arc<L2Table>) {
+        if self.tables.len() >= self.capacity
+            && !self.tables.contains_key(&offset)
+            && let Some(oldest) = self.tables.iter().min_by_key(|(_, (used, _))| *used).map(|(k, _)| *k)
+        {
+            self.tables.remove(&oldest);
+        }
+        self.tick += 1;
+        self.tables.insert(offset, (self.tick, table));
+    }
+}
+
+/// What a segment of the disk holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Stored uncompressed; `host` is where the segment's first byte is.
+    Data { host: u64 },
+    /// Inside the compressed cluster `descriptor` describes, which starts at virtual
+    /// `cluster_start`.
+    Compressed { descriptor: u64, cluster_start: u64 },
+    /// Reads as zeros; `host` is a preallocated place for the first byte, if any.
+    Zero { host: Option<u64> },
+    /// Not in this image; `host` is a preallocated place for the first byte, if any.
+    Unallocated { host: Option<u64> },
+}
+
+/// A run of the disk in one state, within one cluster (or one unallocated L2 range).
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    start: u64,
+    length: u64,
+    kind: Kind,
+}
+
+impl Segment {
+    fn extent(&self) -> Extent {
+        let (state, host_offset, compressed) = match self.kind {
+            Kind::Data { host } => (ExtentState::Data, Some(host), false),
+            Kind::Compressed { .. } => (ExtentState::Data, None, true),
+            Kind::Zero { host } => (ExtentState::Zero, host, false),
+            Kind::Unallocated { host } => (ExtentState::Unallocated, host, false),
+        };
+        Extent {
+            start: self.start,
+            length: self.length,
+            state,
+            host_offset,
+            compressed,
+        }
+    }
+}
+
+/// Walks `[pos, end)` of the disk through the L1 and L2 tables, one segment at a time,
+/// checking every entry it uses.
+struct Walker<'a> {
+    reader: &'a Qcow2Reader,
+    pos: u64,
+    end: u64,
+    /// The L2 table in use: (L1 index, table).
+    current: Option<(u64, Option<Arc<L2Table>>)>,
+}
+
+impl Walker<'_> {
+    fn next(&mut self) -> Result<Option<Segment>> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        let r = self.reader;
+        let g = r.geometry;
+        let l1_index = g.l1_index(self.pos);
+        let table = match &self.current {
+            Some((i, t)) if *i == l1_index => t.clone(),
+            _ => {
+                let t = r.l2_table(l1_index)?;
+                self.current = Some((l1_index, t.clone()));
+                t
+            }
+        };
+        let Some(table) = table else {
+            // No L2 table: everything it would map is unallocated.
+            let boundary = (l1_index + 1)
+                .checked_mul(1u64 << g.l2_coverage_bits())
+                .unwrap_or(u64::MAX);
+            return Ok(Some(self.emit(boundary, Kind::Unallocated { host: None })));
+        };
+        let cluster_size = g.cluster_size();
+        let cluster_start = g.cluster_start(self.pos);
+        let cluster_end = cluster_start.saturating_add(cluster_size);
+        let within = self.pos - cluster_start;
+        let (entry, entry_at) = table.entry(g.l2_index(self.pos))?;
+        let bad = |problem: String| Error::malformed("qcow2 L2 entry", entry_at, problem);
+
+        if entry.is_compressed() {
+            // Checked here so that map and read refuse the same images.
+            r.compressed_range(entry.descriptor)?;
+            return Ok(Some(self.emit(
+                cluster_end,
+                Kind::Compressed {
+                    descriptor: entry.descriptor,
+                    cluster_start,
+                },
+            )));
+        }
+
+        let (kind, seg_end) = if !g.extended_l2() {
+            let kind = match classify_standard(entry, r.header.header.version, cluster_size).map_err(bad)? {
+                ClusterType::Unallocated => Kind::Unallocated { host: None },
+                ClusterType::Zero { host } => Kind::Zero {
+                    host: host.map(|h| h + within),
+                },
+                ClusterType::Normal { host } => Kind::Data { host: host + within },
+            };
+            (kind, cluster_end)
+        } else {
+            let host = entry.host_offset();
+            if host % cluster_size != 0 {
+                return Err(bad(format!("host cluster offset {host:#x} is not aligned to a cluster")));
+            }
+            let host = (host != 0).then_some(host + within);
+            let sc_bits = g.subcluster_bits();
+            // Below 32: `within` is less than a cluster.
+            let first = u32::try_from(within >> sc_bits).unwrap_or(0);
+            let state = subcluster_state(entry.bitmap, first);
+            let mut last = first;
+            while last + 1 < g.subclusters() && subcluster_state(entry.bitmap, last + 1) == state {
+                last += 1;
+            }
+            let run_end = cluster_start.saturating_add(u64::from(last + 1) << sc_bits);
+            let kind = match state {
+                SubclusterState::Invalid => {
+                    return Err(bad(format!("subcluster {first} is both allocated and zero")));
+                }
+                SubclusterState::Allocated => match host {
+                    Some(host) => Kind::Data { host },
+                    None => return Err(bad(format!("subcluster {first} is allocated without a host cluster"))),
+                },
+                SubclusterState::Zero => Kind::Zero { host },
+                SubclusterState::Unallocated => Kind::Unallocated { host },
+            };
+            (kind, run_end)
+        };
+        let seg = self.emit(seg_end, kind);
+        if let Kind::Data { host } = seg.kind
+            && host.checked_add(seg.length).is_none_or(|end| end > r.file_len)
+        {
+            return Err(Error::truncated("qcow2 data cluster", host, seg.length, r.file_len));
+        }
+        Ok(Some(seg))
+    }
+
+    /// The segment from the current position to `end` (clamped to the walk), moving past it.
+    fn emit(&mut self, end: u64, kind: Kind) -> Segment {
+        let end = end.min(self.end);
+        let seg = Segment {
+            start: self.pos,
+            length: end - self.pos,
+            kind,
+        };
+        self.pos = end;
+        seg
+    }
+}
+
+thread_local! {
+    /// One raw-deflate inflater per thread, reset for each cluster.
+    static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+    /// One zstd decompression context per thread, reset for each cluster.
+    static ZSTD: RefCell<Option<Decoder<'static>>> = const { RefCell::new(None) };
+}
+
+/// Inflates raw deflate data (no zlib header) into exactly `out.len()` bytes. Input after the
+/// end of the deflate stream (the rest of the last sector) is ignored; a stream that stops
+/// short of the cluster or goes on past it is an error.
+pub(crate) fn inflate_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    INFLATER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut d) => {
+            d.reset(false);
+            inflate_with(&mut d, input, out)
+        }
+        Err(_) => inflate_with(&mut Decompress::new(false), input, out),
+    })
+}
+
+fn inflate_with(d: &mut Decompress, input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    let status = d
+        .decompress(input, out, FlushDecompress::Finish)
+        .map_err(|e| format!("deflate data is corrupt: {e}"))?;
+    let produced = d.total_out();
+    if produced < out.len() as u64 {
+        return Err(format!(
+            "deflate data inflates to {produced} bytes, less than the cluster of {}",
+            out.len()
+        ));
+    }
+    if status != Status::StreamEnd {
+        // The cluster is full: the stream must have nothing more to give.
+        let used = usize::try_from(d.total_in()).unwrap_or(input.len());
+        let mut probe = [0u8; 1];
+        let _ = d.decompress(input.get(used..).unwrap_or_default(), &mut probe, FlushDecompress::Finish);
+        if d.total_out() > produced {
+            return Err(format!("deflate data inflates to more than the cluster of {}", out.len()));
+        }
+    }
+    Ok(())
+}
+
+/// Decompresses zstd data into exactly `out.len()` bytes, as [`inflate_cluster`] does for
+/// deflate: bytes after the frame are ignored, a frame shorter or longer than the cluster is an
+/// error.
+pub(crate) fn unzstd_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    ZSTD.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut slot) => {
+            let decoder = match slot.as_mut() {
+                Some(d) => {
+                    d.reinit().map_err(|e| format!("zstd: {e}"))?;
+                    d
+                }
+                None => slot.insert(new_zstd_decoder()?),
+            };
+            unzstd_with(decoder, input, out)
+        }
+        Err(_) => unzstd_with(&mut new_zstd_decoder()?, input, out),
+    })
+}
+
+fn new_zstd_decoder() -> std::result::Result<Decoder<'static>, String> {
+    let mut d = Decoder::new().map_err(|e| format!("zstd: {e}"))?;
+    d.set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX))
+        .map_err(|e| format!("zstd: {e}"))?;
+    Ok(d)
+}
+
+fn unzstd_with(d: &mut Decoder<'static>, input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    let corrupt = |e: std::io::Error| format!("zstd data is corrupt: {e}");
+    let (mut read, mut written) = (0usize, 0usize);
+    let mut frame_left = 1usize;
+    while written < out.len() {
+        let rest = input.get(read..).unwrap_or_default();
+        let dst = out.get_mut(written..).unwrap_or_default();
+        let st = d.run_on_buffers(rest, dst).map_err(corrupt)?;
+        read += st.bytes_read;
+        written += st.bytes_written;
+        frame_left = st.remaining;
+        if st.bytes_read == 0 && st.bytes_written == 0 {
+            break;
+        }
+    }
+    if written < out.len() {
+        return Err(format!(
+            "zstd data decompresses to {written} bytes, less than the cluster of {}",
+            out.len()
+        ));
+    }
+    if frame_left != 0 {
+        // The cluster is full: the frame must end without giving more.
+        let mut probe = [0u8; 1];
+        let st = d
+            .run_on_buffers(input.get(read..).unwrap_or_default(), &mut probe)
+            .map_err(corrupt)?;
+        if st.bytes_written > 0 {
+            return Err(format!("zstd data decompresses to more than the cluster of {}", out.len()));
+        }
+        if st.remaining != 0 {
+            return Err("zstd frame does not end after the cluster".into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn deflate_raw(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn inflates_exactly_one_cluster() {
+        let data = pattern(65536);
+        let mut z = deflate_raw(&data);
+        // Trailing bytes from the last sector are ignored.
+        z.extend_from_slice(&[0xaa; 300]);
+        let mut out = vec![0u8; 65536];
+        inflate_cluster(&z, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn deflate_shorter_or_longer_than_the_cluster_is_an_error() {
+        let mut out = vec![0u8; 65536];
+        let short = deflate_raw(&pattern(60000));
+        assert!(inflate_cluster(&short, &mut out).unwrap_err().contains("less than"));
+        let long = deflate_raw(&pattern(70000));
+        assert!(inflate_cluster(&long, &mut out).unwrap_err().contains("more than"));
+        assert!(inflate_cluster(&[0xff; 100], &mut out).is_err());
+        assert!(inflate_cluster(&[], &mut out).is_err());
+    }
+
+    #[test]
+    fn zstd_exactly_one_cluster() {
+        let data = pattern(65536);
+        let mut z = zstd::bulk::compress(&data, 3).unwrap();
+        z.extend_from_slice(&[0x55; 100]);
+        let mut out = vec![0u8; 65536];
+        unzstd_cluster(&z, &mut out).unwrap();
+        assert_eq!(out, data);
+        let short = zstd::bulk::compress(&pattern(1000), 3).unwrap();
+        assert!(unzstd_cluster(&short, &mut out).unwrap_err().contains("less than"));
+        let long = zstd::bulk::compress(&pattern(70000), 3).unwrap();
+        assert!(unzstd_cluster(&long, &mut out).unwrap_err().contains("more than"));
+        assert!(unzstd_cluster(&[1, 2, 3, 4, 5, 6, 7, 8], &mut out).is_err());
+        // The decoder is reset between clusters.
+        unzstd_cluster(&z, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn cache_evicts_the_least_recently_used() {
+        let table = |o| {
+            Arc::new(L2Table {
+                offset: o,
+                words: vec![],
+                extended: false,
+            })
+        };
+        let mut c = L2Cache::new(2);
+        c.insert(1, table(1));
+        c.insert(2, table(2));
+        assert!(c.get(1).is_some());
+        c.insert(3, table(3));
+        assert!(c.get(2).is_none());
+        assert!(c.get(1).is_some() && c.get(3).is_some());
+    }
+
+    #[test]
+    fn runs_coalesce_only_when_contiguous_in_both_places() {
+        let mut p = None;
+        assert!(extend_run(&mut p, 0, 100, 10).is_none());
+        assert!(extend_run(&mut p, 10, 110, 5).is_none());
+        let done = extend_run(&mut p, 15, 200, 5).unwrap();
+        assert_eq!((done.at, done.src, done.len), (0, 100, 15));
+        let done = extend_run(&mut p, 30, 205, 5).unwrap();
+        assert_eq!((done.at, done.src, done.len), (15, 200, 5));
+    }
+}

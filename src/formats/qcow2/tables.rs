@@ -1,0 +1,736 @@
+//! QCOW2 tables: the geometry that follows from the header (cluster, L2 and refcount sizes), the
+//! L1 and L2 entry layouts (standard, compressed and extended entries with their subcluster
+//! bitmaps), refcount table and block entries, and the internal snapshot table.
+//!
+//! Everything here is pure decoding and arithmetic, so the reader, the writer and the checker
+//! share one definition of each bit. The layouts are described in `formats/qcow2.md`.
+
+use std::fs::File;
+
+use crate::error::{Error, Result};
+use crate::io::read_exact_at;
+
+use super::header::{Header, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, MIN_EXTENDED_L2_CLUSTER_BITS};
+
+/// Bits 9-55 of an L1 entry: the offset of an L2 table.
+pub const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// Bits 9-55 of a standard L2 entry: the offset of a host cluster.
+pub const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// Bits 9-63 of a refcount table entry: the offset of a refcount block.
+pub const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
+/// Bit 63 of L1 and L2 entries: the refcount is exactly one (COPIED).
+pub const OFLAG_COPIED: u64 = 1 << 63;
+/// Bit 62 of an L2 entry: the cluster is compressed.
+pub const OFLAG_COMPRESSED: u64 = 1 << 62;
+/// Bit 0 of a standard L2 entry (version 3 without extended L2): the cluster reads as zeros.
+pub const OFLAG_ZERO: u64 = 1;
+/// Bits of an L1 entry that must be zero: 0-8 and 56-62.
+pub const L1E_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
+/// Bits of a standard L2 entry that must be zero (bit 0 is the zero flag, handled apart): 1-8 and 56-61.
+pub const L2E_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
+/// Bits of a refcount table entry that must be zero: 0-8.
+pub const REFT_RESERVED_MASK: u64 = 0x1ff;
+/// Subclusters in a cluster with extended L2 entries.
+pub const SUBCLUSTERS_PER_CLUSTER: u32 = 32;
+/// Compressed data is counted in sectors of this size.
+pub const COMPRESSED_SECTOR_SIZE: u64 = 512;
+/// Size of an L1 entry and of a refcount table entry.
+pub const TABLE_ENTRY_SIZE: u64 = 8;
+
+/// Sizes and shifts that follow from `cluster_bits`, the L2 entry width and `refcount_order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    cluster_bits: u32,
+    extended_l2: bool,
+    refcount_order: u32,
+}
+
+impl Geometry {
+    /// Checks the three values against the format's limits.
+    pub fn new(cluster_bits: u32, extended_l2: bool, refcount_order: u32) -> Result<Self> {
+        if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
+            return Err(Error::malformed(
+                "qcow2 header",
+                20,
+                format!("cluster_bits {cluster_bits} is outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"),
+            ));
+        }
+        if extended_l2 && cluster_bits < MIN_EXTENDED_L2_CLUSTER_BITS {
+            return Err(Error::malformed(
+                "qcow2 header",
+                20,
+                format!(
+                    "extended L2 entries need clusters of at least {} bytes, not {}",
+                    1u64 << MIN_EXTENDED_L2_CLUSTER_BITS,
+                    1u64 << cluster_bits
+                ),
+            ));
+        }
+        if refcount_order > 6 {
+            return Err(Error::malformed(
+                "qcow2 header",
+                96,
+                format!("refcount_order {refcount_order} is above 6"),
+            ));
+        }
+        Ok(Geometry {
+            cluster_bits,
+            extended_l2,
+            refcount_order,
+        })
+    }
+
+    pub fn cluster_bits(&self) -> u32 {
+        self.cluster_bits
+    }
+
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    /// Offset of `offset` inside its cluster.
+    pub fn offset_in_cluster(&self, offset: u64) -> u64 {
+        offset & (self.cluster_size() - 1)
+    }
+
+    /// Start of the cluster holding `offset`.
+    pub fn cluster_start(&self, offset: u64) -> u64 {
+        offset & !(self.cluster_size() - 1)
+    }
+
+    pub fn extended_l2(&self) -> bool {
+        self.extended_l2
+    }
+
+    /// Bytes per L2 entry: 8, or 16 with extended L2 entries.
+    pub fn l2_entry_size(&self) -> u64 {
+        if self.extended_l2 { 16 } else { 8 }
+    }
+
+    /// log2 of the entries in one L2 table.
+    pub fn l2_bits(&self) -> u32 {
+        self.cluster_bits - if self.extended_l2 { 4 } else { 3 }
+    }
+
+    /// Entries in one L2 table (a table is one cluster).
+    pub fn l2_entries(&self) -> u64 {
+        1 << self.l2_bits()
+    }
+
+    /// log2 of the bytes of disk one L2 table maps.
+    pub fn l2_coverage_bits(&self) -> u32 {
+        self.cluster_bits + self.l2_bits()
+    }
+
+    /// Index into the L1 table of the L2 table that maps virtual `offset`.
+    pub fn l1_index(&self, offset: u64) -> u64 {
+        offset >> self.l2_coverage_bits()
+    }
+
+    /// Index into its L2 table of the entry that maps virtual `offset`.
+    pub fn l2_index(&self, offset: u64) -> u64 {
+        (offset >> self.cluster_bits) & (self.l2_entries() - 1)
+    }
+
+    /// L1 entries needed to map a disk of `size` bytes.
+    pub fn l1_entries_for(&self, size: u64) -> u64 {
+        size.div_ceil(1u64 << self.l2_coverage_bits())
+    }
+
+    /// Subclusters per cluster: 32 with extended L2 entries, else 1.
+    pub fn subclusters(&self) -> u32 {
+        if self.extended_l2 { SUBCLUSTERS_PER_CLUSTER } else { 1 }
+    }
+
+    /// log2 of the subcluster size.
+    pub fn subcluster_bits(&self) -> u32 {
+        if self.extended_l2 {
+            self.cluster_bits - 5
+        } else {
+            self.cluster_bits
+        }
+    }
+
+    pub fn refcount_order(&self) -> u32 {
+        self.refcount_order
+    }
+
+    /// Width of a refcount in bits (1 to 64).
+    pub fn refcount_bits(&self) -> u32 {
+        1 << self.refcount_order
+    }
+
+    /// Refcounts in one refcount block (a block is one cluster).
+    pub fn refcount_block_entries(&self) -> u64 {
+        (self.cluster_size() * 8) >> self.refcount_order
+    }
+
+    /// Where the refcount of the host cluster holding `host_offset` lives: (index into the
+    /// refcount table, index into that refcount block).
+    pub fn refcount_location(&self, host_offset: u64) -> (u64, u64) {
+        let cluster = host_offset >> self.cluster_bits;
+        let per_block = self.refcount_block_entries();
+        (cluster / per_block, cluster % per_block)
+    }
+
+    /// Bit position in a compressed descriptor where the sector count starts
+    /// (`x = 62 - (cluster_bits - 8)`).
+    pub fn csize_shift(&self) -> u32 {
+        62 - (self.cluster_bits - 8)
+    }
+
+    /// Mask of the sector-count field of a compressed descriptor (after shifting).
+    pub fn csize_mask(&self) -> u64 {
+        (1u64 << (self.cluster_bits - 8)) - 1
+    }
+}
+
+/// An L1 table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L1Entry(pub u64);
+
+impl L1Entry {
+    /// Offset of the L2 table, or 0 when the whole range is unallocated.
+    pub fn l2_offset(self) -> u64 {
+        self.0 & L1E_OFFSET_MASK
+    }
+
+    pub fn copied(self) -> bool {
+        self.0 & OFLAG_COPIED != 0
+    }
+
+    /// Reserved bits that are set (should be 0).
+    pub fn reserved_bits(self) -> u64 {
+        self.0 & L1E_RESERVED_MASK
+    }
+}
+
+/// One L2 entry: the 64-bit cluster descriptor, and with extended L2 entries the 64-bit
+/// subcluster bitmap (0 otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L2Entry {
+    pub descriptor: u64,
+    pub bitmap: u64,
+}
+
+impl L2Entry {
+    pub fn is_compressed(self) -> bool {
+        self.descriptor & OFLAG_COMPRESSED != 0
+    }
+
+    pub fn copied(self) -> bool {
+        self.descriptor & OFLAG_COPIED != 0
+    }
+
+    /// Host cluster offset of a standard (uncompressed) entry; 0 when none is allocated.
+    pub fn host_offset(self) -> u64 {
+        self.descriptor & L2E_OFFSET_MASK
+    }
+
+    /// The zero flag of a standard entry (meaningful for version 3 without extended L2).
+    pub fn zero_flag(self) -> bool {
+        self.descriptor & OFLAG_ZERO != 0
+    }
+
+    /// Reserved bits of a standard entry that are set (should be 0).
+    pub fn reserved_bits(self) -> u64 {
+        self.descriptor & L2E_STD_RESERVED_MASK
+    }
+}
+
+/// What a standard (uncompressed) L2 entry without subclusters says about its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterType {
+    /// Nothing stored: read from the backing file, or zeros.
+    Unallocated,
+    /// Reads as zeros; `host` is a preallocated host cluster, if any.
+    Zero { host: Option<u64> },
+    /// Stored uncompressed at `host`.
+    Normal { host: u64 },
+}
+
+/// Classifies a standard entry (not compressed, no subclusters) of an image of `version`.
+/// Fails with the problem when the entry cannot be right.
+pub fn classify_standard(entry: L2Entry, version: u32, cluster_size: u64) -> std::result::Result<ClusterType, String> {
+    let host = entry.host_offset();
+    if host % cluster_size != 0 {
+        return Err(format!("host cluster offset {host:#x} is not aligned to a cluster"));
+    }
+    if entry.zero_flag() {
+        if version < 3 {
+            return Err("zero flag set in a version 2 image".into());
+        }
+        return Ok(ClusterType::Zero {
+            host: (host != 0).then_some(host),
+        });
+    }
+    Ok(if host == 0 {
+        ClusterType::Unallocated
+    } else {
+        ClusterType::Normal { host }
+    })
+}
+
+/// What an extended L2 entry's bitmap says about one subcluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubclusterState {
+    /// Allocation bit set: stored in the host cluster.
+    Allocated,
+    /// Zero bit set: reads as zeros.
+    Zero,
+    /// Neither: read from the backing file, or zeros.
+    Unallocated,
+    /// Both bits set, which the format forbids.
+    Invalid,
+}
+
+/// The state of subcluster `index` (0..32) in an extended L2 entry's `bitmap`: allocation
+/// bits are 0-31, zero bits 32-63.
+pub fn subcluster_state(bitmap: u64, index: u32) -> SubclusterState {
+    let index = index % SUBCLUSTERS_PER_CLUSTER;
+    let alloc = bitmap >> index & 1 != 0;
+    let zero = bitmap >> (index + SUBCLUSTERS_PER_CLUSTER) & 1 != 0;
+    match (alloc, zero) {
+        (true, true) => SubclusterState::Invalid,
+        (true, false) => SubclusterState::Allocated,
+        (false, true) => SubclusterState::Zero,
+        (false, false) => SubclusterState::Unallocated,
+    }
+}
+
+/// A compressed cluster descriptor: where the compressed bytes start and how many 512-byte
+/// sectors they touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressedDescriptor {
+    /// Byte offset of the compressed data in the file (not aligned).
+    pub host_offset: u64,
+    /// Sectors the data touches, counting the one holding `host_offset` (the stored field is this
+    /// minus one).
+    pub sectors: u64,
+}
+
+impl CompressedDescriptor {
+    /// Decodes the descriptor bits (0-61) of a compressed L2 entry.
+    pub fn decode(descriptor: u64, geometry: &Geometry) -> Self {
+        let shift = geometry.csize_shift();
+        let host_offset = descriptor & ((1u64 << shift) - 1);
+        let additional = (descriptor >> shift) & geometry.csize_mask();
+        CompressedDescriptor {
+            host_offset,
+            sectors: additional + 1,
+        }
+    }
+
+    /// The L2 entry for `compressed_len` bytes of compressed data at `host_offset`, with the
+    /// compressed flag set; `None` when the offset or length do not fit the descriptor.
+    pub fn encode(host_offset: u64, compressed_len: u64, geometry: &Geometry) -> Option<u64> {
+        let shift = geometry.csize_shift();
+        if compressed_len == 0 || host_offset >= 1u64 << shift.min(56) {
+            return None;
+        }
+        let last = host_offset.checked_add(compressed_len - 1)?;
+        let additional = last / COMPRESSED_SECTOR_SIZE - host_offset / COMPRESSED_SECTOR_SIZE;
+        if additional > geometry.csize_mask() {
+            return None;
+        }
+        Some(OFLAG_COMPRESSED | additional << shift | host_offset)
+    }
+
+    /// Bytes from `host_offset` to the end of the last sector the data touches: what a reader
+    /// reads (the data itself may end earlier in that sector).
+    pub fn length(&self) -> u64 {
+        self.sectors * COMPRESSED_SECTOR_SIZE - self.host_offset % COMPRESSED_SECTOR_SIZE
+    }
+
+    /// One past the last byte of the last sector, or `None` on overflow.
+    pub fn end(&self) -> Option<u64> {
+        self.host_offset.checked_add(self.length())
+    }
+}
+
+/// Decodes a big-endian table of 64-bit entries (L1, L2, refcount table). A trailing partial
+/// entry is ignored.
+pub fn decode_table(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_be_bytes(b)
+        })
+        .collect()
+}
+
+/// Offset of the refcount block a refcount table entry points to (0: not allocated).
+pub fn refcount_block_offset(entry: u64) -> u64 {
+    entry & REFT_OFFSET_MASK
+}
+
+/// Reads refcount `index` of a refcount block with entries of `1 << order` bits. Sub-byte
+/// entries count from the least significant bit of each byte; wider ones are big-endian.
+/// `None` when `index` is outside the block.
+pub fn get_refcount(block: &[u8], index: u64, order: u32) -> Option<u64> {
+    if order > 6 {
+        return None;
+    }
+    let bits = 1u32 << order;
+    if bits < 8 {
+        let per_byte = u64::from(8 / bits);
+        let byte = *block.get(usize::try_from(index / per_byte).ok()?)?;
+        let shift = (index % per_byte) as u32 * bits;
+        let mask = (1u8 << bits) - 1;
+        return Some(u64::from((byte >> shift) & mask));
+    }
+    let width = (bits / 8) as usize;
+    let start = usize::try_from(index).ok()?.checked_mul(width)?;
+    let bytes = block.get(start..start.checked_add(width)?)?;
+    Some(bytes.iter().fold(0u64, |acc, &b| acc << 8 | u64::from(b)))
+}
+
+/// Writes refcount `index` of a refcount block (the inverse of [`get_refcount`]). Returns false,
+/// changing nothing, when `index` is outside the block or `value` does not fit the width.
+pub fn set_refcount(block: &mut [u8], index: u64, order: u32, value: u64) -> bool {
+    if order > 6 {
+        return false;
+    }
+    let bits = 1u32 << order;
+    if bits < 64 && value >> bits != 0 {
+        return false;
+    }
+    if bits < 8 {
+        let per_byte = u64::from(8 / bits);
+        let Some(byte) = usize::try_from(index / per_byte).ok().and_then(|i| block.get_mut(i)) else {
+            return false;
+        };
+        let shift = (index % per_byte) as u32 * bits;
+        let mask = ((1u8 << bits) - 1) << shift;
+        // `value` fits in `bits` bits, checked above.
+        *byte = (*byte & !mask) | ((value as u8) << shift);
+        return true;
+    }
+    let width = (bits / 8) as usize;
+    let Some(start) = usize::try_from(index).ok().and_then(|i| i.checked_mul(width)) else {
+        return false;
+    };
+    let Some(bytes) = start.checked_add(width).and_then(|end| block.get_mut(start..end)) else {
+        return false;
+    };
+    bytes.copy_from_slice(&value.to_be_bytes()[8 - width..]);
+    true
+}
+
+/// Most snapshots ims lists (qemu's own limit).
+pub const MAX_SNAPSHOTS: u32 = 65536;
+/// Largest snapshot table ims reads, in bytes (qemu's limit: 1 KiB per snapshot).
+pub const MAX_SNAPSHOT_TABLE_SIZE: u64 = 64 << 20;
+/// Largest extra data in a snapshot table entry (qemu's limit).
+pub const MAX_SNAPSHOT_EXTRA_DATA: u32 = 1024;
+/// Size of the fixed part of a snapshot table entry.
+pub const SNAPSHOT_HEADER_SIZE: u64 = 40;
+
+/// The fixed 40 bytes that open a snapshot table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotEntryHeader {
+    pub l1_table_offset: u64,
+    pub l1_size: u32,
+    pub id_str_size: u16,
+    pub name_size: u16,
+    pub date_sec: u32,
+    pub date_nsec: u32,
+    pub vm_clock_nsec: u64,
+    pub vm_state_size: u32,
+    pub extra_data_size: u32,
+}
+
+impl SnapshotEntryHeader {
+    pub fn parse(b: &[u8; 40]) -> Self {
+        let u64_at = |at: usize| {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&b[at..at + 8]);
+            u64::from_be_bytes(v)
+        };
+        let u32_at = |at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let u16_at = |at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
+        SnapshotEntryHeader {
+            l1_table_offset: u64_at(0),
+            l1_size: u32_at(8),
+            id_str_size: u16_at(12),
+            name_size: u16_at(14),
+            date_sec: u32_at(16),
+            date_nsec: u32_at(20),
+            vm_clock_nsec: u64_at(24),
+            vm_state_size: u32_at(32),
+            extra_data_size: u32_at(36),
+        }
+    }
+}
+
+/// An internal snapshot, as listed by `info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: String,
+    /// Size of the saved VM state (the 64-bit extra-data field when present).
+    pub vm_state_size: u64,
+    pub date_sec: u32,
+    pub date_nsec: u32,
+    pub vm_clock_nsec: u64,
+    /// Guest instructions executed, when recorded.
+    pub icount: Option<u64>,
+    /// Virtual disk size when the snapshot was taken, when recorded.
+    pub disk_size: Option<u64>,
+    pub l1_table_offset: u64,
+    pub l1_size: u32,
+}
+
+/// Reads the snapshot table the header points to. The header's `nb_snapshots` and
+/// `snapshots_offset` must already have been checked against the file (see
+/// `Qcow2Header::check_layout`); each entry is checked again here as it is read.
+pub fn read_snapshot_table(file: &File, header: &Header, file_len: u64) -> Result<Vec<Snapshot>> {
+    const STRUCTURE: &str = "qcow2 snapshot table";
+    let count = header.nb_snapshots;
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if count > MAX_SNAPSHOTS {
+        return Err(Error::limit(
+            STRUCTURE,
+            header.snapshots_offset,
+            format!("{count} snapshots, more than {MAX_SNAPSHOTS}"),
+        ));
+    }
+    let start = header.snapshots_offset;
+    let mut pos = start;
+    // The table holds at least 40 bytes per snapshot, all inside the file.
+    let min_len = u64::from(count) * SNAPSHOT_HEADER_SIZE;
+    if start.checked_add(min_len).is_none_or(|end| end > file_len) {
+        return Err(Error::truncated(STRUCTURE, start, min_len, file_len));
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let mut fixed = [0u8; 40];
+        read_exact_at(file, &mut fixed, pos, STRUCTURE)?;
+        let h = SnapshotEntryHeader::parse(&fixed);
+        if h.extra_data_size > MAX_SNAPSHOT_EXTRA_DATA {
+            return Err(Error::limit(
+                STRUCTURE,
+                pos,
+                format!(
+                    "{} bytes of extra data, more than {MAX_SNAPSHOT_EXTRA_DATA}",
+                    h.extra_data_size
+                ),
+            ));
+        }
+        // All three sizes are small (u32 capped at 1 KiB, two u16), so the sum cannot overflow.
+        let extra = u64::from(h.extra_data_size);
+        let var_len = extra + u64::from(h.id_str_size) + u64::from(h.name_size);
+        let var_start = pos + SNAPSHOT_HEADER_SIZE;
+        let entry_len = (SNAPSHOT_HEADER_SIZE + var_len).next_multiple_of(8);
+        let entry_end = pos
+            .checked_add(entry_len)
+            .ok_or_else(|| Error::malformed(STRUCTURE, pos, "entry overflows"))?;
+        if entry_end - start > MAX_SNAPSHOT_TABLE_SIZE {
+            return Err(Error::limit(
+                STRUCTURE,
+                start,
+                format!("the table is larger than {MAX_SNAPSHOT_TABLE_SIZE} bytes"),
+            ));
+        }
+        if var_start + var_len > file_len {
+            return Err(Error::truncated(STRUCTURE, pos, SNAPSHOT_HEADER_SIZE + var_len, file_len));
+        }
+        // var_len is at most 1 KiB + 128 KiB: a small allocation, and inside the file.
+        let mut var = vec![0u8; var_len as usize];
+        read_exact_at(file, &mut var, var_start, STRUCTURE)?;
+        let (extra_bytes, rest) = var.split_at(h.extra_data_size as usize);
+        let (id, rest) = rest.split_at(usize::from(h.id_str_size));
+        let name = rest.get(..usize::from(h.name_size)).unwrap_or_default();
+        let extra_u64 = |at: usize| -> Option<u64> {
+            let b: [u8; 8] = extra_bytes.get(at..at + 8)?.try_into().ok()?;
+            Some(u64::from_be_bytes(b))
+        };
+        out.push(Snapshot {
+            id: String::from_utf8_lossy(id).into_owned(),
+            name: String::from_utf8_lossy(name).into_owned(),
+            vm_state_size: extra_u64(0).unwrap_or(u64::from(h.vm_state_size)),
+            date_sec: h.date_sec,
+            date_nsec: h.date_nsec,
+            vm_clock_nsec: h.vm_clock_nsec,
+            // All ones means "not recorded".
+            icount: extra_u64(16).filter(|&v| v != u64::MAX),
+            disk_size: extra_u64(8),
+            l1_table_offset: h.l1_table_offset,
+            l1_size: h.l1_size,
+        });
+        pos = entry_end;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo(bits: u32) -> Geometry {
+        Geometry::new(bits, false, 4).unwrap()
+    }
+
+    #[test]
+    fn geometry_of_64k_clusters() {
+        let g = geo(16);
+        assert_eq!(g.cluster_size(), 65536);
+        assert_eq!(g.l2_entries(), 8192);
+        assert_eq!(g.l2_coverage_bits(), 29);
+        assert_eq!(g.l1_entries_for(0), 0);
+        assert_eq!(g.l1_entries_for(1), 1);
+        assert_eq!(g.l1_entries_for(512 << 20), 1);
+        assert_eq!(g.l1_entries_for((512 << 20) + 1), 2);
+        assert_eq!(g.l1_index(3 << 29 | 5), 3);
+        assert_eq!(g.l2_index((7 << 16) + 100), 7);
+        assert_eq!(g.refcount_block_entries(), 32768);
+        assert_eq!(g.refcount_location(65536 * 32769), (1, 1));
+        assert_eq!(g.csize_shift(), 54);
+        assert_eq!(g.csize_mask(), 0xff);
+        let e = Geometry::new(16, true, 4).unwrap();
+        assert_eq!(e.l2_entries(), 4096);
+        assert_eq!(e.subclusters(), 32);
+        assert_eq!(e.subcluster_bits(), 11);
+        assert_eq!(geo(9).l1_entries_for(u64::MAX), 1 << 49);
+    }
+
+    #[test]
+    fn geometry_refuses_bad_values() {
+        assert_eq!(Geometry::new(8, false, 4).unwrap_err().kind(), "malformed");
+        assert_eq!(Geometry::new(22, false, 4).unwrap_err().kind(), "malformed");
+        assert_eq!(Geometry::new(13, true, 4).unwrap_err().kind(), "malformed");
+        assert_eq!(Geometry::new(16, false, 7).unwrap_err().kind(), "malformed");
+        assert!(Geometry::new(21, true, 6).is_ok());
+    }
+
+    #[test]
+    fn l1_entry_bits() {
+        let e = L1Entry(0x8000_0000_0005_0000);
+        assert_eq!(e.l2_offset(), 0x50000);
+        assert!(e.copied());
+        assert_eq!(e.reserved_bits(), 0);
+        assert_eq!(L1Entry(0x0100_0000_0000_0001).reserved_bits(), 0x0100_0000_0000_0001);
+    }
+
+    #[test]
+    fn standard_entries() {
+        let std = |d| L2Entry { descriptor: d, bitmap: 0 };
+        assert_eq!(
+            classify_standard(std(0x8000_0000_0005_0000), 3, 65536),
+            Ok(ClusterType::Normal { host: 0x50000 })
+        );
+        assert_eq!(classify_standard(std(0), 2, 65536), Ok(ClusterType::Unallocated));
+        assert_eq!(classify_standard(std(1), 3, 65536), Ok(ClusterType::Zero { host: None }));
+        assert_eq!(
+            classify_standard(std(0x8000_0000_0007_0001), 3, 65536),
+            Ok(ClusterType::Zero { host: Some(0x70000) })
+        );
+        assert!(classify_standard(std(1), 2, 65536).is_err());
+        assert!(classify_standard(std(0x8000_0000_0005_0200), 3, 65536).is_err());
+        assert_eq!(std(0x0000_0000_0005_0002).reserved_bits(), 2);
+    }
+
+    #[test]
+    fn compressed_descriptor_from_qemu() {
+        // An entry qemu-img 10 wrote for a 64 KiB cluster: 40 sectors at 0x50000.
+        let g = geo(16);
+        let entry = 0x49c0_0000_0005_0000u64;
+        assert!(L2Entry { descriptor: entry, bitmap: 0 }.is_compressed());
+        let d = CompressedDescriptor::decode(entry, &g);
+        assert_eq!(d.host_offset, 0x50000);
+        assert_eq!(d.sectors, 40);
+        assert_eq!(d.length(), 40 * 512);
+        // Unaligned start: the first sector is only partly ours.
+        let d = CompressedDescriptor::decode(0x4000_0000_0009_eeb1, &g);
+        assert_eq!(d.host_offset, 0x9eeb1);
+        assert_eq!(d.sectors, 1);
+        assert_eq!(d.length(), 512 - 0xb1);
+        assert_eq!(d.end(), Some(0x9f000));
+    }
+
+    #[test]
+    fn compressed_descriptor_round_trips() {
+        for bits in [9, 12, 16, 21] {
+            let g = geo(bits);
+            for (host, len) in [(0x1234u64, 1u64), (0x10000, 512), (0x10001, 512), (0x7ff, 1 << bits)] {
+                let entry = CompressedDescriptor::encode(host, len, &g).unwrap();
+                let d = CompressedDescriptor::decode(entry, &g);
+                assert_eq!(d.host_offset, host);
+                assert!(d.length() >= len && d.length() < len + 1024, "{bits} {host} {len}");
+            }
+            // Longer than the sector field can count.
+            assert!(CompressedDescriptor::encode(0, (2 << bits) + 1, &g).is_none());
+        }
+        // 512-byte clusters: the field holds 0 or 1 extra sector.
+        let g = geo(9);
+        assert_eq!(g.csize_shift(), 61);
+        let d = CompressedDescriptor::decode(OFLAG_COMPRESSED | 1 << 61 | 0x600, &g);
+        assert_eq!((d.host_offset, d.sectors), (0x600, 2));
+    }
+
+    #[test]
+    fn subcluster_bitmap() {
+        let bitmap = 0b101u64 | (0b1010u64 << 32);
+        assert_eq!(subcluster_state(bitmap, 0), SubclusterState::Allocated);
+        assert_eq!(subcluster_state(bitmap, 1), SubclusterState::Zero);
+        assert_eq!(subcluster_state(bitmap, 2), SubclusterState::Allocated);
+        assert_eq!(subcluster_state(bitmap, 3), SubclusterState::Zero);
+        assert_eq!(subcluster_state(bitmap, 4), SubclusterState::Unallocated);
+        assert_eq!(subcluster_state(1 | 1 << 32, 0), SubclusterState::Invalid);
+        assert_eq!(subcluster_state(1 << 31, 31), SubclusterState::Allocated);
+    }
+
+    #[test]
+    fn refcounts_of_every_width() {
+        for order in 0..=6u32 {
+            let bits = 1u32 << order;
+            let mut block = vec![0u8; 64];
+            let entries = 64 * 8 / u64::from(bits);
+            let max = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+            for i in 0..entries {
+                assert!(set_refcount(&mut block, i, order, (i * 7 + 1) & max));
+            }
+            for i in 0..entries {
+                assert_eq!(get_refcount(&block, i, order), Some((i * 7 + 1) & max), "order {order}");
+            }
+            assert_eq!(get_refcount(&block, entries, order), None);
+            assert!(!set_refcount(&mut block, entries, order, 0));
+            if bits < 64 {
+                assert!(!set_refcount(&mut block, 0, order, 1 << bits));
+            }
+        }
+        // 16-bit refcounts are big-endian; 1-bit ones start at the least significant bit.
+        assert_eq!(get_refcount(&[0x01, 0x02], 0, 4), Some(0x0102));
+        assert_eq!(get_refcount(&[0b0000_0010], 1, 0), Some(1));
+        assert_eq!(refcount_block_offset(0x0000_0000_0002_01ff), 0x20000);
+    }
+
+    #[test]
+    fn snapshot_entry_header() {
+        let mut b = [0u8; 40];
+        b[..8].copy_from_slice(&0x70000u64.to_be_bytes());
+        b[8..12].copy_from_slice(&3u32.to_be_bytes());
+        b[12..14].copy_from_slice(&1u16.to_be_bytes());
+        b[14..16].copy_from_slice(&5u16.to_be_bytes());
+        b[16..20].copy_from_slice(&1_700_000_000u32.to_be_bytes());
+        b[20..24].copy_from_slice(&42u32.to_be_bytes());
+        b[24..32].copy_from_slice(&9u64.to_be_bytes());
+        b[32..36].copy_from_slice(&0u32.to_be_bytes());
+        b[36..40].copy_from_slice(&24u32.to_be_bytes());
+        let h = SnapshotEntryHeader::parse(&b);
+        assert_eq!(h.l1_table_offset, 0x70000);
+        assert_eq!(h.l1_size, 3);
+        assert_eq!((h.id_str_size, h.name_size), (1, 5));
+        assert_eq!((h.date_sec, h.date_nsec, h.vm_clock_nsec), (1_700_000_000, 42, 9));
+        assert_eq!(h.extra_data_size, 24);
+    }
+
+    #[test]
+    fn decodes_big_endian_tables() {
+        assert_eq!(decode_table(&[0, 0, 0, 0, 0, 1, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 1, 9]), vec![0x10000, 0xff00_0000_0000_0001]);
+    }
+}
