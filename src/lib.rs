@@ -31,6 +31,7 @@ pub mod error;
 pub mod formats;
 pub mod io;
 pub mod probe;
+pub mod references;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -131,6 +132,11 @@ pub struct ImageInfo {
 /// Opens an image file, probing its format unless `options` names it.
 pub fn open(path: &Path, options: &OpenOptions) -> Result<Image> {
     let file = io::open_input(path)?;
+    open_file(file, path, options, 0)
+}
+
+/// Opens the image in `file`, named `path`, which is `depth` levels down a backing chain.
+pub(crate) fn open_file(file: std::fs::File, path: &Path, options: &OpenOptions, depth: usize) -> Result<Image> {
     let meta = file
         .metadata()
         .map_err(|e| Error::io("stat", e).in_file(path))?;
@@ -141,6 +147,9 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Image> {
     };
     let source = match format {
         Format::Raw => Source::Random(Arc::new(RawReader::new(file).map_err(|e| e.in_file(path))?)),
+        Format::Qcow2 => Source::Random(Arc::new(
+            open_qcow2(file, path, options, depth).map_err(|e| e.in_file(path))?,
+        )),
         other => {
             return Err(Error::unsupported(format!(
                 "reading {other} images is not implemented yet"
@@ -156,6 +165,34 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Image> {
         file_length,
         allocated: meta.blocks().saturating_mul(512),
     })
+}
+
+/// Opens a QCOW2 image, with its backing chain when `options` allow references. An external
+/// data file is refused: by default as a reference, with references allowed as unsupported.
+fn open_qcow2(
+    file: std::fs::File,
+    path: &Path,
+    options: &OpenOptions,
+    depth: usize,
+) -> Result<formats::qcow2::Qcow2Reader> {
+    use formats::qcow2::{Qcow2Header, Qcow2OpenOptions, Qcow2Reader};
+    let mut qcow2_options = Qcow2OpenOptions::default();
+    if options.allow_references.is_some() {
+        let header = Qcow2Header::read(&file)?;
+        if header.data_file().is_some() {
+            return Err(Error::unsupported("qcow2 images with an external data file"));
+        }
+        if let Some(name) = header.backing_file() {
+            qcow2_options.backing = Some(references::open_backing(
+                name,
+                header.backing_format(),
+                path,
+                options,
+                depth,
+            )?);
+        }
+    }
+    Qcow2Reader::open(file, &qcow2_options)
 }
 
 /// Where a writer writes.
