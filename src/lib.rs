@@ -136,7 +136,12 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Image> {
 }
 
 /// Opens the image in `file`, named `path`, which is `depth` levels down a backing chain.
-pub(crate) fn open_file(file: std::fs::File, path: &Path, options: &OpenOptions, depth: usize) -> Result<Image> {
+pub(crate) fn open_file(
+    file: std::fs::File,
+    path: &Path,
+    options: &OpenOptions,
+    depth: usize,
+) -> Result<Image> {
     let meta = file
         .metadata()
         .map_err(|e| Error::io("stat", e).in_file(path))?;
@@ -180,7 +185,9 @@ fn open_qcow2(
     if options.allow_references.is_some() {
         let header = Qcow2Header::read(&file)?;
         if header.data_file().is_some() {
-            return Err(Error::unsupported("qcow2 images with an external data file"));
+            return Err(Error::unsupported(
+                "qcow2 images with an external data file",
+            ));
         }
         if let Some(name) = header.backing_file() {
             qcow2_options.backing = Some(references::open_backing(

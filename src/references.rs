@@ -13,10 +13,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use crate::OpenOptions;
 use crate::block::BlockReader;
 use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::Format;
-use crate::OpenOptions;
 
 /// Most images in a chain below the one opened (a backing chain of this many files is refused
 /// at the next level).
@@ -34,7 +34,12 @@ fn has_protocol(name: &str) -> bool {
 /// Resolves `name`, a reference of `kind` made by the image at `referrer`, to the canonical
 /// path of a regular file inside `allowed_dir`. Relative names are taken relative to the
 /// referring image's directory, as qemu does.
-pub fn resolve(kind: ReferenceKind, name: &str, referrer: &Path, allowed_dir: &Path) -> Result<PathBuf> {
+pub fn resolve(
+    kind: ReferenceKind,
+    name: &str,
+    referrer: &Path,
+    allowed_dir: &Path,
+) -> Result<PathBuf> {
     let refuse = || Error::reference(kind, name);
     if name.is_empty() || name.contains('\0') || has_protocol(name) {
         return Err(refuse());
@@ -52,9 +57,9 @@ pub fn resolve(kind: ReferenceKind, name: &str, referrer: &Path, allowed_dir: &P
         _ => Path::new("."),
     };
     let candidate = base.join(relative);
-    let dir = allowed_dir
-        .canonicalize()
-        .map_err(|e| Error::io("resolve the directory references may use", e).in_file(allowed_dir))?;
+    let dir = allowed_dir.canonicalize().map_err(|e| {
+        Error::io("resolve the directory references may use", e).in_file(allowed_dir)
+    })?;
     let real = candidate
         .canonicalize()
         .map_err(|e| Error::io("resolve reference", e).in_file(&candidate))?;
@@ -80,7 +85,9 @@ pub fn open_resolved(kind: ReferenceKind, name: &str, path: &Path) -> Result<Fil
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| Error::io("open", e).in_file(path))?;
-    let meta = file.metadata().map_err(|e| Error::io("stat", e).in_file(path))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("stat", e).in_file(path))?;
     if !meta.is_file() {
         return Err(Error::reference(kind, name));
     }
@@ -112,10 +119,9 @@ pub(crate) fn open_backing(
     let file = open_resolved(kind, name, &path)?;
     let format = match format {
         None => None,
-        Some(f) => Some(
-            f.parse::<Format>()
-                .map_err(|_| Error::unsupported(format!("backing file format '{f}'")).in_file(&path))?,
-        ),
+        Some(f) => Some(f.parse::<Format>().map_err(|_| {
+            Error::unsupported(format!("backing file format '{f}'")).in_file(&path)
+        })?),
     };
     let backing_options = OpenOptions {
         format,
@@ -124,7 +130,10 @@ pub(crate) fn open_backing(
     let image = crate::open_file(file, &path, &backing_options, depth + 1)?;
     let described = image.format();
     image.reader().ok_or_else(|| {
-        Error::unsupported(format!("a {described} backing file (it can only be read front to back)")).in_file(&path)
+        Error::unsupported(format!(
+            "a {described} backing file (it can only be read front to back)"
+        ))
+        .in_file(&path)
     })
 }
 
@@ -180,11 +189,16 @@ mod tests {
         // A symbolic link inside the directory pointing out of it.
         std::os::unix::fs::symlink(&outside, allowed.join("link.img")).unwrap();
         assert_eq!(
-            resolve(kind, "link.img", &child, &allowed).unwrap_err().kind(),
+            resolve(kind, "link.img", &child, &allowed)
+                .unwrap_err()
+                .kind(),
             "external-reference"
         );
         // A directory, a FIFO and a device are not image files.
-        assert_eq!(resolve(kind, "sub", &child, &allowed).unwrap_err().kind(), "external-reference");
+        assert_eq!(
+            resolve(kind, "sub", &child, &allowed).unwrap_err().kind(),
+            "external-reference"
+        );
         let fifo = allowed.join("fifo");
         rustix::fs::mknodat(
             rustix::fs::CWD,
@@ -194,15 +208,36 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(resolve(kind, "fifo", &child, &allowed).unwrap_err().kind(), "external-reference");
-        assert_eq!(open_resolved(kind, "fifo", &fifo).unwrap_err().kind(), "external-reference");
+        assert_eq!(
+            resolve(kind, "fifo", &child, &allowed).unwrap_err().kind(),
+            "external-reference"
+        );
+        assert_eq!(
+            open_resolved(kind, "fifo", &fifo).unwrap_err().kind(),
+            "external-reference"
+        );
         std::os::unix::fs::symlink("/dev/zero", allowed.join("zero.img")).unwrap();
-        assert_eq!(resolve(kind, "zero.img", &child, &allowed).unwrap_err().kind(), "external-reference");
+        assert_eq!(
+            resolve(kind, "zero.img", &child, &allowed)
+                .unwrap_err()
+                .kind(),
+            "external-reference"
+        );
         // A missing file is an I/O error naming it.
-        assert_eq!(resolve(kind, "missing.img", &child, &allowed).unwrap_err().kind(), "io");
+        assert_eq!(
+            resolve(kind, "missing.img", &child, &allowed)
+                .unwrap_err()
+                .kind(),
+            "io"
+        );
         // An image referring to itself.
         std::fs::write(&child, b"x").unwrap();
-        assert_eq!(resolve(kind, "child.qcow2", &child, &allowed).unwrap_err().kind(), "external-reference");
+        assert_eq!(
+            resolve(kind, "child.qcow2", &child, &allowed)
+                .unwrap_err()
+                .kind(),
+            "external-reference"
+        );
     }
 
     #[test]

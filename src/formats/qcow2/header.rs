@@ -183,7 +183,9 @@ impl Header {
             return Err(Error::malformed(
                 HEADER,
                 20,
-                format!("cluster_bits {cluster_bits} is outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"),
+                format!(
+                    "cluster_bits {cluster_bits} is outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"
+                ),
             ));
         }
         let cluster_size = 1u64 << cluster_bits;
@@ -221,21 +223,30 @@ impl Header {
                 return Err(Error::malformed(
                     HEADER,
                     100,
-                    format!("header_length {} is below {V3_MIN_HEADER_LENGTH}", h.header_length),
+                    format!(
+                        "header_length {} is below {V3_MIN_HEADER_LENGTH}",
+                        h.header_length
+                    ),
                 ));
             }
             if u64::from(h.header_length) > cluster_size {
                 return Err(Error::malformed(
                     HEADER,
                     100,
-                    format!("header_length {} exceeds the cluster size {cluster_size}", h.header_length),
+                    format!(
+                        "header_length {} exceeds the cluster size {cluster_size}",
+                        h.header_length
+                    ),
                 ));
             }
             if buf.len() < h.header_length as usize {
                 return Err(truncated(h.header_length));
             }
             if h.header_length > COMPRESSION_TYPE_OFFSET {
-                compression_code = buf.get(COMPRESSION_TYPE_OFFSET as usize).copied().unwrap_or(0);
+                compression_code = buf
+                    .get(COMPRESSION_TYPE_OFFSET as usize)
+                    .copied()
+                    .unwrap_or(0);
             }
         }
         let has_type_bit = h.incompatible_features & incompatible::COMPRESSION_TYPE != 0;
@@ -256,7 +267,11 @@ impl Header {
                     "compression_type is zstd but the compression type feature bit is clear",
                 ));
             }
-            (other, _) => return Err(Error::unsupported(format!("qcow2 compression type {other}"))),
+            (other, _) => {
+                return Err(Error::unsupported(format!(
+                    "qcow2 compression type {other}"
+                )));
+            }
         };
         if h.refcount_order > 6 {
             return Err(Error::malformed(
@@ -267,8 +282,16 @@ impl Header {
         }
         match h.crypt_method {
             CRYPT_NONE => {}
-            CRYPT_AES => return Err(Error::unsupported("AES-encrypted qcow2 images (crypt_method 1)")),
-            CRYPT_LUKS => return Err(Error::unsupported("LUKS-encrypted qcow2 images (crypt_method 2)")),
+            CRYPT_AES => {
+                return Err(Error::unsupported(
+                    "AES-encrypted qcow2 images (crypt_method 1)",
+                ));
+            }
+            CRYPT_LUKS => {
+                return Err(Error::unsupported(
+                    "LUKS-encrypted qcow2 images (crypt_method 2)",
+                ));
+            }
             other => return Err(Error::unsupported(format!("qcow2 crypt_method {other}"))),
         }
         if h.backing_file_offset > cluster_size {
@@ -283,14 +306,21 @@ impl Header {
         }
         if h.backing_file_offset != 0 {
             if h.backing_file_offset < u64::from(h.header_length) {
-                return Err(Error::malformed(HEADER, 8, "the backing file name overlaps the header"));
+                return Err(Error::malformed(
+                    HEADER,
+                    8,
+                    "the backing file name overlaps the header",
+                ));
             }
             let room = (cluster_size - h.backing_file_offset).min(u64::from(MAX_BACKING_FILE_NAME));
             if u64::from(h.backing_file_size) > room {
                 return Err(Error::malformed(
                     HEADER,
                     16,
-                    format!("backing_file_size {} is longer than {room}", h.backing_file_size),
+                    format!(
+                        "backing_file_size {} is longer than {room}",
+                        h.backing_file_size
+                    ),
                 ));
             }
         }
@@ -417,7 +447,9 @@ impl Extensions {
                 return Err(Error::malformed(
                     EXTENSION,
                     pos,
-                    format!("extension {kind:#010x} of {len} bytes runs past the end of the extension area"),
+                    format!(
+                        "extension {kind:#010x} of {len} bytes runs past the end of the extension area"
+                    ),
                 ));
             }
             let data = bytes_at(buf, data_start, u64::from(len), EXTENSION)?;
@@ -427,10 +459,13 @@ impl Extensions {
                         return Err(Error::malformed(
                             EXTENSION,
                             pos,
-                            format!("backing format name of {len} bytes is longer than {MAX_BACKING_FORMAT_NAME}"),
+                            format!(
+                                "backing format name of {len} bytes is longer than {MAX_BACKING_FORMAT_NAME}"
+                            ),
                         ));
                     }
-                    ext.backing_format = (!data.is_empty()).then(|| String::from_utf8_lossy(data).into_owned());
+                    ext.backing_format =
+                        (!data.is_empty()).then(|| String::from_utf8_lossy(data).into_owned());
                 }
                 extension::FEATURE_NAME_TABLE => {
                     ext.feature_names = data
@@ -440,9 +475,13 @@ impl Extensions {
                         .collect();
                 }
                 extension::BITMAPS => {
-                    let (Some(nb_bitmaps), Some(reserved), Some(size), Some(offset), 24) =
-                        (be32(data, 0), be32(data, 4), be64(data, 8), be64(data, 16), len)
-                    else {
+                    let (Some(nb_bitmaps), Some(reserved), Some(size), Some(offset), 24) = (
+                        be32(data, 0),
+                        be32(data, 4),
+                        be64(data, 8),
+                        be64(data, 16),
+                        len,
+                    ) else {
                         return Err(Error::malformed(
                             EXTENSION,
                             pos,
@@ -450,7 +489,11 @@ impl Extensions {
                         ));
                     };
                     if reserved != 0 {
-                        return Err(Error::malformed(EXTENSION, pos, "bitmaps extension reserved field is not zero"));
+                        return Err(Error::malformed(
+                            EXTENSION,
+                            pos,
+                            "bitmaps extension reserved field is not zero",
+                        ));
                     }
                     ext.bitmaps = Some(BitmapsExtension {
                         nb_bitmaps,
@@ -459,7 +502,8 @@ impl Extensions {
                     });
                 }
                 extension::FULL_DISK_ENCRYPTION => {
-                    let (Some(offset), Some(length), 16) = (be64(data, 0), be64(data, 8), len) else {
+                    let (Some(offset), Some(length), 16) = (be64(data, 0), be64(data, 8), len)
+                    else {
                         return Err(Error::malformed(
                             EXTENSION,
                             pos,
@@ -502,7 +546,9 @@ impl Qcow2Header {
         let mut buf = vec![0u8; 4096.min(usize::try_from(file_len).unwrap_or(4096))];
         let n = read_up_to_at(file, &mut buf, 0)?;
         buf.truncate(n);
-        if let Some(bits) = be32(&buf, 20).filter(|b| (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(b)) {
+        if let Some(bits) =
+            be32(&buf, 20).filter(|b| (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(b))
+        {
             let want = (1u64 << bits).min(file_len);
             if want > buf.len() as u64 {
                 // At most 2 MiB: the largest cluster.
@@ -523,7 +569,9 @@ impl Qcow2Header {
             let names = Extensions::parse(buf, &header)
                 .map(|e| e.feature_names)
                 .unwrap_or_default();
-            return Err(Error::unsupported(describe_unknown_incompatible(unknown, &names)));
+            return Err(Error::unsupported(describe_unknown_incompatible(
+                unknown, &names,
+            )));
         }
         let extensions = Extensions::parse(buf, &header)?;
         let backing_file = if header.backing_file_offset != 0 && header.backing_file_size != 0 {
@@ -585,7 +633,11 @@ impl Qcow2Header {
 
         // The refcount table: present, small enough, aligned, after the header, in the file.
         if h.refcount_table_clusters == 0 {
-            return Err(Error::malformed(HEADER, 56, "the image has no refcount table"));
+            return Err(Error::malformed(
+                HEADER,
+                56,
+                "the image has no refcount table",
+            ));
         }
         let reftable_len = u64::from(h.refcount_table_clusters) << h.cluster_bits;
         check_table(
@@ -611,7 +663,15 @@ impl Qcow2Header {
                 ),
             ));
         }
-        check_table("qcow2 L1 table", h.l1_table_offset, l1_len, MAX_L1_TABLE_SIZE, 40, cluster_size, file_len)?;
+        check_table(
+            "qcow2 L1 table",
+            h.l1_table_offset,
+            l1_len,
+            MAX_L1_TABLE_SIZE,
+            40,
+            cluster_size,
+            file_len,
+        )?;
 
         // The snapshot table: not too many, aligned, and at least 40 bytes per snapshot in the file.
         if h.nb_snapshots > MAX_SNAPSHOTS {
@@ -652,7 +712,7 @@ fn check_table(
             format!("{len} bytes, more than {max}"),
         ));
     }
-    if offset % cluster_size != 0 {
+    if !offset.is_multiple_of(cluster_size) {
         return Err(Error::malformed(
             HEADER,
             field,
@@ -804,7 +864,10 @@ pub(crate) mod tests {
         b[104] = 1;
         assert_eq!(Header::parse(&b).unwrap_err().kind(), "malformed");
         b[72..80].copy_from_slice(&incompatible::COMPRESSION_TYPE.to_be_bytes());
-        assert_eq!(Header::parse(&b).unwrap().compression_type, CompressionType::Zstd);
+        assert_eq!(
+            Header::parse(&b).unwrap().compression_type,
+            CompressionType::Zstd
+        );
         b[104] = 0;
         assert_eq!(Header::parse(&b).unwrap_err().kind(), "malformed");
         b[104] = 2;
@@ -813,7 +876,10 @@ pub(crate) mod tests {
         let mut b = v3_header(1 << 20);
         b[100..104].copy_from_slice(&104u32.to_be_bytes());
         b[104] = 1;
-        assert_eq!(Header::parse(&b).unwrap().compression_type, CompressionType::Zlib);
+        assert_eq!(
+            Header::parse(&b).unwrap().compression_type,
+            CompressionType::Zlib
+        );
     }
 
     #[test]
@@ -857,7 +923,10 @@ pub(crate) mod tests {
         assert_eq!(q.extensions.feature_names[0].name, "lazy refcounts");
         assert_eq!(q.extensions.unknown, vec![(0x1234_5678, 7)]);
         assert_eq!(q.extensions.bitmaps.unwrap().nb_bitmaps, 2);
-        assert_eq!(q.extensions.bitmaps.unwrap().bitmap_directory_offset, 0x50000);
+        assert_eq!(
+            q.extensions.bitmaps.unwrap().bitmap_directory_offset,
+            0x50000
+        );
     }
 
     #[test]
@@ -867,7 +936,10 @@ pub(crate) mod tests {
         // Without the feature bit the extension is not used.
         assert_eq!(Qcow2Header::parse(&b).unwrap().data_file(), None);
         b[72..80].copy_from_slice(&incompatible::DATA_FILE.to_be_bytes());
-        assert_eq!(Qcow2Header::parse(&b).unwrap().data_file(), Some("disk.data"));
+        assert_eq!(
+            Qcow2Header::parse(&b).unwrap().data_file(),
+            Some("disk.data")
+        );
         let mut b = v3_header(1 << 20);
         b[88..96].copy_from_slice(&autoclear::DATA_FILE_RAW.to_be_bytes());
         assert_eq!(Qcow2Header::parse(&b).unwrap_err().kind(), "malformed");
@@ -895,7 +967,10 @@ pub(crate) mod tests {
         // An extension area cut short by the end of the file.
         let mut b = v3_header(1 << 20);
         put_ext(&mut b, 112, 0x1111, &[1u8; 64]);
-        assert_eq!(Qcow2Header::parse(&b[..150]).unwrap_err().kind(), "truncated");
+        assert_eq!(
+            Qcow2Header::parse(&b[..150]).unwrap_err().kind(),
+            "truncated"
+        );
     }
 
     #[test]
@@ -919,39 +994,72 @@ pub(crate) mod tests {
         let layout = |patch: &dyn Fn(&mut Vec<u8>), file_len: u64| {
             let mut b = v3_header(1 << 30);
             patch(&mut b);
-            Qcow2Header::parse(&b).unwrap().check_layout(file_len).map_err(|e| e.kind())
+            Qcow2Header::parse(&b)
+                .unwrap()
+                .check_layout(file_len)
+                .map_err(|e| e.kind())
         };
         assert_eq!(layout(&|_| {}, 0x40000), Ok(()));
         // L1 past the end of the file.
         assert_eq!(layout(&|_| {}, 0x30008), Err("truncated"));
         assert_eq!(
-            layout(&|b| b[40..48].copy_from_slice(&0x0000_1000_0000_0000u64.to_be_bytes()), 0x40000),
+            layout(
+                &|b| b[40..48].copy_from_slice(&0x0000_1000_0000_0000u64.to_be_bytes()),
+                0x40000
+            ),
             Err("truncated")
         );
         // Huge L1.
         assert_eq!(
-            layout(&|b| b[36..40].copy_from_slice(&0x7fff_ffffu32.to_be_bytes()), 0x40000),
+            layout(
+                &|b| b[36..40].copy_from_slice(&0x7fff_ffffu32.to_be_bytes()),
+                0x40000
+            ),
             Err("limit-exceeded")
         );
         // L1 too small for the disk (1 GiB needs 2 entries).
-        assert_eq!(layout(&|b| b[36..40].copy_from_slice(&1u32.to_be_bytes()), 0x40000), Err("malformed"));
-        // Unaligned L1, L1 over the header.
         assert_eq!(
-            layout(&|b| b[40..48].copy_from_slice(&0x30200u64.to_be_bytes()), 0x40000),
+            layout(&|b| b[36..40].copy_from_slice(&1u32.to_be_bytes()), 0x40000),
             Err("malformed")
         );
-        assert_eq!(layout(&|b| b[40..48].copy_from_slice(&0u64.to_be_bytes()), 0x40000), Err("malformed"));
-        // Refcount table: over the header, missing, too big, past the end.
-        assert_eq!(layout(&|b| b[48..56].copy_from_slice(&0u64.to_be_bytes()), 0x40000), Err("malformed"));
-        assert_eq!(layout(&|b| b[56..60].copy_from_slice(&0u32.to_be_bytes()), 0x40000), Err("malformed"));
+        // Unaligned L1, L1 over the header.
         assert_eq!(
-            layout(&|b| b[56..60].copy_from_slice(&1000u32.to_be_bytes()), 0x40000),
+            layout(
+                &|b| b[40..48].copy_from_slice(&0x30200u64.to_be_bytes()),
+                0x40000
+            ),
+            Err("malformed")
+        );
+        assert_eq!(
+            layout(&|b| b[40..48].copy_from_slice(&0u64.to_be_bytes()), 0x40000),
+            Err("malformed")
+        );
+        // Refcount table: over the header, missing, too big, past the end.
+        assert_eq!(
+            layout(&|b| b[48..56].copy_from_slice(&0u64.to_be_bytes()), 0x40000),
+            Err("malformed")
+        );
+        assert_eq!(
+            layout(&|b| b[56..60].copy_from_slice(&0u32.to_be_bytes()), 0x40000),
+            Err("malformed")
+        );
+        assert_eq!(
+            layout(
+                &|b| b[56..60].copy_from_slice(&1000u32.to_be_bytes()),
+                0x40000
+            ),
             Err("limit-exceeded")
         );
-        assert_eq!(layout(&|b| b[56..60].copy_from_slice(&4u32.to_be_bytes()), 0x40000), Err("truncated"));
+        assert_eq!(
+            layout(&|b| b[56..60].copy_from_slice(&4u32.to_be_bytes()), 0x40000),
+            Err("truncated")
+        );
         // Snapshots: too many, past the end, unaligned.
         assert_eq!(
-            layout(&|b| b[60..64].copy_from_slice(&100_000u32.to_be_bytes()), 0x40000),
+            layout(
+                &|b| b[60..64].copy_from_slice(&100_000u32.to_be_bytes()),
+                0x40000
+            ),
             Err("limit-exceeded")
         );
         assert_eq!(
@@ -965,7 +1073,10 @@ pub(crate) mod tests {
             Err("truncated")
         );
         assert_eq!(
-            layout(&|b| b[64..72].copy_from_slice(&0x20001u64.to_be_bytes()), 0x40000),
+            layout(
+                &|b| b[64..72].copy_from_slice(&0x20001u64.to_be_bytes()),
+                0x40000
+            ),
             Err("malformed")
         );
     }

@@ -20,14 +20,17 @@ use rustix::fs::{SeekFrom, seek};
 use serde_json::{Map, Value, json};
 use zstd::stream::raw::{DParameter, Decoder, Operation};
 
-use crate::block::{BlockReader, Extent, ExtentState, check_map, check_range, push_extent, usize_len};
+use crate::block::{
+    BlockReader, Extent, ExtentState, check_map, check_range, push_extent, usize_len,
+};
 use crate::error::{Error, ReferenceKind, Result};
 use crate::io::{file_length, read_exact_at};
 
 use super::header::{CompressionType, Qcow2Header, compatible, incompatible};
 use super::tables::{
-    COMPRESSED_SECTOR_SIZE, ClusterType, CompressedDescriptor, Geometry, L1Entry, L2Entry, Snapshot,
-    SubclusterState, TABLE_ENTRY_SIZE, classify_standard, decode_table, read_snapshot_table, subcluster_state,
+    COMPRESSED_SECTOR_SIZE, ClusterType, CompressedDescriptor, Geometry, L1Entry, L2Entry,
+    Snapshot, SubclusterState, TABLE_ENTRY_SIZE, classify_standard, decode_table,
+    read_snapshot_table, subcluster_state,
 };
 
 /// Memory the L2 table cache may use.
@@ -147,27 +150,48 @@ impl Qcow2Reader {
     /// The L2 table of L1 entry `l1_index`, or `None` when that entry is unallocated.
     fn l2_table(&self, l1_index: u64) -> Result<Option<Arc<L2Table>>> {
         let h = &self.header.header;
-        let entry_pos = h.l1_table_offset.saturating_add(l1_index.saturating_mul(TABLE_ENTRY_SIZE));
+        let entry_pos = h
+            .l1_table_offset
+            .saturating_add(l1_index.saturating_mul(TABLE_ENTRY_SIZE));
         let raw = usize::try_from(l1_index)
             .ok()
             .and_then(|i| self.l1.get(i))
-            .ok_or_else(|| Error::malformed("qcow2 L1 table", entry_pos, "lookup past the end of the table"))?;
+            .ok_or_else(|| {
+                Error::malformed(
+                    "qcow2 L1 table",
+                    entry_pos,
+                    "lookup past the end of the table",
+                )
+            })?;
         let offset = L1Entry(*raw).l2_offset();
         if offset == 0 {
             return Ok(None);
         }
         let cluster_size = self.geometry.cluster_size();
-        if offset % cluster_size != 0 {
+        if !offset.is_multiple_of(cluster_size) {
             return Err(Error::malformed(
                 "qcow2 L1 table",
                 entry_pos,
                 format!("L2 table offset {offset:#x} is not aligned to a cluster"),
             ));
         }
-        if offset.checked_add(cluster_size).is_none_or(|end| end > self.file_len) {
-            return Err(Error::truncated("qcow2 L2 table", offset, cluster_size, self.file_len));
+        if offset
+            .checked_add(cluster_size)
+            .is_none_or(|end| end > self.file_len)
+        {
+            return Err(Error::truncated(
+                "qcow2 L2 table",
+                offset,
+                cluster_size,
+                self.file_len,
+            ));
         }
-        if let Some(t) = self.l2_cache.lock().unwrap_or_else(PoisonError::into_inner).get(offset) {
+        if let Some(t) = self
+            .l2_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(offset)
+        {
             return Ok(Some(t));
         }
         let mut bytes = vec![0u8; usize_len(cluster_size)?];
@@ -189,9 +213,19 @@ impl Qcow2Reader {
     /// it); anything more is an error.
     fn compressed_range(&self, descriptor: u64) -> Result<(u64, u64)> {
         let d = CompressedDescriptor::decode(descriptor, &self.geometry);
-        let past_eof = || Error::truncated("qcow2 compressed cluster", d.host_offset, d.length(), self.file_len);
+        let past_eof = || {
+            Error::truncated(
+                "qcow2 compressed cluster",
+                d.host_offset,
+                d.length(),
+                self.file_len,
+            )
+        };
         let end = d.end().ok_or_else(past_eof)?;
-        let limit = self.file_len.checked_next_multiple_of(COMPRESSED_SECTOR_SIZE).unwrap_or(u64::MAX);
+        let limit = self
+            .file_len
+            .checked_next_multiple_of(COMPRESSED_SECTOR_SIZE)
+            .unwrap_or(u64::MAX);
         if d.host_offset >= self.file_len || end > limit {
             return Err(past_eof());
         }
@@ -201,7 +235,10 @@ impl Qcow2Reader {
     /// The decompressed bytes of the compressed cluster `descriptor` describes.
     fn compressed_cluster(&self, descriptor: u64) -> Result<Arc<Vec<u8>>> {
         {
-            let cache = self.cluster_cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let cache = self
+                .cluster_cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some((_, c)) = cache.iter().find(|(d, _)| *d == descriptor) {
                 return Ok(c.clone());
             }
@@ -217,7 +254,10 @@ impl Qcow2Reader {
         }
         .map_err(|problem| Error::malformed("qcow2 compressed cluster", host, problem))?;
         let out = Arc::new(out);
-        let mut cache = self.cluster_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self
+            .cluster_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         cache.insert(0, (descriptor, out.clone()));
         cache.truncate(CLUSTER_CACHE_ENTRIES);
         Ok(out)
@@ -225,7 +265,12 @@ impl Qcow2Reader {
 
     /// Reads `run.len` bytes of the file at `run.src` into `buf` at `run.at`.
     fn read_host(&self, buf: &mut [u8], run: Run) -> Result<()> {
-        read_exact_at(&self.file, part(buf, run.at, run.len)?, run.src, "qcow2 data cluster")
+        read_exact_at(
+            &self.file,
+            part(buf, run.at, run.len)?,
+            run.src,
+            "qcow2 data cluster",
+        )
     }
 
     /// Reads `run.len` bytes of the backing disk at virtual `run.src` into `buf` at `run.at`;
@@ -238,7 +283,9 @@ impl Qcow2Reader {
         };
         let available = backing.virtual_size().saturating_sub(run.src);
         // Bounded by dst.len(), so it fits a usize.
-        let n = usize::try_from(available).unwrap_or(usize::MAX).min(dst.len());
+        let n = usize::try_from(available)
+            .unwrap_or(usize::MAX)
+            .min(dst.len());
         let (inside, beyond) = dst.split_at_mut(n);
         if !inside.is_empty() {
             backing.read_at(inside, run.src)?;
@@ -251,8 +298,12 @@ impl Qcow2Reader {
     /// read as zeros), unallocated ranges replaced by the backing disk's map.
     fn finish_extent(&self, out: &mut Vec<Extent>, e: Extent) -> Result<()> {
         match (e.state, e.host_offset) {
-            (ExtentState::Data, Some(host)) if !e.compressed => self.push_split_by_holes(out, e, host),
-            (ExtentState::Unallocated, _) if self.backing.is_some() => self.push_backing(out, e.start, e.length),
+            (ExtentState::Data, Some(host)) if !e.compressed => {
+                self.push_split_by_holes(out, e, host)
+            }
+            (ExtentState::Unallocated, _) if self.backing.is_some() => {
+                self.push_backing(out, e.start, e.length)
+            }
             _ => {
                 push_extent(out, e);
                 Ok(())
@@ -322,7 +373,10 @@ impl Qcow2Reader {
             }
         }
         if end > inside_end {
-            push_extent(out, Extent::new(inside_end, end - inside_end, ExtentState::Unallocated));
+            push_extent(
+                out,
+                Extent::new(inside_end, end - inside_end, ExtentState::Unallocated),
+            );
         }
         Ok(())
     }
@@ -331,7 +385,11 @@ impl Qcow2Reader {
 /// Where the next data (`hole = false`) or hole (`hole = true`) at or after `pos` starts in
 /// `file`; `Some(end of file)` when there is none, `None` when the file system cannot tell.
 fn next_boundary(file: &File, pos: u64, hole: bool) -> Result<Option<u64>> {
-    let whence = if hole { SeekFrom::Hole(pos) } else { SeekFrom::Data(pos) };
+    let whence = if hole {
+        SeekFrom::Hole(pos)
+    } else {
+        SeekFrom::Data(pos)
+    };
     match seek(file, whence) {
         Ok(p) => Ok(Some(p)),
         // ENXIO: no data at or after `pos`.
@@ -349,7 +407,9 @@ fn next_boundary(file: &File, pos: u64, hole: bool) -> Result<Option<u64>> {
 fn part(buf: &mut [u8], at: usize, len: usize) -> Result<&mut [u8]> {
     at.checked_add(len)
         .and_then(|end| buf.get_mut(at..end))
-        .ok_or_else(|| Error::InvalidArgument(format!("qcow2 walk outside the read buffer at {at}")))
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!("qcow2 walk outside the read buffer at {at}"))
+        })
 }
 
 /// A run of bytes to copy from `src` (a host offset, or a virtual offset of the backing disk)
@@ -363,7 +423,8 @@ struct Run {
 
 impl Run {
     fn continues(&self, at: usize, src: u64) -> bool {
-        self.at.checked_add(self.len) == Some(at) && self.src.checked_add(self.len as u64) == Some(src)
+        self.at.checked_add(self.len) == Some(at)
+            && self.src.checked_add(self.len as u64) == Some(src)
     }
 }
 
@@ -414,7 +475,13 @@ impl BlockReader for Qcow2Reader {
                     let src = from
                         .checked_add(n)
                         .and_then(|end| cluster.get(from..end))
-                        .ok_or_else(|| Error::malformed("qcow2 compressed cluster", seg.start, "read past the cluster"))?;
+                        .ok_or_else(|| {
+                            Error::malformed(
+                                "qcow2 compressed cluster",
+                                seg.start,
+                                "read past the cluster",
+                            )
+                        })?;
                     part(buf, at, n)?.copy_from_slice(src);
                 }
             }
@@ -471,8 +538,14 @@ impl BlockReader for Qcow2Reader {
         }
         data.insert("refcount-bits".into(), json!(self.geometry.refcount_bits()));
         if v3 {
-            data.insert("corrupt".into(), json!(self.header.has(incompatible::CORRUPT)));
-            data.insert("extended-l2".into(), json!(self.header.has(incompatible::EXTENDED_L2)));
+            data.insert(
+                "corrupt".into(),
+                json!(self.header.has(incompatible::CORRUPT)),
+            );
+            data.insert(
+                "extended-l2".into(),
+                json!(self.header.has(incompatible::EXTENDED_L2)),
+            );
             data.insert("dirty".into(), json!(self.header.has(incompatible::DIRTY)));
         }
         data.insert("cluster-size".into(), json!(self.geometry.cluster_size()));
@@ -542,11 +615,15 @@ impl L2Table {
                 })
             })
         } else {
-            i.and_then(|i| self.words.get(i)).map(|&descriptor| L2Entry { descriptor, bitmap: 0 })
+            i.and_then(|i| self.words.get(i))
+                .map(|&descriptor| L2Entry {
+                    descriptor,
+                    bitmap: 0,
+                })
         };
-        entry
-            .map(|e| (e, at))
-            .ok_or_else(|| Error::malformed("qcow2 L2 table", at, "entry past the end of the table"))
+        entry.map(|e| (e, at)).ok_or_else(|| {
+            Error::malformed("qcow2 L2 table", at, "entry past the end of the table")
+        })
     }
 }
 
@@ -578,7 +655,11 @@ impl L2Cache {
     fn insert(&mut self, offset: u64, table: Arc<L2Table>) {
         if self.tables.len() >= self.capacity
             && !self.tables.contains_key(&offset)
-            && let Some(oldest) = self.tables.iter().min_by_key(|(_, (used, _))| *used).map(|(k, _)| *k)
+            && let Some(oldest) = self
+                .tables
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(k, _)| *k)
         {
             self.tables.remove(&oldest);
         }
@@ -655,9 +736,7 @@ impl Walker<'_> {
         };
         let Some(table) = table else {
             // No L2 table: everything it would map is unallocated.
-            let boundary = (l1_index + 1)
-                .checked_mul(1u64 << g.l2_coverage_bits())
-                .unwrap_or(u64::MAX);
+            let boundary = (l1_index + 1).saturating_mul(1u64 << g.l2_coverage_bits());
             return Ok(Some(self.emit(boundary, Kind::Unallocated { host: None })));
         };
         let cluster_size = g.cluster_size();
@@ -680,18 +759,24 @@ impl Walker<'_> {
         }
 
         let (kind, seg_end) = if !g.extended_l2() {
-            let kind = match classify_standard(entry, r.header.header.version, cluster_size).map_err(bad)? {
+            let kind = match classify_standard(entry, r.header.header.version, cluster_size)
+                .map_err(bad)?
+            {
                 ClusterType::Unallocated => Kind::Unallocated { host: None },
                 ClusterType::Zero { host } => Kind::Zero {
                     host: host.map(|h| h + within),
                 },
-                ClusterType::Normal { host } => Kind::Data { host: host + within },
+                ClusterType::Normal { host } => Kind::Data {
+                    host: host + within,
+                },
             };
             (kind, cluster_end)
         } else {
             let host = entry.host_offset();
-            if host % cluster_size != 0 {
-                return Err(bad(format!("host cluster offset {host:#x} is not aligned to a cluster")));
+            if !host.is_multiple_of(cluster_size) {
+                return Err(bad(format!(
+                    "host cluster offset {host:#x} is not aligned to a cluster"
+                )));
             }
             let host = (host != 0).then_some(host + within);
             let sc_bits = g.subcluster_bits();
@@ -705,11 +790,17 @@ impl Walker<'_> {
             let run_end = cluster_start.saturating_add(u64::from(last + 1) << sc_bits);
             let kind = match state {
                 SubclusterState::Invalid => {
-                    return Err(bad(format!("subcluster {first} is both allocated and zero")));
+                    return Err(bad(format!(
+                        "subcluster {first} is both allocated and zero"
+                    )));
                 }
                 SubclusterState::Allocated => match host {
                     Some(host) => Kind::Data { host },
-                    None => return Err(bad(format!("subcluster {first} is allocated without a host cluster"))),
+                    None => {
+                        return Err(bad(format!(
+                            "subcluster {first} is allocated without a host cluster"
+                        )));
+                    }
                 },
                 SubclusterState::Zero => Kind::Zero { host },
                 SubclusterState::Unallocated => Kind::Unallocated { host },
@@ -718,9 +809,16 @@ impl Walker<'_> {
         };
         let seg = self.emit(seg_end, kind);
         if let Kind::Data { host } = seg.kind
-            && host.checked_add(seg.length).is_none_or(|end| end > r.file_len)
+            && host
+                .checked_add(seg.length)
+                .is_none_or(|end| end > r.file_len)
         {
-            return Err(Error::truncated("qcow2 data cluster", host, seg.length, r.file_len));
+            return Err(Error::truncated(
+                "qcow2 data cluster",
+                host,
+                seg.length,
+                r.file_len,
+            ));
         }
         Ok(Some(seg))
     }
@@ -758,7 +856,11 @@ pub(crate) fn inflate_cluster(input: &[u8], out: &mut [u8]) -> std::result::Resu
     })
 }
 
-fn inflate_with(d: &mut Decompress, input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+fn inflate_with(
+    d: &mut Decompress,
+    input: &[u8],
+    out: &mut [u8],
+) -> std::result::Result<(), String> {
     let status = d
         .decompress(input, out, FlushDecompress::Finish)
         .map_err(|e| format!("deflate data is corrupt: {e}"))?;
@@ -773,9 +875,16 @@ fn inflate_with(d: &mut Decompress, input: &[u8], out: &mut [u8]) -> std::result
         // The cluster is full: the stream must have nothing more to give.
         let used = usize::try_from(d.total_in()).unwrap_or(input.len());
         let mut probe = [0u8; 1];
-        let _ = d.decompress(input.get(used..).unwrap_or_default(), &mut probe, FlushDecompress::Finish);
+        let _ = d.decompress(
+            input.get(used..).unwrap_or_default(),
+            &mut probe,
+            FlushDecompress::Finish,
+        );
         if d.total_out() > produced {
-            return Err(format!("deflate data inflates to more than the cluster of {}", out.len()));
+            return Err(format!(
+                "deflate data inflates to more than the cluster of {}",
+                out.len()
+            ));
         }
     }
     Ok(())
@@ -807,7 +916,11 @@ fn new_zstd_decoder() -> std::result::Result<Decoder<'static>, String> {
     Ok(d)
 }
 
-fn unzstd_with(d: &mut Decoder<'static>, input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+fn unzstd_with(
+    d: &mut Decoder<'static>,
+    input: &[u8],
+    out: &mut [u8],
+) -> std::result::Result<(), String> {
     let corrupt = |e: std::io::Error| format!("zstd data is corrupt: {e}");
     let (mut read, mut written) = (0usize, 0usize);
     let mut frame_left = 1usize;
@@ -835,7 +948,10 @@ fn unzstd_with(d: &mut Decoder<'static>, input: &[u8], out: &mut [u8]) -> std::r
             .run_on_buffers(input.get(read..).unwrap_or_default(), &mut probe)
             .map_err(corrupt)?;
         if st.bytes_written > 0 {
-            return Err(format!("zstd data decompresses to more than the cluster of {}", out.len()));
+            return Err(format!(
+                "zstd data decompresses to more than the cluster of {}",
+                out.len()
+            ));
         }
         if st.remaining != 0 {
             return Err("zstd frame does not end after the cluster".into());
@@ -874,9 +990,17 @@ mod tests {
     fn deflate_shorter_or_longer_than_the_cluster_is_an_error() {
         let mut out = vec![0u8; 65536];
         let short = deflate_raw(&pattern(60000));
-        assert!(inflate_cluster(&short, &mut out).unwrap_err().contains("less than"));
+        assert!(
+            inflate_cluster(&short, &mut out)
+                .unwrap_err()
+                .contains("less than")
+        );
         let long = deflate_raw(&pattern(70000));
-        assert!(inflate_cluster(&long, &mut out).unwrap_err().contains("more than"));
+        assert!(
+            inflate_cluster(&long, &mut out)
+                .unwrap_err()
+                .contains("more than")
+        );
         assert!(inflate_cluster(&[0xff; 100], &mut out).is_err());
         assert!(inflate_cluster(&[], &mut out).is_err());
     }
@@ -890,9 +1014,17 @@ mod tests {
         unzstd_cluster(&z, &mut out).unwrap();
         assert_eq!(out, data);
         let short = zstd::bulk::compress(&pattern(1000), 3).unwrap();
-        assert!(unzstd_cluster(&short, &mut out).unwrap_err().contains("less than"));
+        assert!(
+            unzstd_cluster(&short, &mut out)
+                .unwrap_err()
+                .contains("less than")
+        );
         let long = zstd::bulk::compress(&pattern(70000), 3).unwrap();
-        assert!(unzstd_cluster(&long, &mut out).unwrap_err().contains("more than"));
+        assert!(
+            unzstd_cluster(&long, &mut out)
+                .unwrap_err()
+                .contains("more than")
+        );
         assert!(unzstd_cluster(&[1, 2, 3, 4, 5, 6, 7, 8], &mut out).is_err());
         // The decoder is reset between clusters.
         unzstd_cluster(&z, &mut out).unwrap();

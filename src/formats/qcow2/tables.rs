@@ -52,7 +52,9 @@ impl Geometry {
             return Err(Error::malformed(
                 "qcow2 header",
                 20,
-                format!("cluster_bits {cluster_bits} is outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"),
+                format!(
+                    "cluster_bits {cluster_bits} is outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"
+                ),
             ));
         }
         if extended_l2 && cluster_bits < MIN_EXTENDED_L2_CLUSTER_BITS {
@@ -139,7 +141,11 @@ impl Geometry {
 
     /// Subclusters per cluster: 32 with extended L2 entries, else 1.
     pub fn subclusters(&self) -> u32 {
-        if self.extended_l2 { SUBCLUSTERS_PER_CLUSTER } else { 1 }
+        if self.extended_l2 {
+            SUBCLUSTERS_PER_CLUSTER
+        } else {
+            1
+        }
     }
 
     /// log2 of the subcluster size.
@@ -251,10 +257,16 @@ pub enum ClusterType {
 
 /// Classifies a standard entry (not compressed, no subclusters) of an image of `version`.
 /// Fails with the problem when the entry cannot be right.
-pub fn classify_standard(entry: L2Entry, version: u32, cluster_size: u64) -> std::result::Result<ClusterType, String> {
+pub fn classify_standard(
+    entry: L2Entry,
+    version: u32,
+    cluster_size: u64,
+) -> std::result::Result<ClusterType, String> {
     let host = entry.host_offset();
-    if host % cluster_size != 0 {
-        return Err(format!("host cluster offset {host:#x} is not aligned to a cluster"));
+    if !host.is_multiple_of(cluster_size) {
+        return Err(format!(
+            "host cluster offset {host:#x} is not aligned to a cluster"
+        ));
     }
     if entry.zero_flag() {
         if version < 3 {
@@ -399,7 +411,10 @@ pub fn set_refcount(block: &mut [u8], index: u64, order: u32, value: u64) -> boo
     }
     if bits < 8 {
         let per_byte = u64::from(8 / bits);
-        let Some(byte) = usize::try_from(index / per_byte).ok().and_then(|i| block.get_mut(i)) else {
+        let Some(byte) = usize::try_from(index / per_byte)
+            .ok()
+            .and_then(|i| block.get_mut(i))
+        else {
             return false;
         };
         let shift = (index % per_byte) as u32 * bits;
@@ -409,10 +424,16 @@ pub fn set_refcount(block: &mut [u8], index: u64, order: u32, value: u64) -> boo
         return true;
     }
     let width = (bits / 8) as usize;
-    let Some(start) = usize::try_from(index).ok().and_then(|i| i.checked_mul(width)) else {
+    let Some(start) = usize::try_from(index)
+        .ok()
+        .and_then(|i| i.checked_mul(width))
+    else {
         return false;
     };
-    let Some(bytes) = start.checked_add(width).and_then(|end| block.get_mut(start..end)) else {
+    let Some(bytes) = start
+        .checked_add(width)
+        .and_then(|end| block.get_mut(start..end))
+    else {
         return false;
     };
     bytes.copy_from_slice(&value.to_be_bytes()[8 - width..]);
@@ -537,7 +558,12 @@ pub fn read_snapshot_table(file: &File, header: &Header, file_len: u64) -> Resul
             ));
         }
         if var_start + var_len > file_len {
-            return Err(Error::truncated(STRUCTURE, pos, SNAPSHOT_HEADER_SIZE + var_len, file_len));
+            return Err(Error::truncated(
+                STRUCTURE,
+                pos,
+                SNAPSHOT_HEADER_SIZE + var_len,
+                file_len,
+            ));
         }
         // var_len is at most 1 KiB + 128 KiB: a small allocation, and inside the file.
         let mut var = vec![0u8; var_len as usize];
@@ -613,21 +639,35 @@ mod tests {
         assert_eq!(e.l2_offset(), 0x50000);
         assert!(e.copied());
         assert_eq!(e.reserved_bits(), 0);
-        assert_eq!(L1Entry(0x0100_0000_0000_0001).reserved_bits(), 0x0100_0000_0000_0001);
+        assert_eq!(
+            L1Entry(0x0100_0000_0000_0001).reserved_bits(),
+            0x0100_0000_0000_0001
+        );
     }
 
     #[test]
     fn standard_entries() {
-        let std = |d| L2Entry { descriptor: d, bitmap: 0 };
+        let std = |d| L2Entry {
+            descriptor: d,
+            bitmap: 0,
+        };
         assert_eq!(
             classify_standard(std(0x8000_0000_0005_0000), 3, 65536),
             Ok(ClusterType::Normal { host: 0x50000 })
         );
-        assert_eq!(classify_standard(std(0), 2, 65536), Ok(ClusterType::Unallocated));
-        assert_eq!(classify_standard(std(1), 3, 65536), Ok(ClusterType::Zero { host: None }));
+        assert_eq!(
+            classify_standard(std(0), 2, 65536),
+            Ok(ClusterType::Unallocated)
+        );
+        assert_eq!(
+            classify_standard(std(1), 3, 65536),
+            Ok(ClusterType::Zero { host: None })
+        );
         assert_eq!(
             classify_standard(std(0x8000_0000_0007_0001), 3, 65536),
-            Ok(ClusterType::Zero { host: Some(0x70000) })
+            Ok(ClusterType::Zero {
+                host: Some(0x70000)
+            })
         );
         assert!(classify_standard(std(1), 2, 65536).is_err());
         assert!(classify_standard(std(0x8000_0000_0005_0200), 3, 65536).is_err());
@@ -639,7 +679,13 @@ mod tests {
         // An entry qemu-img 10 wrote for a 64 KiB cluster: 40 sectors at 0x50000.
         let g = geo(16);
         let entry = 0x49c0_0000_0005_0000u64;
-        assert!(L2Entry { descriptor: entry, bitmap: 0 }.is_compressed());
+        assert!(
+            L2Entry {
+                descriptor: entry,
+                bitmap: 0
+            }
+            .is_compressed()
+        );
         let d = CompressedDescriptor::decode(entry, &g);
         assert_eq!(d.host_offset, 0x50000);
         assert_eq!(d.sectors, 40);
@@ -656,11 +702,19 @@ mod tests {
     fn compressed_descriptor_round_trips() {
         for bits in [9, 12, 16, 21] {
             let g = geo(bits);
-            for (host, len) in [(0x1234u64, 1u64), (0x10000, 512), (0x10001, 512), (0x7ff, 1 << bits)] {
+            for (host, len) in [
+                (0x1234u64, 1u64),
+                (0x10000, 512),
+                (0x10001, 512),
+                (0x7ff, 1 << bits),
+            ] {
                 let entry = CompressedDescriptor::encode(host, len, &g).unwrap();
                 let d = CompressedDescriptor::decode(entry, &g);
                 assert_eq!(d.host_offset, host);
-                assert!(d.length() >= len && d.length() < len + 1024, "{bits} {host} {len}");
+                assert!(
+                    d.length() >= len && d.length() < len + 1024,
+                    "{bits} {host} {len}"
+                );
             }
             // Longer than the sector field can count.
             assert!(CompressedDescriptor::encode(0, (2 << bits) + 1, &g).is_none());
@@ -690,12 +744,20 @@ mod tests {
             let bits = 1u32 << order;
             let mut block = vec![0u8; 64];
             let entries = 64 * 8 / u64::from(bits);
-            let max = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+            let max = if bits == 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            };
             for i in 0..entries {
                 assert!(set_refcount(&mut block, i, order, (i * 7 + 1) & max));
             }
             for i in 0..entries {
-                assert_eq!(get_refcount(&block, i, order), Some((i * 7 + 1) & max), "order {order}");
+                assert_eq!(
+                    get_refcount(&block, i, order),
+                    Some((i * 7 + 1) & max),
+                    "order {order}"
+                );
             }
             assert_eq!(get_refcount(&block, entries, order), None);
             assert!(!set_refcount(&mut block, entries, order, 0));
@@ -725,12 +787,18 @@ mod tests {
         assert_eq!(h.l1_table_offset, 0x70000);
         assert_eq!(h.l1_size, 3);
         assert_eq!((h.id_str_size, h.name_size), (1, 5));
-        assert_eq!((h.date_sec, h.date_nsec, h.vm_clock_nsec), (1_700_000_000, 42, 9));
+        assert_eq!(
+            (h.date_sec, h.date_nsec, h.vm_clock_nsec),
+            (1_700_000_000, 42, 9)
+        );
         assert_eq!(h.extra_data_size, 24);
     }
 
     #[test]
     fn decodes_big_endian_tables() {
-        assert_eq!(decode_table(&[0, 0, 0, 0, 0, 1, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 1, 9]), vec![0x10000, 0xff00_0000_0000_0001]);
+        assert_eq!(
+            decode_table(&[0, 0, 0, 0, 0, 1, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 1, 9]),
+            vec![0x10000, 0xff00_0000_0000_0001]
+        );
     }
 }
