@@ -155,6 +155,10 @@ pub(crate) fn open_file(
         Format::Qcow2 => Source::Random(Arc::new(
             open_qcow2(file, path, options, depth).map_err(|e| e.in_file(path))?,
         )),
+        Format::Vhd => Source::Random(Arc::new(
+            formats::vhd::open(file, path, options.allow_references.as_deref(), depth)
+                .map_err(|e| e.in_file(path))?,
+        )),
         other => {
             return Err(Error::unsupported(format!(
                 "reading {other} images is not implemented yet"
@@ -287,6 +291,21 @@ pub fn create(
                 virtual_size,
                 opts,
             )?))
+        }
+        Format::Vhd => {
+            use formats::vhd::footer::DiskType;
+            use formats::vhd::writer::{DynamicWriter, FixedWriter, VhdCreateOptions};
+            let opts = VhdCreateOptions::parse(&options.options, options.compress)?;
+            if opts.disk_type == DiskType::Fixed {
+                Ok(Box::new(FixedWriter::new(
+                    append_sink(target, options)?,
+                    virtual_size,
+                    &opts,
+                )?))
+            } else {
+                let sink = seekable_sink(format, target, options)?;
+                Ok(Box::new(DynamicWriter::new(sink, virtual_size, &opts)?))
+            }
         }
         other => Err(Error::unsupported(format!(
             "writing {other} images is not implemented yet"

@@ -3,6 +3,7 @@
 
 pub mod qcow2;
 pub mod raw;
+pub mod vhd;
 
 use std::fmt;
 use std::str::FromStr;

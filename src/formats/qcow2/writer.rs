@@ -332,7 +332,7 @@ impl Qcow2Writer {
     }
 
     fn expect(&mut self, offset: u64, length: u64) -> Result<()> {
-        if offset != self.next || offset % self.cluster_size != 0 {
+        if offset != self.next || !offset.is_multiple_of(self.cluster_size) {
             return Err(Error::InvalidArgument(format!(
                 "qcow2 writer got a piece at {offset}, expected one at {}",
                 self.next
@@ -378,7 +378,7 @@ impl Qcow2Writer {
         }
         self.sink.write_at(payload, start)?;
         // The payload's last cluster keeps taking payloads until it is full.
-        self.compressed_tail = (end % self.cluster_size != 0).then_some(end);
+        self.compressed_tail = (!end.is_multiple_of(self.cluster_size)).then_some(end);
         self.settle()?;
         let x = 62 - (self.options.cluster_bits - 8);
         let entry = QCOW_OFLAG_COMPRESSED | ((sectors - 1) << x) | start;
