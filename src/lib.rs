@@ -135,6 +135,38 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<Image> {
     open_file(file, path, options, 0)
 }
 
+/// Opens an image arriving on a stream (a pipe, stdin, an upload) that can only be read front
+/// to back. The format must be named: there is nothing to probe without reading. Only formats
+/// whose layout allows it can be read this way (streamOptimized VMDK, ZVHD, raw of a known size
+/// cannot: its size is unknown).
+pub fn open_stream(
+    input: Box<dyn std::io::Read + Send>,
+    format: Format,
+    name: &str,
+) -> Result<Image> {
+    let source = stream_source(input, format).map_err(|e| e.in_file(Path::new(name)))?;
+    Ok(Image {
+        path: PathBuf::from(name),
+        format,
+        source: named(source, Path::new(name)),
+        file_length: 0,
+        allocated: 0,
+    })
+}
+
+/// The stream reader of each format that has one.
+#[allow(clippy::match_single_binding)] // an arm per streamable format lands with its format
+fn stream_source(input: Box<dyn std::io::Read + Send>, format: Format) -> Result<Source> {
+    match format {
+        other => {
+            drop(input);
+            Err(Error::unsupported(format!(
+                "{other} images cannot be read from a stream; give a file"
+            )))
+        }
+    }
+}
+
 /// Opens the image in `file`, named `path`, which is `depth` levels down a backing chain.
 pub(crate) fn open_file(
     file: std::fs::File,

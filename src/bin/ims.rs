@@ -55,7 +55,8 @@ enum Command {
         output: OutputKind,
         file: PathBuf,
     },
-    /// Convert an image to another format (DST `-` writes to stdout, for formats that stream).
+    /// Convert an image to another format (SRC `-` reads stdin with -f, DST `-` writes stdout,
+    /// for formats that stream).
     Convert {
         #[command(flatten)]
         input: Input,
@@ -195,10 +196,24 @@ fn run(command: Command) -> ims::Result<()> {
             for o in &options {
                 create.parse_options(o)?;
             }
-            let image = ims::open(
-                &src,
-                &open_options(input.format.as_deref(), input.allow_references)?,
-            )?;
+            let image = if src.as_os_str() == "-" {
+                // Stdin can only be read front to back, and there is nothing to probe.
+                let format = input
+                    .format
+                    .as_deref()
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(
+                            "reading an image from stdin (-) needs -f FMT".into(),
+                        )
+                    })?
+                    .parse()?;
+                ims::open_stream(Box::new(std::io::stdin()), format, "<stdin>")?
+            } else {
+                ims::open(
+                    &src,
+                    &open_options(input.format.as_deref(), input.allow_references)?,
+                )?
+            };
             let target = if dst == "-" {
                 if std::io::stdout().is_terminal() {
                     return Err(Error::InvalidArgument(
