@@ -1008,3 +1008,57 @@ fn extended_l2_entries_that_cannot_be_right() {
     // Zero subclusters without a host cluster are fine.
     assert!(ext(0, 0xffff_ffff << 32).unwrap().iter().all(|&b| b == 0));
 }
+
+mod mutations {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Where a mutation lands: the header, the refcount table, the L1 entry, the first L2
+    /// entries, the start of the compressed data, or anywhere.
+    fn target() -> impl Strategy<Value = usize> {
+        prop_oneof![
+            0usize..128,
+            0x200usize..0x240,
+            0x10000usize..0x10010,
+            L1_AT..L1_AT + 16,
+            L2_AT..L2_AT + 64,
+            COMPRESSED_AT..COMPRESSED_AT + 64,
+            0usize..0x80000,
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Damaged images open, map and read without panicking: every outcome is Ok or Err.
+        #[test]
+        fn damaged_images_never_panic(
+            flips in proptest::collection::vec((target(), any::<u8>()), 1..8),
+            cut in prop_oneof![Just(usize::MAX), 0usize..0x80000],
+        ) {
+            let (mut b, _) = built_image();
+            for (at, v) in flips {
+                b[at] = v;
+            }
+            b.truncate(cut);
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("damaged.qcow2");
+            std::fs::write(&path, &b).unwrap();
+            let options = OpenOptions { format: Some(ims::Format::Qcow2), allow_references: None };
+            let Ok(image) = ims::open(&path, &options) else {
+                return Ok(());
+            };
+            let r = image.reader().unwrap();
+            // The size field may be damaged: look at no more than 4 MiB of the disk.
+            let size = r.virtual_size().min(4 << 20);
+            if let Ok(map) = r.map(0, size) {
+                ims::block::check_map(&map, 0, size).unwrap();
+            }
+            let mut buf = vec![0u8; 256 << 10];
+            for at in (0..size).step_by(256 << 10) {
+                let n = (size - at).min(256 << 10) as usize;
+                let _ = r.read_at(&mut buf[..n], at);
+            }
+        }
+    }
+}
