@@ -100,6 +100,15 @@ enum Command {
         a: PathBuf,
         b: PathBuf,
     },
+    /// Check an image's consistency: exit 0 clean, 2 corruptions, 3 leaked clusters only,
+    /// 1 when it could not be checked, 63 when the format has nothing to check (as qemu-img).
+    Check {
+        #[command(flatten)]
+        input: Input,
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputKind,
+        file: PathBuf,
+    },
     /// Show which ranges of the disk hold data, zeros or nothing.
     Map {
         #[command(flatten)]
@@ -122,6 +131,11 @@ fn main() -> ExitCode {
             a,
             b,
         } => compare(format_a, format_b, strict, quiet, allow_references, a, b),
+        Command::Check {
+            input,
+            output,
+            file,
+        } => check(input, output, file),
         other => match run(other) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -322,7 +336,9 @@ fn run(command: Command) -> ims::Result<()> {
             }
             Ok(())
         }
-        Command::Compare { .. } => Err(Error::InvalidArgument("compare is run by main".into())),
+        Command::Compare { .. } | Command::Check { .. } => Err(Error::InvalidArgument(
+            "compare and check are run by main".into(),
+        )),
     }
 }
 
@@ -432,6 +448,87 @@ impl Reporter {
             bar.finish();
         }
     }
+}
+
+fn check(input: Input, output: OutputKind, file: PathBuf) -> ExitCode {
+    let outcome = open_options(input.format.as_deref(), input.allow_references)
+        .and_then(|options| ims::check(&file, &options));
+    let report = match outcome {
+        Ok(ims::CheckOutcome::Checked(r)) => r,
+        Ok(ims::CheckOutcome::NotSupported(format)) => {
+            eprintln!(
+                "ims: {}: the {format} format has nothing to check",
+                file.display()
+            );
+            return ExitCode::from(63);
+        }
+        Err(e) => {
+            eprintln!("ims: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match output {
+        OutputKind::Json => {
+            let mut v = serde_json::to_value(&report).unwrap_or_default();
+            v["filename"] = serde_json::json!(file.display().to_string());
+            v["format"] = serde_json::json!(input.format.as_deref().unwrap_or("qcow2"));
+            match to_json(&v) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("ims: {e}"),
+            }
+        }
+        OutputKind::Human => {
+            for m in &report.messages {
+                println!("{m}");
+            }
+            if report.corruptions == 0 && report.leaks == 0 && report.check_errors == 0 {
+                println!("No errors were found on the image.");
+            }
+            if report.corruptions > 0 {
+                println!(
+                    "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.",
+                    report.corruptions
+                );
+            }
+            if report.leaks > 0 {
+                println!(
+                    "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.",
+                    report.leaks
+                );
+            }
+            if report.total_clusters > 0 {
+                // As qemu-img: allocation against the disk, the rest against what is allocated.
+                let pct = |n: u64, of: u64| {
+                    if of == 0 {
+                        0.0
+                    } else {
+                        n as f64 * 100.0 / of as f64
+                    }
+                };
+                let allocated = report.allocated_clusters;
+                println!(
+                    "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
+                    allocated,
+                    report.total_clusters,
+                    pct(allocated, report.total_clusters),
+                    pct(report.fragmented_clusters, allocated),
+                    pct(report.compressed_clusters, allocated)
+                );
+            }
+            if report.image_end_offset > 0 {
+                println!("Image end offset: {}", report.image_end_offset);
+            }
+        }
+    }
+    ExitCode::from(if report.corruptions > 0 {
+        2
+    } else if report.leaks > 0 {
+        3
+    } else if report.check_errors > 0 {
+        1
+    } else {
+        0
+    })
 }
 
 fn compare(

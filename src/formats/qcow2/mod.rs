@@ -9,6 +9,7 @@
 //!
 //! The format, in this project's words, is in `formats/qcow2.md`.
 
+pub mod check;
 pub mod header;
 pub mod reader;
 pub mod tables;

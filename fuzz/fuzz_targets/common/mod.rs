@@ -1,0 +1,49 @@
+//! What the file-based fuzz targets share: the input as an unlinked file, and a bounded walk
+//! over a reader's map and data.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ims::BlockReader;
+
+/// How much of a disk is mapped and read: an image claiming an exabyte disk costs no more than
+/// a small one.
+pub const MAX_DISK: u64 = 16 << 20;
+const PIECE: u64 = 1 << 20;
+
+/// A file holding `data`, already unlinked.
+pub fn temp_file(target: &str, data: &[u8]) -> Option<std::fs::File> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "ims-fuzz-{target}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = std::env::temp_dir().join(name);
+    let mut file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .ok()?;
+    let _ = std::fs::remove_file(&path);
+    file.write_all(data).ok()?;
+    Some(file)
+}
+
+/// Maps and reads up to [`MAX_DISK`] bytes; a map that succeeds must cover the range exactly.
+pub fn exercise(reader: &dyn BlockReader) {
+    let _ = reader.format_specific();
+    let size = reader.virtual_size().min(MAX_DISK);
+    if let Ok(extents) = reader.map(0, size) {
+        ims::block::check_map(&extents, 0, size).expect("map covers the range");
+    }
+    let mut buf = vec![0u8; PIECE as usize];
+    let mut pos = 0;
+    while pos < size {
+        let n = (size - pos).min(PIECE);
+        let _ = reader.read_at(&mut buf[..n as usize], pos);
+        pos += n;
+    }
+}

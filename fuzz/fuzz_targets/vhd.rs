@@ -1,0 +1,17 @@
+//! Opening arbitrary bytes as a VHD (footer, footer copy, dynamic header, BAT, parent locators),
+//! then mapping and reading the disk, must succeed or fail cleanly. Differencing disks fail at
+//! open: no references are allowed, so no other file is ever opened.
+#![no_main]
+
+mod common;
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some(file) = common::temp_file("vhd", data) else {
+        return;
+    };
+    if let Ok(reader) = ims::formats::vhd::open(file, std::path::Path::new("fuzz.vhd"), None, 0) {
+        common::exercise(&reader);
+    }
+});
