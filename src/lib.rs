@@ -54,6 +54,10 @@ pub struct OpenOptions {
     /// The one directory inside which references to other files (backing files, extents,
     /// parents, data files) may be followed. `None` (the default) refuses every reference.
     pub allow_references: Option<PathBuf>,
+    /// Open an image even when it refers to files that may not be followed; reading a range
+    /// that needs one then fails with the `ExternalReference` error. For `info`, which names
+    /// references without opening them.
+    pub defer_references: bool,
 }
 
 /// An opened image: its format and its disk.
@@ -102,13 +106,30 @@ impl Image {
             Source::Random(r) => r.format_specific(),
             Source::Stream(s) => s.format_specific(),
         };
+        // Formats with a dirty state (qcow2's dirty bit) report it in their data.
+        let dirty_flag = format_specific
+            .as_ref()
+            .and_then(|f| f["data"]["dirty"].as_bool())
+            .unwrap_or(false);
+        // qemu-img also puts these at the top level, where tools look for them.
+        let field = |key: &str| {
+            format_specific
+                .as_ref()
+                .map(|f| f["data"][key].clone())
+                .filter(|v| !v.is_null())
+        };
         ImageInfo {
             virtual_size: self.virtual_size(),
             filename: self.path.display().to_string(),
             format: self.format.name(),
             actual_size: self.allocated,
+            cluster_size: field("cluster-size").and_then(|v| v.as_u64()),
+            backing_filename: field("backing-filename")
+                .and_then(|v| v.as_str().map(str::to_string)),
+            backing_filename_format: field("backing-filename-format")
+                .and_then(|v| v.as_str().map(str::to_string)),
             format_specific,
-            dirty_flag: false,
+            dirty_flag,
         }
     }
 }
@@ -123,6 +144,15 @@ pub struct ImageInfo {
     /// Bytes the file occupies on disk.
     #[serde(rename = "actual-size")]
     pub actual_size: u64,
+    #[serde(rename = "cluster-size", skip_serializing_if = "Option::is_none")]
+    pub cluster_size: Option<u64>,
+    #[serde(rename = "backing-filename", skip_serializing_if = "Option::is_none")]
+    pub backing_filename: Option<String>,
+    #[serde(
+        rename = "backing-filename-format",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backing_filename_format: Option<String>,
     #[serde(rename = "format-specific", skip_serializing_if = "Option::is_none")]
     pub format_specific: Option<serde_json::Value>,
     #[serde(rename = "dirty-flag")]
@@ -188,8 +218,14 @@ pub(crate) fn open_file(
             open_qcow2(file, path, options, depth).map_err(|e| e.in_file(path))?,
         )),
         Format::Vhd => Source::Random(Arc::new(
-            formats::vhd::open(file, path, options.allow_references.as_deref(), depth)
-                .map_err(|e| e.in_file(path))?,
+            formats::vhd::open(
+                file,
+                path,
+                options.allow_references.as_deref(),
+                options.defer_references,
+                depth,
+            )
+            .map_err(|e| e.in_file(path))?,
         )),
         other => {
             return Err(Error::unsupported(format!(
@@ -233,6 +269,15 @@ fn open_qcow2(
                 options,
                 depth,
             )?);
+        }
+    } else if options.defer_references {
+        let header = Qcow2Header::read(&file)?;
+        if let Some(name) = header.backing_file() {
+            qcow2_options.backing = Some(Arc::new(references::RefusedReference::new(
+                ReferenceKind::BackingFile,
+                name,
+                header.header.size,
+            )));
         }
     }
     Qcow2Reader::open(file, &qcow2_options)

@@ -297,3 +297,59 @@ fn progress_json_reports_on_stderr() {
     assert_eq!(lines.last().unwrap()["percent"], 100);
     assert_eq!(lines.last().unwrap()["done"], 4 << 20);
 }
+
+#[test]
+fn info_names_a_backing_file_that_convert_refuses() {
+    if !have_qemu_img("info_names_a_backing_file_that_convert_refuses") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&base), "16M"]);
+    let child = dir.path().join("child.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        s(&child),
+    ]);
+    let out = ims(&["info", "--output", "json", s(&child)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["backing-filename"], "base.qcow2");
+    assert_eq!(v["backing-filename-format"], "qcow2");
+    assert_eq!(v["cluster-size"], 65536);
+    let out = ims(&[
+        "convert",
+        "-O",
+        "raw",
+        s(&child),
+        s(&dir.path().join("x.raw")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("backing file reference \"base.qcow2\" refused")
+    );
+    let out = ims(&[
+        "convert",
+        "--allow-references",
+        s(dir.path()),
+        "-O",
+        "raw",
+        s(&child),
+        "-",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), 16 << 20);
+}

@@ -153,6 +153,7 @@ fn open_options(
     Ok(OpenOptions {
         format: format.map(str::parse).transpose()?,
         allow_references,
+        defer_references: false,
     })
 }
 
@@ -163,10 +164,10 @@ fn run(command: Command) -> ims::Result<()> {
             output,
             file,
         } => {
-            let image = ims::open(
-                &file,
-                &open_options(input.format.as_deref(), input.allow_references)?,
-            )?;
+            // info names references (backing files, parents) without opening them.
+            let mut options = open_options(input.format.as_deref(), input.allow_references)?;
+            options.defer_references = true;
+            let image = ims::open(&file, &options)?;
             let info = image.info();
             match output {
                 OutputKind::Json => println!("{}", to_json(&info)?),

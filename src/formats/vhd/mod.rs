@@ -12,17 +12,19 @@ use std::sync::Arc;
 
 use crate::block::BlockReader;
 use crate::error::{Error, ReferenceKind, Result};
-use crate::references::{MAX_CHAIN_DEPTH, open_resolved, resolve};
+use crate::references::{MAX_CHAIN_DEPTH, RefusedReference, open_resolved, resolve};
 
 pub use reader::{VhdImage, VhdReader};
 
 /// Opens a VHD. A differencing disk's parent is followed only when `allowed_dir` is given, and
 /// then only to a VHD inside it, found by a relative locator or by the parent's name, whose
-/// unique id matches the one the child records.
+/// unique id matches the one the child records. With `defer` and no directory, the reader
+/// opens and reading what the parent holds fails instead (for `info`).
 pub fn open(
     file: File,
     path: &Path,
     allowed_dir: Option<&Path>,
+    defer: bool,
     depth: usize,
 ) -> Result<VhdReader> {
     let image = VhdImage::open(file)?;
@@ -30,10 +32,13 @@ pub fn open(
         return image.into_reader(None);
     };
     let Some(dir) = allowed_dir else {
-        return Err(Error::reference(
-            ReferenceKind::ParentLocator,
-            image.parent_description(),
-        ));
+        let description = image.parent_description();
+        if defer {
+            let refused =
+                RefusedReference::new(ReferenceKind::ParentLocator, &description, image.size);
+            return image.into_reader(Some(Arc::new(refused)));
+        }
+        return Err(Error::reference(ReferenceKind::ParentLocator, description));
     };
     if depth >= MAX_CHAIN_DEPTH {
         return Err(Error::limit(
@@ -52,7 +57,7 @@ pub fn open(
             }
         };
         let parent_file = open_resolved(ReferenceKind::ParentLocator, name, &candidate)?;
-        let parent = open(parent_file, &candidate, allowed_dir, depth + 1)
+        let parent = open(parent_file, &candidate, allowed_dir, false, depth + 1)
             .map_err(|e| e.in_file(&candidate))?;
         if parent.image().footer.unique_id != parent_id {
             last_error = Error::malformed(
