@@ -67,6 +67,7 @@ fn open_allowing(path: &Path, dir: &Path) -> ims::Result<Arc<dyn BlockReader>> {
     let options = OpenOptions {
         format: None,
         allow_references: Some(dir.to_path_buf()),
+        ..Default::default()
     };
     Ok(ims::open(path, &options)?.reader().expect("random access"))
 }
@@ -832,7 +833,7 @@ fn built_image_reads_and_maps() {
     // The same through the probe and with the format named.
     let options = OpenOptions {
         format: Some(ims::Format::Qcow2),
-        allow_references: None,
+        ..Default::default()
     };
     assert_eq!(ims::open(&path, &options).unwrap().virtual_size(), 1 << 20);
 }
@@ -1044,7 +1045,7 @@ mod mutations {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("damaged.qcow2");
             std::fs::write(&path, &b).unwrap();
-            let options = OpenOptions { format: Some(ims::Format::Qcow2), allow_references: None };
+            let options = OpenOptions { format: Some(ims::Format::Qcow2), ..Default::default() };
             let Ok(image) = ims::open(&path, &options) else {
                 return Ok(());
             };
