@@ -22,7 +22,7 @@ use crate::io::{file_length, read_exact_at};
 /// 64 KiB clusters.
 pub const MAX_CHECK_CLUSTERS: u64 = 64 << 20;
 
-/// What a check found, with qemu-img check's JSON keys.
+/// What a check found, with qemu-img check's JSON keys (zero counts left out, as qemu-img does).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CheckReport {
     #[serde(rename = "image-end-offset")]
@@ -31,11 +31,11 @@ pub struct CheckReport {
     pub total_clusters: u64,
     #[serde(rename = "check-errors")]
     pub check_errors: u64,
-    #[serde(rename = "allocated-clusters")]
+    #[serde(rename = "allocated-clusters", skip_serializing_if = "is_zero")]
     pub allocated_clusters: u64,
-    #[serde(rename = "fragmented-clusters")]
+    #[serde(rename = "fragmented-clusters", skip_serializing_if = "is_zero")]
     pub fragmented_clusters: u64,
-    #[serde(rename = "compressed-clusters")]
+    #[serde(rename = "compressed-clusters", skip_serializing_if = "is_zero")]
     pub compressed_clusters: u64,
     #[serde(skip_serializing_if = "is_zero")]
     pub corruptions: u64,
