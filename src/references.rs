@@ -138,6 +138,38 @@ pub(crate) fn open_backing(
     })
 }
 
+/// Stands in for a file the open options do not let ims follow, so that an image can still be
+/// opened for `info`: every read or map of it fails with the reference error.
+pub struct RefusedReference {
+    kind: ReferenceKind,
+    name: String,
+    size: u64,
+}
+
+impl RefusedReference {
+    pub fn new(kind: ReferenceKind, name: &str, size: u64) -> Self {
+        RefusedReference {
+            kind,
+            name: name.to_string(),
+            size,
+        }
+    }
+}
+
+impl BlockReader for RefusedReference {
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, _buf: &mut [u8], _offset: u64) -> Result<()> {
+        Err(Error::reference(self.kind, self.name.clone()))
+    }
+
+    fn map(&self, _offset: u64, _len: u64) -> Result<Vec<crate::block::Extent>> {
+        Err(Error::reference(self.kind, self.name.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,37 +279,5 @@ mod tests {
         assert!(has_protocol("json:{}"));
         assert!(!has_protocol("dir/a:b"));
         assert!(!has_protocol("plain.img"));
-    }
-}
-
-/// Stands in for a file the open options do not let ims follow, so that an image can still be
-/// opened for `info`: every read or map of it fails with the reference error.
-pub struct RefusedReference {
-    kind: ReferenceKind,
-    name: String,
-    size: u64,
-}
-
-impl RefusedReference {
-    pub fn new(kind: ReferenceKind, name: &str, size: u64) -> Self {
-        RefusedReference {
-            kind,
-            name: name.to_string(),
-            size,
-        }
-    }
-}
-
-impl BlockReader for RefusedReference {
-    fn virtual_size(&self) -> u64 {
-        self.size
-    }
-
-    fn read_at(&self, _buf: &mut [u8], _offset: u64) -> Result<()> {
-        Err(Error::reference(self.kind, self.name.clone()))
-    }
-
-    fn map(&self, _offset: u64, _len: u64) -> Result<Vec<crate::block::Extent>> {
-        Err(Error::reference(self.kind, self.name.clone()))
     }
 }
