@@ -188,6 +188,9 @@ pub fn open_stream(
 #[allow(clippy::match_single_binding)] // an arm per streamable format lands with its format
 fn stream_source(input: Box<dyn std::io::Read + Send>, format: Format) -> Result<Source> {
     match format {
+        Format::Zvhd => Ok(Source::Stream(Box::new(formats::zvhd::ZvhdStream::new(
+            input,
+        )?))),
         other => {
             drop(input);
             Err(Error::unsupported(format!(
@@ -226,6 +229,12 @@ pub(crate) fn open_file(
                 depth,
             )
             .map_err(|e| e.in_file(path))?,
+        )),
+        Format::Zvhd => Source::Stream(Box::new(
+            formats::zvhd::ZvhdStream::open(file).map_err(|e| e.in_file(path))?,
+        )),
+        Format::Zvhd2 => Source::Random(Arc::new(
+            formats::zvhd::Zvhd2Reader::open(file).map_err(|e| e.in_file(path))?,
         )),
         other => {
             return Err(Error::unsupported(format!(
@@ -418,6 +427,18 @@ pub fn create(
             } else {
                 let sink = seekable_sink(format, target, options)?;
                 Ok(Box::new(DynamicWriter::new(sink, virtual_size, &opts)?))
+            }
+        }
+        Format::Zvhd | Format::Zvhd2 => {
+            use formats::zvhd::{Zvhd2Writer, ZvhdCreateOptions, ZvhdWriter};
+            // Both are always compressed; `-c` changes nothing.
+            let zvhd2 = format == Format::Zvhd2;
+            let opts = ZvhdCreateOptions::parse(zvhd2, &options.options)?;
+            let sink = append_sink(target, options)?;
+            if zvhd2 {
+                Ok(Box::new(Zvhd2Writer::new(sink, virtual_size, &opts)?))
+            } else {
+                Ok(Box::new(ZvhdWriter::new(sink, virtual_size, &opts)?))
             }
         }
         other => Err(Error::unsupported(format!(

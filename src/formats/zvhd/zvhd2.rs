@@ -1,0 +1,685 @@
+//! ZVHD2: a header page, one independently compressed record per non-zero 2 MiB block, then a
+//! middle footer, the index, the block bitmap and the final footer in the last page. The final
+//! footer says where the index and the bitmap are; the bitmap says which blocks have a record
+//! and the index where it is, so any block can be read on its own.
+//!
+//! [`Zvhd2Reader::open`] checks the final footer, loads the bitmap and walks the whole index
+//! once (16 bytes per data block), so every rule that relates entries to each other is checked
+//! before the first read; reads then fetch one entry and one record per block. The format is
+//! described in `formats/zvhd.md`.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use flate2::{Compress, Compression, Decompress};
+
+use crate::block::{
+    BlockReader, BlockWriter, Extent, ExtentState, Piece, UnitEncoder, check_range, push_extent,
+};
+use crate::error::{Error, Result};
+use crate::io::{AppendSink, file_length};
+
+use super::header::{
+    self, BITMAP_SEG_SIZE, BLOCKS_PER_BITMAP_SEG, FIELDS_LEN, INDEX_ENTRIES_PER_SEG,
+    INDEX_SEG_SIZE, Kind, NON_ZERO_BLK_NUM_OFFSET, ZVHD2_VERSION, ZvhdHeader, verify_checksum,
+};
+use super::index::{Bitmap, INDEX_ENTRY_LEN, IndexEntry, MAX_BITMAP_LEN, bitmap_segment};
+use super::record::{self, MAX_RECORD_LEN, RecordHead};
+use super::zvhd::deflate_sync;
+use super::{BLOCK_SIZE, Blocks, PAGE, Zvhd2Compression, ZvhdCreateOptions};
+
+/// The shortest ZVHD2 file: header, middle footer, one bitmap segment, final footer.
+pub const MIN_FILE_LEN: u64 = 4 * PAGE;
+/// The zlib level of ZVHD2 blocks.
+const ZLIB_LEVEL: u32 = 1;
+/// The zstd level of ZVHD2 blocks (the library's default, which the reference asks for).
+const ZSTD_LEVEL: i32 = 3;
+/// Index bytes read at a time while checking the index at open.
+const INDEX_READ_CHUNK: usize = 64 << 10;
+
+/// Where the image's bytes are.
+enum Storage {
+    File(File),
+    Memory(Bytes),
+}
+
+impl Storage {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64, structure: &'static str) -> Result<()> {
+        match self {
+            Storage::File(f) => crate::io::read_exact_at(f, buf, offset, structure),
+            Storage::Memory(m) => {
+                let available = m.len() as u64;
+                let slice = usize::try_from(offset)
+                    .ok()
+                    .and_then(|start| m.get(start..start.checked_add(buf.len())?));
+                match slice {
+                    Some(s) => {
+                        buf.copy_from_slice(s);
+                        Ok(())
+                    }
+                    None => Err(Error::truncated(
+                        structure,
+                        offset,
+                        buf.len() as u64,
+                        available,
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// Reads a ZVHD2 image at any offset.
+pub struct Zvhd2Reader {
+    storage: Storage,
+    footer: ZvhdHeader,
+    compression: Zvhd2Compression,
+    bitmap: Bitmap,
+    /// Records lie in `[PAGE, data_end)`: before the middle footer.
+    data_end: u64,
+    /// The last block decoded, for reads smaller than a block.
+    cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+}
+
+impl Zvhd2Reader {
+    /// Opens a ZVHD2 file.
+    pub fn open(file: File) -> Result<Self> {
+        let length = file_length(&file)?;
+        Zvhd2Reader::from_storage(Storage::File(file), length)
+    }
+
+    /// Opens a ZVHD2 image held in memory (for tests and fuzzing).
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Result<Self> {
+        let bytes = bytes.into();
+        let length = bytes.len() as u64;
+        Zvhd2Reader::from_storage(Storage::Memory(bytes), length)
+    }
+
+    fn from_storage(storage: Storage, length: u64) -> Result<Self> {
+        if length < MIN_FILE_LEN {
+            return Err(Error::truncated("zvhd2 file", 0, MIN_FILE_LEN, length));
+        }
+        if !length.is_multiple_of(PAGE) {
+            return Err(Error::malformed(
+                "zvhd2 file",
+                length,
+                "length is not a whole number of 4096-byte pages",
+            ));
+        }
+        // The header: only its cookie and version count (the reference never checks its
+        // checksum; a version of 0 would make it read the index fields from the header).
+        let mut fields = [0u8; FIELDS_LEN];
+        storage.read_exact_at(&mut fields, 0, "zvhd2 header")?;
+        let head = ZvhdHeader::decode(&fields);
+        head.check_cookie(Kind::Zvhd2, "zvhd2 header", 0)?;
+        if head.zvhd2_version == 0 {
+            return Err(Error::malformed(
+                "zvhd2 header",
+                0,
+                "zvhd2_version is 0 (an image whose index is described by its header cannot be read)",
+            ));
+        }
+        let at = length - PAGE;
+        storage.read_exact_at(&mut fields, at, "zvhd2 footer")?;
+        let footer = ZvhdHeader::decode(&fields);
+        footer.check_cookie(Kind::Zvhd2, "zvhd2 footer", at)?;
+        verify_checksum(&fields, "zvhd2 footer", at)?;
+        let compression = check_footer(&footer, at)?;
+
+        let bitmap_len = u64::from(footer.bitmap_size);
+        if bitmap_len > MAX_BITMAP_LEN {
+            return Err(Error::limit(
+                "zvhd2 bitmap",
+                footer.bitmap_lba,
+                format!("{bitmap_len} bytes is over {MAX_BITMAP_LEN}"),
+            ));
+        }
+        let mut bytes = vec![0u8; usize::try_from(bitmap_len).unwrap_or(0)];
+        storage.read_exact_at(&mut bytes, footer.bitmap_lba, "zvhd2 bitmap")?;
+        let bitmap = Bitmap::new(
+            bytes,
+            u64::from(footer.max_blk_num),
+            u64::from(footer.non_zero_blk_num),
+            footer.bitmap_lba,
+        )?;
+        let data_end = footer.index_lba.saturating_sub(PAGE);
+        let reader = Zvhd2Reader {
+            storage,
+            footer,
+            compression,
+            bitmap,
+            data_end,
+            cache: Mutex::new(None),
+        };
+        reader.check_index()?;
+        Ok(reader)
+    }
+
+    /// Walks the index once: entry k holds the k-th block with a bit set, and records follow
+    /// each other without overlapping, inside the data area.
+    fn check_index(&self) -> Result<()> {
+        let count = u64::from(self.footer.non_zero_blk_num);
+        let mut blocks = self.bitmap.set_blocks();
+        let mut buf = vec![0u8; INDEX_READ_CHUNK];
+        let mut previous_end = PAGE;
+        let mut k = 0u64;
+        while k < count {
+            let n = (count - k).min(INDEX_READ_CHUNK as u64 / INDEX_ENTRY_LEN);
+            let bytes = usize::try_from(n * INDEX_ENTRY_LEN).unwrap_or(0);
+            let chunk = buf.get_mut(..bytes).unwrap_or_default();
+            let at = self.entry_offset(k)?;
+            self.storage.read_exact_at(chunk, at, "zvhd2 index")?;
+            for (i, raw) in chunk.chunks_exact(INDEX_ENTRY_LEN as usize).enumerate() {
+                let entry_at = at + i as u64 * INDEX_ENTRY_LEN;
+                let mut fixed = [0u8; INDEX_ENTRY_LEN as usize];
+                fixed.copy_from_slice(raw);
+                let entry = IndexEntry::decode(&fixed);
+                let Some(blk) = blocks.next() else {
+                    return Err(Error::malformed(
+                        "zvhd2 index",
+                        entry_at,
+                        "more entries than bits set in the bitmap",
+                    ));
+                };
+                entry.check(blk, self.data_end, entry_at)?;
+                if entry.blk_offset < previous_end {
+                    return Err(Error::malformed(
+                        "zvhd2 index entry",
+                        entry_at,
+                        format!(
+                            "record at {} overlaps or precedes the record before it (which ends at {previous_end})",
+                            entry.blk_offset
+                        ),
+                    ));
+                }
+                previous_end = entry.end().unwrap_or(u64::MAX);
+            }
+            k += n;
+        }
+        Ok(())
+    }
+
+    /// The file offset of index entry `k`.
+    fn entry_offset(&self, k: u64) -> Result<u64> {
+        k.checked_mul(INDEX_ENTRY_LEN)
+            .and_then(|o| o.checked_add(self.footer.index_lba))
+            .ok_or_else(|| {
+                Error::malformed(
+                    "zvhd2 index",
+                    self.footer.index_lba,
+                    "entry offset overflows",
+                )
+            })
+    }
+
+    /// The final footer.
+    pub fn footer(&self) -> &ZvhdHeader {
+        &self.footer
+    }
+
+    /// How the blocks are compressed.
+    pub fn compression(&self) -> Zvhd2Compression {
+        self.compression
+    }
+
+    /// Reads, checks and decodes block `blk`, which has its bit set.
+    fn decode_block(&self, blk: u64) -> Result<Arc<Vec<u8>>> {
+        if let Ok(cache) = self.cache.lock()
+            && let Some((cached, data)) = cache.as_ref()
+            && *cached == blk
+        {
+            return Ok(data.clone());
+        }
+        let k = self.bitmap.rank(blk);
+        let at = self.entry_offset(k)?;
+        let mut raw = [0u8; INDEX_ENTRY_LEN as usize];
+        self.storage
+            .read_exact_at(&mut raw, at, "zvhd2 index entry")?;
+        let entry = IndexEntry::decode(&raw);
+        entry.check(blk, self.data_end, at)?;
+        let len = u64::from(entry.blk_disk_size).min(MAX_RECORD_LEN);
+        let mut rec = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        let offset = entry.blk_offset;
+        self.storage
+            .read_exact_at(&mut rec, offset, "zvhd2 record")?;
+        let head = RecordHead::decode(&rec, offset)?;
+        if u64::from(head.blk) != blk {
+            return Err(Error::malformed(
+                "zvhd2 record",
+                offset,
+                format!("holds block {} where the index says block {blk}", head.blk),
+            ));
+        }
+        let payload = record::payload(&rec, &head, offset)?;
+        let mut out = record::block_buffer();
+        match self.compression {
+            Zvhd2Compression::Zstd => record::unzstd_block(payload, &mut out, offset)?,
+            Zvhd2Compression::Zlib => {
+                record::inflate_block(&mut Decompress::new(true), payload, &mut out, offset)?
+            }
+        }
+        out.truncate(BLOCK_SIZE as usize);
+        let out = Arc::new(out);
+        if let Ok(mut cache) = self.cache.lock() {
+            *cache = Some((blk, out.clone()));
+        }
+        Ok(out)
+    }
+}
+
+/// Checks the final footer's ZVHD2 fields and where its tables lie; the footer is at `at`, the
+/// last page of the file.
+fn check_footer(f: &ZvhdHeader, at: u64) -> Result<Zvhd2Compression> {
+    const S: &str = "zvhd2 footer";
+    let bad = |problem: String| Err(Error::malformed(S, at, problem));
+    f.check_sizes(S, at)?;
+    if f.zvhd2_version != ZVHD2_VERSION {
+        return Err(Error::unsupported(format!(
+            "zvhd2 version {} (ims reads version {ZVHD2_VERSION})",
+            f.zvhd2_version
+        )));
+    }
+    if u64::from(f.block_size) != BLOCK_SIZE {
+        return bad(format!("block_size {} is not 2 MiB", f.block_size));
+    }
+    let Some(compression) = Zvhd2Compression::from_method(f.compress_method) else {
+        return Err(Error::unsupported(format!(
+            "zvhd2 compress_method {} (known: 0 zlib, 1 zstd)",
+            f.compress_method
+        )));
+    };
+    if f.index_contains_zero_blk != 0 {
+        return Err(Error::unsupported(
+            "zvhd2 with index_contains_zero_blk set (an index entry for every block)",
+        ));
+    }
+    if u64::from(f.max_blk_num) != f.blocks() {
+        return bad(format!(
+            "max_blk_num {} is not orig_size / 2 MiB rounded up ({})",
+            f.max_blk_num,
+            f.blocks()
+        ));
+    }
+    if f.index_seg_size != INDEX_SEG_SIZE || f.bitmap_seg_size != BITMAP_SEG_SIZE {
+        return bad(format!(
+            "segment sizes {} and {} are not {INDEX_SEG_SIZE} and {BITMAP_SEG_SIZE}",
+            f.index_seg_size, f.bitmap_seg_size
+        ));
+    }
+    let index_segs = u64::from(f.non_zero_blk_num).div_ceil(INDEX_ENTRIES_PER_SEG);
+    if u64::from(f.index_seg_num) != index_segs
+        || u64::from(f.index_size) != u64::from(f.index_seg_num) * u64::from(INDEX_SEG_SIZE)
+    {
+        return bad(format!(
+            "index of {} segments, {} bytes, does not fit {} data blocks",
+            f.index_seg_num, f.index_size, f.non_zero_blk_num
+        ));
+    }
+    let bitmap_segs = u64::from(f.max_blk_num).div_ceil(BLOCKS_PER_BITMAP_SEG);
+    if u64::from(f.bitmap_seg_num) != bitmap_segs
+        || u64::from(f.bitmap_size) != u64::from(f.bitmap_seg_num) * u64::from(BITMAP_SEG_SIZE)
+    {
+        return bad(format!(
+            "bitmap of {} segments, {} bytes, does not fit {} blocks",
+            f.bitmap_seg_num, f.bitmap_size, f.max_blk_num
+        ));
+    }
+    // Header, records, middle footer, index, bitmap, then the final footer at `at`.
+    let index_end = f.index_lba.checked_add(u64::from(f.index_size));
+    let bitmap_end = f.bitmap_lba.checked_add(u64::from(f.bitmap_size));
+    match (index_end, bitmap_end) {
+        (Some(ie), Some(be))
+            if f.index_lba >= PAGE && ie <= f.bitmap_lba && f.bitmap_lba >= PAGE && be <= at => {}
+        _ => {
+            return bad(format!(
+                "index at {} ({} bytes) and bitmap at {} ({} bytes) do not lie in order between the header and the footer at {at}",
+                f.index_lba, f.index_size, f.bitmap_lba, f.bitmap_size
+            ));
+        }
+    }
+    Ok(compression)
+}
+
+impl BlockReader for Zvhd2Reader {
+    /// `curr_size`: the size rounded up to a GiB, which the reference reports.
+    fn virtual_size(&self) -> u64 {
+        self.footer.curr_size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.virtual_size())?;
+        let blocks = u64::from(self.footer.max_blk_num);
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let blk = pos / BLOCK_SIZE;
+            let within = (pos % BLOCK_SIZE) as usize;
+            let n = (BLOCK_SIZE as usize - within).min(buf.len() - done);
+            let out = &mut buf[done..done + n];
+            if blk < blocks && self.bitmap.is_set(blk) {
+                let data = self.decode_block(blk)?;
+                out.copy_from_slice(&data[within..within + n]);
+            } else {
+                out.fill(0);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.virtual_size());
+        let blocks = u64::from(self.footer.max_blk_num);
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let blk = pos / BLOCK_SIZE;
+            if blk >= blocks {
+                push_extent(&mut out, Extent::new(pos, end - pos, ExtentState::Zero));
+                break;
+            }
+            let next = ((blk + 1) * BLOCK_SIZE).min(end);
+            let extent = if self.bitmap.is_set(blk) {
+                Extent {
+                    compressed: true,
+                    ..Extent::new(pos, next - pos, ExtentState::Data)
+                }
+            } else {
+                Extent::new(pos, next - pos, ExtentState::Zero)
+            };
+            push_extent(&mut out, extent);
+            pos = next;
+        }
+        Ok(out)
+    }
+
+    fn format_specific(&self) -> Option<serde_json::Value> {
+        let f = &self.footer;
+        Some(serde_json::json!({
+            "type": "zvhd2",
+            "data": {
+                "compression-type": self.compression.name(),
+                "orig-size": f.orig_size,
+                "block-size": BLOCK_SIZE,
+                "data-blocks": f.non_zero_blk_num,
+                "creation-time": f.unix_time(),
+                "uuid": uuid::Uuid::from_bytes(f.uuid).hyphenated().to_string(),
+                "creator": f.creator(),
+            }
+        }))
+    }
+}
+
+/// Compresses one block on a worker: a fresh compressor per block, so the result depends only
+/// on the block.
+struct BlockCompressor {
+    compression: Zvhd2Compression,
+}
+
+impl UnitEncoder for BlockCompressor {
+    fn encode(&self, _offset: u64, unit: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(Some(compress_block(self.compression, unit)?))
+    }
+}
+
+/// Compresses one block (a short last block padded with zeros) as ZVHD2 stores it. The payload
+/// may be larger than the block: ZVHD2 has no uncompressed records.
+pub fn compress_block(compression: Zvhd2Compression, unit: &[u8]) -> Result<Vec<u8>> {
+    let padded;
+    let block = if (unit.len() as u64) < BLOCK_SIZE {
+        let mut p = unit.to_vec();
+        p.resize(BLOCK_SIZE as usize, 0);
+        padded = p;
+        &padded[..]
+    } else {
+        unit
+    };
+    match compression {
+        Zvhd2Compression::Zstd => {
+            zstd::bulk::compress(block, ZSTD_LEVEL).map_err(|e| Error::io("zstd compress", e))
+        }
+        Zvhd2Compression::Zlib => {
+            let mut deflater =
+                Compress::new_with_window_bits(Compression::new(ZLIB_LEVEL), true, 15);
+            let mut out = Vec::new();
+            deflate_sync(&mut deflater, block, &mut out)?;
+            Ok(out)
+        }
+    }
+}
+
+/// Writes a ZVHD2 image to any append-only sink. Blocks are compressed on the pipeline's
+/// workers (unit = 2 MiB); this writer only frames and appends them, and keeps one 16-byte
+/// index entry per data block until the end.
+pub struct Zvhd2Writer<S: AppendSink> {
+    sink: S,
+    size: u64,
+    header: ZvhdHeader,
+    compression: Zvhd2Compression,
+    blocks: Blocks,
+    index: Vec<IndexEntry>,
+}
+
+impl<S: AppendSink> Zvhd2Writer<S> {
+    /// Starts an image of `size` bytes (rounded up to 512 in `orig_size`) and writes its
+    /// header.
+    pub fn new(mut sink: S, size: u64, options: &ZvhdCreateOptions) -> Result<Self> {
+        let orig_size = header::orig_size_for(size)
+            .filter(|&s| s > 0)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("a ZVHD2 disk cannot be {size} bytes"))
+            })?;
+        let mut h = ZvhdHeader::new(
+            Kind::Zvhd2,
+            orig_size,
+            options.timestamp_field()?,
+            options.uuid_field(),
+            options.compression.method(),
+        )?;
+        h.seal();
+        sink.append(&h.page())?;
+        Ok(Zvhd2Writer {
+            sink,
+            size,
+            header: h,
+            compression: options.compression,
+            blocks: Blocks::new(size),
+            index: Vec::new(),
+        })
+    }
+
+    fn append_record(
+        sink: &mut S,
+        index: &mut Vec<IndexEntry>,
+        blk: u64,
+        payload: &[u8],
+    ) -> Result<()> {
+        let blk_num = u32::try_from(blk)
+            .map_err(|_| Error::InvalidArgument(format!("block {blk} is past 2^32 blocks")))?;
+        let rec = record::encode_record(blk_num, payload)?;
+        let blk_disk_size = u32::try_from(rec.len())
+            .map_err(|_| Error::InvalidArgument("record over 4 GiB".into()))?;
+        index.push(IndexEntry {
+            blk_offset: sink.position(),
+            blk_num,
+            blk_disk_size,
+        });
+        sink.append(&rec)
+    }
+}
+
+impl<S: AppendSink> BlockWriter for Zvhd2Writer<S> {
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn unit_size(&self) -> u64 {
+        BLOCK_SIZE
+    }
+
+    fn encoder(&self) -> Option<Arc<dyn UnitEncoder>> {
+        Some(Arc::new(BlockCompressor {
+            compression: self.compression,
+        }))
+    }
+
+    fn write_piece(&mut self, piece: Piece) -> Result<()> {
+        let Zvhd2Writer {
+            sink,
+            blocks,
+            index,
+            compression,
+            ..
+        } = self;
+        let compression = *compression;
+        let mut emit = |blk: u64, data: &[u8]| {
+            let payload = compress_block(compression, data)?;
+            Self::append_record(sink, index, blk, &payload)
+        };
+        match piece {
+            Piece::Data { offset, data } => blocks.data(offset, &data, &mut emit),
+            Piece::Zero { offset, length } => blocks.zero(offset, length, &mut emit),
+            Piece::Encoded {
+                offset,
+                length,
+                payload,
+            } => {
+                // A whole block, or the short last one, encoded by `BlockCompressor`.
+                let end = offset.saturating_add(length);
+                if !offset.is_multiple_of(BLOCK_SIZE)
+                    || !(length == BLOCK_SIZE || (end == self.size && length < BLOCK_SIZE))
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "zvhd2 writer got an encoded unit of {length} bytes at {offset}"
+                    )));
+                }
+                blocks.expect(offset, length)?;
+                blocks.next = end;
+                Self::append_record(sink, index, offset / BLOCK_SIZE, &payload)
+            }
+        }
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        let Zvhd2Writer {
+            sink,
+            blocks,
+            index,
+            compression,
+            header,
+            ..
+        } = &mut *self;
+        let compression = *compression;
+        let mut emit = |blk: u64, data: &[u8]| {
+            let payload = compress_block(compression, data)?;
+            Self::append_record(sink, index, blk, &payload)
+        };
+        blocks.finish(&mut emit)?;
+
+        let non_zero = u32::try_from(index.len())
+            .map_err(|_| Error::InvalidArgument("more than 2^32 data blocks".into()))?;
+        let index_seg_num = u64::from(non_zero).div_ceil(INDEX_ENTRIES_PER_SEG);
+        let bitmap_seg_num = u64::from(header.max_blk_num).div_ceil(BLOCKS_PER_BITMAP_SEG);
+        let index_size = index_seg_num * u64::from(INDEX_SEG_SIZE);
+        let bitmap_size = bitmap_seg_num * u64::from(BITMAP_SEG_SIZE);
+        let too_big = |what: &str| Error::InvalidArgument(format!("zvhd2 {what} over 4 GiB"));
+
+        // The middle footer: the header with the block count, its checksum left as it was.
+        let mut middle = header.page();
+        middle[NON_ZERO_BLK_NUM_OFFSET..NON_ZERO_BLK_NUM_OFFSET + 4]
+            .copy_from_slice(&non_zero.to_le_bytes());
+        sink.append(&middle)?;
+
+        let index_lba = sink.position();
+        let mut bytes = Vec::with_capacity(INDEX_READ_CHUNK);
+        for entry in index.iter() {
+            bytes.extend_from_slice(&entry.encode());
+            if bytes.len() >= INDEX_READ_CHUNK {
+                sink.append(&bytes)?;
+                bytes.clear();
+            }
+        }
+        sink.append(&bytes)?;
+        let written = u64::from(non_zero) * INDEX_ENTRY_LEN;
+        sink.append_zeros(index_size - written)?;
+
+        let bitmap_lba = sink.position();
+        let mut set = index.iter().map(|e| u64::from(e.blk_num)).peekable();
+        for seg in 0..bitmap_seg_num {
+            sink.append(&bitmap_segment(seg, &mut set))?;
+        }
+
+        let mut f = header.clone();
+        f.index_lba = index_lba;
+        f.bitmap_lba = bitmap_lba;
+        f.index_size = u32::try_from(index_size).map_err(|_| too_big("index"))?;
+        f.bitmap_size = u32::try_from(bitmap_size).map_err(|_| too_big("bitmap"))?;
+        f.index_seg_size = INDEX_SEG_SIZE;
+        f.bitmap_seg_size = BITMAP_SEG_SIZE;
+        f.index_seg_num = u32::try_from(index_seg_num).map_err(|_| too_big("index"))?;
+        f.bitmap_seg_num = u32::try_from(bitmap_seg_num).map_err(|_| too_big("bitmap"))?;
+        f.non_zero_blk_num = non_zero;
+        f.seal();
+        sink.append(&f.page())?;
+        sink.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EMPTY_ZSTD: &[u8] = include_bytes!("../../../testdata/zvhd/empty.zstd.zvhd2");
+    const EMPTY_ZLIB: &[u8] = include_bytes!("../../../testdata/zvhd/empty.zlib.zvhd2");
+
+    #[test]
+    fn empty_vectors_read_as_zeros() {
+        for (bytes, compression) in [
+            (EMPTY_ZSTD, Zvhd2Compression::Zstd),
+            (EMPTY_ZLIB, Zvhd2Compression::Zlib),
+        ] {
+            let r = Zvhd2Reader::from_bytes(bytes.to_vec()).unwrap();
+            assert_eq!(r.compression(), compression);
+            assert_eq!(r.virtual_size(), 1 << 30);
+            assert_eq!(r.footer().orig_size, 3 << 20);
+            let map = r.map(0, 1 << 30).unwrap();
+            assert_eq!(map.len(), 1);
+            assert_eq!(map[0].state, ExtentState::Zero);
+            let mut buf = vec![1u8; 4096];
+            r.read_at(&mut buf, 0).unwrap();
+            assert!(buf.iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn empty_vectors_are_written_byte_for_byte() {
+        for (bytes, compression) in [
+            (EMPTY_ZSTD, Zvhd2Compression::Zstd),
+            (EMPTY_ZLIB, Zvhd2Compression::Zlib),
+        ] {
+            let options = ZvhdCreateOptions {
+                compression,
+                timestamp: Some(1_700_000_000),
+                uuid: Some(
+                    *uuid::Uuid::parse_str("5a7e6b1c-2d3e-4f50-a1b2-c3d4e5f60718")
+                        .unwrap()
+                        .as_bytes(),
+                ),
+            };
+            let mut out = Vec::new();
+            {
+                let sink = crate::io::PipeSink::new(&mut out);
+                let mut w: Box<dyn BlockWriter> =
+                    Box::new(Zvhd2Writer::new(sink, 3 << 20, &options).unwrap());
+                w.write_piece(Piece::Zero {
+                    offset: 0,
+                    length: 3 << 20,
+                })
+                .unwrap();
+                w.finish().unwrap();
+            }
+            assert_eq!(out, bytes);
+        }
+    }
+}
