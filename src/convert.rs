@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::block::{
@@ -134,6 +134,8 @@ pub fn run(
     let (jobs_tx, jobs_rx) = bounded::<Job>(depth);
     let (results_tx, results_rx) = bounded::<JobResult>(depth);
     let abort = AtomicBool::new(false);
+    // Every job in flight may hold one read buffer; the writer gives them back.
+    let pool = Arc::new(BufferPool::new(depth + workers));
     let planner_error: Mutex<Option<Error>> = Mutex::new(None);
 
     std::thread::scope(|scope| {
@@ -157,9 +159,13 @@ pub fn run(
         for _ in 0..workers {
             let jobs = jobs_rx.clone();
             let results = results_tx.clone();
-            let reader = reader.clone();
-            let encoder = encoder.clone();
-            scope.spawn(move || worker(jobs, results, reader, encoder, unit, abort));
+            let context = WorkerContext {
+                reader: reader.clone(),
+                encoder: encoder.clone(),
+                unit,
+                pool: pool.clone(),
+            };
+            scope.spawn(move || worker(jobs, results, context, abort));
         }
         drop(jobs_rx);
         drop(results_tx);
@@ -275,12 +281,18 @@ impl Planner<'_> {
     }
 }
 
-fn worker(
-    jobs: Receiver<Job>,
-    results: Sender<JobResult>,
+/// What a worker needs besides its channels.
+struct WorkerContext {
     reader: Option<Arc<dyn BlockReader>>,
     encoder: Option<Arc<dyn UnitEncoder>>,
     unit: u64,
+    pool: Arc<BufferPool>,
+}
+
+fn worker(
+    jobs: Receiver<Job>,
+    results: Sender<JobResult>,
+    context: WorkerContext,
     abort: &AtomicBool,
 ) {
     for job in jobs {
@@ -288,7 +300,7 @@ fn worker(
             return;
         }
         let index = job.index;
-        let result = process(job, reader.as_deref(), encoder.as_deref(), unit);
+        let result = process(job, &context);
         if results.send((index, result)).is_err() {
             return;
         }
@@ -296,12 +308,7 @@ fn worker(
 }
 
 /// Reads a job's data if needed, then cuts it into zero runs, data runs and encoded units.
-fn process(
-    job: Job,
-    reader: Option<&dyn BlockReader>,
-    encoder: Option<&dyn UnitEncoder>,
-    unit: u64,
-) -> Result<Vec<Piece>> {
+fn process(job: Job, context: &WorkerContext) -> Result<Vec<Piece>> {
     let data = match job.input {
         JobInput::Zero => {
             return Ok(vec![Piece::Zero {
@@ -311,14 +318,76 @@ fn process(
         }
         JobInput::Have(d) => d,
         JobInput::Read => {
-            let reader =
-                reader.ok_or_else(|| Error::InvalidArgument("read job without a reader".into()))?;
-            let mut buf = BytesMut::zeroed(usize_len(job.length)?);
-            reader.read_at(&mut buf, job.offset)?;
-            buf.freeze()
+            let reader = context
+                .reader
+                .as_deref()
+                .ok_or_else(|| Error::InvalidArgument("read job without a reader".into()))?;
+            let mut buf = context.pool.take(usize_len(job.length)?);
+            reader.read_at(buf.as_mut(), job.offset)?;
+            Bytes::from_owner(buf)
         }
     };
-    split_units(job.offset, data, encoder, unit)
+    split_units(job.offset, data, context.encoder.as_deref(), context.unit)
+}
+
+/// Read buffers, reused: a fresh allocation for every piece would cost page faults and zeroing
+/// on every read. A buffer comes back when the last piece slicing it is written.
+struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+    keep: usize,
+}
+
+impl BufferPool {
+    fn new(keep: usize) -> Self {
+        BufferPool {
+            free: Mutex::new(Vec::new()),
+            keep,
+        }
+    }
+
+    /// A buffer of `len` bytes (its content is whatever the last user left: the reader
+    /// overwrites all of it).
+    fn take(self: &Arc<Self>, len: usize) -> PooledBuffer {
+        let mut buf = self
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut f| f.pop())
+            .unwrap_or_default();
+        buf.resize(len, 0);
+        PooledBuffer {
+            buf,
+            pool: self.clone(),
+        }
+    }
+}
+
+/// A buffer that returns to its pool when dropped.
+struct PooledBuffer {
+    buf: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl PooledBuffer {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+}
+
+impl AsRef<[u8]> for PooledBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.pool.free.lock()
+            && free.len() < self.pool.keep
+        {
+            free.push(std::mem::take(&mut self.buf));
+        }
+    }
 }
 
 /// Splits data starting at `offset` into pieces at unit boundaries: zero units become zero runs,
