@@ -4,6 +4,7 @@
 pub mod qcow2;
 pub mod raw;
 pub mod vhd;
+pub mod vmdk;
 pub mod zvhd;
 
 use std::fmt;

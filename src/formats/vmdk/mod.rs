@@ -1,0 +1,277 @@
+//! VMDK: VMware's virtual disk. A text descriptor lists extents (hosted sparse, flat, zero) that
+//! hold the disk's sectors end to end; monolithicSparse and streamOptimized disks embed the
+//! descriptor in their one sparse extent. See formats/vmdk.md.
+//!
+//! Opening follows these rules: an embedded extent is always the image file itself (the name
+//! the descriptor gives it is never opened); extents in other files and the parent of a delta
+//! disk are opened only when [`OpenOptions::allow_references`] names a directory, and then only
+//! through [`crate::references`] (relative names inside that directory, regular files only).
+
+pub mod descriptor;
+pub mod reader;
+pub mod sparse;
+pub mod stream;
+pub mod writer;
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use descriptor::{Descriptor, ExtentType, MAX_DESCRIPTOR_BYTES};
+use reader::{ExtentData, VmdkExtent};
+use sparse::{MAGIC, MAX_DISK_BYTES, SECTOR, SparseExtent};
+
+use crate::OpenOptions;
+use crate::block::{BlockReader, usize_len};
+use crate::error::{Error, ReferenceKind, Result};
+use crate::io::{file_length, read_exact_at, read_up_to_at};
+use crate::references::{open_backing, open_resolved, resolve};
+
+pub use reader::VmdkReader;
+pub use stream::{StreamReader, StreamWriter};
+
+/// createTypes whose extents are devices or raw device mappings: never opened.
+const DEVICE_TYPES: [&str; 5] = [
+    "fullDevice",
+    "partitionedDevice",
+    "vmfsRaw",
+    "vmfsRawDeviceMap",
+    "vmfsPassthroughRawDeviceMap",
+];
+
+/// Opens the VMDK in `file` (named `path`), `depth` levels down a chain of delta disks.
+pub fn open(file: File, path: &Path, options: &OpenOptions, depth: usize) -> Result<VmdkReader> {
+    let file_len = file_length(&file)?;
+    let mut magic = [0u8; 4];
+    let n = read_up_to_at(&file, &mut magic, 0)?;
+    if n == 4 && &magic == MAGIC {
+        return open_sparse(file, file_len, path, options, depth);
+    }
+    if n == 4 && &magic == b"COWD" {
+        return Err(Error::unsupported("ESX sparse (COWD) VMDK extents"));
+    }
+    // A descriptor file.
+    if file_len > MAX_DESCRIPTOR_BYTES {
+        return Err(Error::limit(
+            "vmdk descriptor",
+            0,
+            format!(
+                "a descriptor file of {file_len} bytes (at most {MAX_DESCRIPTOR_BYTES}); is this a VMDK?"
+            ),
+        ));
+    }
+    let mut text = vec![0u8; usize_len(file_len)?];
+    read_exact_at(&file, &mut text, 0, "vmdk descriptor")?;
+    let d = Descriptor::parse(&text, 0)?;
+    check_create_type(&d)?;
+    if d.extents.is_empty() {
+        return Err(Error::malformed("vmdk descriptor", 0, "no extents"));
+    }
+    let size = disk_size(&d)?;
+    let parent = open_parent(&d, path, options, depth)?;
+    let mut extents = Vec::with_capacity(d.extents.len());
+    let mut start = 0u64;
+    for line in &d.extents {
+        let length = line.sectors * SECTOR;
+        let name = line.file_name.clone().unwrap_or_default();
+        let data = match line.kind {
+            ExtentType::Zero => ExtentData::Zero,
+            ExtentType::Flat | ExtentType::Vmfs => {
+                let (f, p) = open_extent(&name, path, options)?;
+                let len = file_length(&f).map_err(|e| e.in_file(&p))?;
+                let offset = line.offset.checked_mul(SECTOR).ok_or_else(|| {
+                    Error::malformed("vmdk descriptor extent", line.at, "offset overflows")
+                })?;
+                if offset.checked_add(length).is_none_or(|e| e > len) {
+                    return Err(
+                        Error::truncated("vmdk flat extent", offset, length, len).in_file(&p)
+                    );
+                }
+                ExtentData::Flat {
+                    file: Arc::new(f),
+                    offset,
+                }
+            }
+            ExtentType::Sparse | ExtentType::VmfsSparse => {
+                let (f, p) = open_extent(&name, path, options)?;
+                let len = file_length(&f).map_err(|e| e.in_file(&p))?;
+                let mut m = [0u8; 4];
+                read_up_to_at(&f, &mut m, 0).map_err(|e| e.in_file(&p))?;
+                if &m == b"COWD" {
+                    return Err(Error::unsupported("ESX sparse (COWD) VMDK extents").in_file(&p));
+                }
+                let sparse = SparseExtent::open(Arc::new(f), len).map_err(|e| e.in_file(&p))?;
+                if line.sectors > sparse.header.capacity {
+                    return Err(Error::malformed(
+                        "vmdk descriptor extent",
+                        line.at,
+                        format!(
+                            "extent of {} sectors, its file {name:?} holds {}",
+                            line.sectors, sparse.header.capacity
+                        ),
+                    ));
+                }
+                ExtentData::Sparse(Box::new(sparse))
+            }
+            ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
+                return Err(Error::unsupported(format!(
+                    "{} extents (raw device mappings)",
+                    line.kind.name()
+                )));
+            }
+        };
+        extents.push(VmdkExtent {
+            start,
+            length,
+            data,
+            file_name: name,
+            embedded: false,
+        });
+        start += length;
+    }
+    Ok(VmdkReader::new(size, extents, Some(d), parent))
+}
+
+/// Opens a file that starts with a hosted sparse header: monolithicSparse, streamOptimized, or
+/// one extent of a split disk opened on its own.
+fn open_sparse(
+    file: File,
+    file_len: u64,
+    path: &Path,
+    options: &OpenOptions,
+    depth: usize,
+) -> Result<VmdkReader> {
+    let header = sparse::read_header(&file, file_len)?;
+    let descriptor = match sparse::read_embedded_descriptor(&file, file_len, &header)? {
+        Some((text, at)) => Some(Descriptor::parse(&text, at)?),
+        None => None,
+    };
+    let mut parent = None;
+    if let Some(d) = &descriptor {
+        check_create_type(d)?;
+        // The one extent is this file, whatever name the descriptor gives it.
+        match d.extents.as_slice() {
+            [] => return Err(Error::malformed("vmdk descriptor", 0, "no extents")),
+            [e] if matches!(e.kind, ExtentType::Sparse | ExtentType::VmfsSparse) => {
+                if e.sectors > header.capacity {
+                    return Err(Error::malformed(
+                        "vmdk descriptor extent",
+                        e.at,
+                        format!(
+                            "extent of {} sectors in a file of {} sectors",
+                            e.sectors, header.capacity
+                        ),
+                    ));
+                }
+            }
+            _ => {
+                return Err(Error::unsupported(
+                    "an embedded descriptor with other extents than its own file",
+                ));
+            }
+        }
+        parent = open_parent(d, path, options, depth)?;
+    }
+    let extent = SparseExtent::open(Arc::new(file), file_len)?;
+    let sectors = match descriptor.as_ref().and_then(|d| d.extents.first()) {
+        Some(e) => e.sectors,
+        None => extent.header.capacity,
+    };
+    let size = sectors * SECTOR;
+    let name = descriptor
+        .as_ref()
+        .and_then(|d| d.extents.first())
+        .and_then(|e| e.file_name.clone())
+        .unwrap_or_else(|| path.display().to_string());
+    let extents = vec![VmdkExtent {
+        start: 0,
+        length: size,
+        data: ExtentData::Sparse(Box::new(extent)),
+        file_name: name,
+        embedded: true,
+    }];
+    Ok(VmdkReader::new(size, extents, descriptor, parent))
+}
+
+/// Refuses createTypes that name devices.
+fn check_create_type(d: &Descriptor) -> Result<()> {
+    match d.create_type.as_deref() {
+        Some(t) if DEVICE_TYPES.contains(&t) => Err(Error::unsupported(format!(
+            "VMDK createType {t:?} (its extents are devices)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The disk's size: the sum of the extents, at most [`MAX_DISK_BYTES`].
+fn disk_size(d: &Descriptor) -> Result<u64> {
+    let sectors = d.sectors()?;
+    sectors
+        .checked_mul(SECTOR)
+        .filter(|&b| b <= MAX_DISK_BYTES)
+        .ok_or_else(|| {
+            Error::limit(
+                "vmdk descriptor",
+                0,
+                format!("{sectors} sectors is over {MAX_DISK_BYTES} bytes"),
+            )
+        })
+}
+
+/// Opens the extent file `name` that the descriptor at `path` names, if references are allowed.
+fn open_extent(
+    name: &str,
+    path: &Path,
+    options: &OpenOptions,
+) -> Result<(File, std::path::PathBuf)> {
+    let kind = ReferenceKind::Extent;
+    let Some(dir) = &options.allow_references else {
+        return Err(Error::reference(kind, name));
+    };
+    let p = resolve(kind, name, path, dir)?;
+    let f = open_resolved(kind, name, &p)?;
+    Ok((f, p))
+}
+
+/// The parent of a delta disk: refused unless references are allowed; then opened by its
+/// `parentFileNameHint` inside the allowed directory, and its CID must be the `parentCID`.
+fn open_parent(
+    d: &Descriptor,
+    path: &Path,
+    options: &OpenOptions,
+    depth: usize,
+) -> Result<Option<Arc<dyn BlockReader>>> {
+    if !d.is_delta() {
+        return Ok(None);
+    }
+    let description = d
+        .parent_file_name_hint
+        .clone()
+        .unwrap_or_else(|| format!("parentCID={:08x}", d.parent_cid));
+    if options.allow_references.is_none() {
+        return Err(Error::reference(ReferenceKind::BackingFile, description));
+    }
+    let Some(hint) = &d.parent_file_name_hint else {
+        return Err(Error::malformed(
+            "vmdk descriptor",
+            0,
+            "a delta disk without parentFileNameHint",
+        ));
+    };
+    let parent = open_backing(hint, Some("vmdk"), path, options, depth)?;
+    let cid = parent
+        .format_specific()
+        .and_then(|v| v["data"]["cid"].as_u64());
+    if cid != Some(u64::from(d.parent_cid)) {
+        return Err(Error::malformed(
+            "vmdk descriptor",
+            0,
+            format!(
+                "parentCID {:08x} is not the CID of {hint:?} ({})",
+                d.parent_cid,
+                cid.map_or("none".to_string(), |c| format!("{c:08x}"))
+            ),
+        ));
+    }
+    Ok(Some(parent))
+}

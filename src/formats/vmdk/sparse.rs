@@ -1,0 +1,660 @@
+//! The hosted sparse extent (`KDMV`): the 512-byte header, the grain directory (GD) and the grain
+//! tables (GTs) it points to, and reading grains, plain or deflate-compressed. monolithicSparse,
+//! twoGbMaxExtentSparse and streamOptimized disks are all made of these. All fields are
+//! little-endian; offsets are in 512-byte sectors. See formats/vmdk.md, "Hosted sparse extents".
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use byteorder::{ByteOrder, LittleEndian};
+
+use crate::block::usize_len;
+use crate::error::{Error, Result};
+use crate::io::read_exact_at;
+
+pub const SECTOR: u64 = 512;
+pub const HEADER_SIZE: usize = 512;
+pub const MAGIC: &[u8; 4] = b"KDMV";
+/// `flags` bit 0: the four newline characters are valid (detects text-mode transfers).
+pub const FLAG_NEWLINE_TEST: u32 = 1 << 0;
+/// Bit 1: a redundant GD and GTs exist (ims reads only the primary ones).
+pub const FLAG_REDUNDANT_GT: u32 = 1 << 1;
+/// Bit 2: a GTE of 1 is a zeroed grain.
+pub const FLAG_ZEROED_GRAIN: u32 = 1 << 2;
+/// Bit 16: grains are compressed.
+pub const FLAG_COMPRESSED: u32 = 1 << 16;
+/// Bit 17: grains and metadata carry markers (streamOptimized).
+pub const FLAG_MARKERS: u32 = 1 << 17;
+/// `gdOffset` of a streamOptimized header whose GD lies at the end (the footer gives it).
+pub const GD_AT_END: u64 = u64::MAX;
+/// `compressAlgorithm`: deflate in a zlib stream.
+pub const COMPRESSION_DEFLATE: u16 = 1;
+/// A GTE of 1 in an extent with [`FLAG_ZEROED_GRAIN`]: the grain reads as zeros.
+pub const GTE_ZEROED: u32 = 1;
+/// The newline characters of the test, in order.
+pub const NEWLINE_CHARS: [u8; 4] = [b'\n', b' ', b'\r', b'\n'];
+
+/// The largest grain ims reads (1 MiB; VMware and qemu write 64 KiB).
+pub const MAX_GRAIN_SECTORS: u64 = 2048;
+/// The most GTEs per GT (VMware always writes 512, and qemu refuses more).
+pub const MAX_GTES_PER_GT: u32 = 512;
+/// The largest grain directory read into memory (64 TiB of 64 KiB grains needs 8 MiB).
+pub const MAX_GD_BYTES: u64 = 16 << 20;
+/// The largest disk ims opens: 64 TiB (VMware's limit is 62 TB).
+pub const MAX_DISK_BYTES: u64 = 64 << 40;
+/// Grain tables kept in memory per extent (2 KiB each).
+const GT_CACHE: usize = 4096;
+/// Size of a grain marker's head: `lba` (u64) and `size` (u32).
+pub const GRAIN_MARKER_HEAD: u64 = 12;
+
+/// The largest compressed grain accepted for a grain of `grain_bytes`: deflate's worst case
+/// is a few bytes per 16 KiB block over the input, so twice the grain is a generous bound.
+pub fn max_compressed(grain_bytes: u64) -> u64 {
+    grain_bytes.saturating_mul(2).saturating_add(4096)
+}
+
+const S: &str = "vmdk sparse header";
+
+/// The sparse extent header, its fields named as VMware's specification names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparseHeader {
+    pub version: u32,
+    pub flags: u32,
+    /// The extent's size in sectors.
+    pub capacity: u64,
+    /// Sectors per grain.
+    pub grain_size: u64,
+    pub descriptor_offset: u64,
+    pub descriptor_size: u64,
+    pub num_gtes_per_gt: u32,
+    pub rgd_offset: u64,
+    pub gd_offset: u64,
+    /// Sectors of metadata before the first grain.
+    pub over_head: u64,
+    pub unclean_shutdown: u8,
+    pub newline_chars: [u8; 4],
+    pub compress_algorithm: u16,
+}
+
+impl SparseHeader {
+    /// Parses and checks a header read at file `offset`: magic, version, grain size, GT size,
+    /// capacity, newline test and compression. Offsets are checked against the file by the
+    /// caller, which knows its length.
+    pub fn parse(buf: &[u8; HEADER_SIZE], offset: u64) -> Result<SparseHeader> {
+        if buf.get(0..4) != Some(&MAGIC[..]) {
+            return Err(Error::malformed(S, offset, "no KDMV magic"));
+        }
+        let u32_at = |i: usize| buf.get(i..i + 4).map_or(0, LittleEndian::read_u32);
+        let u64_at = |i: usize| buf.get(i..i + 8).map_or(0, LittleEndian::read_u64);
+        let h = SparseHeader {
+            version: u32_at(4),
+            flags: u32_at(8),
+            capacity: u64_at(12),
+            grain_size: u64_at(20),
+            descriptor_offset: u64_at(28),
+            descriptor_size: u64_at(36),
+            num_gtes_per_gt: u32_at(44),
+            rgd_offset: u64_at(48),
+            gd_offset: u64_at(56),
+            over_head: u64_at(64),
+            unclean_shutdown: buf.get(72).copied().unwrap_or(0),
+            newline_chars: [
+                buf.get(73).copied().unwrap_or(0),
+                buf.get(74).copied().unwrap_or(0),
+                buf.get(75).copied().unwrap_or(0),
+                buf.get(76).copied().unwrap_or(0),
+            ],
+            compress_algorithm: buf.get(77..79).map_or(0, LittleEndian::read_u16),
+        };
+        if !(1..=3).contains(&h.version) {
+            return Err(Error::unsupported(format!(
+                "vmdk sparse extent version {}",
+                h.version
+            )));
+        }
+        if h.grain_size == 0 || !h.grain_size.is_power_of_two() {
+            return Err(Error::malformed(
+                S,
+                offset + 20,
+                format!("grain size {} sectors is not a power of two", h.grain_size),
+            ));
+        }
+        if h.grain_size > MAX_GRAIN_SECTORS {
+            return Err(Error::limit(
+                S,
+                offset + 20,
+                format!(
+                    "grain of {} sectors (ims reads at most {MAX_GRAIN_SECTORS})",
+                    h.grain_size
+                ),
+            ));
+        }
+        if h.num_gtes_per_gt == 0 || h.num_gtes_per_gt > MAX_GTES_PER_GT {
+            return Err(Error::malformed(
+                S,
+                offset + 44,
+                format!(
+                    "{} entries per grain table (1 to {MAX_GTES_PER_GT})",
+                    h.num_gtes_per_gt
+                ),
+            ));
+        }
+        if h.capacity
+            .checked_mul(SECTOR)
+            .is_none_or(|b| b > MAX_DISK_BYTES)
+        {
+            return Err(Error::limit(
+                S,
+                offset + 12,
+                format!(
+                    "capacity of {} sectors is over {MAX_DISK_BYTES} bytes",
+                    h.capacity
+                ),
+            ));
+        }
+        if h.flags & FLAG_NEWLINE_TEST != 0 && h.newline_chars != NEWLINE_CHARS {
+            return Err(Error::malformed(
+                S,
+                offset + 73,
+                "newline test characters altered (was the file copied in text mode?)",
+            ));
+        }
+        if h.flags & FLAG_COMPRESSED != 0 && h.compress_algorithm != COMPRESSION_DEFLATE {
+            return Err(Error::unsupported(format!(
+                "vmdk compression algorithm {}",
+                h.compress_algorithm
+            )));
+        }
+        Ok(h)
+    }
+
+    /// The header's 512 bytes.
+    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        b[0..4].copy_from_slice(MAGIC);
+        LittleEndian::write_u32(&mut b[4..8], self.version);
+        LittleEndian::write_u32(&mut b[8..12], self.flags);
+        LittleEndian::write_u64(&mut b[12..20], self.capacity);
+        LittleEndian::write_u64(&mut b[20..28], self.grain_size);
+        LittleEndian::write_u64(&mut b[28..36], self.descriptor_offset);
+        LittleEndian::write_u64(&mut b[36..44], self.descriptor_size);
+        LittleEndian::write_u32(&mut b[44..48], self.num_gtes_per_gt);
+        LittleEndian::write_u64(&mut b[48..56], self.rgd_offset);
+        LittleEndian::write_u64(&mut b[56..64], self.gd_offset);
+        LittleEndian::write_u64(&mut b[64..72], self.over_head);
+        b[72] = self.unclean_shutdown;
+        b[73..77].copy_from_slice(&self.newline_chars);
+        LittleEndian::write_u16(&mut b[77..79], self.compress_algorithm);
+        b
+    }
+
+    pub fn compressed(&self) -> bool {
+        self.flags & FLAG_COMPRESSED != 0
+    }
+
+    pub fn has_markers(&self) -> bool {
+        self.flags & FLAG_MARKERS != 0
+    }
+
+    pub fn zeroed_grain(&self) -> bool {
+        self.flags & FLAG_ZEROED_GRAIN != 0
+    }
+
+    /// Bytes per grain (at most [`MAX_GRAIN_SECTORS`] × 512, checked by `parse`).
+    pub fn grain_bytes(&self) -> u64 {
+        self.grain_size * SECTOR
+    }
+
+    /// The extent's size in bytes (checked by `parse`).
+    pub fn disk_bytes(&self) -> u64 {
+        self.capacity * SECTOR
+    }
+
+    /// Grains in the extent.
+    pub fn grains(&self) -> u64 {
+        self.capacity.div_ceil(self.grain_size)
+    }
+
+    /// Entries in the grain directory: one per GT of `num_gtes_per_gt` grains.
+    pub fn gd_entries(&self) -> u64 {
+        self.grains().div_ceil(u64::from(self.num_gtes_per_gt))
+    }
+
+    /// Bytes of one grain table.
+    pub fn gt_bytes(&self) -> u64 {
+        u64::from(self.num_gtes_per_gt) * 4
+    }
+}
+
+/// What a grain of the extent is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grain {
+    /// No GT or a GTE of 0: not in this extent (the parent's, or zeros).
+    Unallocated,
+    /// A zeroed-grain GTE.
+    Zero,
+    /// Stored plainly at this byte offset.
+    Stored(u64),
+    /// Stored compressed at this byte offset (marker head first when the extent has markers).
+    Compressed(u64),
+}
+
+/// A hosted sparse extent opened for random access: its header, GD, and a cache of GTs.
+pub struct SparseExtent {
+    file: Arc<File>,
+    file_len: u64,
+    pub header: SparseHeader,
+    /// The GD entries (sector offsets of GTs; 0 for none), each checked against the file.
+    gd: Vec<u32>,
+    /// Where the GD is, for errors.
+    gd_pos: u64,
+    gts: Mutex<HashMap<usize, Arc<Vec<u32>>>>,
+    /// The grain inflated last, by index.
+    last: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+}
+
+/// Reads the header at offset 0 of a file of `file_len` bytes.
+pub fn read_header(file: &File, file_len: u64) -> Result<SparseHeader> {
+    if file_len < HEADER_SIZE as u64 {
+        return Err(Error::truncated(S, 0, HEADER_SIZE as u64, file_len));
+    }
+    let mut buf = [0u8; HEADER_SIZE];
+    read_exact_at(file, &mut buf, 0, S)?;
+    SparseHeader::parse(&buf, 0)
+}
+
+/// Reads the embedded descriptor's bytes, if the header has one, after checking that it lies in
+/// the file and under the descriptor cap.
+pub fn read_embedded_descriptor(
+    file: &File,
+    file_len: u64,
+    header: &SparseHeader,
+) -> Result<Option<(Vec<u8>, u64)>> {
+    use super::descriptor::MAX_DESCRIPTOR_BYTES;
+    if header.descriptor_offset == 0 || header.descriptor_size == 0 {
+        return Ok(None);
+    }
+    let at = header
+        .descriptor_offset
+        .checked_mul(SECTOR)
+        .ok_or_else(|| Error::malformed(S, 28, "descriptor offset overflows"))?;
+    let len = header
+        .descriptor_size
+        .checked_mul(SECTOR)
+        .filter(|&l| l <= MAX_DESCRIPTOR_BYTES)
+        .ok_or_else(|| {
+            Error::limit(
+                "vmdk descriptor",
+                36,
+                format!(
+                    "embedded descriptor of {} sectors is over {MAX_DESCRIPTOR_BYTES} bytes",
+                    header.descriptor_size
+                ),
+            )
+        })?;
+    // qemu-img and VMware reserve more sectors than the text needs; only those in the file count.
+    if at >= file_len {
+        return Err(Error::truncated("vmdk descriptor", at, len, file_len));
+    }
+    let len = len.min(file_len - at);
+    let mut buf = vec![0u8; usize_len(len)?];
+    read_exact_at(file, &mut buf, at, "vmdk descriptor")?;
+    Ok(Some((buf, at)))
+}
+
+/// Reads the footer of a streamOptimized extent whose header says [`GD_AT_END`]: a footer
+/// marker, the footer (a header copy with the real `gdOffset`) and the end-of-stream marker,
+/// in the file's last three sectors.
+pub fn read_footer(file: &File, file_len: u64, header: &SparseHeader) -> Result<SparseHeader> {
+    use super::stream::{Marker, MarkerType};
+    const F: &str = "vmdk footer";
+    if file_len < 4 * SECTOR || !file_len.is_multiple_of(SECTOR) {
+        return Err(Error::malformed(
+            F,
+            file_len,
+            "the stream does not end with footer and end-of-stream markers (unterminated stream)",
+        ));
+    }
+    let mut tail = [0u8; 3 * HEADER_SIZE];
+    let tail_at = file_len - 3 * SECTOR;
+    read_exact_at(file, &mut tail, tail_at, F)?;
+    let (marker, rest) = tail.split_at(HEADER_SIZE);
+    let (footer, eos) = rest.split_at(HEADER_SIZE);
+    let is = |b: &[u8], t: MarkerType| matches!(Marker::parse(b), Some(Marker::Metadata { kind, .. }) if kind == t);
+    if !is(marker, MarkerType::Footer) || !is(eos, MarkerType::EndOfStream) {
+        return Err(Error::malformed(
+            F,
+            tail_at,
+            "no footer marker and end-of-stream marker at the end (unterminated stream)",
+        ));
+    }
+    let mut buf = [0u8; HEADER_SIZE];
+    buf.copy_from_slice(footer);
+    let f = SparseHeader::parse(&buf, tail_at + SECTOR)?;
+    if f.gd_offset == GD_AT_END
+        || f.capacity != header.capacity
+        || f.grain_size != header.grain_size
+        || f.num_gtes_per_gt != header.num_gtes_per_gt
+        || f.flags != header.flags
+    {
+        return Err(Error::malformed(
+            F,
+            tail_at + SECTOR,
+            "footer does not match the header or gives no grain directory",
+        ));
+    }
+    Ok(f)
+}
+
+impl SparseExtent {
+    /// Opens the sparse extent in `file` (`file_len` bytes): header (and footer when the GD is
+    /// at the end), then the GD, whose every GT must lie in the file.
+    pub fn open(file: Arc<File>, file_len: u64) -> Result<SparseExtent> {
+        let mut header = read_header(&file, file_len)?;
+        if header.gd_offset == GD_AT_END {
+            if !header.compressed() || !header.has_markers() {
+                return Err(Error::malformed(
+                    S,
+                    56,
+                    "grain directory at the end without compressed grains and markers",
+                ));
+            }
+            header = read_footer(&file, file_len, &header)?;
+        }
+        let entries = header.gd_entries();
+        let gd_bytes = entries * 4;
+        if gd_bytes > MAX_GD_BYTES {
+            return Err(Error::limit(
+                "vmdk grain directory",
+                56,
+                format!("{entries} entries is over {MAX_GD_BYTES} bytes"),
+            ));
+        }
+        let gd_pos = header
+            .gd_offset
+            .checked_mul(SECTOR)
+            .filter(|&p| p != 0 && p.checked_add(gd_bytes).is_some_and(|e| e <= file_len))
+            .ok_or_else(|| {
+                Error::malformed(
+                    "vmdk sparse header",
+                    56,
+                    format!(
+                        "grain directory at sector {} of {entries} entries is not inside the file of {file_len} bytes",
+                        header.gd_offset
+                    ),
+                )
+            })?;
+        let mut raw = vec![0u8; usize_len(gd_bytes)?];
+        read_exact_at(&file, &mut raw, gd_pos, "vmdk grain directory")?;
+        let gd: Vec<u32> = raw.chunks_exact(4).map(LittleEndian::read_u32).collect();
+        let gt_bytes = header.gt_bytes();
+        for (i, &entry) in gd.iter().enumerate() {
+            if entry == 0 {
+                continue;
+            }
+            let at = u64::from(entry) * SECTOR;
+            if at.checked_add(gt_bytes).is_none_or(|e| e > file_len) {
+                return Err(Error::malformed(
+                    "vmdk grain directory",
+                    gd_pos + i as u64 * 4,
+                    format!("grain table {i} at sector {entry} runs past the end of the file"),
+                ));
+            }
+        }
+        Ok(SparseExtent {
+            file,
+            file_len,
+            header,
+            gd,
+            gd_pos,
+            gts: Mutex::new(HashMap::new()),
+            last: Mutex::new(None),
+        })
+    }
+
+    /// The file holding the extent.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn gt(&self, index: usize) -> Result<Option<Arc<Vec<u32>>>> {
+        let entry = self.gd.get(index).copied().unwrap_or(0);
+        if entry == 0 {
+            return Ok(None);
+        }
+        if let Ok(cache) = self.gts.lock()
+            && let Some(gt) = cache.get(&index)
+        {
+            return Ok(Some(gt.clone()));
+        }
+        let mut raw = vec![0u8; usize_len(self.header.gt_bytes())?];
+        read_exact_at(
+            &self.file,
+            &mut raw,
+            u64::from(entry) * SECTOR,
+            "vmdk grain table",
+        )?;
+        let gt = Arc::new(raw.chunks_exact(4).map(LittleEndian::read_u32).collect());
+        if let Ok(mut cache) = self.gts.lock() {
+            if cache.len() >= GT_CACHE {
+                cache.clear();
+            }
+            cache.insert(index, Arc::clone(&gt));
+        }
+        Ok(Some(gt))
+    }
+
+    /// What grain `index` is, with its location checked against the file.
+    pub fn grain(&self, index: u64) -> Result<Grain> {
+        let per_gt = u64::from(self.header.num_gtes_per_gt);
+        let gd_index = usize_len(index / per_gt)?;
+        let Some(gt) = self.gt(gd_index)? else {
+            return Ok(Grain::Unallocated);
+        };
+        let slot = usize_len(index % per_gt)?;
+        let entry = gt.get(slot).copied().unwrap_or(0);
+        match entry {
+            0 => return Ok(Grain::Unallocated),
+            GTE_ZEROED if self.header.zeroed_grain() => return Ok(Grain::Zero),
+            _ => {}
+        }
+        let at = u64::from(entry) * SECTOR;
+        let gte_at = || {
+            self.gd
+                .get(gd_index)
+                .map_or(self.gd_pos, |&e| u64::from(e) * SECTOR + slot as u64 * 4)
+        };
+        let grain_start = index * self.header.grain_bytes();
+        let needed = if self.header.compressed() {
+            GRAIN_MARKER_HEAD
+        } else {
+            // Only the part of the last grain inside the disk must be stored.
+            (self.header.disk_bytes() - grain_start).min(self.header.grain_bytes())
+        };
+        if at.checked_add(needed).is_none_or(|e| e > self.file_len) {
+            return Err(Error::malformed(
+                "vmdk grain table",
+                gte_at(),
+                format!("grain {index} at sector {entry} runs past the end of the file"),
+            ));
+        }
+        Ok(if self.header.compressed() {
+            Grain::Compressed(at)
+        } else {
+            Grain::Stored(at)
+        })
+    }
+
+    /// Inflates the compressed grain `index` stored at byte `at`.
+    pub fn inflate(&self, index: u64, at: u64) -> Result<Arc<Vec<u8>>> {
+        if let Ok(last) = self.last.lock()
+            && let Some((i, g)) = &*last
+            && *i == index
+        {
+            return Ok(g.clone());
+        }
+        let grain_bytes = self.header.grain_bytes();
+        let grain_start = index * grain_bytes;
+        let needed = (self.header.disk_bytes() - grain_start).min(grain_bytes);
+        let (data_at, size) = if self.header.has_markers() {
+            let mut head = [0u8; 12];
+            read_exact_at(&self.file, &mut head, at, "vmdk grain marker")?;
+            let lba = LittleEndian::read_u64(&head[0..8]);
+            let size = u64::from(LittleEndian::read_u32(&head[8..12]));
+            let expected = index * self.header.grain_size;
+            if lba != expected {
+                return Err(Error::malformed(
+                    "vmdk grain marker",
+                    at,
+                    format!("marker says LBA {lba}, the grain table says {expected}"),
+                ));
+            }
+            (at + GRAIN_MARKER_HEAD, size)
+        } else {
+            (at, (self.file_len - at).min(max_compressed(grain_bytes)))
+        };
+        if size == 0
+            || size > max_compressed(grain_bytes)
+            || data_at.checked_add(size).is_none_or(|e| e > self.file_len)
+        {
+            return Err(Error::malformed(
+                "vmdk grain marker",
+                at,
+                format!("compressed size {size} is zero, too large or past the end of the file"),
+            ));
+        }
+        let mut packed = vec![0u8; usize_len(size)?];
+        read_exact_at(&self.file, &mut packed, data_at, "vmdk compressed grain")?;
+        let mut out = vec![0u8; usize_len(grain_bytes)?];
+        inflate_grain(&packed, &mut out, usize_len(needed)?, at)?;
+        let out = Arc::new(out);
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((index, out.clone()));
+        }
+        Ok(out)
+    }
+}
+
+/// Inflates the zlib stream `packed` (a grain stored at `at`) into `out`, which is the grain's
+/// size: more output than that is an error, and so is less than `needed` bytes (the part of the
+/// grain inside the disk). The rest of `out` is zeroed.
+pub fn inflate_grain(packed: &[u8], out: &mut [u8], needed: usize, at: u64) -> Result<()> {
+    use flate2::{Decompress, FlushDecompress, Status};
+    const G: &str = "vmdk compressed grain";
+    let bad = |problem: String| Error::malformed(G, at, problem);
+    let mut d = Decompress::new(true);
+    let status = d
+        .decompress(packed, out, FlushDecompress::Finish)
+        .map_err(|e| bad(format!("inflate: {e}")))?;
+    let produced = usize::try_from(d.total_out()).unwrap_or(usize::MAX);
+    let status = if status == Status::StreamEnd {
+        status
+    } else {
+        // The grain buffer is full or the input ran out: any more output is an overrun.
+        let used = usize::try_from(d.total_in()).unwrap_or(usize::MAX);
+        let rest = packed.get(used..).unwrap_or_default();
+        let mut spare = [0u8; 1];
+        let s = d
+            .decompress(rest, &mut spare, FlushDecompress::Finish)
+            .map_err(|e| bad(format!("inflate: {e}")))?;
+        if d.total_out() > u64::try_from(produced).unwrap_or(u64::MAX) {
+            return Err(bad(format!(
+                "inflates to more than the grain's {} bytes",
+                out.len()
+            )));
+        }
+        s
+    };
+    if status != Status::StreamEnd {
+        return Err(bad("deflate stream ends early".into()));
+    }
+    if produced < needed {
+        return Err(bad(format!(
+            "inflates to {produced} bytes, the grain needs {needed}"
+        )));
+    }
+    if let Some(tail) = out.get_mut(produced..) {
+        tail.fill(0);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// qemu-img 10's monolithicSparse header for an 8 MiB disk.
+    fn qemu_header() -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        let head: [u8; 79] = [
+            0x4b, 0x44, 0x4d, 0x56, 0x01, 0, 0, 0, 0x03, 0, 0, 0, 0x00, 0x40, 0, 0, 0, 0, 0, 0,
+            0x80, 0, 0, 0, 0, 0, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0, 0x14, 0, 0, 0, 0, 0, 0, 0, 0x00,
+            0x02, 0, 0, 0x15, 0, 0, 0, 0, 0, 0, 0, 0x1a, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 0, 0, 0,
+            0, 0, 0x00, 0x0a, 0x20, 0x0d, 0x0a, 0x00, 0x00,
+        ];
+        b[..79].copy_from_slice(&head);
+        b
+    }
+
+    #[test]
+    fn parses_qemu_img_header_and_writes_it_back() {
+        let b = qemu_header();
+        let h = SparseHeader::parse(&b, 0).unwrap();
+        assert_eq!(h.version, 1);
+        assert_eq!(h.flags, FLAG_NEWLINE_TEST | FLAG_REDUNDANT_GT);
+        assert_eq!(h.capacity, 16384);
+        assert_eq!(h.grain_size, 128);
+        assert_eq!((h.descriptor_offset, h.descriptor_size), (1, 20));
+        assert_eq!(h.num_gtes_per_gt, 512);
+        assert_eq!((h.rgd_offset, h.gd_offset, h.over_head), (21, 26, 128));
+        assert_eq!(h.gd_entries(), 1);
+        assert_eq!(h.to_bytes(), b);
+    }
+
+    #[test]
+    fn refuses_bad_fields() {
+        let set = |at: usize, bytes: &[u8]| {
+            let mut b = qemu_header();
+            b[at..at + bytes.len()].copy_from_slice(bytes);
+            SparseHeader::parse(&b, 0).map(|_| ()).unwrap_err().kind()
+        };
+        assert_eq!(set(0, b"KDMX"), "malformed");
+        assert_eq!(set(4, &[9]), "unsupported");
+        assert_eq!(set(20, &[100]), "malformed");
+        assert_eq!(set(20, &[0]), "malformed");
+        assert_eq!(set(20, &[0, 0, 1]), "limit-exceeded");
+        assert_eq!(set(44, &[0, 4]), "malformed");
+        assert_eq!(set(12, &[0xff; 8]), "limit-exceeded");
+        assert_eq!(set(73, b"\n \n\n"), "malformed");
+        assert_eq!(set(8, &[0, 0, 1]), "unsupported");
+    }
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn inflates_into_the_grain_and_no_further() {
+        let data = vec![7u8; 4096];
+        let mut out = vec![1u8; 4096];
+        inflate_grain(&zlib(&data), &mut out, 4096, 0).unwrap();
+        assert_eq!(out, data);
+        // A short grain is accepted when it covers the disk's part, and zero-filled.
+        let mut out = vec![1u8; 8192];
+        inflate_grain(&zlib(&data), &mut out, 4096, 0).unwrap();
+        assert!(out[4096..].iter().all(|&b| b == 0));
+        assert!(inflate_grain(&zlib(&data), &mut out, 8192, 0).is_err());
+        // Too much data for the grain.
+        let mut small = vec![0u8; 1024];
+        let e = inflate_grain(&zlib(&data), &mut small, 1024, 0).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        // A cut stream and garbage.
+        let z = zlib(&data);
+        assert!(inflate_grain(&z[..z.len() / 2], &mut out, 0, 0).is_err());
+        assert!(inflate_grain(b"not zlib at all", &mut out, 0, 0).is_err());
+    }
+}
