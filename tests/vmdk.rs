@@ -836,3 +836,64 @@ fn descriptors_without_extents_deltas_and_devices_are_refused() {
     assert!(data[1024 * 512..].iter().all(|&b| b == 7));
     let _ = std::io::stdout().flush();
 }
+
+/// Reads `bytes` as a VMDK file and from a pipe; any result but a panic is fine.
+fn read_anyhow(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+    let options = OpenOptions {
+        format: Some(ims::Format::Vmdk),
+        ..Default::default()
+    };
+    if let Ok(image) = ims::open(path, &options) {
+        let reader = image.reader().unwrap();
+        let size = reader.virtual_size().min(4 << 20);
+        let mut buf = vec![0u8; size as usize];
+        let _ = reader.read_at(&mut buf, 0);
+        let _ = reader.map(0, size);
+    }
+    use ims::ChunkStream;
+    if let Ok(mut s) = ims::formats::vmdk::StreamReader::new(bytes) {
+        let mut n = 0;
+        while let Ok(Some(c)) = s.next_chunk() {
+            n += 1;
+            if c.end() >= 4 << 20 || n > 10_000 {
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn mutated_images_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.vmdk");
+    let mut rng = common::Rng::new(42);
+    for sub in ["monolithicSparse", "streamOptimized"] {
+        let (_, good) = sparse_image(dir.path(), sub);
+        // Mutations where the structures are: header, descriptor, first grain, the tail.
+        let hot = [0..80, 512..1024, 10752..12288, 65536..65600];
+        for i in 0..400 {
+            let mut b = good.clone();
+            let n = good.len();
+            let ranges: Vec<std::ops::Range<usize>> = hot
+                .iter()
+                .cloned()
+                .chain([n - 1600..n, n / 2..n / 2 + 64])
+                .collect();
+            for _ in 0..1 + i % 4 {
+                let r = &ranges[(rng.next() as usize) % ranges.len()];
+                let at = r.start + (rng.next() as usize) % (r.end - r.start);
+                b[at] = match rng.next() % 4 {
+                    0 => 0,
+                    1 => 0xff,
+                    2 => b[at] ^ (1 << (rng.next() % 8)),
+                    _ => rng.next() as u8,
+                };
+            }
+            if i % 50 == 0 {
+                b.truncate((rng.next() as usize) % n);
+            }
+            read_anyhow(&path, &b);
+        }
+    }
+}
