@@ -834,6 +834,23 @@ fn descriptors_without_extents_deltas_and_devices_are_refused() {
     let data = std::fs::read(&out).unwrap();
     assert!(data[..1024 * 512].iter().all(|&b| b == 0));
     assert!(data[1024 * 512..].iter().all(|&b| b == 7));
+    // For info, a refused extent opens, is named, and fails only when read.
+    let deferred = OpenOptions {
+        defer_references: true,
+        ..Default::default()
+    };
+    let image = ims::open(&p, &deferred).unwrap();
+    let info = serde_json::to_string(&image.info()).unwrap();
+    assert!(info.contains("part-flat.vmdk"), "{info}");
+    let mut buf = vec![0u8; 4096];
+    let e = image
+        .reader()
+        .unwrap()
+        .read_at(&mut buf, 1024 * 512)
+        .unwrap_err();
+    assert_eq!(e.kind(), "external-reference");
+    let info = ims(&["info", s(&p)]);
+    ok(&info, "info without references");
     let _ = std::io::stdout().flush();
 }
 

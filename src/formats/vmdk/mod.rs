@@ -25,7 +25,7 @@ use crate::OpenOptions;
 use crate::block::{BlockReader, usize_len};
 use crate::error::{Error, ReferenceKind, Result};
 use crate::io::{file_length, read_exact_at, read_up_to_at};
-use crate::references::{open_backing, open_resolved, resolve};
+use crate::references::{RefusedReference, open_backing, open_resolved, resolve};
 
 pub use reader::VmdkReader;
 pub use stream::{StreamReader, StreamWriter};
@@ -74,10 +74,23 @@ pub fn open(file: File, path: &Path, options: &OpenOptions, depth: usize) -> Res
     for line in &d.extents {
         let length = line.sectors * SECTOR;
         let name = line.file_name.clone().unwrap_or_default();
+        let refused = || ExtentData::Refused {
+            kind: line.kind.name(),
+        };
         let data = match line.kind {
             ExtentType::Zero => ExtentData::Zero,
             ExtentType::Flat | ExtentType::Vmfs => {
-                let (f, p) = open_extent(&name, path, options)?;
+                let Some((f, p)) = open_extent(&name, path, options)? else {
+                    extents.push(VmdkExtent {
+                        start,
+                        length,
+                        data: refused(),
+                        file_name: name,
+                        embedded: false,
+                    });
+                    start += length;
+                    continue;
+                };
                 let len = file_length(&f).map_err(|e| e.in_file(&p))?;
                 let offset = line.offset.checked_mul(SECTOR).ok_or_else(|| {
                     Error::malformed("vmdk descriptor extent", line.at, "offset overflows")
@@ -93,7 +106,17 @@ pub fn open(file: File, path: &Path, options: &OpenOptions, depth: usize) -> Res
                 }
             }
             ExtentType::Sparse | ExtentType::VmfsSparse => {
-                let (f, p) = open_extent(&name, path, options)?;
+                let Some((f, p)) = open_extent(&name, path, options)? else {
+                    extents.push(VmdkExtent {
+                        start,
+                        length,
+                        data: refused(),
+                        file_name: name,
+                        embedded: false,
+                    });
+                    start += length;
+                    continue;
+                };
                 let len = file_length(&f).map_err(|e| e.in_file(&p))?;
                 let mut m = [0u8; 4];
                 read_up_to_at(&f, &mut m, 0).map_err(|e| e.in_file(&p))?;
@@ -219,18 +242,25 @@ fn disk_size(d: &Descriptor) -> Result<u64> {
 }
 
 /// Opens the extent file `name` that the descriptor at `path` names, if references are allowed.
+/// A refused name is an error, or `None` when the options defer references (for `info`): the
+/// extent then fails every read.
 fn open_extent(
     name: &str,
     path: &Path,
     options: &OpenOptions,
-) -> Result<(File, std::path::PathBuf)> {
+) -> Result<Option<(File, std::path::PathBuf)>> {
     let kind = ReferenceKind::Extent;
-    let Some(dir) = &options.allow_references else {
-        return Err(Error::reference(kind, name));
+    let opened = match &options.allow_references {
+        None => Err(Error::reference(kind, name)),
+        Some(dir) => resolve(kind, name, path, dir)
+            .and_then(|p| open_resolved(kind, name, &p).map(|f| (f, p))),
     };
-    let p = resolve(kind, name, path, dir)?;
-    let f = open_resolved(kind, name, &p)?;
-    Ok((f, p))
+    match opened {
+        Ok(x) => Ok(Some(x)),
+        Err(e @ Error::ExternalReference { .. }) if !options.defer_references => Err(e),
+        Err(Error::ExternalReference { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The parent of a delta disk: refused unless references are allowed; then opened by its
@@ -249,6 +279,14 @@ fn open_parent(
         .clone()
         .unwrap_or_else(|| format!("parentCID={:08x}", d.parent_cid));
     if options.allow_references.is_none() {
+        if options.defer_references {
+            let size = disk_size(d).unwrap_or(0);
+            return Ok(Some(Arc::new(RefusedReference::new(
+                ReferenceKind::BackingFile,
+                &description,
+                size,
+            ))));
+        }
         return Err(Error::reference(ReferenceKind::BackingFile, description));
     }
     let Some(hint) = &d.parent_file_name_hint else {

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::descriptor::Descriptor;
 use super::sparse::{Grain, SparseExtent};
 use crate::block::{BlockReader, Extent, ExtentState, check_range, push_extent, usize_len};
-use crate::error::Result;
+use crate::error::{Error, ReferenceKind, Result};
 use crate::io::read_exact_at;
 
 /// Where an extent's sectors are.
@@ -21,6 +21,9 @@ pub enum ExtentData {
     Zero,
     /// A hosted sparse extent.
     Sparse(Box<SparseExtent>),
+    /// An extent in a file the open options do not let ims open (`kind` is its type): every
+    /// read or map of it fails with the reference error.
+    Refused { kind: &'static str },
 }
 
 /// One extent of the disk.
@@ -112,6 +115,12 @@ impl VmdkReader {
             let stop = extent.end().min(end);
             match &extent.data {
                 ExtentData::Zero => emit(&mut held, pos, stop - pos, Run::Zero, &mut f)?,
+                ExtentData::Refused { .. } => {
+                    return Err(Error::reference(
+                        ReferenceKind::Extent,
+                        extent.file_name.clone(),
+                    ));
+                }
                 ExtentData::Flat { file, offset } => emit(
                     &mut held,
                     pos,
@@ -318,6 +327,7 @@ impl BlockReader for VmdkReader {
                 match &e.data {
                     ExtentData::Flat { .. } => v["format"] = json!("FLAT"),
                     ExtentData::Zero => v["format"] = json!("ZERO"),
+                    ExtentData::Refused { kind } => v["format"] = json!(kind),
                     ExtentData::Sparse(s) => {
                         v["format"] = json!("SPARSE");
                         v["cluster-size"] = json!(s.header.grain_bytes());

@@ -320,7 +320,8 @@ impl BlockWriter for SparseWriter {
     fn write_piece(&mut self, piece: Piece) -> Result<()> {
         let (offset, length) = (piece.offset(), piece.length());
         let grain_bytes = self.header.grain_bytes();
-        if offset != self.next || !offset.is_multiple_of(grain_bytes) || offset + length > self.size {
+        if offset != self.next || !offset.is_multiple_of(grain_bytes) || offset + length > self.size
+        {
             return Err(Error::InvalidArgument(format!(
                 "vmdk writer got a piece at {offset}, expected one at {}",
                 self.next
