@@ -522,6 +522,38 @@ fn info_says_what_it_read() {
     assert_eq!(info["format-specific"]["data"]["data-blocks"], 2);
 }
 
+#[test]
+fn map_of_a_zvhd_comes_from_its_record_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = put(dir.path(), "sparse.zvhd", &vector("sparse.zvhd"));
+    let out = ims(&["map", "--output", "json", s(&path)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not inflated"));
+    let map: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let data: Vec<(u64, u64)> = map
+        .iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        data,
+        vec![
+            (0, BLOCK_SIZE),
+            (7 * BLOCK_SIZE, 2 * BLOCK_SIZE),
+            (31 * BLOCK_SIZE, BLOCK_SIZE)
+        ]
+    );
+    assert_eq!(
+        map.last().unwrap()["start"].as_u64().unwrap()
+            + map.last().unwrap()["length"].as_u64().unwrap(),
+        GIB
+    );
+}
+
 // ---- Hostile images: one per rule of the specification's "must reject" list. ----
 
 /// Recomputes the checksum of the header/footer page at `at`.

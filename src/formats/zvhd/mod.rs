@@ -24,7 +24,7 @@ pub mod zvhd;
 pub mod zvhd2;
 
 pub use header::ZvhdHeader;
-pub use zvhd::{ZvhdStream, ZvhdWriter, scan_records};
+pub use zvhd::{RecordMap, RecordScan, ZvhdStream, ZvhdWriter, scan_records};
 pub use zvhd2::{Zvhd2Reader, Zvhd2Writer};
 
 use crate::block::is_zero;

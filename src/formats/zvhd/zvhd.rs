@@ -15,7 +15,9 @@ use std::os::unix::fs::FileExt;
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress};
 
-use crate::block::{BlockWriter, Chunk, ChunkStream, Extent, ExtentState, Piece, push_extent};
+use crate::block::{
+    BlockReader, BlockWriter, Chunk, ChunkStream, Extent, ExtentState, Piece, push_extent,
+};
 use crate::error::{Error, Result};
 use crate::io::{AppendSink, file_length};
 
@@ -414,6 +416,62 @@ pub fn scan_records(file: &File) -> Result<RecordScan> {
     })
 }
 
+/// A ZVHD file's map, from [`scan_records`]: what `ims map` can say about a ZVHD image without
+/// inflating it. It is a [`BlockReader`] for `map` only: its `read_at` fails, because ZVHD
+/// blocks can only be decoded front to back ([`ZvhdStream`]).
+pub struct RecordMap {
+    scan: RecordScan,
+}
+
+impl RecordMap {
+    /// Scans `file`'s record heads.
+    pub fn open(file: &File) -> Result<Self> {
+        Ok(RecordMap {
+            scan: scan_records(file)?,
+        })
+    }
+
+    /// What the scan found.
+    pub fn scan(&self) -> &RecordScan {
+        &self.scan
+    }
+}
+
+impl BlockReader for RecordMap {
+    fn virtual_size(&self) -> u64 {
+        self.scan.header.curr_size
+    }
+
+    fn read_at(&self, _buf: &mut [u8], offset: u64) -> Result<()> {
+        Err(Error::unsupported(format!(
+            "reading a ZVHD image at offset {offset}: its blocks decode only front to back"
+        )))
+    }
+
+    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.virtual_size());
+        let extents = &self.scan.extents;
+        let first = extents.partition_point(|e| e.end() <= offset);
+        let mut out = Vec::new();
+        for e in extents.get(first..).unwrap_or_default() {
+            if e.start >= end {
+                break;
+            }
+            let start = e.start.max(offset);
+            let stop = e.end().min(end);
+            push_extent(
+                &mut out,
+                Extent {
+                    start,
+                    length: stop - start,
+                    ..*e
+                },
+            );
+        }
+        Ok(out)
+    }
+}
+
 /// Writes a ZVHD image to any append-only sink.
 ///
 /// The whole image is one deflate stream, so blocks are compressed here, in order, on the
@@ -707,6 +765,13 @@ mod tests {
             .collect();
         assert_eq!(data, vec![(0, BLOCK_SIZE), (2 * BLOCK_SIZE, BLOCK_SIZE)]);
         crate::block::check_map(&scan.extents, 0, 1 << 30).unwrap();
+        let map = RecordMap::open(&File::open(&path).unwrap()).unwrap();
+        let window = map.map(BLOCK_SIZE + 5, 2 * BLOCK_SIZE).unwrap();
+        crate::block::check_map(&window, BLOCK_SIZE + 5, 2 * BLOCK_SIZE).unwrap();
+        assert_eq!(window.len(), 3);
+        assert_eq!(window[1].state, ExtentState::Data);
+        let mut buf = [0u8; 512];
+        assert_eq!(map.read_at(&mut buf, 0).unwrap_err().kind(), "unsupported");
         let s = ZvhdStream::open(File::open(&path).unwrap()).unwrap();
         let info = s.format_specific().unwrap();
         assert_eq!(info["data"]["data-blocks"], 2);
