@@ -9,7 +9,7 @@
 //! The format is described in `formats/zvhd.md`.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
@@ -78,6 +78,10 @@ impl ZvhdStream<File> {
                 "length is not a whole number of 4096-byte pages",
             ));
         }
+        // Measuring a block device moves its cursor: read from the start.
+        (&file)
+            .seek(io::SeekFrom::Start(0))
+            .map_err(|e| Error::io("seek", e))?;
         let scan = file.try_clone().ok();
         let mut stream = ZvhdStream::start(file, Some(length))?;
         stream.scan = scan;
