@@ -123,6 +123,50 @@ pub fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
     }
 }
 
+/// Reads `buf.len()` bytes of a backing disk (a parent) at `offset`; what lies past its end
+/// reads as zeros, since a backing disk may be smaller than the image above it.
+pub fn read_backing(backing: &dyn BlockReader, buf: &mut [u8], offset: u64) -> Result<()> {
+    let available = backing.virtual_size().saturating_sub(offset);
+    // Bounded by buf.len(), so it fits a usize.
+    let n = usize::try_from(available)
+        .unwrap_or(usize::MAX)
+        .min(buf.len());
+    let (inside, beyond) = buf.split_at_mut(n);
+    if !inside.is_empty() {
+        backing.read_at(inside, offset)?;
+    }
+    beyond.fill(0);
+    Ok(())
+}
+
+/// Appends a backing disk's extents for `[start, start + length)` as the image above it sees
+/// them: host offsets dropped (they are in another file), and past the backing disk's end,
+/// zeros.
+pub fn map_backing(
+    backing: &dyn BlockReader,
+    start: u64,
+    length: u64,
+    out: &mut Vec<Extent>,
+) -> Result<()> {
+    let inside = length.min(backing.virtual_size().saturating_sub(start));
+    if inside > 0 {
+        for e in backing.map(start, inside)? {
+            push_extent(
+                out,
+                Extent {
+                    host_offset: None,
+                    ..e
+                },
+            );
+        }
+    }
+    push_extent(
+        out,
+        Extent::new(start + inside, length - inside, ExtentState::Zero),
+    );
+    Ok(())
+}
+
 /// A piece of the disk in an ordered stream: data, or a run of zeros.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {

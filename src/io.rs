@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::block::Piece;
 use crate::error::{Error, Result};
 
 /// Reads exactly `buf.len()` bytes at `offset`; a read past the end of the file is a
@@ -93,6 +94,26 @@ pub trait AppendSink: Send {
     fn position(&self) -> u64;
     /// Flushes; a file sink also sets its length to the position.
     fn finish(&mut self) -> Result<()>;
+}
+
+/// Appends a piece to a sink that holds the disk's bytes one for one (raw images, fixed VHD
+/// data, flat extents): data as it is, zero runs as holes (or zeros on a stream). `what` names
+/// the writer in errors.
+pub fn append_piece<S: AppendSink + ?Sized>(sink: &mut S, piece: Piece, what: &str) -> Result<()> {
+    if piece.offset() != sink.position() {
+        return Err(Error::InvalidArgument(format!(
+            "{what} got a piece at {} while at {}",
+            piece.offset(),
+            sink.position()
+        )));
+    }
+    match piece {
+        Piece::Data { data, .. } => sink.append(&data),
+        Piece::Zero { length, .. } => sink.append_zeros(length),
+        Piece::Encoded { .. } => Err(Error::InvalidArgument(format!(
+            "{what} holds no encoded units"
+        ))),
+    }
 }
 
 /// A regular output file: positional writes, holes for zero runs, length set at the end.

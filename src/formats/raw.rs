@@ -9,7 +9,7 @@ use crate::block::{
     BlockReader, BlockWriter, Extent, ExtentState, Piece, check_range, push_extent,
 };
 use crate::error::{Error, Result};
-use crate::io::{AppendSink, file_length};
+use crate::io::{AppendSink, append_piece, file_length};
 
 /// Reads a raw image file; `map` asks the file system where the holes are.
 pub struct RawReader {
@@ -132,20 +132,7 @@ impl<S: AppendSink> BlockWriter for RawWriter<S> {
     }
 
     fn write_piece(&mut self, piece: Piece) -> Result<()> {
-        if piece.offset() != self.sink.position() {
-            return Err(Error::InvalidArgument(format!(
-                "raw writer got a piece at {} while at {}",
-                piece.offset(),
-                self.sink.position()
-            )));
-        }
-        match piece {
-            Piece::Data { data, .. } => self.sink.append(&data),
-            Piece::Zero { length, .. } => self.sink.append_zeros(length),
-            Piece::Encoded { .. } => Err(Error::InvalidArgument(
-                "raw images hold no encoded units".into(),
-            )),
-        }
+        append_piece(&mut self.sink, piece, "raw writer")
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {

@@ -281,17 +281,7 @@ impl Qcow2Reader {
             dst.fill(0);
             return Ok(());
         };
-        let available = backing.virtual_size().saturating_sub(run.src);
-        // Bounded by dst.len(), so it fits a usize.
-        let n = usize::try_from(available)
-            .unwrap_or(usize::MAX)
-            .min(dst.len());
-        let (inside, beyond) = dst.split_at_mut(n);
-        if !inside.is_empty() {
-            backing.read_at(inside, run.src)?;
-        }
-        beyond.fill(0);
-        Ok(())
+        crate::block::read_backing(&**backing, dst, run.src)
     }
 
     /// Adds a finished extent to `out`: stored data split where the image file has holes (which

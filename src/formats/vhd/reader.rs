@@ -12,7 +12,10 @@ use super::dynamic::{
     sector_present,
 };
 use super::footer::{DiskType, FOOTER_SIZE, Footer, SizeSource, uuid_string};
-use crate::block::{BlockReader, Extent, ExtentState, check_range, push_extent, usize_len};
+use crate::block::{
+    BlockReader, Extent, ExtentState, check_range, map_backing, push_extent, read_backing,
+    usize_len,
+};
 use crate::error::{Error, ReferenceKind, Result};
 use crate::io::{file_length, read_exact_at};
 
@@ -372,7 +375,7 @@ impl BlockReader for VhdReader {
             match run {
                 Run::Stored(at) => read_exact_at(&self.image.file, part, at, "vhd block data"),
                 Run::Absent => match &self.parent {
-                    Some(p) => read_parent(&**p, part, start),
+                    Some(p) => read_backing(&**p, part, start),
                     None => {
                         part.fill(0);
                         Ok(())
@@ -395,26 +398,7 @@ impl BlockReader for VhdReader {
                     },
                 ),
                 Run::Absent => match &self.parent {
-                    Some(p) => {
-                        let psize = p.virtual_size();
-                        let inside = length.min(psize.saturating_sub(start));
-                        if inside > 0 {
-                            for e in p.map(start, inside)? {
-                                // The parent's host offsets are in another file.
-                                push_extent(
-                                    &mut out,
-                                    Extent {
-                                        host_offset: None,
-                                        ..e
-                                    },
-                                );
-                            }
-                        }
-                        push_extent(
-                            &mut out,
-                            Extent::new(start + inside, length - inside, ExtentState::Zero),
-                        );
-                    }
+                    Some(p) => map_backing(&**p, start, length, &mut out)?,
                     None => push_extent(&mut out, Extent::new(start, length, ExtentState::Zero)),
                 },
             }
@@ -455,15 +439,4 @@ impl BlockReader for VhdReader {
         }
         Some(json!({"type": "vhd", "data": data}))
     }
-}
-
-/// Reads from a parent that may be smaller than the child: past its end reads as zeros.
-fn read_parent(parent: &dyn BlockReader, buf: &mut [u8], offset: u64) -> Result<()> {
-    let psize = parent.virtual_size();
-    let inside = usize_len((buf.len() as u64).min(psize.saturating_sub(offset)))?;
-    if inside > 0 {
-        parent.read_at(&mut buf[..inside], offset)?;
-    }
-    buf[inside..].fill(0);
-    Ok(())
 }

@@ -10,7 +10,7 @@ use super::footer::{
 };
 use crate::block::{BlockWriter, Piece};
 use crate::error::{Error, Result};
-use crate::io::{AppendSink, FileSink};
+use crate::io::{AppendSink, FileSink, append_piece};
 
 /// The largest disk the VHD format describes: 2040 GiB (0xff000000 sectors).
 pub const MAX_DISK_SIZE: u64 = 0xff00_0000 * 512;
@@ -180,20 +180,7 @@ impl<S: AppendSink> BlockWriter for FixedWriter<S> {
     }
 
     fn write_piece(&mut self, piece: Piece) -> Result<()> {
-        if piece.offset() != self.sink.position() {
-            return Err(Error::InvalidArgument(format!(
-                "vhd writer got a piece at {}, expected {}",
-                piece.offset(),
-                self.sink.position()
-            )));
-        }
-        match piece {
-            Piece::Data { data, .. } => self.sink.append(&data),
-            Piece::Zero { length, .. } => self.sink.append_zeros(length),
-            Piece::Encoded { .. } => {
-                Err(Error::InvalidArgument("vhd holds no encoded units".into()))
-            }
-        }
+        append_piece(&mut self.sink, piece, "vhd fixed writer")
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {

@@ -9,7 +9,10 @@ use serde_json::json;
 
 use super::descriptor::Descriptor;
 use super::sparse::{Grain, SparseExtent};
-use crate::block::{BlockReader, Extent, ExtentState, check_range, push_extent, usize_len};
+use crate::block::{
+    BlockReader, Extent, ExtentState, check_range, map_backing, push_extent, read_backing,
+    usize_len,
+};
 use crate::error::{Error, ReferenceKind, Result};
 use crate::io::read_exact_at;
 
@@ -257,7 +260,7 @@ impl BlockReader for VmdkReader {
                     Ok(())
                 }
                 Run::Unallocated => match &self.parent {
-                    Some(p) => read_parent(&**p, part, start),
+                    Some(p) => read_backing(&**p, part, start),
                     None => {
                         part.fill(0);
                         Ok(())
@@ -289,24 +292,7 @@ impl BlockReader for VmdkReader {
                 ),
                 Run::Zero => push_extent(&mut out, Extent::new(start, length, ExtentState::Zero)),
                 Run::Unallocated => match &self.parent {
-                    Some(p) => {
-                        let inside = length.min(p.virtual_size().saturating_sub(start));
-                        if inside > 0 {
-                            for e in p.map(start, inside)? {
-                                push_extent(
-                                    &mut out,
-                                    Extent {
-                                        host_offset: None,
-                                        ..e
-                                    },
-                                );
-                            }
-                        }
-                        push_extent(
-                            &mut out,
-                            Extent::new(start + inside, length - inside, ExtentState::Zero),
-                        );
-                    }
+                    Some(p) => map_backing(&**p, start, length, &mut out)?,
                     None => push_extent(&mut out, Extent::new(start, length, ExtentState::Zero)),
                 },
             }
@@ -349,15 +335,4 @@ impl BlockReader for VmdkReader {
             }
         }))
     }
-}
-
-/// Reads from a parent that may be smaller than the child: past its end reads as zeros.
-fn read_parent(parent: &dyn BlockReader, buf: &mut [u8], offset: u64) -> Result<()> {
-    let inside = usize_len((buf.len() as u64).min(parent.virtual_size().saturating_sub(offset)))?;
-    let (head, tail) = buf.split_at_mut(inside.min(buf.len()));
-    if !head.is_empty() {
-        parent.read_at(head, offset)?;
-    }
-    tail.fill(0);
-    Ok(())
 }

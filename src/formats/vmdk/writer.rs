@@ -11,7 +11,7 @@ use super::sparse::{
 use super::stream::{DESCRIPTOR_SECTORS, WRITE_GRAIN_SECTORS, WRITE_GTES_PER_GT};
 use crate::block::{BlockWriter, Piece, usize_len};
 use crate::error::{Error, Result};
-use crate::io::{AppendSink, FileSink};
+use crate::io::{AppendSink, FileSink, append_piece};
 
 /// The kind of VMDK to write (`-o subformat=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,20 +432,7 @@ impl BlockWriter for FlatWriter {
     }
 
     fn write_piece(&mut self, piece: Piece) -> Result<()> {
-        if piece.offset() != self.data.position() {
-            return Err(Error::InvalidArgument(format!(
-                "vmdk flat writer got a piece at {} while at {}",
-                piece.offset(),
-                self.data.position()
-            )));
-        }
-        match piece {
-            Piece::Data { data, .. } => self.data.append(&data),
-            Piece::Zero { length, .. } => self.data.append_zeros(length),
-            Piece::Encoded { .. } => Err(Error::InvalidArgument(
-                "a flat extent holds no encoded units".into(),
-            )),
-        }
+        append_piece(&mut self.data, piece, "vmdk flat writer")
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
