@@ -29,6 +29,7 @@ pub mod compare;
 pub mod convert;
 pub mod error;
 pub mod formats;
+pub mod inspect;
 pub mod io;
 pub mod probe;
 pub mod references;

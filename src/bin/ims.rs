@@ -117,6 +117,15 @@ enum Command {
         output: OutputKind,
         file: PathBuf,
     },
+    /// Show what the disk holds: partitions, file systems, and the guest OS (distribution,
+    /// version, architecture, boot firmware, cloud-init, virtio drivers), read without mounting.
+    Inspect {
+        #[command(flatten)]
+        input: Input,
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputKind,
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -351,9 +360,106 @@ fn run(command: Command) -> ims::Result<()> {
             }
             Ok(())
         }
+        Command::Inspect {
+            input,
+            output,
+            file,
+        } => {
+            let image = ims::open(
+                &file,
+                &open_options(input.format.as_deref(), input.allow_references)?,
+            )?;
+            let facts = ims::inspect::inspect_image(&image).map_err(|e| e.in_file(&file))?;
+            match output {
+                OutputKind::Json => println!("{}", to_json(&facts)?),
+                OutputKind::Human => print_inspection(&facts),
+            }
+            Ok(())
+        }
         Command::Compare { .. } | Command::Check { .. } => Err(Error::InvalidArgument(
             "compare and check are run by main".into(),
         )),
+    }
+}
+
+/// `inspect`'s readable table: the partitions, then the guest's facts.
+fn print_inspection(f: &ims::inspect::Inspection) {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let fs_name = |k: Option<ims::inspect::superblocks::FsKind>| k.map_or("-", |k| k.name());
+    println!(
+        "virtual size: {} ({} bytes)",
+        human_size(f.virtual_size),
+        f.virtual_size
+    );
+    println!("partition table: {}", f.partition_table.name());
+    if !f.partitions.is_empty() {
+        println!(
+            "{:<4} {:>14} {:>10}  {:<28} {:<12} {:<16} UUID",
+            "#", "Start", "Size", "Type", "Filesystem", "Label"
+        );
+        for p in &f.partitions {
+            println!(
+                "{:<4} {:>14} {:>10}  {:<28} {:<12} {:<16} {}{}",
+                p.partition.number,
+                p.partition.start,
+                human_size(p.partition.size),
+                p.partition.partition_type.name,
+                fs_name(p.volume.filesystem),
+                opt(&p.volume.label),
+                opt(&p.volume.uuid),
+                p.partition
+                    .problem
+                    .as_ref()
+                    .map(|pr| format!("  ({pr})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let Some(w) = &f.whole_disk {
+        println!(
+            "whole disk: {} label {} uuid {}",
+            fs_name(w.filesystem),
+            opt(&w.label),
+            opt(&w.uuid)
+        );
+    }
+    let root = f.root_filesystem.as_ref().map(|r| {
+        format!(
+            "{} on {}",
+            r.filesystem.name(),
+            r.partition
+                .map_or("the whole disk".to_string(), |n| format!("partition {n}"))
+        )
+    });
+    let rows: [(&str, String); 15] = [
+        ("image kind", format!("{:?}", f.image_kind).to_lowercase()),
+        ("os type", format!("{:?}", f.os_type).to_lowercase()),
+        ("distro", opt(&f.distro)),
+        ("os version", opt(&f.os_version)),
+        ("os build", opt(&f.os_build)),
+        ("product name", opt(&f.product_name)),
+        ("arch", f.arch.clone()),
+        ("firmware", format!("{:?}", f.firmware).to_lowercase()),
+        ("root filesystem", opt(&root)),
+        ("hostname", opt(&f.hostname)),
+        ("kernels", list(&f.kernels)),
+        ("cloud-init", opt(&f.cloud_init_agent)),
+        (
+            "virtio",
+            format!("{} ({})", f.virtio, list(&f.virtio_drivers)),
+        ),
+        ("efi loaders", list(&f.efi_loaders)),
+        ("notes", list(&f.notes)),
+    ];
+    for (k, v) in rows {
+        println!("{:<16} {v}", format!("{k}:"));
     }
 }
 

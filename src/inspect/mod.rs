@@ -1,0 +1,388 @@
+//! Guest inspection: what a disk image holds, read straight through its [`BlockReader`] — no
+//! mount, no loop device, no root, no VM — on any format ims opens.
+//!
+//! [`inspect`] reads the partition table ([`partitions`]: GPT with its CRCs and backup, MBR
+//! with logical partitions, or none), identifies each volume by its superblock
+//! ([`superblocks`]), opens the file systems it needs (ext2/3/4 through `ext4-view`, FAT
+//! through `fatfs`, NTFS through `ntfs`, XFS through [`xfs`]) and reads the guest's facts:
+//! Linux ones from its root file system ([`linux`]), Windows ones from its registry hives
+//! ([`windows`], [`regf`]), the boot firmware from the EFI system partition and the boot code.
+//!
+//! The guest is not trusted: every offset and size it gives is checked, every read is capped
+//! ([`fs::MAX_FILE_READ`]), symbolic links resolve inside the guest's file system only, and
+//! the whole inspection has a read budget ([`disk::READ_BUDGET`]). A damaged guest file system
+//! gives unknown facts and a note; only an image that cannot be read is an error.
+
+pub mod binary;
+pub mod disk;
+pub mod fs;
+pub mod gpt;
+pub mod iso9660;
+pub mod linux;
+pub mod mbr;
+pub mod ntfs;
+pub mod partitions;
+pub mod regf;
+pub mod superblocks;
+pub mod windows;
+pub mod xfs;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::block::BlockReader;
+use crate::error::{Error, Result};
+
+use disk::{Disk, Volume};
+use fs::{Ext4Fs, FatFs, GuestFs};
+use partitions::{Partition, TableKind};
+use superblocks::{FsId, FsKind};
+
+/// What the image is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    /// A bootable system disk: an operating system was found.
+    System,
+    /// Anything else: file systems without an OS, an empty or unformatted disk.
+    Data,
+    /// An ISO 9660 image.
+    Iso,
+}
+
+/// The operating system family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OsType {
+    Linux,
+    Windows,
+    Unknown,
+}
+
+/// How the guest boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// An EFI system partition holds an EFI loader (or the ISO has a UEFI boot entry).
+    Uefi,
+    /// Boot code in the MBR, or a BIOS boot partition (or an ISO BIOS boot entry).
+    Bios,
+    /// Both of the above.
+    Both,
+    Unknown,
+}
+
+/// What a volume holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VolumeFacts {
+    /// The file system (`ext4`, `xfs`, `fat32`, `ntfs`, `swap`, `lvm2_member`, ...), or
+    /// `null` when nothing was recognised.
+    pub filesystem: Option<FsKind>,
+    pub label: Option<String>,
+    pub uuid: Option<String>,
+}
+
+/// A partition and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionFacts {
+    #[serde(flatten)]
+    pub partition: Partition,
+    #[serde(flatten)]
+    pub volume: VolumeFacts,
+}
+
+/// Where the operating system's root file system is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RootFilesystem {
+    /// The partition number, or `null` for a file system on the whole disk.
+    pub partition: Option<u32>,
+    pub filesystem: FsKind,
+    pub uuid: Option<String>,
+    pub label: Option<String>,
+}
+
+/// Everything inspection found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Inspection {
+    pub virtual_size: u64,
+    pub partition_table: TableKind,
+    /// The GPT disk GUID, or the MBR disk signature.
+    pub disk_id: Option<String>,
+    pub partitions: Vec<PartitionFacts>,
+    /// The file system on the whole disk, when there is no partition table.
+    pub whole_disk: Option<VolumeFacts>,
+    pub image_kind: ImageKind,
+    pub os_type: OsType,
+    /// `ubuntu`, `debian`, `centos`, `rhel`, `rocky`, `almalinux`, `opensuse`, `sles`,
+    /// `openeuler`, `euleros`, `fedora`, `alpine`, `windows`, ... (os-release's `ID`).
+    pub distro: Option<String>,
+    /// os-release's `VERSION_ID`; for Windows the NT version (`10.0`).
+    pub os_version: Option<String>,
+    /// Windows' build number.
+    pub os_build: Option<String>,
+    pub product_name: Option<String>,
+    /// `x86_64`, `aarch64`, `i686`, ..., or `unknown`.
+    pub arch: String,
+    pub firmware: Firmware,
+    pub root_filesystem: Option<RootFilesystem>,
+    pub hostname: Option<String>,
+    /// Kernel versions found in /boot.
+    pub kernels: Vec<String>,
+    /// Whether cloud-init (Linux) or Cloudbase-Init (Windows) is installed.
+    pub cloud_init: bool,
+    /// `cloud-init` or `cloudbase-init`.
+    pub cloud_init_agent: Option<String>,
+    /// Whether a virtio block driver is there (virtio_blk or virtio_scsi; viostor or vioscsi).
+    pub virtio: bool,
+    pub virtio_drivers: Vec<String>,
+    /// EFI loaders found on EFI system partitions (`EFI/BOOT/BOOTX64.EFI`).
+    pub efi_loaders: Vec<String>,
+    /// What was odd, damaged or unreadable; facts it concerns are left unknown.
+    pub notes: Vec<String>,
+}
+
+impl Inspection {
+    fn empty(virtual_size: u64) -> Inspection {
+        Inspection {
+            virtual_size,
+            partition_table: TableKind::None,
+            disk_id: None,
+            partitions: Vec::new(),
+            whole_disk: None,
+            image_kind: ImageKind::Data,
+            os_type: OsType::Unknown,
+            distro: None,
+            os_version: None,
+            os_build: None,
+            product_name: None,
+            arch: "unknown".into(),
+            firmware: Firmware::Unknown,
+            root_filesystem: None,
+            hostname: None,
+            kernels: Vec::new(),
+            cloud_init: false,
+            cloud_init_agent: None,
+            virtio: false,
+            virtio_drivers: Vec::new(),
+            efi_loaders: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// The most EFI loaders listed.
+const MAX_EFI_LOADERS: usize = 64;
+
+/// Inspects the disk `reader` reads.
+pub fn inspect(reader: Arc<dyn BlockReader>) -> Result<Inspection> {
+    let disk = Disk::new(reader);
+    let mut out = Inspection::empty(disk.size());
+    let table = partitions::read_table(&disk);
+    out.partition_table = table.kind;
+    out.disk_id = table.disk_id.clone();
+    out.notes.extend(table.notes.iter().cloned());
+
+    // The volumes to look into: trusted partitions, or the whole disk.
+    let mut volumes: Vec<(Option<usize>, Volume)> = Vec::new();
+    for (i, p) in table.partitions.iter().enumerate() {
+        out.partitions.push(PartitionFacts {
+            partition: p.clone(),
+            volume: VolumeFacts::default(),
+        });
+        if p.trusted() {
+            volumes.push((Some(i), Volume::new(disk.clone(), p.start, p.size)?));
+        } else if let Some(problem) = &p.problem {
+            out.notes.push(format!(
+                "partition {} is not looked into: {problem}",
+                p.number
+            ));
+        }
+    }
+    if table.kind == TableKind::None && disk.size() > 0 {
+        volumes.push((None, Volume::whole(disk.clone())));
+    }
+
+    let mut bios = table.mbr_boot_code || table.partitions.iter().any(|p| p.is_bios_boot());
+    let mut uefi = false;
+    for (index, vol) in &volumes {
+        let where_ = match index {
+            Some(i) => format!("partition {}", table.partitions[*i].number),
+            None => "the whole disk".to_string(),
+        };
+        let id = match superblocks::identify(vol) {
+            Ok(id) => id,
+            Err(e) => {
+                out.notes.push(format!("{where_}: {e}"));
+                None
+            }
+        };
+        let facts = VolumeFacts {
+            filesystem: id.as_ref().map(|i| i.kind),
+            label: id.as_ref().and_then(|i| i.label.clone()),
+            uuid: id.as_ref().and_then(|i| i.uuid.clone()),
+        };
+        match index {
+            Some(i) => out.partitions[*i].volume = facts,
+            None => out.whole_disk = Some(facts),
+        }
+        let Some(id) = id else { continue };
+        let partition = index.map(|i| &table.partitions[i]);
+        if let Err(e) = look_into(vol, &id, partition, &mut out, &mut bios, &mut uefi) {
+            out.notes
+                .push(format!("{where_} ({}): {e}", id.kind.name()));
+        }
+    }
+
+    if let Some(e) = disk.take_image_error() {
+        return Err(e);
+    }
+    out.firmware = match (bios, uefi) {
+        (true, true) => Firmware::Both,
+        (true, false) => Firmware::Bios,
+        (false, true) => Firmware::Uefi,
+        (false, false) => Firmware::Unknown,
+    };
+    if out.image_kind != ImageKind::Iso && out.os_type != OsType::Unknown {
+        out.image_kind = ImageKind::System;
+    }
+    out.virtio = out.virtio_drivers.iter().any(|d| {
+        matches!(
+            d.as_str(),
+            "virtio_blk" | "virtio_scsi" | "viostor" | "vioscsi"
+        )
+    });
+    Ok(out)
+}
+
+/// Opens the file system on `vol` where facts can come from it.
+fn look_into(
+    vol: &Volume,
+    id: &FsId,
+    partition: Option<&Partition>,
+    out: &mut Inspection,
+    bios: &mut bool,
+    uefi: &mut bool,
+) -> Result<()> {
+    let root = || RootFilesystem {
+        partition: partition.map(|p| p.number),
+        filesystem: id.kind,
+        uuid: id.uuid.clone(),
+        label: id.label.clone(),
+    };
+    match id.kind {
+        k if k.is_ext() || k == FsKind::Xfs => {
+            let mut fs: Box<dyn GuestFs> = if k == FsKind::Xfs {
+                Box::new(xfs::XfsFs::open(vol)?)
+            } else {
+                Box::new(Ext4Fs::open(vol)?)
+            };
+            if linux::is_root(fs.as_mut()) {
+                if out.os_type != OsType::Unknown {
+                    out.notes
+                        .push("another operating system was found; the first is reported".into());
+                    return Ok(());
+                }
+                let f = linux::inspect(fs.as_mut());
+                out.os_type = OsType::Linux;
+                out.distro = f.distro;
+                out.os_version = f.os_version;
+                out.product_name = f.product_name;
+                out.arch = f.arch.unwrap_or("unknown").to_string();
+                out.hostname = f.hostname;
+                // A separate /boot may have been seen first.
+                out.kernels.extend(f.kernels);
+                out.kernels.sort();
+                out.kernels.dedup();
+                out.cloud_init = f.cloud_init;
+                out.cloud_init_agent = f.cloud_init.then(|| "cloud-init".to_string());
+                out.virtio_drivers = f.virtio_drivers;
+                out.notes.extend(f.notes);
+                out.root_filesystem = Some(root());
+            } else if let Some(names) = fs.list_dir("/")? {
+                // A separate /boot file system.
+                out.kernels.extend(linux::kernel_versions(&names));
+                out.kernels.sort();
+                out.kernels.dedup();
+            }
+        }
+        FsKind::Ntfs => {
+            let mut fs = ntfs::NtfsFs::open(vol)?;
+            if windows::is_root(&mut fs) {
+                if out.os_type != OsType::Unknown {
+                    out.notes
+                        .push("another operating system was found; the first is reported".into());
+                    return Ok(());
+                }
+                let f = windows::inspect(&mut fs);
+                out.os_type = OsType::Windows;
+                out.distro = Some("windows".into());
+                out.os_version = f.os_version;
+                out.os_build = f.build;
+                out.product_name = f.product_name;
+                out.arch = f.arch.unwrap_or("unknown").to_string();
+                out.hostname = f.hostname;
+                out.cloud_init = f.cloud_init;
+                out.cloud_init_agent = f.cloud_init.then(|| "cloudbase-init".to_string());
+                out.virtio_drivers = f.virtio_drivers;
+                out.notes.extend(f.notes);
+                out.root_filesystem = Some(root());
+            }
+        }
+        k if k.is_fat() => {
+            // An EFI system partition (or any FAT partition of an MBR disk, which UEFI
+            // firmware also boots from).
+            let esp = partition.is_some_and(|p| {
+                p.is_esp()
+                    || (p.partition_type.id.starts_with("0x")
+                        && out.partition_table == TableKind::Mbr)
+            });
+            if esp {
+                let mut fs = FatFs::open(vol)?;
+                let loaders = efi_loaders(&mut fs)?;
+                *uefi |= !loaders.is_empty();
+                out.efi_loaders.extend(loaders);
+            }
+        }
+        FsKind::Iso9660 if partition.is_none() => {
+            out.image_kind = ImageKind::Iso;
+            let p = iso9660::boot_platforms(vol)?;
+            *bios |= p.bios;
+            *uefi |= p.uefi;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The `.efi` files in `EFI/` and its subdirectories (`EFI/BOOT/BOOTX64.EFI`,
+/// `EFI/ubuntu/shimx64.efi`).
+fn efi_loaders(fs: &mut dyn GuestFs) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let Some(vendors) = fs.list_dir("/EFI")? else {
+        return Ok(out);
+    };
+    for v in vendors {
+        let Some(files) = fs.list_dir(&format!("/EFI/{v}"))? else {
+            continue;
+        };
+        for f in files {
+            if f.to_ascii_lowercase().ends_with(".efi") && out.len() < MAX_EFI_LOADERS {
+                out.push(format!("EFI/{v}/{f}"));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Inspects an opened image (it must allow random access).
+pub fn inspect_image(image: &crate::Image) -> Result<Inspection> {
+    let reader = image.reader().ok_or_else(|| {
+        Error::unsupported(format!(
+            "{} images can only be read front to back; inspection needs random access (convert it first)",
+            image.format()
+        ))
+    })?;
+    inspect(reader)
+}
