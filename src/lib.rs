@@ -26,6 +26,7 @@ pub struct ReadmeDoctests;
 
 pub mod block;
 pub mod compare;
+pub mod compress;
 pub mod convert;
 pub mod error;
 pub mod formats;

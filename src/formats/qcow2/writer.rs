@@ -144,15 +144,8 @@ impl UnitEncoder for ClusterCompressor {
     fn encode(&self, _offset: u64, unit: &[u8]) -> Result<Option<Vec<u8>>> {
         // qemu inflates into a whole cluster and fails when it is not filled, so the last,
         // partial cluster of a disk is compressed padded with zeros.
-        let padded;
-        let input = if unit.len() < self.cluster_size {
-            let mut p = unit.to_vec();
-            p.resize(self.cluster_size, 0);
-            padded = p;
-            &padded[..]
-        } else {
-            unit
-        };
+        let input = crate::compress::padded(unit, self.cluster_size);
+        let input = &input[..];
         let out = match self.compression {
             Compression::Zlib => deflate_window_4k(input)?,
             Compression::Zstd => {
@@ -164,21 +157,10 @@ impl UnitEncoder for ClusterCompressor {
     }
 }
 
-/// Raw deflate (no zlib header) at the default level with a 4 KiB window, as qemu writes it.
+/// Raw deflate (no zlib header) at the default level with a 4 KiB window and memory level 9, as
+/// qemu writes and reads clusters.
 fn deflate_window_4k(input: &[u8]) -> Result<Vec<u8>> {
-    use flate2::{Compress, Compression as Level, FlushCompress, Status};
-    let mut c = Compress::new_with_window_bits(Level::default(), false, 12);
-    let mut out = Vec::with_capacity(input.len() / 2 + 64);
-    loop {
-        let consumed = c.total_in() as usize;
-        let status = c
-            .compress_vec(&input[consumed..], &mut out, FlushCompress::Finish)
-            .map_err(|e| Error::InvalidArgument(format!("deflate: {e}")))?;
-        match status {
-            Status::StreamEnd => return Ok(out),
-            Status::Ok | Status::BufError => out.reserve(out.capacity().max(4096)),
-        }
-    }
+    crate::compress::deflate(input, crate::compress::DEFAULT_LEVEL, -12, 9)
 }
 
 /// The writer. See the module documentation for the layout.

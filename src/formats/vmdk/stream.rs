@@ -416,17 +416,15 @@ impl UnitEncoder for GrainCompressor {
 /// The on-disk form of the grain at virtual `offset`: a last grain shorter than a whole one is
 /// padded with zeros before compression (qemu inflates every grain to its full size).
 pub fn compress_grain(offset: u64, unit: &[u8], grain_bytes: usize) -> Result<Vec<u8>> {
-    use std::io::Write;
     let mut out = vec![0u8; 12];
     LittleEndian::write_u64(&mut out[0..8], offset / SECTOR);
-    let mut z = flate2::write::ZlibEncoder::new(out, flate2::Compression::default());
-    let fail = |e| Error::io("compress grain", e);
-    z.write_all(unit).map_err(fail)?;
-    if unit.len() < grain_bytes {
-        z.write_all(&vec![0u8; grain_bytes - unit.len()])
-            .map_err(fail)?;
-    }
-    let mut out = z.finish().map_err(fail)?;
+    let input = crate::compress::padded(unit, grain_bytes);
+    out.extend_from_slice(&crate::compress::deflate(
+        &input,
+        crate::compress::DEFAULT_LEVEL,
+        15,
+        8,
+    )?);
     let size = u32::try_from(out.len() - 12)
         .map_err(|_| Error::InvalidArgument("compressed grain too large".into()))?;
     LittleEndian::write_u32(&mut out[8..12], size);
