@@ -1105,3 +1105,38 @@ fn stream_only_images_are_refused_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("random access"));
 }
+
+#[test]
+fn fixtures_read_as_their_readme_says() {
+    let t = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/inspect");
+    let v = inspect_json_with(&["-f", "raw"], &t.join("gpt.img"));
+    assert_eq!(v["partition_table"], "gpt");
+    assert_eq!(v["disk_id"], "5b0e2c1a-7d3f-4c6e-9a51-0c4d2e6f8a10");
+    assert_eq!(part(&v, 0)["name"], "esp");
+    assert_eq!(
+        part(&v, 0)["partition_uuid"],
+        "11111111-1111-1111-1111-111111111111"
+    );
+    let v = inspect_json_with(&["-f", "raw"], &t.join("mbr.img"));
+    let numbers: Vec<u64> = v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, vec![1, 2, 5, 6]);
+    assert_eq!(v["notes"], serde_json::json!([]));
+    let hive = fs::read(t.join("software.hive")).unwrap();
+    let mut src: &[u8] = &hive;
+    let mut h = ims::inspect::regf::Hive::open(&mut src).unwrap();
+    let cv = h
+        .key(r"Microsoft\Windows NT\CurrentVersion")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        h.value(&cv, "ProductName").unwrap(),
+        Some(ims::inspect::regf::Value::String(
+            "Windows Server 2022 Datacenter".into()
+        ))
+    );
+}
