@@ -45,7 +45,7 @@ pub fn pe_arch(b: &[u8]) -> Option<&'static str> {
     if b.len() < 0x40 || &b[0..2] != b"MZ" {
         return None;
     }
-    let e_lfanew = LittleEndian::read_u32(&b[0x3c..0x40]) as usize;
+    let e_lfanew = usize::try_from(LittleEndian::read_u32(&b[0x3c..0x40])).ok()?;
     let header = b.get(e_lfanew..e_lfanew.checked_add(6)?)?;
     if &header[0..4] != b"PE\0\0" {
         return None;

@@ -72,15 +72,18 @@ impl GptHeader {
             return Err(Error::malformed(S, offset, "no 'EFI PART' signature"));
         }
         let header_size = LittleEndian::read_u32(&block[12..16]);
-        if header_size < MIN_HEADER_SIZE || header_size as usize > block.len() {
+        let Some(header_len) = usize::try_from(header_size)
+            .ok()
+            .filter(|&n| header_size >= MIN_HEADER_SIZE && n <= block.len())
+        else {
             return Err(Error::malformed(
                 S,
                 offset + 12,
                 format!("header size {header_size}"),
             ));
-        }
+        };
         let stored = LittleEndian::read_u32(&block[16..20]);
-        let mut copy = block[..header_size as usize].to_vec();
+        let mut copy = block[..header_len].to_vec();
         copy[16..20].fill(0);
         let computed = CRC32.checksum(&copy);
         if stored != computed {
@@ -186,7 +189,7 @@ pub fn read_at_lba(disk: &Disk, lba: u64, block_size: u64) -> Result<Gpt> {
             disk.size().saturating_sub(array_at),
         ));
     }
-    let mut array = vec![0u8; len as usize];
+    let mut array = vec![0u8; crate::block::usize_len(len)?];
     disk.read_at(&mut array, array_at)?;
     let computed = CRC32.checksum(&array);
     if computed != header.partition_entry_array_crc32 {
@@ -201,7 +204,9 @@ pub fn read_at_lba(disk: &Disk, lba: u64, block_size: u64) -> Result<Gpt> {
     }
     let mut entries = Vec::new();
     for (i, e) in array
-        .chunks_exact(header.size_of_partition_entry as usize)
+        .chunks_exact(crate::block::usize_len(u64::from(
+            header.size_of_partition_entry,
+        ))?)
         .enumerate()
     {
         let mut partition_type_guid = Guid::default();

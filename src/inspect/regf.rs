@@ -10,6 +10,7 @@
 
 use byteorder::{ByteOrder, LittleEndian};
 
+use crate::block::usize_len;
 use crate::error::{Error, Result};
 
 use super::fs::ReadAt;
@@ -141,10 +142,11 @@ impl<'a> Hive<'a> {
         }
         let mut size = [0u8; 4];
         self.src.read_at(at, &mut size)?;
-        let size = LittleEndian::read_i32(&size).unsigned_abs() as usize;
-        if !(8..=MAX_CELL).contains(&size) || off + size as u64 > self.bins_size {
+        let size = u64::from(LittleEndian::read_i32(&size).unsigned_abs());
+        if !(8..=MAX_CELL as u64).contains(&size) || off + size > self.bins_size {
             return Err(Error::malformed(S, at, format!("cell of {size} bytes")));
         }
+        let size = usize_len(size)?;
         let mut data = vec![0u8; size - 4];
         self.src.read_at(at + 4, &mut data)?;
         Ok(data)
@@ -249,7 +251,7 @@ impl<'a> Hive<'a> {
         }
         let list = self.cell(key.values_list_offset)?;
         let at = BASE_BLOCK_SIZE + u64::from(key.values_list_offset);
-        let count = key.number_of_values as usize;
+        let count = usize_len(u64::from(key.number_of_values))?;
         if count.saturating_mul(4) > list.len() {
             return Err(Error::malformed(
                 S,
@@ -281,10 +283,10 @@ impl<'a> Hive<'a> {
             let data_offset = LittleEndian::read_u32(&vk[8..12]);
             let data_type = LittleEndian::read_u32(&vk[12..16]);
             let data = if data_size & 0x8000_0000 != 0 {
-                let n = (data_size & 0x7fff_ffff).min(4) as usize;
+                let n = usize_len(u64::from((data_size & 0x7fff_ffff).min(4)))?;
                 vk[8..8 + n].to_vec()
             } else {
-                self.data(data_offset, data_size as usize)?
+                self.data(data_offset, usize_len(u64::from(data_size))?)?
             };
             return Ok(Some(decode(data_type, data)));
         }

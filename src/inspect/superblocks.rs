@@ -2,7 +2,7 @@
 //! and UUID: ext2/3/4, XFS, FAT12/16/32, NTFS, btrfs, swap, LVM2 physical volumes, ISO 9660 and
 //! LUKS. Offsets and field names follow each file system's own documentation.
 
-use byteorder::{BigEndian, ByteOrder, LittleEndian};
+use byteorder::{ByteOrder, LittleEndian};
 use serde::Serialize;
 
 use crate::error::Result;
@@ -272,10 +272,10 @@ fn lvm2(vol: &Volume) -> Result<Option<FsId>> {
         if &l[0..8] != b"LABELONE" || &l[24..32] != b"LVM2 001" {
             continue;
         }
-        let offset_xl = LittleEndian::read_u32(&l[20..24]) as usize;
+        let offset_xl = usize::try_from(LittleEndian::read_u32(&l[20..24])).unwrap_or(usize::MAX);
         let uuid = l
-            .get(offset_xl..offset_xl + 32)
-            .filter(|u| u.iter().all(|c| c.is_ascii_alphanumeric()))
+            .get(offset_xl..offset_xl.saturating_add(32))
+            .filter(|u| u.len() == 32 && u.iter().all(|c| c.is_ascii_alphanumeric()))
             .map(|u| {
                 let u = String::from_utf8_lossy(u);
                 format!(
@@ -339,8 +339,6 @@ fn swap(vol: &Volume) -> Result<Option<FsId>> {
             let Some(h) = vol.read_vec(1024, 64)? else {
                 return Ok(None);
             };
-            // The version is 1 in native byte order; a big-endian swap area reads 1 << 24.
-            let _ = BigEndian::read_u32(&h[0..4]);
             return Ok(Some(FsId {
                 kind: FsKind::Swap,
                 uuid: uuid_text(&h[12..28]),

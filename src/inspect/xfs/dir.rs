@@ -73,7 +73,8 @@ pub fn parse_data_block(
     };
     let end = if single {
         // The block tail: leaf entry count and stale count, after the leaf entries.
-        let count = BigEndian::read_u32(&b[b.len() - 8..b.len() - 4]) as usize;
+        let count = usize::try_from(BigEndian::read_u32(&b[b.len() - 8..b.len() - 4]))
+            .unwrap_or(usize::MAX);
         count
             .checked_mul(8)
             .and_then(|n| b.len().checked_sub(8 + n))
@@ -117,7 +118,7 @@ pub fn read_entries(vol: &Volume, sb: &XfsSuperblock, dir: &XfsInode) -> Result<
             let leaf_fsb = XFS_DIR2_LEAF_OFFSET >> sb.sb_blocklog;
             let mut out = Vec::new();
             let mut blocks = 0;
-            let mut buf = vec![0u8; dbs as usize];
+            let mut buf = vec![0u8; crate::block::usize_len(dbs)?];
             for e in extents {
                 if e.startoff >= leaf_fsb {
                     break;

@@ -233,7 +233,7 @@ fn btree_block(
     let at = sb
         .fsb_to_byte(fsbno)
         .ok_or_else(|| Error::malformed(B, 0, format!("block {fsbno} is out of range")))?;
-    let bs = sb.sb_blocksize as usize;
+    let bs = crate::block::usize_len(u64::from(sb.sb_blocksize))?;
     let b = vol
         .read_vec(at, bs)?
         .ok_or_else(|| Error::truncated(B, at, bs as u64, vol.len.saturating_sub(at)))?;
