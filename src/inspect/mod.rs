@@ -350,6 +350,15 @@ fn look_into(
             *bios |= p.bios;
             *uefi |= p.uefi;
         }
+        FsKind::Btrfs | FsKind::Lvm2Member | FsKind::CryptoLuks => {
+            // Identified, not read: an operating system inside is not seen.
+            let what = match id.kind {
+                FsKind::Btrfs => "btrfs file systems are identified but not read",
+                FsKind::Lvm2Member => "LVM2 logical volumes are not read",
+                _ => "encrypted volumes cannot be read",
+            };
+            return Err(Error::unsupported(what));
+        }
         _ => {}
     }
     Ok(())
