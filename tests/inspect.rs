@@ -31,7 +31,7 @@ fn have(test: &str, tools: &[&str]) -> bool {
             || Path::new("/sbin").join(t).is_file();
         if !found {
             eprintln!(
-                "skipping {test}: {t} is not installed (.ci/run installs gdisk fdisk dosfstools mtools xfsprogs ntfs-3g genisoimage e2fsprogs)"
+                "skipping {test}: {t} is not installed (.ci/run installs gdisk fdisk dosfstools mtools xfsprogs ntfs-3g genisoimage e2fsprogs lvm2)"
             );
             return false;
         }
@@ -1139,4 +1139,188 @@ fn fixtures_read_as_their_readme_says() {
             "Windows Server 2022 Datacenter".into()
         ))
     );
+}
+
+/// Detaches a loop device when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// Copies `len` bytes of `src` from `src_off` into `dst` at `dst_off`.
+fn copy_range(dst: &Path, dst_off: u64, src: &Path, src_off: u64, len: u64) {
+    let s = fs::File::open(src).unwrap();
+    let d = fs::OpenOptions::new().write(true).open(dst).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    s.read_exact_at(&mut buf, src_off).unwrap();
+    d.write_all_at(&buf, dst_off).unwrap();
+}
+
+/// The volume group metadata written with vgcfgrestore: a 32 MiB root LV in two segments, the
+/// second before the first on the PV.
+const VG_TEXT: &str = r#"centos {
+id = "hhhhhh-bbbb-cccc-dddd-eeee-ffff-gggggg"
+seqno = 1
+format = "lvm2"
+status = ["RESIZEABLE", "READ", "WRITE"]
+flags = []
+extent_size = 8192
+max_lv = 0
+max_pv = 0
+metadata_copies = 0
+physical_volumes {
+pv0 {
+id = "aaaaaa-bbbb-cccc-dddd-eeee-ffff-gggggg"
+device = "/dev/loop0"
+status = ["ALLOCATABLE"]
+flags = []
+dev_size = 131072
+pe_start = 2048
+pe_count = 15
+}
+}
+logical_volumes {
+root {
+id = "iiiiii-bbbb-cccc-dddd-eeee-ffff-gggggg"
+status = ["READ", "WRITE", "VISIBLE"]
+flags = []
+segment_count = 2
+segment1 {
+start_extent = 0
+extent_count = 4
+type = "striped"
+stripe_count = 1
+stripes = [
+"pv0", 6
+]
+}
+segment2 {
+start_extent = 4
+extent_count = 4
+type = "striped"
+stripe_count = 1
+stripes = [
+"pv0", 1
+]
+}
+}
+}
+}
+contents = "Text Format Volume Group"
+version = 1
+description = ""
+creation_host = "ims-test"
+creation_time = 1700000000
+"#;
+
+#[test]
+fn centos_root_on_lvm_with_separate_boot() {
+    let test = "centos_root_on_lvm_with_separate_boot";
+    if !have(
+        test,
+        &["sfdisk", "mkfs.ext4", "losetup", "pvcreate", "vgcfgrestore"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The PV, made by LVM's own tools on a loop device (no device-mapper needed).
+    let pv = d.join("pv.img");
+    blank(&pv, 64 * MIB);
+    let out = Command::new("losetup")
+        .args(["-f", "--show", s(&pv)])
+        .output();
+    let dev = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => {
+            eprintln!("skipping {test}: no loop device (losetup needs root and /dev/loop*)");
+            return;
+        }
+    };
+    {
+        let _l = Loop(dev.clone());
+        let env = [("LVM_SUPPRESS_FD_WARNINGS", "1")];
+        run_env(
+            "pvcreate",
+            &[
+                "-q",
+                "--uuid",
+                "aaaaaa-bbbb-cccc-dddd-eeee-ffff-gggggg",
+                "--norestorefile",
+                &dev,
+            ],
+            &env,
+        );
+        let text = d.join("vg.txt");
+        fs::write(&text, VG_TEXT).unwrap();
+        let out = Command::new("vgcfgrestore")
+            .args(["-q", "-f", s(&text), "centos"])
+            .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!(
+                "skipping {test}: vgcfgrestore failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+    }
+    let r = d.join("root");
+    put(
+        &r,
+        "etc/os-release",
+        b"NAME=\"CentOS Stream\"\nID=\"centos\"\nVERSION_ID=\"9\"\nPRETTY_NAME=\"CentOS Stream 9\"\n",
+    );
+    put(&r, "usr/bin/bash", &elf64(0x3e));
+    link(&r, "bin", "usr/bin");
+    let root = d.join("root.img");
+    mkext4(&root, 32 * MIB, &r, "44444444-2222-3333-4444-555555555555");
+    // LV bytes 0-16 MiB are PV extent 6 (1 MiB + 24 MiB), 16-32 MiB are extent 1 (1 + 4 MiB).
+    copy_range(&pv, 25 * MIB, &root, 0, 16 * MIB);
+    copy_range(&pv, 5 * MIB, &root, 16 * MIB, 16 * MIB);
+    let b = d.join("boot");
+    put(&b, "vmlinuz-5.14.0-391.el9.x86_64", &[7; 4096]);
+    put(&b, "grub2/grub.cfg", b"set timeout=1\n");
+    let boot = d.join("boot.img");
+    mkext4(&boot, 16 * MIB, &b, "55555555-2222-3333-4444-555555555555");
+    let disk = d.join("lvm.raw");
+    blank(&disk, 90 * MIB);
+    let script = d.join("table");
+    fs::write(
+        &script,
+        "label: dos\nstart=2048, size=32768, type=83, bootable\nstart=34816, size=131072, type=8e\n",
+    )
+    .unwrap();
+    let out = Command::new("sfdisk")
+        .args(["-q", s(&disk)])
+        .stdin(fs::File::open(&script).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    write_boot_code(&disk);
+    place(&disk, &boot, 2048 * 512);
+    place(&disk, &pv, 34816 * 512);
+    each_format(&disk, |v| {
+        assert_eq!(part(v, 1)["filesystem"], "lvm2_member");
+        assert_eq!(v["logical_volumes"][0]["name"], "centos/root");
+        assert_eq!(v["logical_volumes"][0]["size"], 32 * MIB);
+        assert_eq!(v["logical_volumes"][0]["filesystem"], "ext4");
+        assert_eq!(v["os_type"], "linux");
+        assert_eq!(v["distro"], "centos");
+        assert_eq!(v["os_version"], "9");
+        assert_eq!(v["arch"], "x86_64");
+        assert_eq!(v["firmware"], "bios");
+        assert_eq!(v["root_filesystem"]["logical_volume"], "centos/root");
+        assert_eq!(v["root_filesystem"]["partition"], Value::Null);
+        assert_eq!(v["kernels"], serde_json::json!(["5.14.0-391.el9.x86_64"]));
+        assert_eq!(v["image_kind"], "system");
+    });
 }

@@ -430,12 +430,25 @@ fn print_inspection(f: &ims::inspect::Inspection) {
             opt(&w.uuid)
         );
     }
+    for lv in &f.logical_volumes {
+        println!(
+            "logical volume {}: {} {} label {} uuid {}",
+            lv.name,
+            human_size(lv.size),
+            fs_name(lv.volume.filesystem),
+            opt(&lv.volume.label),
+            opt(&lv.volume.uuid)
+        );
+    }
     let root = f.root_filesystem.as_ref().map(|r| {
         format!(
             "{} on {}",
             r.filesystem.name(),
-            r.partition
-                .map_or("the whole disk".to_string(), |n| format!("partition {n}"))
+            match (&r.logical_volume, r.partition) {
+                (Some(lv), _) => format!("logical volume {lv}"),
+                (None, Some(n)) => format!("partition {n}"),
+                (None, None) => "the whole disk".to_string(),
+            }
         )
     });
     let rows: [(&str, String); 15] = [

@@ -162,51 +162,114 @@ impl Disk {
     }
 }
 
-/// A window of the disk: a partition, or the whole disk.
+/// A run of a volume stored contiguously on the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Offset in the volume.
+    pub offset: u64,
+    /// Offset on the disk.
+    pub disk_offset: u64,
+    pub len: u64,
+}
+
+/// A part of the disk read as one device: a partition, the whole disk, or a logical volume
+/// made of several runs.
 #[derive(Clone)]
 pub struct Volume {
     pub disk: Arc<Disk>,
-    /// Where the volume starts on the disk.
-    pub start: u64,
-    /// Its length in bytes; `start + len` lies inside the disk.
+    /// Its length in bytes.
     pub len: u64,
+    /// The runs, in volume order, covering `[0, len)` without gaps; each lies on the disk.
+    spans: Arc<[Span]>,
 }
 
 impl Volume {
     /// The window `[start, start + len)`, which must lie inside the disk.
     pub fn new(disk: Arc<Disk>, start: u64, len: u64) -> Result<Volume> {
-        match start.checked_add(len) {
-            Some(end) if end <= disk.size() => Ok(Volume { disk, start, len }),
-            _ => Err(Error::malformed(
-                "volume",
-                start,
-                format!("{len} bytes do not fit on the disk"),
-            )),
+        Volume::mapped(
+            disk,
+            vec![Span {
+                offset: 0,
+                disk_offset: start,
+                len,
+            }],
+        )
+    }
+
+    /// A volume of `spans` (in order, without gaps from 0), each inside the disk.
+    pub fn mapped(disk: Arc<Disk>, spans: Vec<Span>) -> Result<Volume> {
+        let mut len = 0u64;
+        for s in &spans {
+            if s.offset != len
+                || s.disk_offset
+                    .checked_add(s.len)
+                    .is_none_or(|e| e > disk.size())
+            {
+                return Err(Error::malformed(
+                    "volume",
+                    s.disk_offset,
+                    format!("{} bytes do not fit on the disk", s.len),
+                ));
+            }
+            len += s.len;
         }
+        Ok(Volume {
+            disk,
+            len,
+            spans: spans.into(),
+        })
     }
 
     /// The whole disk.
     pub fn whole(disk: Arc<Disk>) -> Volume {
         let len = disk.size();
+        let spans = vec![Span {
+            offset: 0,
+            disk_offset: 0,
+            len,
+        }];
         Volume {
             disk,
-            start: 0,
             len,
+            spans: spans.into(),
         }
+    }
+
+    /// Where volume offset `offset` lies on the disk (for a volume of one span).
+    pub fn disk_offset(&self, offset: u64) -> Option<u64> {
+        let i = self.spans.partition_point(|s| s.offset + s.len <= offset);
+        let s = self.spans.get(i)?;
+        (s.offset <= offset).then(|| s.disk_offset + (offset - s.offset))
     }
 
     /// Fills `buf` from volume offset `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let len = buf.len() as u64;
-        match offset.checked_add(len) {
-            Some(end) if end <= self.len => self.disk.read_at(buf, self.start + offset),
-            _ => Err(Error::truncated(
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(Error::truncated(
                 "volume",
                 offset,
                 len,
                 self.len.saturating_sub(offset),
-            )),
+            ));
         }
+        let mut done = 0usize;
+        let mut i = self.spans.partition_point(|s| s.offset + s.len <= offset);
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let Some(s) = self.spans.get(i) else {
+                return Err(Error::truncated("volume", pos, len - done as u64, 0));
+            };
+            let in_span = pos - s.offset;
+            let n = usize::try_from(s.len - in_span)
+                .unwrap_or(usize::MAX)
+                .min(buf.len() - done);
+            self.disk
+                .read_at(&mut buf[done..done + n], s.disk_offset + in_span)?;
+            done += n;
+            i += 1;
+        }
+        Ok(())
     }
 
     /// `len` bytes at `offset`, or `None` when they lie past the volume's end.
@@ -333,7 +396,24 @@ pub(crate) mod tests {
         vol.read_at(&mut b, 4990).unwrap();
         assert_eq!(b[..], bytes[5990..6000]);
         assert!(vol.read_at(&mut b, 4991).is_err());
-        assert!(Volume::new(disk, 199_000, 2000).is_err());
+        assert!(Volume::new(disk.clone(), 199_000, 2000).is_err());
+        // Two runs, the second before the first on the disk.
+        let span = |offset, disk_offset, len| Span {
+            offset,
+            disk_offset,
+            len,
+        };
+        let lv = Volume::mapped(
+            disk.clone(),
+            vec![span(0, 100_000, 100), span(100, 50, 100)],
+        )
+        .unwrap();
+        assert_eq!(lv.len, 200);
+        let mut b = [0u8; 20];
+        lv.read_at(&mut b, 90).unwrap();
+        assert_eq!(b[..10], bytes[100_090..100_100]);
+        assert_eq!(b[10..], bytes[50..60]);
+        assert!(Volume::mapped(disk, vec![span(0, 0, 10), span(11, 0, 10)]).is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod fs;
 pub mod gpt;
 pub mod iso9660;
 pub mod linux;
+pub mod lvm;
 pub mod mbr;
 pub mod ntfs;
 pub mod partitions;
@@ -27,6 +28,7 @@ pub mod superblocks;
 pub mod windows;
 pub mod xfs;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -92,11 +94,23 @@ pub struct PartitionFacts {
     pub volume: VolumeFacts,
 }
 
+/// An LVM2 logical volume and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogicalVolumeFacts {
+    /// `VG/LV`, as `centos/root`.
+    pub name: String,
+    pub size: u64,
+    #[serde(flatten)]
+    pub volume: VolumeFacts,
+}
+
 /// Where the operating system's root file system is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RootFilesystem {
-    /// The partition number, or `null` for a file system on the whole disk.
+    /// The partition number, or `null` for a file system on the whole disk or a logical volume.
     pub partition: Option<u32>,
+    /// The LVM2 logical volume (`VG/LV`) it is on.
+    pub logical_volume: Option<String>,
     pub filesystem: FsKind,
     pub uuid: Option<String>,
     pub label: Option<String>,
@@ -112,6 +126,8 @@ pub struct Inspection {
     pub partitions: Vec<PartitionFacts>,
     /// The file system on the whole disk, when there is no partition table.
     pub whole_disk: Option<VolumeFacts>,
+    /// Linear LVM2 logical volumes found on the physical volumes.
+    pub logical_volumes: Vec<LogicalVolumeFacts>,
     pub image_kind: ImageKind,
     pub os_type: OsType,
     /// `ubuntu`, `debian`, `centos`, `rhel`, `rocky`, `almalinux`, `opensuse`, `sles`,
@@ -150,6 +166,7 @@ impl Inspection {
             disk_id: None,
             partitions: Vec::new(),
             whole_disk: None,
+            logical_volumes: Vec::new(),
             image_kind: ImageKind::Data,
             os_type: OsType::Unknown,
             distro: None,
@@ -205,32 +222,39 @@ pub fn inspect(reader: Arc<dyn BlockReader>) -> Result<Inspection> {
 
     let mut bios = table.mbr_boot_code || table.partitions.iter().any(|p| p.is_bios_boot());
     let mut uefi = false;
+    let mut pvs: Vec<(Volume, String)> = Vec::new();
     for (index, vol) in &volumes {
-        let where_ = match index {
-            Some(i) => format!("partition {}", table.partitions[*i].number),
-            None => "the whole disk".to_string(),
+        let place = match index {
+            Some(i) => Place::Partition(&table.partitions[*i]),
+            None => Place::WholeDisk,
         };
-        let id = match superblocks::identify(vol) {
-            Ok(id) => id,
-            Err(e) => {
-                out.notes.push(format!("{where_}: {e}"));
-                None
-            }
-        };
-        let facts = VolumeFacts {
-            filesystem: id.as_ref().map(|i| i.kind),
-            label: id.as_ref().and_then(|i| i.label.clone()),
-            uuid: id.as_ref().and_then(|i| i.uuid.clone()),
-        };
+        let (facts, id) = identify(vol, &place, &mut out);
         match index {
             Some(i) => out.partitions[*i].volume = facts,
             None => out.whole_disk = Some(facts),
         }
         let Some(id) = id else { continue };
-        let partition = index.map(|i| &table.partitions[i]);
-        if let Err(e) = look_into(vol, &id, partition, &mut out, &mut bios, &mut uefi) {
+        if id.kind == FsKind::Lvm2Member {
+            pvs.push((vol.clone(), place.describe()));
+            continue;
+        }
+        if let Err(e) = look_into(vol, &id, &place, &mut out, &mut bios, &mut uefi) {
             out.notes
-                .push(format!("{where_} ({}): {e}", id.kind.name()));
+                .push(format!("{} ({}): {e}", place.describe(), id.kind.name()));
+        }
+    }
+    for (vol, lv_name) in logical_volumes(&pvs, &mut out) {
+        let place = Place::LogicalVolume(lv_name.clone());
+        let (facts, id) = identify(&vol, &place, &mut out);
+        out.logical_volumes.push(LogicalVolumeFacts {
+            name: lv_name,
+            size: vol.len,
+            volume: facts,
+        });
+        let Some(id) = id else { continue };
+        if let Err(e) = look_into(&vol, &id, &place, &mut out, &mut bios, &mut uefi) {
+            out.notes
+                .push(format!("{} ({}): {e}", place.describe(), id.kind.name()));
         }
     }
 
@@ -255,16 +279,106 @@ pub fn inspect(reader: Arc<dyn BlockReader>) -> Result<Inspection> {
     Ok(out)
 }
 
+/// Where a volume is.
+enum Place<'a> {
+    Partition(&'a Partition),
+    WholeDisk,
+    /// `VG/LV`.
+    LogicalVolume(String),
+}
+
+impl Place<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Place::Partition(p) => format!("partition {}", p.number),
+            Place::WholeDisk => "the whole disk".into(),
+            Place::LogicalVolume(n) => format!("logical volume {n}"),
+        }
+    }
+}
+
+/// What `vol` holds, noting a failure to tell.
+fn identify(vol: &Volume, place: &Place, out: &mut Inspection) -> (VolumeFacts, Option<FsId>) {
+    let id = match superblocks::identify(vol) {
+        Ok(id) => id,
+        Err(e) => {
+            out.notes.push(format!("{}: {e}", place.describe()));
+            None
+        }
+    };
+    let facts = VolumeFacts {
+        filesystem: id.as_ref().map(|i| i.kind),
+        label: id.as_ref().and_then(|i| i.label.clone()),
+        uuid: id.as_ref().and_then(|i| i.uuid.clone()),
+    };
+    (facts, id)
+}
+
+/// The volumes of the linear logical volumes on `pvs` (with their `VG/LV` names).
+fn logical_volumes(pvs: &[(Volume, String)], out: &mut Inspection) -> Vec<(Volume, String)> {
+    let mut by_uuid = HashMap::new();
+    let mut texts: Vec<String> = Vec::new();
+    for (vol, place) in pvs {
+        match lvm::read_pv(vol) {
+            Ok(pv) => {
+                by_uuid.insert(pv.uuid, vol.clone());
+                if let Some(t) = pv.metadata
+                    && !texts.contains(&t)
+                {
+                    texts.push(t);
+                }
+            }
+            Err(e) => out.notes.push(format!("{place} (lvm2_member): {e}")),
+        }
+    }
+    let mut volumes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in &texts {
+        let lvs = match lvm::logical_volumes(t) {
+            Ok((lvs, notes)) => {
+                out.notes.extend(notes);
+                lvs
+            }
+            Err(e) => {
+                out.notes.push(format!("lvm2 metadata: {e}"));
+                continue;
+            }
+        };
+        for lv in lvs {
+            let name = format!("{}/{}", lv.vg, lv.name);
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            match lvm::lv_volume(&lv, &by_uuid) {
+                Ok(Some(vol)) => volumes.push((vol, name)),
+                Ok(None) => out.notes.push(format!(
+                    "logical volume {name}: a physical volume is missing"
+                )),
+                Err(e) => out.notes.push(format!("logical volume {name}: {e}")),
+            }
+        }
+    }
+    volumes
+}
+
 /// Opens the file system on `vol` where facts can come from it.
 fn look_into(
     vol: &Volume,
     id: &FsId,
-    partition: Option<&Partition>,
+    place: &Place,
     out: &mut Inspection,
     bios: &mut bool,
     uefi: &mut bool,
 ) -> Result<()> {
+    let partition = match place {
+        Place::Partition(p) => Some(*p),
+        _ => None,
+    };
     let root = || RootFilesystem {
+        logical_volume: match place {
+            Place::LogicalVolume(n) => Some(n.clone()),
+            _ => None,
+        },
         partition: partition.map(|p| p.number),
         filesystem: id.kind,
         uuid: id.uuid.clone(),
@@ -344,17 +458,16 @@ fn look_into(
                 out.efi_loaders.extend(loaders);
             }
         }
-        FsKind::Iso9660 if partition.is_none() => {
+        FsKind::Iso9660 if matches!(place, Place::WholeDisk) => {
             out.image_kind = ImageKind::Iso;
             let p = iso9660::boot_platforms(vol)?;
             *bios |= p.bios;
             *uefi |= p.uefi;
         }
-        FsKind::Btrfs | FsKind::Lvm2Member | FsKind::CryptoLuks => {
+        FsKind::Btrfs | FsKind::CryptoLuks => {
             // Identified, not read: an operating system inside is not seen.
             let what = match id.kind {
                 FsKind::Btrfs => "btrfs file systems are identified but not read",
-                FsKind::Lvm2Member => "LVM2 logical volumes are not read",
                 _ => "encrypted volumes cannot be read",
             };
             return Err(Error::unsupported(what));
