@@ -3,8 +3,9 @@
 //!
 //! [`inspect`] reads the partition table ([`partitions`]: GPT with its CRCs and backup, MBR
 //! with logical partitions, or none), identifies each volume by its superblock
-//! ([`superblocks`]), opens the file systems it needs (ext2/3/4 through `ext4-view`, FAT
-//! through `fatfs`, NTFS through `ntfs`, XFS through [`xfs`]) and reads the guest's facts:
+//! ([`superblocks`]), maps linear LVM2 logical volumes ([`lvm`]), opens the file systems it
+//! needs (ext2/3/4 through `ext4-view`, FAT through `fatfs`, NTFS through `ntfs`, XFS through
+//! [`xfs`]) and reads the guest's facts:
 //! Linux ones from its root file system ([`linux`]), Windows ones from its registry hives
 //! ([`windows`], [`regf`]), the boot firmware from the EFI system partition and the boot code.
 //!

@@ -379,19 +379,26 @@ fn check_placement(disk_size: u64, parts: &mut [Partition]) {
             ));
         }
     }
-    let n = parts.len();
-    for i in 0..n {
-        for j in 0..n {
-            if i == j || parts[i].container || parts[j].container {
-                continue;
+    // One sweep in start order: a partition that starts before the furthest end so far
+    // overlaps the partition that reaches there (no quadratic pass over a 1 MiB entry array).
+    let mut order: Vec<usize> = (0..parts.len()).filter(|&i| !parts[i].container).collect();
+    order.sort_by_key(|&i| parts[i].start);
+    let mut furthest: Option<(u64, usize)> = None;
+    for i in order {
+        let end = parts[i].start.saturating_add(parts[i].size);
+        if let Some((f_end, f)) = furthest
+            && parts[i].start < f_end
+        {
+            let (a, b) = (parts[f].number, parts[i].number);
+            if parts[i].problem.is_none() {
+                parts[i].problem = Some(format!("overlaps partition {a}"));
             }
-            let (a, b) = (&parts[i], &parts[j]);
-            let a_end = a.start.saturating_add(a.size);
-            let b_end = b.start.saturating_add(b.size);
-            if a.start < b_end && b.start < a_end && a.problem.is_none() {
-                let other = b.number;
-                parts[i].problem = Some(format!("overlaps partition {other}"));
+            if parts[f].problem.is_none() {
+                parts[f].problem = Some(format!("overlaps partition {b}"));
             }
+        }
+        if furthest.is_none_or(|(f_end, _)| end > f_end) {
+            furthest = Some((end, i));
         }
     }
     // A logical partition must lie inside its container.
