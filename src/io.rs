@@ -175,6 +175,37 @@ impl FileSink {
         }
     }
 
+    /// Writes `data` at `offset` leaving holes where it has runs of zeros of 4 KiB or more
+    /// (aligned to the file): the file must be fresh there, so holes read as zeros. Saves disk
+    /// space and write bandwidth inside allocated blocks and clusters.
+    pub fn write_at_sparse(&self, data: &[u8], offset: u64) -> Result<()> {
+        const GRAIN: u64 = 4096;
+        let end = offset + data.len() as u64;
+        let mut run_start: Option<u64> = None;
+        let mut pos = offset;
+        while pos < end {
+            let next = ((pos / GRAIN + 1) * GRAIN).min(end);
+            let chunk = &data[(pos - offset) as usize..(next - offset) as usize];
+            let zero = next - pos == GRAIN && crate::block::is_zero(chunk);
+            match (zero, run_start) {
+                (false, None) => run_start = Some(pos),
+                (true, Some(start)) => {
+                    self.write_at(
+                        &data[(start - offset) as usize..(pos - offset) as usize],
+                        start,
+                    )?;
+                    run_start = None;
+                }
+                _ => {}
+            }
+            pos = next;
+        }
+        if let Some(start) = run_start {
+            self.write_at(&data[(start - offset) as usize..], start)?;
+        }
+        Ok(())
+    }
+
     /// Moves the append position (the file's length at `finish`).
     pub fn set_position(&mut self, pos: u64) {
         self.pos = pos;
@@ -330,6 +361,22 @@ mod tests {
             blocks * 512 < 1 << 20,
             "output is not sparse: {blocks} blocks"
         );
+    }
+
+    #[test]
+    fn sparse_writes_leave_zero_runs_as_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let sink = FileSink::create(&path).unwrap();
+        let mut data = vec![0u8; 1 << 20];
+        data[100] = 1;
+        data[(1 << 20) - 1] = 2;
+        sink.write_at_sparse(&data, 4096 + 10).unwrap();
+        sink.file().set_len(8 << 20).unwrap();
+        let back = std::fs::read(&path).unwrap();
+        assert_eq!(&back[4106..4106 + (1 << 20)], &data[..]);
+        use std::os::unix::fs::MetadataExt;
+        assert!(std::fs::metadata(&path).unwrap().blocks() * 512 <= 64 << 10);
     }
 
     #[test]

@@ -431,7 +431,7 @@ impl BlockWriter for Qcow2Writer {
             Piece::Data { offset, data } => {
                 let clusters = (data.len() as u64).div_ceil(self.cluster_size);
                 let at = self.alloc_clusters(clusters)?;
-                self.sink.write_at(&data, at)?;
+                self.sink.write_at_sparse(&data, at)?;
                 for i in 0..clusters {
                     self.set_entry(
                         offset + i * self.cluster_size,

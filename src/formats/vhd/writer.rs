@@ -279,7 +279,8 @@ impl BlockWriter for DynamicWriter {
                 Error::InvalidArgument("vhd file grows past 2 TiB of sectors".into())
             })?;
             self.sink.write_at(&bitmap, self.pos)?;
-            self.sink.write_at(block, self.pos + bitmap.len() as u64)?;
+            self.sink
+                .write_at_sparse(block, self.pos + bitmap.len() as u64)?;
             self.bat[index] = sector;
             // A partial last block still takes a whole block in the file.
             self.pos += bitmap.len() as u64 + self.block_size();
