@@ -7,11 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{allocated, have_qemu_img, ims, mixed_raw, qemu_img};
-
-fn s(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{allocated, have_qemu_img, ims, mixed_raw, qemu_img, s};
 
 #[test]
 fn raw_with_holes_converts_to_an_equal_sparse_raw() {

@@ -7,11 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{have_qemu_img, ims, mixed_raw, qemu_img};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{have_qemu_img, ims, mixed_raw, qemu_img, s};
 
 fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().unwrap())

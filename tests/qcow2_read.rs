@@ -10,12 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{Rng, have_qemu_img, qemu_img};
+use common::{Rng, have_qemu_img, qemu_img, s};
 use ims::{BlockReader, ExtentState, OpenOptions};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A raw disk of `size` bytes mixing data and zeros at several scales: 64 KiB pieces (random,
 /// zeros, text, half random), a 3 MiB zero run (a whole 2 MiB cluster), 256 KiB pieces, and a

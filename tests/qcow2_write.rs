@@ -6,11 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{have_qemu_img, ims, mixed_raw};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{have_qemu_img, ims, mixed_raw, s};
 
 /// Converts `src` with ims and checks the result with qemu-img; returns the output's bytes.
 fn write_and_check(src: &Path, dst: &Path, args: &[&str]) -> Vec<u8> {

@@ -8,23 +8,11 @@ use std::path::Path;
 use std::process::Command;
 
 use byteorder::{BigEndian, ByteOrder};
-use common::{have_qemu_img, ims, mixed_raw, qemu_img};
+use common::{have_qemu_img, ims, mixed_raw, qemu_compare, qemu_img, s};
 use ims::formats::vhd::dynamic::{DynamicHeader, HEADER_VERSION, ParentLocator, UNALLOCATED};
 use ims::formats::vhd::footer::{
     DiskType, FEATURES_RESERVED, FILE_FORMAT_VERSION, Footer, Geometry, checksum,
 };
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn qemu_compare(a: &Path, fa: &str, b: &Path, fb: &str) -> bool {
-    Command::new("qemu-img")
-        .args(["compare", "-q", "-f", fa, "-F", fb, s(a), s(b)])
-        .status()
-        .unwrap()
-        .success()
-}
 
 #[test]
 fn reads_every_qemu_img_variant_and_agrees_on_size() {

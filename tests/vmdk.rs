@@ -9,20 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use byteorder::{ByteOrder, LittleEndian};
-use common::{have_qemu_img, ims, mixed_raw, qemu_img};
+use common::{have_qemu_img, ims, mixed_raw, qemu_compare, qemu_img, s};
 use ims::OpenOptions;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn qemu_compare(a: &Path, fa: &str, b: &Path, fb: &str) -> bool {
-    Command::new("qemu-img")
-        .args(["compare", "-q", "-f", fa, "-F", fb, s(a), s(b)])
-        .status()
-        .unwrap()
-        .success()
-}
 
 fn ok(out: &std::process::Output, what: &str) {
     assert!(

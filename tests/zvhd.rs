@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
-use common::{Rng, ims};
+use common::{Rng, ims, s};
 use ims::block::{BlockReader, ChunkStream};
 use ims::formats::zvhd::header::{FIELDS_LEN, checksum};
 use ims::formats::zvhd::record::encode_record;
@@ -24,10 +24,6 @@ use sha2::{Digest, Sha256};
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const PINNED: &str = "timestamp=1700000000,uuid=5a7e6b1c-2d3e-4f50-a1b2-c3d4e5f60718";
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A vector from `testdata/zvhd/`, inflated when it is stored gzipped.
 fn vector(name: &str) -> Vec<u8> {

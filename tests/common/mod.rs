@@ -5,6 +5,20 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// A path as the `&str` argument of a command.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// Whether `qemu-img compare` finds the two images identical.
+pub fn qemu_compare(a: &Path, fa: &str, b: &Path, fb: &str) -> bool {
+    Command::new("qemu-img")
+        .args(["compare", "-q", "-f", fa, "-F", fb, s(a), s(b)])
+        .status()
+        .expect("run qemu-img")
+        .success()
+}
+
 /// Runs the `ims` binary built for these tests.
 pub fn ims(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ims"))
