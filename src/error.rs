@@ -118,6 +118,11 @@ pub enum Error {
     /// format that needs to seek).
     #[error("{0}")]
     InvalidArgument(String),
+
+    /// A request that a rule of the image service refuses (registration, catalog, sharing):
+    /// `code` is stable (see `register::rules`), `message` says what to change.
+    #[error("{code}: {message}")]
+    Rule { code: &'static str, message: String },
 }
 
 impl Error {
@@ -131,7 +136,7 @@ impl Error {
             | Error::ExternalReference { file, .. }
             | Error::LimitExceeded { file, .. }
             | Error::Ambiguous { file, .. } => file,
-            Error::InvalidArgument(_) => return self,
+            Error::InvalidArgument(_) | Error::Rule { .. } => return self,
         };
         if slot.0.is_none() {
             slot.0 = Some(path.to_path_buf());
@@ -196,6 +201,22 @@ impl Error {
         }
     }
 
+    /// A refusal by a rule of the image service.
+    pub fn rule(code: &'static str, message: impl Into<String>) -> Self {
+        Error::Rule {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The rule's code, when this is a refusal by a rule.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Error::Rule { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
     /// A short, stable name of the variant, for JSON output and tests.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -207,6 +228,7 @@ impl Error {
             Error::LimitExceeded { .. } => "limit-exceeded",
             Error::Ambiguous { .. } => "ambiguous",
             Error::InvalidArgument(_) => "invalid-argument",
+            Error::Rule { code, .. } => code,
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod inspect;
 pub mod io;
 pub mod probe;
 pub mod references;
+pub mod register;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -10,6 +10,9 @@ use ims::{
     CreateOptions, Error, ExtentState, Format, OpenOptions, PipelineOptions, Progress, Target,
 };
 
+#[path = "ims/catalog.rs"]
+mod catalog;
+
 #[derive(Parser)]
 #[command(
     name = "ims",
@@ -126,6 +129,12 @@ enum Command {
         output: OutputKind,
         file: PathBuf,
     },
+    /// Register an image file as a private image of the catalog (inspected, validated,
+    /// stored as zvhd2) and print its record.
+    Register(catalog::RegisterArgs),
+    /// The image catalog: list, show, update, delete, share, unshare, members, accept,
+    /// reject, copy (to another region), export.
+    Images(catalog::ImagesArgs),
 }
 
 fn main() -> ExitCode {
@@ -376,6 +385,8 @@ fn run(command: Command) -> ims::Result<()> {
             }
             Ok(())
         }
+        Command::Register(args) => catalog::register(args),
+        Command::Images(args) => catalog::images(args),
         Command::Compare { .. } | Command::Check { .. } => Err(Error::InvalidArgument(
             "compare and check are run by main".into(),
         )),

@@ -1,0 +1,58 @@
+//! Where records and members are kept: the [`Catalog`] trait, and [`SqliteCatalog`], the
+//! embedded default (one SQLite file). A server database can implement the same trait; the
+//! rules never know which is in use.
+
+mod sqlite;
+
+pub use sqlite::SqliteCatalog;
+
+use crate::error::Result;
+
+use super::record::{ImageRecord, Member, MemberStatus, Status};
+
+/// Records and members. Every method is atomic; the checks passed to `insert` and `add_member`
+/// run inside the same transaction as the write, so concurrent callers cannot both pass them.
+pub trait Catalog: Send + Sync {
+    /// Inserts a new record after `check(count)` passes, `count` being the records of the
+    /// same owner and region that count against the quota.
+    fn insert(&self, record: &ImageRecord, check: &dyn Fn(u64) -> Result<()>) -> Result<()>;
+
+    /// Replaces a record (matched by id).
+    fn update(&self, record: &ImageRecord) -> Result<()>;
+
+    /// Moves a record to `to` only if its status is one of `from`; says whether it moved.
+    fn transition(
+        &self,
+        id: &str,
+        from: &[Status],
+        to: Status,
+        reason: Option<&str>,
+    ) -> Result<bool>;
+
+    fn get(&self, id: &str) -> Result<Option<ImageRecord>>;
+
+    /// The records of `region` that `project` may see: its own (not deleted), public ones, and
+    /// those it is a member of (with its member status).
+    fn visible(
+        &self,
+        region: &str,
+        project: &str,
+    ) -> Result<Vec<(ImageRecord, Option<MemberStatus>)>>;
+
+    /// Records in queued or saving, in every region.
+    fn unfinished(&self) -> Result<Vec<ImageRecord>>;
+
+    /// Adds a pending member after `check(count)` passes, `count` being the members now.
+    fn add_member(&self, member: &Member, check: &dyn Fn(u64) -> Result<()>) -> Result<()>;
+
+    /// Sets a member's status; says whether the membership exists.
+    fn set_member(&self, image_id: &str, project: &str, status: MemberStatus) -> Result<bool>;
+
+    /// Removes a member; says whether it was one.
+    fn remove_member(&self, image_id: &str, project: &str) -> Result<bool>;
+
+    fn members(&self, image_id: &str) -> Result<Vec<Member>>;
+
+    /// Removes every member of an image.
+    fn remove_members(&self, image_id: &str) -> Result<()>;
+}

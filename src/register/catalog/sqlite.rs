@@ -1,0 +1,318 @@
+//! The embedded catalog: one SQLite file (WAL journal, so readers never wait for a
+//! registration, and a busy timeout, so two writers take turns).
+//!
+//! A record is kept as JSON with its searchable columns beside it; members in their own table.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::error::{Error, Result};
+
+use super::super::record::{ImageRecord, Member, MemberStatus, Status, now};
+use super::Catalog;
+
+/// A catalog in one SQLite file.
+pub struct SqliteCatalog {
+    conn: Mutex<Connection>,
+}
+
+fn db(e: rusqlite::Error) -> Error {
+    Error::io("use the catalog database", std::io::Error::other(e))
+}
+
+fn json(e: serde_json::Error) -> Error {
+    Error::io("decode a catalog record", std::io::Error::other(e))
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,
+    region TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    visibility TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_owner ON images (region, owner);
+CREATE INDEX IF NOT EXISTS images_status ON images (status);
+CREATE TABLE IF NOT EXISTS members (
+    image_id TEXT NOT NULL,
+    project TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (image_id, project)
+);
+CREATE INDEX IF NOT EXISTS members_project ON members (project);
+";
+
+impl SqliteCatalog {
+    /// Opens (creating) the catalog in `path`.
+    pub fn open(path: &Path) -> Result<SqliteCatalog> {
+        let conn = Connection::open(path)
+            .map_err(db)
+            .map_err(|e| e.in_file(path))?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(SqliteCatalog {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn decode(text: &str) -> Result<ImageRecord> {
+    serde_json::from_str(text).map_err(json)
+}
+
+fn write(conn: &Connection, r: &ImageRecord, insert: bool) -> Result<usize> {
+    let text = serde_json::to_string(r).map_err(json)?;
+    let sql = if insert {
+        "INSERT INTO images (id, region, owner, name, visibility, status, created_at, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    } else {
+        "UPDATE images SET region = ?2, owner = ?3, name = ?4, visibility = ?5, status = ?6,
+         created_at = ?7, record = ?8 WHERE id = ?1"
+    };
+    conn.execute(
+        sql,
+        params![
+            r.id,
+            r.region,
+            r.owner,
+            r.name,
+            r.visibility.name(),
+            r.status.name(),
+            r.created_at,
+            text
+        ],
+    )
+    .map_err(db)
+}
+
+fn member_row(row: &rusqlite::Row) -> rusqlite::Result<(String, String, String, String, String)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+impl Catalog for SqliteCatalog {
+    fn insert(&self, record: &ImageRecord, check: &dyn Fn(u64) -> Result<()>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let mut count = 0u64;
+        {
+            let mut stmt = tx
+                .prepare("SELECT record FROM images WHERE region = ?1 AND owner = ?2 AND status NOT IN ('killed', 'deleted')")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![record.region, record.owner], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(db)?;
+            for row in rows {
+                if decode(&row.map_err(db)?)?.counts_for_quota() {
+                    count += 1;
+                }
+            }
+        }
+        check(count)?;
+        write(&tx, record, true)?;
+        tx.commit().map_err(db)
+    }
+
+    fn update(&self, record: &ImageRecord) -> Result<()> {
+        write(&self.conn(), record, false).map(|_| ())
+    }
+
+    fn transition(
+        &self,
+        id: &str,
+        from: &[Status],
+        to: Status,
+        reason: Option<&str>,
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let text: Option<String> = tx
+            .query_row("SELECT record FROM images WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db)?;
+        let Some(text) = text else { return Ok(false) };
+        let mut r = decode(&text)?;
+        if !from.contains(&r.status) {
+            return Ok(false);
+        }
+        r.status = to;
+        if let Some(reason) = reason {
+            r.status_reason = Some(reason.to_string());
+        }
+        r.updated_at = now();
+        write(&tx, &r, false)?;
+        tx.commit().map_err(db)?;
+        Ok(true)
+    }
+
+    fn get(&self, id: &str) -> Result<Option<ImageRecord>> {
+        let text: Option<String> = self
+            .conn()
+            .query_row("SELECT record FROM images WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db)?;
+        text.as_deref().map(decode).transpose()
+    }
+
+    fn visible(
+        &self,
+        region: &str,
+        project: &str,
+    ) -> Result<Vec<(ImageRecord, Option<MemberStatus>)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT i.record, m.status FROM images i
+                 LEFT JOIN members m ON m.image_id = i.id AND m.project = ?2
+                 WHERE i.region = ?1 AND i.status != 'deleted'
+                   AND (i.owner = ?2 OR i.visibility = 'public' OR m.project IS NOT NULL)
+                 ORDER BY i.created_at, i.id",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![region, project], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (text, status) = row.map_err(db)?;
+            let status = status.map(|s| s.parse()).transpose()?;
+            out.push((decode(&text)?, status));
+        }
+        Ok(out)
+    }
+
+    fn unfinished(&self) -> Result<Vec<ImageRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT record FROM images WHERE status IN ('queued', 'saving')")
+            .map_err(db)?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(decode(&row.map_err(db)?)?);
+        }
+        Ok(out)
+    }
+
+    fn add_member(&self, member: &Member, check: &dyn Fn(u64) -> Result<()>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let exists: Option<String> = tx
+            .query_row(
+                "SELECT status FROM members WHERE image_id = ?1 AND project = ?2",
+                params![member.image_id, member.project],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        if exists.is_some() {
+            // Sharing again is a no-op.
+            return Ok(());
+        }
+        let count: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM members WHERE image_id = ?1",
+                [&member.image_id],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        check(u64::try_from(count).unwrap_or(0))?;
+        tx.execute(
+            "INSERT INTO members (image_id, project, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                member.image_id,
+                member.project,
+                member.status.name(),
+                member.created_at,
+                member.updated_at
+            ],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn set_member(&self, image_id: &str, project: &str, status: MemberStatus) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE members SET status = ?3, updated_at = ?4 WHERE image_id = ?1 AND project = ?2",
+                params![image_id, project, status.name(), now()],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn remove_member(&self, image_id: &str, project: &str) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM members WHERE image_id = ?1 AND project = ?2",
+                params![image_id, project],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn members(&self, image_id: &str) -> Result<Vec<Member>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT image_id, project, status, created_at, updated_at FROM members WHERE image_id = ?1 ORDER BY created_at, project")
+            .map_err(db)?;
+        let rows = stmt.query_map([image_id], member_row).map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (image_id, project, status, created_at, updated_at) = row.map_err(db)?;
+            out.push(Member {
+                image_id,
+                project,
+                status: status.parse()?,
+                created_at,
+                updated_at,
+            });
+        }
+        Ok(out)
+    }
+
+    fn remove_members(&self, image_id: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM members WHERE image_id = ?1", [image_id])
+            .map_err(db)
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,415 @@
+//! Registration and the image catalog: private images from external files, with the rules of
+//! an Image Management Service (IMS).
+//!
+//! [`Ims`] is the service: it keeps records in a [`Catalog`] and image files in an
+//! [`ImageStore`] (by default an SQLite file and a local directory under one home directory,
+//! so a fresh machine needs no server). Every request names its [`Scope`]: the project that
+//! asks and the region it asks in. The rules are in [`rules`], one function and one error code
+//! each ([`rules::CODES`]); a refusal is [`Error::Rule`].
+//!
+//! - [`Ims::register`] (in [`register`](mod@register)): probe, open strictly, inspect,
+//!   validate, convert into the store format while hashing, make durable, record `active`.
+//! - [`Ims::list`], [`Ims::show`], [`Ims::update`], [`Ims::delete`]: search and manage.
+//! - [`sharing`]: members; [`replicate`]: copies to other regions and exports.
+//! - [`Ims::recover`] (run by [`Ims::open`]): records left `queued`/`saving` by a dead
+//!   process become `killed`, and their files are removed.
+
+pub mod catalog;
+pub mod record;
+#[allow(clippy::module_inception)]
+pub mod register;
+pub mod replicate;
+pub mod rules;
+pub mod sharing;
+pub mod store;
+
+use std::cmp::Ordering;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+pub use catalog::{Catalog, SqliteCatalog};
+pub use record::{
+    Checksum, Features, ImageRecord, ImageType, Member, MemberStatus, Status, Visibility,
+};
+pub use register::{RegisterRequest, Registered};
+pub use rules::Limits;
+pub use store::{ImageStore, LocalStore};
+
+/// Who asks, and where.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub project: String,
+    pub region: String,
+}
+
+impl Scope {
+    pub fn new(project: &str, region: &str) -> Scope {
+        Scope {
+            project: project.to_string(),
+            region: region.to_string(),
+        }
+    }
+}
+
+/// The image service over a catalog and a store.
+pub struct Ims {
+    pub(crate) catalog: Box<dyn Catalog>,
+    pub(crate) store: Box<dyn ImageStore>,
+    pub(crate) limits: Limits,
+}
+
+/// What recovery did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Recovery {
+    /// Records moved to `killed`.
+    pub killed: Vec<String>,
+}
+
+/// An image as a project sees it in a list.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    #[serde(flatten)]
+    pub record: ImageRecord,
+    /// The project's member status, for an image shared with it.
+    pub member_status: Option<MemberStatus>,
+}
+
+/// Filters, sorting and pagination of [`Ims::list`], as the IMS API offers them.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub id: Option<String>,
+    /// The exact name.
+    pub name: Option<String>,
+    /// A part of the name.
+    pub name_contains: Option<String>,
+    /// `linux`, `windows`, `other` (any case).
+    pub os_type: Option<String>,
+    /// `ubuntu`, `centos`, ... (any case).
+    pub platform: Option<String>,
+    pub image_type: Option<ImageType>,
+    pub visibility: Option<Visibility>,
+    pub status: Option<Status>,
+    /// `KEY` or `KEY=VALUE`.
+    pub tag: Option<String>,
+    /// Images shared with the project in this member status (default: accepted, plus its own
+    /// and public ones).
+    pub member_status: Option<MemberStatus>,
+    /// `created_at` (default), `updated_at`, `name`, `min_disk`, `virtual_size`, `id`.
+    pub sort_key: Option<String>,
+    /// Ascending instead of the default descending.
+    pub ascending: bool,
+    pub limit: Option<usize>,
+    /// The id of the last image of the previous page.
+    pub marker: Option<String>,
+}
+
+impl Ims {
+    /// Opens the service on a home directory: `HOME/catalog.db` and `HOME/store/`, created
+    /// when absent; then recovers from interrupted registrations.
+    pub fn open(home: &Path) -> Result<Ims> {
+        std::fs::create_dir_all(home)
+            .map_err(|e| Error::io("create directory", e).in_file(home))?;
+        let catalog = SqliteCatalog::open(&home.join("catalog.db"))?;
+        let store = LocalStore::new(&home.join("store"))?;
+        Ims::with(Box::new(catalog), Box::new(store), Limits::default())
+    }
+
+    /// The service over any catalog and store; recovers from interrupted registrations.
+    pub fn with(
+        catalog: Box<dyn Catalog>,
+        store: Box<dyn ImageStore>,
+        limits: Limits,
+    ) -> Result<Ims> {
+        let ims = Ims {
+            catalog,
+            store,
+            limits,
+        };
+        ims.recover()?;
+        Ok(ims)
+    }
+
+    /// Changes the limits.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Settles what dead processes left: each record in `queued`/`saving` whose writer no
+    /// longer lives becomes `killed` ("interrupted") and its data is removed; temporary files
+    /// nobody writes are removed. A live registration (another process) is left alone.
+    pub fn recover(&self) -> Result<Recovery> {
+        let mut out = Recovery::default();
+        let dead = self.store.sweep()?;
+        for r in self.catalog.unfinished()? {
+            if !self.store.is_live(&r.store_key) {
+                self.kill(
+                    &r,
+                    "interrupted: the registering process stopped before the image was active",
+                    &mut out,
+                )?;
+            }
+        }
+        for key in dead {
+            let id = key
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.split('.').next())
+                .unwrap_or_default()
+                .to_string();
+            match self.catalog.get(&id)? {
+                Some(r) if r.store_key == key => {
+                    if matches!(r.status, Status::Queued | Status::Saving) {
+                        self.kill(&r, "interrupted: the registering process stopped before the image was active", &mut out)?;
+                    }
+                }
+                _ => self.store.remove(&key)?,
+            }
+            self.store.forget(&key);
+        }
+        Ok(out)
+    }
+
+    fn kill(&self, r: &ImageRecord, reason: &str, out: &mut Recovery) -> Result<()> {
+        if self.catalog.transition(
+            &r.id,
+            &[Status::Queued, Status::Saving],
+            Status::Killed,
+            Some(reason),
+        )? {
+            if !r.store_key.is_empty() {
+                self.store.remove(&r.store_key)?;
+            }
+            out.killed.push(r.id.clone());
+        }
+        Ok(())
+    }
+
+    /// The record `id` if `scope` may see it: its own, public, or shared with it (in any
+    /// member status).
+    pub fn show(&self, scope: &Scope, id: &str) -> Result<ImageRecord> {
+        let r = self.catalog.get(id)?;
+        let visible = match &r {
+            Some(r) => r.region == scope.region && self.may_see(r, &scope.project, false)?,
+            None => false,
+        };
+        rules::check_found(r, id, visible)
+    }
+
+    /// Whether `project` may see `r`; `use_it` asks for use (export, copy): members must have
+    /// accepted.
+    pub(crate) fn may_see(&self, r: &ImageRecord, project: &str, use_it: bool) -> Result<bool> {
+        if r.owner == project || r.visibility == Visibility::Public {
+            return Ok(r.visibility != Visibility::Public
+                || r.status == Status::Active
+                || r.owner == project);
+        }
+        Ok(self
+            .catalog
+            .members(&r.id)?
+            .iter()
+            .any(|m| m.project == project && (!use_it || m.status == MemberStatus::Accepted)))
+    }
+
+    /// The images `scope` sees in its region, filtered, sorted and paged.
+    pub fn list(&self, scope: &Scope, q: &ListQuery) -> Result<Vec<Listed>> {
+        let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
+        let (os_type, platform) = (lower(&q.os_type), lower(&q.platform));
+        let tag = q.tag.as_ref().map(|t| match t.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (t.clone(), None),
+        });
+        let mut items: Vec<Listed> = self
+            .catalog
+            .visible(&scope.region, &scope.project)?
+            .into_iter()
+            .filter(|(r, m)| {
+                let own_or_public = r.owner == scope.project
+                    || (r.visibility == Visibility::Public && r.status == Status::Active);
+                match (q.member_status, m) {
+                    (Some(want), Some(have)) => r.owner != scope.project && want == *have,
+                    (Some(_), None) => false,
+                    (None, Some(have)) => own_or_public || *have == MemberStatus::Accepted,
+                    (None, None) => own_or_public,
+                }
+            })
+            .filter(|(r, _)| {
+                q.id.as_ref().is_none_or(|v| &r.id == v)
+                    && q.name.as_ref().is_none_or(|v| &r.name == v)
+                    && q.name_contains
+                        .as_ref()
+                        .is_none_or(|v| r.name.contains(v.as_str()))
+                    && os_type
+                        .as_ref()
+                        .is_none_or(|v| &r.os_type.to_lowercase() == v)
+                    && platform
+                        .as_ref()
+                        .is_none_or(|v| &r.platform.to_lowercase() == v)
+                    && q.image_type.is_none_or(|v| r.image_type == v)
+                    && q.visibility.is_none_or(|v| r.visibility == v)
+                    && q.status.is_none_or(|v| r.status == v)
+                    && tag.as_ref().is_none_or(|(k, v)| match (r.tags.get(k), v) {
+                        (Some(have), Some(want)) => have == want,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    })
+            })
+            .map(|(record, member_status)| Listed {
+                member_status: if record.owner == scope.project {
+                    None
+                } else {
+                    member_status
+                },
+                record,
+            })
+            .collect();
+        let key = q.sort_key.as_deref().unwrap_or("created_at");
+        let cmp = |a: &ImageRecord, b: &ImageRecord| -> Ordering {
+            match key {
+                "name" => a.name.cmp(&b.name),
+                "updated_at" => a.updated_at.cmp(&b.updated_at),
+                "min_disk" => a.min_disk.cmp(&b.min_disk),
+                "virtual_size" => a.virtual_size.cmp(&b.virtual_size),
+                "id" => Ordering::Equal,
+                _ => a.created_at.cmp(&b.created_at),
+            }
+            .then_with(|| a.id.cmp(&b.id))
+        };
+        if ![
+            "created_at",
+            "updated_at",
+            "name",
+            "min_disk",
+            "virtual_size",
+            "id",
+        ]
+        .contains(&key)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "cannot sort by '{key}' (created_at, updated_at, name, min_disk, virtual_size, id)"
+            )));
+        }
+        items.sort_by(|a, b| {
+            let o = cmp(&a.record, &b.record);
+            if q.ascending { o } else { o.reverse() }
+        });
+        if let Some(marker) = &q.marker {
+            let at = items
+                .iter()
+                .position(|l| &l.record.id == marker)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!("marker {marker} is not an image of this list"))
+                })?;
+            items.drain(..=at);
+        }
+        if let Some(limit) = q.limit {
+            items.truncate(limit);
+        }
+        Ok(items)
+    }
+
+    /// Changes the fields an owner may change: `name`, `description`, `min_disk`, `min_ram`,
+    /// `tags` (`K=V,K=V`, replacing all), `support_user_data`, `support_disk_hotswap`
+    /// (`true`/`false`). Any other field is refused with `field_immutable`.
+    pub fn update(
+        &self,
+        scope: &Scope,
+        id: &str,
+        changes: &[(String, String)],
+    ) -> Result<ImageRecord> {
+        let mut r = self.show(scope, id)?;
+        rules::check_owner(&r, &scope.project)?;
+        for (field, value) in changes {
+            rules::check_mutable(field)?;
+            let number = |v: &str| {
+                v.parse::<u64>().map_err(|_| {
+                    Error::InvalidArgument(format!("{field} must be a whole number, not '{v}'"))
+                })
+            };
+            let flag = |v: &str| match v {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(Error::InvalidArgument(format!(
+                    "{field} must be true or false, not '{v}'"
+                ))),
+            };
+            match field.as_str() {
+                "name" => {
+                    rules::check_name(value)?;
+                    r.name = value.clone();
+                }
+                "description" => {
+                    rules::check_description(value)?;
+                    r.description = value.clone();
+                }
+                "min_disk" => {
+                    let n = number(value)?;
+                    rules::check_min_disk(n, r.virtual_size)?;
+                    r.min_disk = u32::try_from(n).unwrap_or(u32::MAX);
+                }
+                "min_ram" => {
+                    let n = number(value)?;
+                    rules::check_min_ram(n)?;
+                    r.min_ram = u32::try_from(n).unwrap_or(u32::MAX);
+                }
+                "tags" => {
+                    let specs: Vec<String> = value
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    r.tags = rules::parse_tags(&specs)?;
+                }
+                "support_user_data" => r.features.support_user_data = flag(value)?,
+                "support_disk_hotswap" => r.features.support_disk_hotswap = flag(value)?,
+                _ => unreachable!("check_mutable lets only these through"),
+            }
+        }
+        r.updated_at = record::now();
+        self.catalog.update(&r)?;
+        Ok(r)
+    }
+
+    /// Deletes an image: the record becomes `deleted`, its members go (they need not agree)
+    /// and its file is removed.
+    pub fn delete(&self, scope: &Scope, id: &str) -> Result<()> {
+        let r = self.show(scope, id)?;
+        rules::check_owner(&r, &scope.project)?;
+        if !self.catalog.transition(
+            id,
+            &[Status::Active, Status::Killed, Status::Queued],
+            Status::Deleted,
+            None,
+        )? {
+            return Err(Error::rule(
+                "image_not_active",
+                format!("image {id} is being saved; delete it when registration ends"),
+            ));
+        }
+        self.catalog.remove_members(id)?;
+        if !r.store_key.is_empty() {
+            self.store.remove(&r.store_key)?;
+        }
+        Ok(())
+    }
+
+    /// An operator's change of any field (seeding public images, marking a marketplace
+    /// publication, a full-ECS image from a backup). No rule is applied.
+    pub fn operator_put(&self, record: &ImageRecord) -> Result<()> {
+        match self.catalog.get(&record.id)? {
+            Some(_) => self.catalog.update(record),
+            None => self.catalog.insert(record, &|_| Ok(())),
+        }
+    }
+
+    /// The local file of an active image's data (for tests and tools).
+    pub fn data_path(&self, record: &ImageRecord) -> Result<std::path::PathBuf> {
+        self.store.path(&record.store_key)
+    }
+}

@@ -1,0 +1,321 @@
+//! The image record: what the catalog keeps about one image, in the shape of an IMS image.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Who may see an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Only the owner project (and members it shared the image with, once they accept).
+    Private,
+    /// A private image with at least one member.
+    Shared,
+    /// Seeded by an operator; visible to every project of the region.
+    Public,
+}
+
+/// What the image is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageType {
+    /// A bootable system disk.
+    System,
+    /// A data disk.
+    Data,
+    /// A whole server: a system disk and data disks (made from a server or a CBR backup).
+    FullEcs,
+    /// An ISO 9660 installation image.
+    Iso,
+}
+
+/// Where a record is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Created; no data written yet.
+    Queued,
+    /// Its data is being written to the store.
+    Saving,
+    /// Its data is durable in the store; usable.
+    Active,
+    /// Registration failed or was interrupted (`status_reason` says why); no data is kept.
+    Killed,
+    /// Deleted by its owner; kept for the record, invisible in lists.
+    Deleted,
+}
+
+/// A member project's answer to a share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberStatus {
+    Pending,
+    Accepted,
+    Rejected,
+}
+
+macro_rules! names {
+    ($t:ty, $what:literal, $($v:ident = $s:literal),+) => {
+        impl $t {
+            pub fn name(self) -> &'static str {
+                match self { $(Self::$v => $s),+ }
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+        impl FromStr for $t {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match s {
+                    $($s => Ok(Self::$v),)+
+                    _ => Err(Error::InvalidArgument(format!(
+                        concat!("unknown ", $what, " '{}' (known: {})"),
+                        s,
+                        [$($s),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+names!(
+    Visibility,
+    "visibility",
+    Private = "private",
+    Shared = "shared",
+    Public = "public"
+);
+names!(
+    ImageType,
+    "image type",
+    System = "system",
+    Data = "data",
+    FullEcs = "full_ecs",
+    Iso = "iso"
+);
+names!(
+    Status,
+    "status",
+    Queued = "queued",
+    Saving = "saving",
+    Active = "active",
+    Killed = "killed",
+    Deleted = "deleted"
+);
+names!(
+    MemberStatus,
+    "member status",
+    Pending = "pending",
+    Accepted = "accepted",
+    Rejected = "rejected"
+);
+
+/// What the image supports, decided from what inspection found (see [`Features::from_inspection`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Features {
+    /// User data (a script, cloud-config) can be injected at first boot: cloud-init (Linux) or
+    /// Cloudbase-Init (Windows) is installed.
+    pub support_user_data: bool,
+    /// Disks can be attached and detached while the server runs: the guest has a virtio block
+    /// or SCSI driver (virtio_blk, virtio_scsi; viostor, vioscsi), which KVM hot-plug needs.
+    pub support_disk_hotswap: bool,
+}
+
+impl Features {
+    /// The rule: user data needs cloud-init or Cloudbase-Init; disk hot swap needs a virtio
+    /// block or SCSI driver in the guest. Data disks and ISOs support neither.
+    pub fn from_inspection(found: &crate::inspect::Inspection) -> Features {
+        let system = found.image_kind == crate::inspect::ImageKind::System;
+        Features {
+            support_user_data: system && found.cloud_init,
+            support_disk_hotswap: system && found.virtio,
+        }
+    }
+}
+
+/// The image's data as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checksum {
+    /// Of the stored file's bytes, hex.
+    pub sha256: String,
+    pub sha512: String,
+}
+
+/// One image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// The owner project.
+    pub owner: String,
+    pub region: String,
+    pub visibility: Visibility,
+    pub image_type: ImageType,
+    pub status: Status,
+    /// Why the record was killed.
+    pub status_reason: Option<String>,
+    /// `Linux`, `Windows` or `Other`.
+    pub os_type: String,
+    /// As IMS writes it: `Ubuntu 22.04 64bit`.
+    pub os_version: String,
+    /// The distribution family: `Ubuntu`, `CentOS`, `Windows`, `Other`.
+    pub platform: String,
+    /// 32 or 64, where known.
+    pub os_bit: Option<u32>,
+    /// `x86_64`, `aarch64`, or `unknown`.
+    pub architecture: String,
+    /// `bios`, `uefi` (UEFI and BIOS both found counts as `uefi`), or `unknown`.
+    pub firmware: String,
+    /// The smallest disk, in GiB, a server may boot it from.
+    pub min_disk: u32,
+    /// The smallest memory, in MiB (0: no minimum).
+    pub min_ram: u32,
+    /// The uploaded file's format and length.
+    pub source_format: String,
+    pub source_size: u64,
+    /// The stored file's format and length.
+    pub store_format: String,
+    pub store_size: u64,
+    /// The store's key of the data (`REGION/ID.FORMAT`).
+    pub store_key: String,
+    pub virtual_size: u64,
+    pub checksum: Checksum,
+    pub features: Features,
+    pub encrypted: bool,
+    /// The key that encrypts the image, when `encrypted`.
+    pub kms_key_id: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    /// For a full-ECS image: the CBR backup it was made from.
+    pub backup_id: Option<String>,
+    /// For a full-ECS image: its data disks' image ids.
+    pub data_images: Vec<String>,
+    /// Published to the marketplace (then it cannot be shared).
+    pub marketplace: bool,
+    /// The image this one was replicated from.
+    pub copied_from: Option<String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl ImageRecord {
+    /// A queued record with everything else unknown, owned by `owner` in `region`.
+    pub fn new(name: &str, owner: &str, region: &str, image_type: ImageType) -> ImageRecord {
+        let now = now();
+        ImageRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: name.to_string(),
+            description: String::new(),
+            owner: owner.to_string(),
+            region: region.to_string(),
+            visibility: Visibility::Private,
+            image_type,
+            status: Status::Queued,
+            status_reason: None,
+            os_type: "Other".into(),
+            os_version: String::new(),
+            platform: "Other".into(),
+            os_bit: None,
+            architecture: "unknown".into(),
+            firmware: "unknown".into(),
+            min_disk: 1,
+            min_ram: 0,
+            source_format: String::new(),
+            source_size: 0,
+            store_format: String::new(),
+            store_size: 0,
+            store_key: String::new(),
+            virtual_size: 0,
+            checksum: Checksum::default(),
+            features: Features::default(),
+            encrypted: false,
+            kms_key_id: None,
+            tags: BTreeMap::new(),
+            backup_id: None,
+            data_images: Vec::new(),
+            marketplace: false,
+            copied_from: None,
+            created_at: now.clone(),
+            updated_at: now,
+        }
+    }
+
+    /// Counts against the owner's private-image quota: neither killed nor deleted, not public.
+    pub fn counts_for_quota(&self) -> bool {
+        self.visibility != Visibility::Public
+            && !matches!(self.status, Status::Killed | Status::Deleted)
+    }
+}
+
+/// A member project of a shared image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub image_id: String,
+    pub project: String,
+    pub status: MemberStatus,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Now, as RFC 3339 UTC with seconds (`2026-11-25T18:40:00Z`).
+pub fn now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339(secs)
+}
+
+/// Seconds since 1970 as RFC 3339 UTC (civil-from-days, Howard Hinnant's algorithm).
+pub fn rfc3339(secs: u64) -> String {
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_709_210_096), "2024-02-29T12:34:56Z");
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in ["system", "data", "full_ecs", "iso"] {
+            assert_eq!(s.parse::<ImageType>().unwrap().name(), s);
+        }
+        assert!("floppy".parse::<ImageType>().is_err());
+        assert_eq!(
+            serde_json::to_string(&ImageType::FullEcs).unwrap(),
+            "\"full_ecs\""
+        );
+    }
+}

@@ -1,0 +1,418 @@
+//! Registration: an uploaded image file becomes an active private image.
+//!
+//! probe → open with the strict policy (no reference to another file is followed) → inspect
+//! → validate ([`rules`](super::rules)) → record `queued` (quota checked in the same
+//! transaction) → `saving`: convert into the store format through the pipeline into an upload
+//! of the store, hashing (SHA-256 and SHA-512) the stored bytes → sync, rename into place →
+//! `active`. A failure makes the record `killed` with the reason and removes the data; a
+//! process killed at any point leaves an upload whose lock nobody holds, which
+//! [`Ims::recover`] settles the same way.
+//!
+//! Hashing: ZVHD2 and raw are written front to back, so the stored bytes are hashed as they are
+//! appended. QCOW2 is written with seeks (tables are patched at the end), so it is hashed by
+//! reading the finished file back before it is renamed into place.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::error::{Error, Result};
+use crate::formats::Format;
+use crate::inspect::{Inspection, OsType};
+use crate::io::{AppendSink, FileSink};
+use crate::{CreateOptions, OpenOptions, PipelineOptions, Progress, Target};
+
+use super::record::{Checksum, Features, ImageRecord, ImageType, Status};
+use super::rules;
+use super::{Ims, Scope};
+
+/// What to register.
+#[derive(Debug, Clone)]
+pub struct RegisterRequest {
+    pub name: String,
+    pub description: String,
+    pub image_type: ImageType,
+    /// Overrides the OS version inspection finds (as IMS's `--os-version`).
+    pub os_version: Option<String>,
+    /// `x86_64` or `aarch64`: checked against the guest.
+    pub architecture: Option<String>,
+    /// `bios` or `uefi`: checked against the guest.
+    pub firmware: Option<String>,
+    /// GiB; default: the disk's size rounded up.
+    pub min_disk: Option<u64>,
+    /// MiB.
+    pub min_ram: u64,
+    /// `KEY=VALUE`.
+    pub tags: Vec<String>,
+    /// ZVHD2 (default), QCOW2 or raw.
+    pub store_format: Format,
+    /// Record the image as encrypted with this key.
+    pub kms_key_id: Option<String>,
+    /// Pipeline threads (0: one per core).
+    pub threads: usize,
+}
+
+impl RegisterRequest {
+    pub fn new(name: &str, image_type: ImageType) -> RegisterRequest {
+        RegisterRequest {
+            name: name.to_string(),
+            description: String::new(),
+            image_type,
+            os_version: None,
+            architecture: None,
+            firmware: None,
+            min_disk: None,
+            min_ram: 0,
+            tags: Vec::new(),
+            store_format: Format::Zvhd2,
+            kms_key_id: None,
+            threads: 0,
+        }
+    }
+}
+
+/// A registered image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Registered {
+    #[serde(flatten)]
+    pub record: ImageRecord,
+    /// What was allowed but looks like a mistake.
+    pub warnings: Vec<String>,
+}
+
+/// Crash-test hook: with `IMS_TEST_CRASH_AT=POINT` in the environment the process aborts at
+/// that point (`after-insert`, `mid-write`, `after-write`, `after-commit`), as a kill would.
+fn crash_point(point: &str) {
+    if std::env::var("IMS_TEST_CRASH_AT").is_ok_and(|p| p == point) {
+        std::process::abort();
+    }
+}
+
+/// The SHA-256 and SHA-512 of bytes as they go by.
+#[derive(Clone, Default)]
+struct Hashes(Arc<Mutex<(Sha256, Sha512)>>);
+
+impl Hashes {
+    fn update(&self, data: &[u8]) {
+        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        h.0.update(data);
+        h.1.update(data);
+    }
+
+    fn finish(&self) -> Checksum {
+        let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Checksum {
+            sha256: hex(&h.0.clone().finalize()),
+            sha512: hex(&h.1.clone().finalize()),
+        }
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A file sink that hashes what it appends.
+struct HashingSink {
+    inner: FileSink,
+    hashes: Hashes,
+    crash_armed: bool,
+}
+
+impl AppendSink for HashingSink {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.hashes.update(data);
+        self.inner.append(data)?;
+        if self.crash_armed && self.inner.position() >= 1 << 20 {
+            crash_point("mid-write");
+        }
+        Ok(())
+    }
+
+    fn append_zeros(&mut self, len: u64) -> Result<()> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(ZEROS.len() as u64);
+            self.hashes.update(&ZEROS[..n as usize]);
+            left -= n;
+        }
+        self.inner.append_zeros(len)
+    }
+
+    fn position(&self) -> u64 {
+        self.inner.position()
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.inner.finish()
+    }
+}
+
+/// Hashes a whole file.
+pub(crate) fn hash_file(path: &Path) -> Result<Checksum> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", e).in_file(path))?;
+    let hashes = Hashes::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io("read", e).in_file(path))?;
+        if n == 0 {
+            break;
+        }
+        hashes.update(&buf[..n]);
+    }
+    Ok(hashes.finish())
+}
+
+/// The record's OS fields from what inspection found.
+fn describe(record: &mut ImageRecord, found: &Inspection, os_version: Option<&str>) {
+    record.os_type = match found.os_type {
+        OsType::Linux => "Linux",
+        OsType::Windows => "Windows",
+        OsType::Unknown => "Other",
+    }
+    .into();
+    record.platform = match found.distro.as_deref() {
+        Some("ubuntu") => "Ubuntu",
+        Some("debian") => "Debian",
+        Some("centos") => "CentOS",
+        Some("rhel") => "RedHat",
+        Some("rocky") => "Rocky",
+        Some("almalinux") => "AlmaLinux",
+        Some("fedora") => "Fedora",
+        Some("opensuse") | Some("opensuse-leap") => "OpenSUSE",
+        Some("sles") => "SUSE",
+        Some("openeuler") => "openEuler",
+        Some("euleros") => "EulerOS",
+        Some("alpine") => "Alpine",
+        Some("windows") => "Windows",
+        _ => "Other",
+    }
+    .into();
+    record.architecture = found.arch.clone();
+    record.os_bit = match found.arch.as_str() {
+        "x86_64" | "aarch64" | "ppc64le" | "s390x" | "riscv64" => Some(64),
+        "i386" | "i486" | "i586" | "i686" | "arm" | "armv7" => Some(32),
+        _ => None,
+    };
+    record.firmware = rules::firmware_name(found.firmware).into();
+    record.os_version = match os_version {
+        Some(v) => v.to_string(),
+        None if found.os_type == OsType::Unknown => String::new(),
+        None => {
+            let mut v = record.platform.clone();
+            if let Some(ver) = &found.os_version {
+                v.push(' ');
+                v.push_str(ver);
+            }
+            if let Some(bit) = record.os_bit {
+                v.push_str(&format!(" {bit}bit"));
+            }
+            v
+        }
+    };
+    record.features = Features::from_inspection(found);
+}
+
+impl Ims {
+    /// Registers the image file `file` as a private image of `scope` (see the module doc).
+    pub fn register(
+        &self,
+        scope: &Scope,
+        file: &Path,
+        request: &RegisterRequest,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Registered> {
+        rules::check_name(&request.name)?;
+        rules::check_description(&request.description)?;
+        let tags: BTreeMap<String, String> = rules::parse_tags(&request.tags)?;
+        rules::check_min_ram(request.min_ram)?;
+        if !matches!(
+            request.store_format,
+            Format::Zvhd2 | Format::Qcow2 | Format::Raw
+        ) {
+            return Err(Error::InvalidArgument(format!(
+                "images are stored as zvhd2, qcow2 or raw, not {}",
+                request.store_format
+            )));
+        }
+
+        // Probe and open with the strict policy: any reference to another file is refused.
+        let image = crate::open(file, &OpenOptions::default()).map_err(rules::open_refusal)?;
+        let virtual_size = image.virtual_size();
+        rules::check_sizes(image.file_length(), virtual_size, &self.limits)?;
+        let source_format = image.format();
+        let source_size = image.file_length();
+
+        // Inspect now where the format allows random access; a stream-only source (ZVHD) is
+        // inspected from the stored copy.
+        let found = match image.reader() {
+            Some(reader) => Some(crate::inspect::inspect(reader).map_err(rules::open_refusal)?),
+            None => None,
+        };
+        let min_disk = request
+            .min_disk
+            .unwrap_or_else(|| rules::default_min_disk(virtual_size));
+        rules::check_min_disk(min_disk, virtual_size)?;
+        let mut warnings = Vec::new();
+        if let Some(found) = &found {
+            warnings.extend(self.validate(request, found)?);
+        }
+
+        let mut record = ImageRecord::new(
+            &request.name,
+            &scope.project,
+            &scope.region,
+            request.image_type,
+        );
+        record.description = request.description.clone();
+        record.tags = tags;
+        record.min_disk = u32::try_from(min_disk).unwrap_or(u32::MAX);
+        record.min_ram = u32::try_from(request.min_ram).unwrap_or(u32::MAX);
+        record.source_format = source_format.name().into();
+        record.source_size = source_size;
+        record.virtual_size = virtual_size;
+        record.store_format = request.store_format.name().into();
+        record.store_key = format!(
+            "{}/{}.{}",
+            scope.region,
+            record.id,
+            request.store_format.name()
+        );
+        record.encrypted = request.kms_key_id.is_some();
+        record.kms_key_id = request.kms_key_id.clone();
+        if let Some(found) = &found {
+            describe(&mut record, found, request.os_version.as_deref());
+        }
+
+        let upload = self.store.begin(&record.store_key)?;
+        let limits = self.limits.clone();
+        if let Err(e) = self
+            .catalog
+            .insert(&record, &|count| rules::check_quota(count, &limits))
+        {
+            self.store.end(upload);
+            return Err(e);
+        }
+        crash_point("after-insert");
+
+        let result = self.save(
+            &mut record,
+            image,
+            &upload,
+            request,
+            progress,
+            found.is_none(),
+        );
+        let result = result.and_then(|extra| {
+            warnings.extend(extra);
+            crash_point("after-commit");
+            record.status = Status::Active;
+            record.updated_at = super::record::now();
+            self.catalog.update(&record)
+        });
+        match result {
+            Ok(()) => {
+                self.store.end(upload);
+                Ok(Registered { record, warnings })
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                let _ = self.catalog.transition(
+                    &record.id,
+                    &[Status::Queued, Status::Saving],
+                    Status::Killed,
+                    Some(&reason),
+                );
+                let _ = self.store.remove(&record.store_key);
+                self.store.end(upload);
+                Err(e)
+            }
+        }
+    }
+
+    /// The rules that need inspection's facts; returns warnings.
+    fn validate(&self, request: &RegisterRequest, found: &Inspection) -> Result<Vec<String>> {
+        let warnings = rules::check_type(request.image_type, found)?;
+        if request.image_type == ImageType::System {
+            rules::check_boot(
+                request.architecture.as_deref(),
+                request.firmware.as_deref(),
+                found,
+            )?;
+        }
+        Ok(warnings)
+    }
+
+    /// Writes the data into the upload, hashing it, and commits it; fills the record's stored
+    /// fields. `inspect_after`: the source could not be inspected before (stream-only), so the
+    /// stored copy is inspected and validated before it is committed.
+    fn save(
+        &self,
+        record: &mut ImageRecord,
+        image: crate::Image,
+        upload: &super::store::Upload,
+        request: &RegisterRequest,
+        progress: &mut dyn FnMut(Progress),
+        inspect_after: bool,
+    ) -> Result<Vec<String>> {
+        self.catalog
+            .transition(&record.id, &[Status::Queued], Status::Saving, None)?;
+        record.status = Status::Saving;
+        let format = request.store_format;
+        let create = CreateOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let hashes = Hashes::default();
+        let streamed = matches!(format, Format::Zvhd2 | Format::Raw);
+        let target = if streamed {
+            let file = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .truncate(true)
+                .open(&upload.path)
+                .map_err(|e| Error::io("open", e).in_file(&upload.path))?;
+            Target::Stream(Box::new(HashingSink {
+                inner: FileSink::from_file(file).durable(true),
+                hashes: hashes.clone(),
+                crash_armed: std::env::var_os("IMS_TEST_CRASH_AT").is_some(),
+            }))
+        } else {
+            Target::File(upload.path.clone())
+        };
+        let writer = crate::create(format, target, record.virtual_size, &create)?;
+        let pipeline = PipelineOptions {
+            threads: request.threads,
+            ..Default::default()
+        };
+        crate::convert(image, writer, &pipeline, progress)?;
+        crash_point("after-write");
+        record.checksum = if streamed {
+            hashes.finish()
+        } else {
+            hash_file(&upload.path)?
+        };
+        let mut warnings = Vec::new();
+        if inspect_after {
+            let stored = crate::open(
+                &upload.path,
+                &OpenOptions {
+                    format: Some(format),
+                    ..Default::default()
+                },
+            )?;
+            let found = crate::inspect::inspect_image(&stored).map_err(rules::open_refusal)?;
+            warnings = self.validate(request, &found)?;
+            describe(record, &found, request.os_version.as_deref());
+        }
+        record.store_size = self.store.commit(upload)?;
+        Ok(warnings)
+    }
+}

@@ -1,0 +1,195 @@
+//! Copies of an image: to another region (replication: a new record with its own id and
+//! status flow, the data copied byte for byte into that region's store), and out of the
+//! service (export: a disk for a server, in the format and size asked for).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::block::{BlockReader, Extent, ExtentState};
+use crate::convert::Source;
+use crate::error::{Error, Result};
+use crate::formats::Format;
+use crate::{CreateOptions, OpenOptions, PipelineOptions, Progress, Target};
+
+use super::record::{ImageRecord, Status, Visibility, now};
+use super::{Ims, Scope, rules};
+
+impl Ims {
+    /// Replicates image `id` (owned by `scope.project`, or shared with it and accepted) into
+    /// `target_region`, owned by `scope.project` there. An encrypted image needs `kms_key_id`,
+    /// a key of the target region.
+    pub fn replicate(
+        &self,
+        scope: &Scope,
+        id: &str,
+        target_region: &str,
+        name: Option<&str>,
+        kms_key_id: Option<&str>,
+    ) -> Result<ImageRecord> {
+        let src = self.usable(scope, id)?;
+        rules::check_replication(&src, target_region, kms_key_id)?;
+        let name = name.unwrap_or(&src.name);
+        rules::check_name(name)?;
+        let mut r = ImageRecord::new(name, &scope.project, target_region, src.image_type);
+        let keep = r.clone();
+        r = ImageRecord {
+            id: keep.id.clone(),
+            name: keep.name,
+            owner: keep.owner,
+            region: keep.region,
+            visibility: Visibility::Private,
+            status: Status::Queued,
+            status_reason: None,
+            store_key: format!("{target_region}/{}.{}", keep.id, src.store_format),
+            kms_key_id: kms_key_id.map(str::to_string),
+            marketplace: false,
+            copied_from: Some(src.id.clone()),
+            created_at: keep.created_at,
+            updated_at: keep.updated_at,
+            ..src.clone()
+        };
+        let upload = self.store.begin(&r.store_key)?;
+        let limits = self.limits.clone();
+        if let Err(e) = self
+            .catalog
+            .insert(&r, &|count| rules::check_quota(count, &limits))
+        {
+            self.store.end(upload);
+            return Err(e);
+        }
+        let result = (|| {
+            self.catalog
+                .transition(&r.id, &[Status::Queued], Status::Saving, None)?;
+            self.store.copy(&src.store_key, &upload)?;
+            let sum = super::register::hash_file(&upload.path)?;
+            if sum.sha256 != src.checksum.sha256 {
+                return Err(Error::malformed(
+                    "stored image",
+                    0,
+                    format!("the copy of {} does not match its checksum", src.id),
+                ));
+            }
+            r.store_size = self.store.commit(&upload)?;
+            r.status = Status::Active;
+            r.updated_at = now();
+            self.catalog.update(&r)
+        })();
+        match result {
+            Ok(()) => {
+                self.store.end(upload);
+                Ok(r)
+            }
+            Err(e) => {
+                let _ = self.catalog.transition(
+                    &r.id,
+                    &[Status::Queued, Status::Saving],
+                    Status::Killed,
+                    Some(&e.to_string()),
+                );
+                let _ = self.store.remove(&r.store_key);
+                self.store.end(upload);
+                Err(e)
+            }
+        }
+    }
+
+    /// An active image `scope` may use: its own, public, or shared with it and accepted.
+    fn usable(&self, scope: &Scope, id: &str) -> Result<ImageRecord> {
+        let r = self.show(scope, id)?;
+        if !self.may_see(&r, &scope.project, true)? {
+            return Err(Error::rule(
+                "image_not_found",
+                format!(
+                    "image {id} is shared with project {} but not accepted; accept it first",
+                    scope.project
+                ),
+            ));
+        }
+        rules::check_active(&r)?;
+        Ok(r)
+    }
+
+    /// Exports image `id` as a disk for a server: `format` at `out`, of `size` bytes (default:
+    /// min_disk or the image's size, whichever is larger — never below them), bytes past the
+    /// image reading as zeros.
+    #[allow(clippy::too_many_arguments)]
+    pub fn export(
+        &self,
+        scope: &Scope,
+        id: &str,
+        format: Format,
+        out: &Path,
+        size: Option<u64>,
+        options: &CreateOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImageRecord> {
+        let r = self.usable(scope, id)?;
+        let size = size.unwrap_or(r.virtual_size);
+        if size != r.virtual_size {
+            rules::check_export_size(&r, size)?;
+        }
+        let stored: Format = r.store_format.parse()?;
+        let path = self.store.path(&r.store_key)?;
+        let image = crate::open(
+            &path,
+            &OpenOptions {
+                format: Some(stored),
+                ..Default::default()
+            },
+        )?;
+        let source = if size > image.virtual_size() {
+            let inner = image.reader().ok_or_else(|| {
+                Error::unsupported(format!("{stored} images cannot be grown on export"))
+            })?;
+            Source::Random(Arc::new(Grown { inner, size }))
+        } else {
+            image.into_source()
+        };
+        let writer = crate::create(format, Target::File(out.to_path_buf()), size, options)?;
+        let result = crate::convert::run(source, writer, &PipelineOptions::default(), progress);
+        if result.is_err() {
+            let _ = std::fs::remove_file(out);
+        }
+        result.map(|()| r)
+    }
+}
+
+/// A disk grown to `size` bytes; what lies past the inner disk reads as zeros.
+struct Grown {
+    inner: Arc<dyn BlockReader>,
+    size: u64,
+}
+
+impl BlockReader for Grown {
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        crate::block::check_range(offset, buf.len() as u64, self.size)?;
+        let inner = self.inner.virtual_size();
+        let split = usize::try_from(inner.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let (head, tail) = buf.split_at_mut(split);
+        if !head.is_empty() {
+            self.inner.read_at(head, offset)?;
+        }
+        tail.fill(0);
+        Ok(())
+    }
+
+    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size);
+        let inner = self.inner.virtual_size();
+        let mut out = Vec::new();
+        if offset < inner {
+            out = self.inner.map(offset, end.min(inner) - offset)?;
+        }
+        let zero_from = offset.max(inner);
+        if end > zero_from {
+            out.push(Extent::new(zero_from, end - zero_from, ExtentState::Zero));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,858 @@
+//! The rules of the image service, one function each, with one stable error code each.
+//!
+//! A refusal is [`Error::Rule`] with a code from [`CODES`] and a message that says what to
+//! change. The rules know nothing of where records and files are kept.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::inspect::{Firmware, ImageKind, Inspection};
+
+use super::record::{ImageRecord, ImageType, Status};
+
+/// Every code a rule can refuse with, and what it means.
+pub const CODES: &[(&str, &str)] = &[
+    (
+        "name_invalid",
+        "the name is empty or holds control characters",
+    ),
+    ("name_too_long", "the name is longer than 128 characters"),
+    (
+        "description_too_long",
+        "the description is longer than 1024 characters",
+    ),
+    ("tag_invalid", "a tag is not KEY=VALUE, or its key is empty"),
+    ("too_many_tags", "more than 10 tags"),
+    ("tag_key_too_long", "a tag key is longer than 36 characters"),
+    (
+        "tag_value_too_long",
+        "a tag value is longer than 43 characters",
+    ),
+    (
+        "format_unsupported",
+        "the file is not an image format ims reads",
+    ),
+    (
+        "reference_refused",
+        "the image refers to another file (backing file, extent, parent)",
+    ),
+    ("image_unreadable", "the image file is damaged or truncated"),
+    ("file_too_large", "the file is over the file size limit"),
+    (
+        "virtual_size_too_large",
+        "the disk is over the virtual size limit",
+    ),
+    (
+        "system_disk_without_os",
+        "a system disk holds no operating system inspection recognises",
+    ),
+    (
+        "iso_type_mismatch",
+        "an ISO file not registered as iso, or iso given for a disk",
+    ),
+    (
+        "full_ecs_not_registrable",
+        "full-ECS images come from a server or a CBR backup, not a file",
+    ),
+    (
+        "architecture_mismatch",
+        "the requested architecture differs from the guest's",
+    ),
+    (
+        "firmware_mismatch",
+        "the requested boot firmware differs from the guest's",
+    ),
+    ("aarch64_needs_uefi", "an aarch64 image must boot with UEFI"),
+    ("min_disk_out_of_range", "min_disk is not 1 to 1024 GB"),
+    (
+        "min_disk_below_virtual_size",
+        "min_disk is smaller than the disk",
+    ),
+    ("min_ram_out_of_range", "min_ram is over 1048576 MiB"),
+    (
+        "quota_exceeded",
+        "the project has its quota of private images",
+    ),
+    (
+        "image_not_found",
+        "no such image, or not visible to the project",
+    ),
+    ("not_owner", "only the owner project may do this"),
+    ("image_not_active", "the image is not active"),
+    (
+        "field_immutable",
+        "the field describes the stored data and cannot change",
+    ),
+    ("share_to_owner", "an image cannot be shared with its owner"),
+    (
+        "member_region_mismatch",
+        "members must be in the image's region",
+    ),
+    ("too_many_members", "an image has at most 128 members"),
+    (
+        "encrypted_not_shareable",
+        "encrypted images cannot be shared",
+    ),
+    (
+        "full_ecs_not_shareable",
+        "a full-ECS image can be shared only when made from a CBR backup",
+    ),
+    (
+        "marketplace_not_shareable",
+        "an image published to the marketplace cannot be shared",
+    ),
+    ("not_member", "the project is not a member of the image"),
+    ("same_region", "replication needs another region"),
+    (
+        "kms_key_required",
+        "an encrypted image needs a key in the target region",
+    ),
+    (
+        "export_size_too_small",
+        "the disk size is below min_disk or the image",
+    ),
+];
+
+/// Limits of the service; every one configurable.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest uploaded file, bytes (128 GiB).
+    pub max_file_size: u64,
+    /// Largest disk, bytes (1 TiB).
+    pub max_virtual_size: u64,
+    /// Private images per project and region (50).
+    pub private_image_quota: u64,
+    /// Members per image (128).
+    pub max_members: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_size: 128 << 30,
+            max_virtual_size: 1 << 40,
+            private_image_quota: 50,
+            max_members: 128,
+        }
+    }
+}
+
+const GIB: u64 = 1 << 30;
+
+fn refuse<T>(code: &'static str, message: String) -> Result<T> {
+    Err(Error::rule(code, message))
+}
+
+/// Name: 1 to 128 characters, no control characters.
+pub fn check_name(name: &str) -> Result<()> {
+    let n = name.chars().count();
+    if n == 0 || name.trim().is_empty() || name.chars().any(char::is_control) {
+        return refuse(
+            "name_invalid",
+            "give a name of 1 to 128 characters without control characters".into(),
+        );
+    }
+    if n > 128 {
+        return refuse(
+            "name_too_long",
+            format!("the name has {n} characters; use at most 128"),
+        );
+    }
+    Ok(())
+}
+
+/// Description: at most 1024 characters.
+pub fn check_description(description: &str) -> Result<()> {
+    let n = description.chars().count();
+    if n > 1024 {
+        return refuse(
+            "description_too_long",
+            format!("the description has {n} characters; use at most 1024"),
+        );
+    }
+    Ok(())
+}
+
+/// Parses `KEY=VALUE` tags (a later value of a key replaces an earlier one) and checks them.
+pub fn parse_tags(specs: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut tags = BTreeMap::new();
+    for spec in specs {
+        let Some((k, v)) = spec.split_once('=') else {
+            return refuse("tag_invalid", format!("tag '{spec}' is not KEY=VALUE"));
+        };
+        tags.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    check_tags(&tags)?;
+    Ok(tags)
+}
+
+/// Tags: at most 10; keys of 1 to 36 characters, values of at most 43.
+pub fn check_tags(tags: &BTreeMap<String, String>) -> Result<()> {
+    if tags.len() > 10 {
+        return refuse(
+            "too_many_tags",
+            format!("{} tags given; an image has at most 10", tags.len()),
+        );
+    }
+    for (k, v) in tags {
+        if k.is_empty() || k.chars().any(char::is_control) {
+            return refuse(
+                "tag_invalid",
+                format!("tag key {k:?} is empty or holds control characters"),
+            );
+        }
+        if k.chars().count() > 36 {
+            return refuse(
+                "tag_key_too_long",
+                format!("tag key '{k}' is longer than 36 characters"),
+            );
+        }
+        if v.chars().count() > 43 || v.chars().any(char::is_control) {
+            return refuse(
+                "tag_value_too_long",
+                format!(
+                    "the value of tag '{k}' is longer than 43 characters or holds control characters"
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Why an image file could not be opened, as a rule's refusal.
+pub fn open_refusal(e: Error) -> Error {
+    let message = e.to_string();
+    match &e {
+        Error::Rule { .. } => e,
+        Error::ExternalReference { .. } => Error::rule(
+            "reference_refused",
+            format!("{message}; upload a standalone image (qemu-img convert flattens a chain)"),
+        ),
+        Error::Unsupported { .. } | Error::Ambiguous { .. } => Error::rule(
+            "format_unsupported",
+            format!("{message}; upload raw, qcow2, vmdk, vhd, zvhd or zvhd2"),
+        ),
+        Error::Malformed { .. } | Error::Truncated { .. } | Error::LimitExceeded { .. } => {
+            Error::rule(
+                "image_unreadable",
+                format!("{message}; upload the image again or check it with ims check"),
+            )
+        }
+        Error::Io { .. } | Error::InvalidArgument(_) => e,
+    }
+}
+
+/// Sizes: the file and the disk under the limits.
+pub fn check_sizes(file_size: u64, virtual_size: u64, limits: &Limits) -> Result<()> {
+    if file_size > limits.max_file_size {
+        return refuse(
+            "file_too_large",
+            format!(
+                "the file is {file_size} bytes; the limit is {} bytes",
+                limits.max_file_size
+            ),
+        );
+    }
+    if virtual_size > limits.max_virtual_size {
+        return refuse(
+            "virtual_size_too_large",
+            format!(
+                "the disk is {virtual_size} bytes; the limit is {} bytes",
+                limits.max_virtual_size
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The image type against what inspection found. Returns warnings (a data disk that holds an
+/// operating system is allowed, with a warning).
+pub fn check_type(requested: ImageType, found: &Inspection) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    match (requested, found.image_kind) {
+        (ImageType::FullEcs, _) => {
+            return refuse(
+                "full_ecs_not_registrable",
+                "a full-ECS image is made from a server or a CBR backup; register its disks as system and data images".into(),
+            );
+        }
+        (ImageType::Iso, ImageKind::Iso) => {}
+        (ImageType::Iso, _) => {
+            return refuse(
+                "iso_type_mismatch",
+                "the file is not an ISO 9660 image; register it as --type system or data".into(),
+            );
+        }
+        (_, ImageKind::Iso) => {
+            return refuse(
+                "iso_type_mismatch",
+                "the file is an ISO 9660 image; register it with --type iso".into(),
+            );
+        }
+        (ImageType::System, ImageKind::System) => {}
+        (ImageType::System, _) => {
+            let why = if found.notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", found.notes.join("; "))
+            };
+            return refuse(
+                "system_disk_without_os",
+                format!("no operating system was found on the disk{why}; if it is a data disk, register it with --type data"),
+            );
+        }
+        (ImageType::Data, ImageKind::System) => warnings.push(format!(
+            "the disk holds an operating system ({} {}); it is registered as a data disk as asked — use --type system to boot from it",
+            found.distro.as_deref().unwrap_or("unknown"),
+            found.os_version.as_deref().unwrap_or("")
+        )),
+        (ImageType::Data, _) => {}
+    }
+    Ok(warnings)
+}
+
+/// The firmware as the record names it.
+pub fn firmware_name(f: Firmware) -> &'static str {
+    match f {
+        Firmware::Uefi | Firmware::Both => "uefi",
+        Firmware::Bios => "bios",
+        Firmware::Unknown => "unknown",
+    }
+}
+
+/// Architecture and firmware of a system disk against the request: what was asked must match
+/// what was found (where found), and aarch64 boots only with UEFI.
+pub fn check_boot(
+    requested_arch: Option<&str>,
+    requested_firmware: Option<&str>,
+    found: &Inspection,
+) -> Result<()> {
+    let arch = found.arch.as_str();
+    if let Some(want) = requested_arch
+        && arch != "unknown"
+        && want != arch
+    {
+        return refuse(
+            "architecture_mismatch",
+            format!("--architecture {want} was asked but the guest is {arch}"),
+        );
+    }
+    let arch = if arch == "unknown" {
+        requested_arch.unwrap_or("unknown")
+    } else {
+        arch
+    };
+    let firmware = firmware_name(found.firmware);
+    if let Some(want) = requested_firmware {
+        let fits = match found.firmware {
+            Firmware::Both | Firmware::Unknown => true,
+            _ => want == firmware,
+        };
+        if !fits {
+            return refuse(
+                "firmware_mismatch",
+                format!("--firmware {want} was asked but the guest boots with {firmware}"),
+            );
+        }
+    }
+    let firmware = if found.firmware == Firmware::Unknown {
+        requested_firmware.unwrap_or("unknown")
+    } else {
+        firmware
+    };
+    if arch == "aarch64" && firmware != "uefi" {
+        return refuse(
+            "aarch64_needs_uefi",
+            format!(
+                "aarch64 images boot only with UEFI, and this one boots with {firmware}; add an EFI system partition with a loader"
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The smallest min_disk for a disk of `virtual_size` bytes: its size in GiB, rounded up, at
+/// least 1.
+pub fn default_min_disk(virtual_size: u64) -> u64 {
+    virtual_size.div_ceil(GIB).max(1)
+}
+
+/// min_disk: 1 to 1024 GB, and never below the disk's virtual size.
+pub fn check_min_disk(min_disk: u64, virtual_size: u64) -> Result<()> {
+    if !(1..=1024).contains(&min_disk) {
+        return refuse(
+            "min_disk_out_of_range",
+            format!("min_disk {min_disk} GB is outside 1 to 1024"),
+        );
+    }
+    let need = default_min_disk(virtual_size);
+    if min_disk < need {
+        return refuse(
+            "min_disk_below_virtual_size",
+            format!(
+                "min_disk {min_disk} GB is below the disk's {virtual_size} bytes; use at least {need}"
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// min_ram: at most 1 TiB, in MiB.
+pub fn check_min_ram(min_ram: u64) -> Result<()> {
+    if min_ram > 1 << 20 {
+        return refuse(
+            "min_ram_out_of_range",
+            format!("min_ram {min_ram} MiB is over 1048576"),
+        );
+    }
+    Ok(())
+}
+
+/// The quota of private images: `count` are there already.
+pub fn check_quota(count: u64, limits: &Limits) -> Result<()> {
+    if count >= limits.private_image_quota {
+        return refuse(
+            "quota_exceeded",
+            format!(
+                "the project has {count} private images, its quota is {}; delete some first",
+                limits.private_image_quota
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The record exists and `project` may see it (`visible` says whether it may).
+pub fn check_found(record: Option<ImageRecord>, id: &str, visible: bool) -> Result<ImageRecord> {
+    match record {
+        Some(r) if visible && r.status != Status::Deleted => Ok(r),
+        _ => refuse(
+            "image_not_found",
+            format!("no image {id} visible to this project in this region"),
+        ),
+    }
+}
+
+/// Only the owner may change, share or delete an image.
+pub fn check_owner(record: &ImageRecord, project: &str) -> Result<()> {
+    if record.owner != project {
+        return refuse(
+            "not_owner",
+            format!(
+                "image {} belongs to project {}; only its owner may do this",
+                record.id, record.owner
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The image must be active (to share, copy, export).
+pub fn check_active(record: &ImageRecord) -> Result<()> {
+    if record.status != Status::Active {
+        return refuse(
+            "image_not_active",
+            format!("image {} is {}, not active", record.id, record.status),
+        );
+    }
+    Ok(())
+}
+
+/// Fields that describe the stored data cannot be changed by an update.
+pub fn check_mutable(field: &str) -> Result<()> {
+    const MUTABLE: &[&str] = &[
+        "name",
+        "description",
+        "min_disk",
+        "min_ram",
+        "tags",
+        "support_user_data",
+        "support_disk_hotswap",
+    ];
+    if !MUTABLE.contains(&field) {
+        return refuse(
+            "field_immutable",
+            format!(
+                "'{field}' cannot be changed (changeable: {})",
+                MUTABLE.join(", ")
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// What may be shared: not encrypted, not on the marketplace, full-ECS only from a CBR backup.
+pub fn check_shareable(record: &ImageRecord) -> Result<()> {
+    if record.encrypted {
+        return refuse(
+            "encrypted_not_shareable",
+            format!(
+                "image {} is encrypted; encrypted images cannot be shared",
+                record.id
+            ),
+        );
+    }
+    if record.marketplace {
+        return refuse(
+            "marketplace_not_shareable",
+            format!(
+                "image {} is published to the marketplace and cannot be shared",
+                record.id
+            ),
+        );
+    }
+    if record.image_type == ImageType::FullEcs && record.backup_id.is_none() {
+        return refuse(
+            "full_ecs_not_shareable",
+            format!(
+                "full-ECS image {} was not made from a CBR backup and cannot be shared",
+                record.id
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// A new member: not the owner, in the image's region, under the member limit (`count` now).
+pub fn check_new_member(
+    record: &ImageRecord,
+    project: &str,
+    project_region: &str,
+    count: u64,
+    limits: &Limits,
+) -> Result<()> {
+    if project == record.owner {
+        return refuse(
+            "share_to_owner",
+            format!("project {project} owns image {}", record.id),
+        );
+    }
+    if project_region != record.region {
+        return refuse(
+            "member_region_mismatch",
+            format!(
+                "image {} is in region {}; members must be projects of that region, not {project_region} (replicate it first)",
+                record.id, record.region
+            ),
+        );
+    }
+    if count >= limits.max_members {
+        return refuse(
+            "too_many_members",
+            format!(
+                "image {} has {count} members; the limit is {}",
+                record.id, limits.max_members
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// A member's answer needs a membership.
+pub fn not_member(id: &str, project: &str) -> Error {
+    Error::rule(
+        "not_member",
+        format!("project {project} is not a member of image {id}"),
+    )
+}
+
+/// Replication: another region; an encrypted image needs a key there.
+pub fn check_replication(
+    record: &ImageRecord,
+    target_region: &str,
+    target_key: Option<&str>,
+) -> Result<()> {
+    if target_region == record.region {
+        return refuse(
+            "same_region",
+            format!("image {} is already in region {target_region}", record.id),
+        );
+    }
+    if record.encrypted && target_key.is_none() {
+        return refuse(
+            "kms_key_required",
+            format!(
+                "image {} is encrypted; give a key of region {target_region} with --kms-key",
+                record.id
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// An exported disk of `size` bytes: not below min_disk nor below the image.
+pub fn check_export_size(record: &ImageRecord, size: u64) -> Result<()> {
+    let min = (u64::from(record.min_disk) * GIB).max(record.virtual_size);
+    if size < min {
+        return refuse(
+            "export_size_too_small",
+            format!(
+                "a disk of {size} bytes is below image {}'s minimum of {min} bytes (min_disk {} GB)",
+                record.id, record.min_disk
+            ),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code<T: std::fmt::Debug>(r: Result<T>) -> &'static str {
+        r.unwrap_err().code().expect("a rule's refusal")
+    }
+
+    #[test]
+    fn every_code_is_listed_once() {
+        let mut seen = std::collections::HashSet::new();
+        for (c, _) in CODES {
+            assert!(seen.insert(c), "{c} twice");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("a").is_ok());
+        assert!(check_name(&"é".repeat(128)).is_ok());
+        assert_eq!(code(check_name(&"n".repeat(129))), "name_too_long");
+        assert_eq!(code(check_name("")), "name_invalid");
+        assert_eq!(code(check_name("a\nb")), "name_invalid");
+        assert!(check_description(&"d".repeat(1024)).is_ok());
+        assert_eq!(
+            code(check_description(&"d".repeat(1025))),
+            "description_too_long"
+        );
+    }
+
+    #[test]
+    fn tags() {
+        let ten: Vec<String> = (0..10).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(parse_tags(&ten).unwrap().len(), 10);
+        let eleven: Vec<String> = (0..11).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(code(parse_tags(&eleven)), "too_many_tags");
+        assert_eq!(code(parse_tags(&["novalue".into()])), "tag_invalid");
+        assert_eq!(code(parse_tags(&["=v".into()])), "tag_invalid");
+        assert!(parse_tags(&[format!("{}={}", "k".repeat(36), "v".repeat(43))]).is_ok());
+        assert_eq!(
+            code(parse_tags(&[format!("{}=v", "k".repeat(37))])),
+            "tag_key_too_long"
+        );
+        assert_eq!(
+            code(parse_tags(&[format!("k={}", "v".repeat(44))])),
+            "tag_value_too_long"
+        );
+        assert!(parse_tags(&["k=".into()]).is_ok());
+    }
+
+    #[test]
+    fn sizes() {
+        let l = Limits::default();
+        assert!(check_sizes(128 << 30, 1 << 40, &l).is_ok());
+        assert_eq!(code(check_sizes((128 << 30) + 1, 1, &l)), "file_too_large");
+        assert_eq!(
+            code(check_sizes(1, (1 << 40) + 1, &l)),
+            "virtual_size_too_large"
+        );
+        let small = Limits {
+            max_file_size: 10,
+            ..Limits::default()
+        };
+        assert_eq!(code(check_sizes(11, 1, &small)), "file_too_large");
+    }
+
+    fn found(kind: ImageKind, arch: &str, firmware: Firmware) -> Inspection {
+        let reader: std::sync::Arc<dyn crate::BlockReader> = std::sync::Arc::new(Zeros);
+        let mut i = crate::inspect::inspect(reader).unwrap();
+        i.image_kind = kind;
+        i.arch = arch.into();
+        i.firmware = firmware;
+        if kind == ImageKind::System {
+            i.os_type = crate::inspect::OsType::Linux;
+        }
+        i
+    }
+
+    struct Zeros;
+    impl crate::BlockReader for Zeros {
+        fn virtual_size(&self) -> u64 {
+            1 << 20
+        }
+        fn read_at(&self, buf: &mut [u8], _: u64) -> Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn map(&self, offset: u64, len: u64) -> Result<Vec<crate::Extent>> {
+            Ok(vec![crate::Extent::new(
+                offset,
+                len,
+                crate::ExtentState::Zero,
+            )])
+        }
+    }
+
+    #[test]
+    fn types() {
+        let sys = found(ImageKind::System, "x86_64", Firmware::Uefi);
+        let data = found(ImageKind::Data, "unknown", Firmware::Unknown);
+        let iso = found(ImageKind::Iso, "unknown", Firmware::Bios);
+        assert!(check_type(ImageType::System, &sys).unwrap().is_empty());
+        assert_eq!(
+            code(check_type(ImageType::System, &data)),
+            "system_disk_without_os"
+        );
+        assert!(check_type(ImageType::Data, &data).unwrap().is_empty());
+        assert_eq!(check_type(ImageType::Data, &sys).unwrap().len(), 1);
+        assert!(check_type(ImageType::Iso, &iso).is_ok());
+        assert_eq!(code(check_type(ImageType::Iso, &sys)), "iso_type_mismatch");
+        assert_eq!(
+            code(check_type(ImageType::System, &iso)),
+            "iso_type_mismatch"
+        );
+        assert_eq!(
+            code(check_type(ImageType::FullEcs, &sys)),
+            "full_ecs_not_registrable"
+        );
+    }
+
+    #[test]
+    fn boot() {
+        let x86 = found(ImageKind::System, "x86_64", Firmware::Bios);
+        assert!(check_boot(None, None, &x86).is_ok());
+        assert!(check_boot(Some("x86_64"), Some("bios"), &x86).is_ok());
+        assert_eq!(
+            code(check_boot(Some("aarch64"), None, &x86)),
+            "architecture_mismatch"
+        );
+        assert_eq!(
+            code(check_boot(None, Some("uefi"), &x86)),
+            "firmware_mismatch"
+        );
+        let arm_bios = found(ImageKind::System, "aarch64", Firmware::Bios);
+        assert_eq!(
+            code(check_boot(None, None, &arm_bios)),
+            "aarch64_needs_uefi"
+        );
+        let arm_uefi = found(ImageKind::System, "aarch64", Firmware::Uefi);
+        assert!(check_boot(Some("aarch64"), Some("uefi"), &arm_uefi).is_ok());
+        let arm_unknown = found(ImageKind::System, "aarch64", Firmware::Unknown);
+        assert!(check_boot(None, Some("uefi"), &arm_unknown).is_ok());
+        assert_eq!(
+            code(check_boot(None, None, &arm_unknown)),
+            "aarch64_needs_uefi"
+        );
+    }
+
+    #[test]
+    fn min_disk_and_ram() {
+        assert_eq!(default_min_disk(1), 1);
+        assert_eq!(default_min_disk((1 << 30) + 1), 2);
+        assert!(check_min_disk(1, 1 << 30).is_ok());
+        assert!(check_min_disk(1024, 1 << 40).is_ok());
+        assert_eq!(code(check_min_disk(0, 1)), "min_disk_out_of_range");
+        assert_eq!(code(check_min_disk(1025, 1)), "min_disk_out_of_range");
+        assert_eq!(
+            code(check_min_disk(1, (1 << 30) + 1)),
+            "min_disk_below_virtual_size"
+        );
+        assert!(check_min_ram(1 << 20).is_ok());
+        assert_eq!(code(check_min_ram((1 << 20) + 1)), "min_ram_out_of_range");
+    }
+
+    #[test]
+    fn quota() {
+        let l = Limits::default();
+        assert!(check_quota(49, &l).is_ok());
+        assert_eq!(code(check_quota(50, &l)), "quota_exceeded");
+    }
+
+    fn record() -> ImageRecord {
+        let mut r = ImageRecord::new("a", "owner", "r1", ImageType::System);
+        r.status = Status::Active;
+        r
+    }
+
+    #[test]
+    fn ownership_and_state() {
+        let r = record();
+        assert!(check_owner(&r, "owner").is_ok());
+        assert_eq!(code(check_owner(&r, "other")), "not_owner");
+        assert!(check_found(Some(r.clone()), "x", true).is_ok());
+        assert_eq!(
+            code(check_found(Some(r.clone()), "x", false)),
+            "image_not_found"
+        );
+        assert_eq!(code(check_found(None, "x", true)), "image_not_found");
+        assert!(check_active(&r).is_ok());
+        let mut saving = r.clone();
+        saving.status = Status::Saving;
+        assert_eq!(code(check_active(&saving)), "image_not_active");
+        for f in [
+            "name",
+            "description",
+            "min_disk",
+            "min_ram",
+            "tags",
+            "support_user_data",
+        ] {
+            assert!(check_mutable(f).is_ok());
+        }
+        for f in [
+            "checksum",
+            "virtual_size",
+            "store_format",
+            "os_type",
+            "owner",
+        ] {
+            assert_eq!(code(check_mutable(f)), "field_immutable");
+        }
+    }
+
+    #[test]
+    fn sharing() {
+        let l = Limits::default();
+        let r = record();
+        assert!(check_shareable(&r).is_ok());
+        let mut enc = r.clone();
+        enc.encrypted = true;
+        assert_eq!(code(check_shareable(&enc)), "encrypted_not_shareable");
+        let mut market = r.clone();
+        market.marketplace = true;
+        assert_eq!(code(check_shareable(&market)), "marketplace_not_shareable");
+        let mut ecs = r.clone();
+        ecs.image_type = ImageType::FullEcs;
+        assert_eq!(code(check_shareable(&ecs)), "full_ecs_not_shareable");
+        ecs.backup_id = Some("backup-1".into());
+        assert!(check_shareable(&ecs).is_ok());
+        assert!(check_new_member(&r, "m", "r1", 127, &l).is_ok());
+        assert_eq!(
+            code(check_new_member(&r, "m", "r1", 128, &l)),
+            "too_many_members"
+        );
+        assert_eq!(
+            code(check_new_member(&r, "m", "r2", 0, &l)),
+            "member_region_mismatch"
+        );
+        assert_eq!(
+            code(check_new_member(&r, "owner", "r1", 0, &l)),
+            "share_to_owner"
+        );
+    }
+
+    #[test]
+    fn replication_and_export() {
+        let mut r = record();
+        assert!(check_replication(&r, "r2", None).is_ok());
+        assert_eq!(code(check_replication(&r, "r1", None)), "same_region");
+        r.encrypted = true;
+        assert_eq!(code(check_replication(&r, "r2", None)), "kms_key_required");
+        assert!(check_replication(&r, "r2", Some("key")).is_ok());
+        r.min_disk = 2;
+        r.virtual_size = 1 << 30;
+        assert!(check_export_size(&r, 2 << 30).is_ok());
+        assert_eq!(
+            code(check_export_size(&r, 1 << 30)),
+            "export_size_too_small"
+        );
+    }
+}
