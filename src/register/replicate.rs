@@ -137,11 +137,13 @@ impl Ims {
                 ..Default::default()
             },
         )?;
-        let source = if size > image.virtual_size() {
+        // The stored disk may be larger than the image (ZVHD2 reports its size rounded up to a
+        // GiB); the export is cut or grown to the size asked for.
+        let source = if size != image.virtual_size() {
             let inner = image.reader().ok_or_else(|| {
-                Error::unsupported(format!("{stored} images cannot be grown on export"))
+                Error::unsupported(format!("{stored} images cannot be resized on export"))
             })?;
-            Source::Random(Arc::new(Grown { inner, size }))
+            Source::Random(Arc::new(Resized { inner, size }))
         } else {
             image.into_source()
         };
@@ -154,13 +156,13 @@ impl Ims {
     }
 }
 
-/// A disk grown to `size` bytes; what lies past the inner disk reads as zeros.
-struct Grown {
+/// A disk cut or grown to `size` bytes; what lies past the inner disk reads as zeros.
+struct Resized {
     inner: Arc<dyn BlockReader>,
     size: u64,
 }
 
-impl BlockReader for Grown {
+impl BlockReader for Resized {
     fn virtual_size(&self) -> u64 {
         self.size
     }
