@@ -15,24 +15,12 @@ use crate::block::{BlockWriter, Piece, UnitEncoder};
 use crate::error::{Error, Result};
 use crate::io::{AppendSink, FileSink};
 
-/// L1/L2 entry flag: the cluster's refcount is exactly one.
-const QCOW_OFLAG_COPIED: u64 = 1 << 63;
-/// L2 entry flag: the cluster is compressed.
-const QCOW_OFLAG_COMPRESSED: u64 = 1 << 62;
-/// Incompatible feature bit 3: the header's compression_type field is in use.
-const INCOMPAT_COMPRESSION_TYPE: u64 = 1 << 3;
-const COMPRESSION_ZLIB: u8 = 0;
-const COMPRESSION_ZSTD: u8 = 1;
-/// qemu's largest L1 table (QCOW_MAX_L1_SIZE).
-const MAX_L1_BYTES: u64 = 32 << 20;
+use super::header::{MAX_L1_TABLE_SIZE, incompatible};
+use super::tables::{OFLAG_COMPRESSED, OFLAG_COPIED};
 
-/// The compression of a compressed image's clusters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// Raw deflate with a 4 KiB window: qemu inflates qcow2 clusters with window bits -12.
-    Zlib,
-    Zstd,
-}
+/// The compression of a compressed image's clusters (zlib: raw deflate with a 4 KiB window, as
+/// qemu inflates qcow2 clusters with window bits -12).
+pub use super::header::CompressionType as Compression;
 
 /// What `-o` and `-c` chose for a new image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,9 +187,9 @@ impl Qcow2Writer {
         let l1_entries = size
             .next_multiple_of(512)
             .div_ceil(cluster_size * l2_entries);
-        if l1_entries.saturating_mul(8) > MAX_L1_BYTES {
+        if l1_entries.saturating_mul(8) > MAX_L1_TABLE_SIZE {
             return Err(Error::InvalidArgument(format!(
-                "a {size}-byte disk needs an L1 table over {MAX_L1_BYTES} bytes with {cluster_size}-byte clusters; use a larger cluster_size"
+                "a {size}-byte disk needs an L1 table over {MAX_L1_TABLE_SIZE} bytes with {cluster_size}-byte clusters; use a larger cluster_size"
             )));
         }
         let rc_entries = cluster_size / 2;
@@ -299,7 +287,7 @@ impl Qcow2Writer {
             let at = self.alloc_clusters(1)?;
             let bytes: Vec<u8> = self.l2.iter().flat_map(|e| e.to_be_bytes()).collect();
             self.sink.write_at(&bytes, at)?;
-            self.l1[index] = at | QCOW_OFLAG_COPIED;
+            self.l1[index] = at | OFLAG_COPIED;
         }
         Ok(())
     }
@@ -363,7 +351,7 @@ impl Qcow2Writer {
         self.compressed_tail = (!end.is_multiple_of(self.cluster_size)).then_some(end);
         self.settle()?;
         let x = 62 - (self.options.cluster_bits - 8);
-        let entry = QCOW_OFLAG_COMPRESSED | ((sectors - 1) << x) | start;
+        let entry = OFLAG_COMPRESSED | ((sectors - 1) << x) | start;
         self.set_entry(offset, entry)
     }
 
@@ -386,16 +374,17 @@ impl Qcow2Writer {
         h[48..56].copy_from_slice(&refcount_table_offset.to_be_bytes());
         h[56..60].copy_from_slice(&(refcount_table_clusters as u32).to_be_bytes());
         if self.options.version == 3 {
-            let zstd = self.options.compression == Some(Compression::Zstd);
-            let incompatible = if zstd { INCOMPAT_COMPRESSION_TYPE } else { 0 };
+            let compression = self.options.compression.unwrap_or(Compression::Zlib);
+            // zlib is the default; another type needs the incompatible bit that names the field.
+            let incompatible = if compression == Compression::Zlib {
+                0
+            } else {
+                incompatible::COMPRESSION_TYPE
+            };
             h[72..80].copy_from_slice(&incompatible.to_be_bytes());
             h[96..100].copy_from_slice(&4u32.to_be_bytes());
             h[100..104].copy_from_slice(&112u32.to_be_bytes());
-            h[104] = if zstd {
-                COMPRESSION_ZSTD
-            } else {
-                COMPRESSION_ZLIB
-            };
+            h[104] = compression.code();
             // End of header extensions.
             h.extend_from_slice(&[0u8; 8]);
         } else {
@@ -435,7 +424,7 @@ impl BlockWriter for Qcow2Writer {
                 for i in 0..clusters {
                     self.set_entry(
                         offset + i * self.cluster_size,
-                        (at + i * self.cluster_size) | QCOW_OFLAG_COPIED,
+                        (at + i * self.cluster_size) | OFLAG_COPIED,
                     )?;
                 }
                 Ok(())
