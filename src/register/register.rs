@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use sha2::{Digest, Sha256, Sha512};
 
+use crate::convert::Source;
 use crate::error::{Error, Result};
 use crate::formats::Format;
 use crate::inspect::{Inspection, OsType};
@@ -27,6 +28,7 @@ use crate::io::{AppendSink, FileSink};
 use crate::{CreateOptions, OpenOptions, PipelineOptions, Progress, Target};
 
 use super::record::{Checksum, Features, ImageRecord, ImageType, Status};
+use super::replicate::Resized;
 use super::rules;
 use super::{Ims, Scope};
 
@@ -245,14 +247,39 @@ impl Ims {
 
         // Probe and open with the strict policy: any reference to another file is refused.
         let image = crate::open(file, &OpenOptions::default()).map_err(rules::open_refusal)?;
-        let virtual_size = image.virtual_size();
+        // ZVHD and ZVHD2 report their size rounded up to a GiB; the disk uploaded is
+        // `orig-size`, and a random-access source is cut to it.
+        let virtual_size = image
+            .info()
+            .format_specific
+            .and_then(|f| f["data"]["orig-size"].as_u64())
+            .filter(|&orig| orig <= image.virtual_size())
+            .unwrap_or(image.virtual_size());
         rules::check_sizes(image.file_length(), virtual_size, &self.limits)?;
         let source_format = image.format();
         let source_size = image.file_length();
+        let reader = image.reader().map(|inner| {
+            if inner.virtual_size() == virtual_size {
+                inner
+            } else {
+                Arc::new(Resized {
+                    inner,
+                    size: virtual_size,
+                }) as Arc<dyn crate::BlockReader>
+            }
+        });
+        // A stream-only source (ZVHD) is stored at the size it reports.
+        let (source, stored_size) = match reader.clone() {
+            Some(r) => (Source::Random(r), virtual_size),
+            None => {
+                let size = image.virtual_size();
+                (image.into_source(), size)
+            }
+        };
 
         // Inspect now where the format allows random access; a stream-only source (ZVHD) is
         // inspected from the stored copy.
-        let found = match image.reader() {
+        let found = match reader {
             Some(reader) => Some(crate::inspect::inspect(reader).map_err(rules::open_refusal)?),
             None => None,
         };
@@ -304,7 +331,7 @@ impl Ims {
 
         let result = self.save(
             &mut record,
-            image,
+            (source, stored_size),
             &upload,
             request,
             progress,
@@ -356,7 +383,7 @@ impl Ims {
     fn save(
         &self,
         record: &mut ImageRecord,
-        image: crate::Image,
+        (source, stored_size): (Source, u64),
         upload: &super::store::Upload,
         request: &RegisterRequest,
         progress: &mut dyn FnMut(Progress),
@@ -387,12 +414,12 @@ impl Ims {
         } else {
             Target::File(upload.path.clone())
         };
-        let writer = crate::create(format, target, record.virtual_size, &create)?;
+        let writer = crate::create(format, target, stored_size, &create)?;
         let pipeline = PipelineOptions {
             threads: request.threads,
             ..Default::default()
         };
-        crate::convert(image, writer, &pipeline, progress)?;
+        crate::convert::run(source, writer, &pipeline, progress)?;
         crash_point("after-write");
         record.checksum = if streamed {
             hashes.finish()

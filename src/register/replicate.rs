@@ -157,9 +157,9 @@ impl Ims {
 }
 
 /// A disk cut or grown to `size` bytes; what lies past the inner disk reads as zeros.
-struct Resized {
-    inner: Arc<dyn BlockReader>,
-    size: u64,
+pub(crate) struct Resized {
+    pub(crate) inner: Arc<dyn BlockReader>,
+    pub(crate) size: u64,
 }
 
 impl BlockReader for Resized {
