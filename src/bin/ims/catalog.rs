@@ -261,14 +261,22 @@ fn print_record(output: OutputKind, v: &impl serde::Serialize) -> ims::Result<()
         OutputKind::Human => {
             let value = serde_json::to_value(v)
                 .map_err(|e| Error::InvalidArgument(format!("cannot encode the record: {e}")))?;
+            let text = |v: &serde_json::Value| match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".into(),
+                other => other.to_string(),
+            };
             if let Some(map) = value.as_object() {
                 for (k, v) in map {
-                    let text = match v {
-                        serde_json::Value::String(s) => s.clone(),
-                        serde_json::Value::Null => "-".into(),
-                        other => other.to_string(),
-                    };
-                    println!("{k:<22}{text}");
+                    // One level of nesting (checksum, features, tags) as `key.sub`.
+                    match v.as_object() {
+                        Some(inner) if !inner.is_empty() => {
+                            for (sub, v) in inner {
+                                println!("{:<28}{}", format!("{k}.{sub}"), text(v));
+                            }
+                        }
+                        _ => println!("{k:<28}{}", text(v)),
+                    }
                 }
             }
         }
