@@ -30,8 +30,8 @@ run() {
   local tool=$1; shift
   local dst=${!#}
   rm -f "$dst"; sync
-  local t; t=$( { /usr/bin/time -f '%e %M' "$tool" convert "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
-  echo "$t $(stat -c %s "$dst" 2>/dev/null || echo 0)"
+  /usr/bin/time -o "$out/time" -f '%e %M' "$tool" convert "$@" >/dev/null 2>&1
+  echo "$(tail -1 "$out/time") $(stat -c %s "$dst" 2>/dev/null || echo 0)"
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
