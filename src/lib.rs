@@ -509,6 +509,18 @@ pub fn convert(
     convert::run(image.into_source(), writer, options, progress)
 }
 
+/// Registers the image file `file` as a private image of `scope` in the catalog under `home`
+/// (an SQLite file and a store directory, made when absent) and returns its active record; see
+/// [`register`](mod@register) for the flow, the rules and the rest of the catalog.
+pub fn register(
+    home: &Path,
+    scope: &register::Scope,
+    file: &Path,
+    request: &register::RegisterRequest,
+) -> Result<register::Registered> {
+    register::Ims::open(home)?.register(scope, file, request, &mut |_| {})
+}
+
 /// Wraps a source so that its errors name `path`.
 fn named(source: Source, path: &Path) -> Source {
     let path = path.to_path_buf();

@@ -1332,3 +1332,18 @@ fn recovery_leaves_a_live_registration_alone() {
         "active"
     );
 }
+
+#[test]
+fn the_crate_level_register_opens_the_catalog_and_registers() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = small_disk(dir.path(), "disk", 2 * MIB);
+    let home = dir.path().join("home");
+    let r = ims::register(&home, &owner(), &disk, &data_request("top")).unwrap();
+    assert_eq!(r.record.status, Status::Active);
+    assert!(home.join("catalog.db").exists());
+    let again = Ims::open(&home)
+        .unwrap()
+        .show(&owner(), &r.record.id)
+        .unwrap();
+    assert_eq!(again, r.record);
+}
