@@ -32,8 +32,14 @@ fuzz_target!(|data: &[u8]| {
     let disk = Disk::new(Arc::new(Mem(data.to_vec())));
     let table = partitions::read_table(&disk);
     for p in table.partitions.iter().filter(|p| p.trusted()) {
-        let end = p.start.checked_add(p.size).expect("a trusted partition's end fits");
-        assert!(end <= disk.size(), "a trusted partition lies inside the disk");
+        let end = p
+            .start
+            .checked_add(p.size)
+            .expect("a trusted partition's end fits");
+        assert!(
+            end <= disk.size(),
+            "a trusted partition lies inside the disk"
+        );
         if let Ok(vol) = Volume::new(disk.clone(), p.start, p.size) {
             let _ = superblocks::identify(&vol);
         }

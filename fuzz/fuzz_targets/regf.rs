@@ -17,7 +17,13 @@ fuzz_target!(|data: &[u8]| {
         "",
     ] {
         if let Ok(Some(key)) = hive.key(path) {
-            for name in ["ProductName", "CurrentBuildNumber", "CurrentMajorVersionNumber", "Current", ""] {
+            for name in [
+                "ProductName",
+                "CurrentBuildNumber",
+                "CurrentMajorVersionNumber",
+                "Current",
+                "",
+            ] {
                 let _ = hive.value(&key, name);
             }
         }

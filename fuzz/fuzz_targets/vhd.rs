@@ -11,7 +11,9 @@ fuzz_target!(|data: &[u8]| {
     let Some(file) = common::temp_file("vhd", data) else {
         return;
     };
-    if let Ok(reader) = ims::formats::vhd::open(file, std::path::Path::new("fuzz.vhd"), None, false, 0) {
+    if let Ok(reader) =
+        ims::formats::vhd::open(file, std::path::Path::new("fuzz.vhd"), None, false, 0)
+    {
         common::exercise(&reader);
     }
 });

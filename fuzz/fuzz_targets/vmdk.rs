@@ -4,38 +4,12 @@
 //! not allowed, so no other file is ever opened. The disk is read up to `MAX_DISK` bytes.
 #![no_main]
 
-use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
 
 use ims::formats::vmdk::descriptor::Descriptor;
 use ims::formats::vmdk::{self, StreamReader};
-use ims::{BlockReader, ChunkStream, OpenOptions};
+use ims::{ChunkStream, OpenOptions};
 use libfuzzer_sys::fuzz_target;
-
-/// How much of the disk is mapped and read.
-const MAX_DISK: u64 = 16 << 20;
-/// Size of each read.
-const PIECE: u64 = 1 << 20;
-
-/// A file holding `data`, already unlinked, and the name it had.
-fn temp_file(data: &[u8]) -> Option<(std::fs::File, std::path::PathBuf)> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = format!(
-        "ims-fuzz-vmdk-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let path = std::env::temp_dir().join(name);
-    let mut file = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .ok()?;
-    let _ = std::fs::remove_file(&path);
-    file.write_all(data).ok()?;
-    Some((file, path))
-}
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(d) = Descriptor::parse(data, 0) {
@@ -54,28 +28,22 @@ fuzz_target!(|data: &[u8]| {
         let mut seen = 0u64;
         while let Ok(Some(c)) = stream.next_chunk() {
             seen = c.end();
-            if seen >= MAX_DISK {
+            if seen >= common::MAX_DISK {
                 break;
             }
         }
         let _ = seen;
     }
-    let Some((file, path)) = temp_file(data) else {
+    let Some(file) = common::temp_file("vmdk", data) else {
         return;
     };
-    let Ok(reader) = vmdk::open(file, &path, &OpenOptions::default(), 0) else {
-        return;
-    };
-    let _ = reader.format_specific();
-    let size = reader.virtual_size().min(MAX_DISK);
-    if let Ok(extents) = reader.map(0, size) {
-        ims::block::check_map(&extents, 0, size).expect("map covers the range");
-    }
-    let mut buf = vec![0u8; PIECE as usize];
-    let mut pos = 0;
-    while pos < size {
-        let n = (size - pos).min(PIECE);
-        let _ = reader.read_at(&mut buf[..n as usize], pos);
-        pos += n;
+    // The path is only a name for errors: the file was unlinked, and references are refused.
+    if let Ok(reader) = vmdk::open(
+        file,
+        std::path::Path::new("fuzz.vmdk"),
+        &OpenOptions::default(),
+        0,
+    ) {
+        common::exercise(&reader);
     }
 });
