@@ -1347,3 +1347,44 @@ fn the_crate_level_register_opens_the_catalog_and_registers() {
         .unwrap();
     assert_eq!(again, r.record);
 }
+
+#[test]
+fn limits_come_from_the_home_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let home = d.join("home");
+    fs::create_dir_all(&home).unwrap();
+    fs::write(
+        home.join("limits.json"),
+        r#"{"private_image_quota": 1, "max_members": 1}"#,
+    )
+    .unwrap();
+    let disk = small_disk(d, "disk", MIB);
+    let first = register(&home, &disk, "one", &["--type", "data"]);
+    let id = first["id"].as_str().unwrap();
+    refused(
+        &cli(
+            &home,
+            "owner",
+            &["register", s(&disk), "--name", "two", "--type", "data"],
+        ),
+        "quota_exceeded",
+    );
+    assert!(
+        cli(&home, "owner", &["images", "share", id, "--with", "a"])
+            .status
+            .success()
+    );
+    refused(
+        &cli(&home, "owner", &["images", "share", id, "--with", "b"]),
+        "too_many_members",
+    );
+    fs::write(
+        home.join("limits.json"),
+        r#"{"private_image_quota": "many"}"#,
+    )
+    .unwrap();
+    let out = cli(&home, "owner", &["images", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.json"));
+}

@@ -108,13 +108,22 @@ pub struct ListQuery {
 
 impl Ims {
     /// Opens the service on a home directory: `HOME/catalog.db` and `HOME/store/`, created
-    /// when absent; then recovers from interrupted registrations.
+    /// when absent, with the limits of `HOME/limits.json` when it exists (for example
+    /// `{"max_file_size": 137438953472, "private_image_quota": 50}`); then recovers from
+    /// interrupted registrations.
     pub fn open(home: &Path) -> Result<Ims> {
         std::fs::create_dir_all(home)
             .map_err(|e| Error::io("create directory", e).in_file(home))?;
+        let limits_path = home.join("limits.json");
+        let limits = match std::fs::read(&limits_path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", limits_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Limits::default(),
+            Err(e) => return Err(Error::io("read", e).in_file(&limits_path)),
+        };
         let catalog = SqliteCatalog::open(&home.join("catalog.db"))?;
         let store = LocalStore::new(&home.join("store"))?;
-        Ims::with(Box::new(catalog), Box::new(store), Limits::default())
+        Ims::with(Box::new(catalog), Box::new(store), limits)
     }
 
     /// The service over any catalog and store; recovers from interrupted registrations.

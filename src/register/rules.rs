@@ -113,8 +113,10 @@ pub const CODES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Limits of the service; every one configurable.
-#[derive(Debug, Clone)]
+/// Limits of the service; every one configurable (`HOME/limits.json` for [`Ims::open`](super::Ims::open),
+/// any field left out keeping its default).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest uploaded file, bytes (128 GiB).
     pub max_file_size: u64,
