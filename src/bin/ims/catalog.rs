@@ -272,10 +272,10 @@ fn print_record(output: OutputKind, v: &impl serde::Serialize) -> ims::Result<()
                     match v.as_object() {
                         Some(inner) if !inner.is_empty() => {
                             for (sub, v) in inner {
-                                println!("{:<28}{}", format!("{k}.{sub}"), text(v));
+                                println!("{:<31} {}", format!("{k}.{sub}"), text(v));
                             }
                         }
-                        _ => println!("{k:<28}{}", text(v)),
+                        _ => println!("{k:<31} {}", text(v)),
                     }
                 }
             }
