@@ -1388,3 +1388,32 @@ fn limits_come_from_the_home_directory() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("limits.json"));
 }
+
+/// An ISO 9660 image registers as an ISO (read as the raw disk it is), and only as one.
+#[test]
+fn iso_images_register_as_iso_only() {
+    if !have("iso_images_register_as_iso_only", &["genisoimage"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    put(&content, "README.TXT", b"an installation medium\n");
+    let iso = dir.path().join("install.iso");
+    run(
+        "genisoimage",
+        &["-quiet", "-V", "INSTALL", "-o", s(&iso), s(&content)],
+    );
+    let home = dir.path().join("home");
+    let record = register(&home, &iso, "installer", &["--type", "iso"]);
+    assert_eq!(record["image_type"], "iso");
+    assert_eq!(record["status"], "active");
+    assert_eq!(record["source_format"], "raw");
+    refused(
+        &cli(
+            &home,
+            "owner",
+            &["register", s(&iso), "--name", "as-data", "--type", "data"],
+        ),
+        "format_unsupported",
+    );
+}

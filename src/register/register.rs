@@ -245,8 +245,15 @@ impl Ims {
             )));
         }
 
-        // Probe and open with the strict policy: any reference to another file is refused.
-        let image = crate::open(file, &OpenOptions::default()).map_err(rules::open_refusal)?;
+        // Probe and open with the strict policy: any reference to another file is refused. An
+        // ISO 9660 image, which the probe refuses as a disk format, is what an ISO registration
+        // asks for: it is read as the raw disk it is.
+        let options = OpenOptions {
+            format: (request.image_type == ImageType::Iso && looks_like_iso(file))
+                .then_some(Format::Raw),
+            ..OpenOptions::default()
+        };
+        let image = crate::open(file, &options).map_err(rules::open_refusal)?;
         // ZVHD and ZVHD2 report their size rounded up to a GiB; the disk uploaded is
         // `orig-size`, and a random-access source is cut to it.
         let virtual_size = image
@@ -442,4 +449,13 @@ impl Ims {
         record.store_size = self.store.commit(upload)?;
         Ok(warnings)
     }
+}
+
+/// Whether `file` carries the ISO 9660 signature (`CD001` in the volume descriptor at 32 KiB).
+fn looks_like_iso(file: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 5];
+    std::fs::File::open(file)
+        .and_then(|f| f.read_exact_at(&mut magic, 0x8001))
+        .is_ok_and(|()| &magic == b"CD001")
 }
