@@ -63,6 +63,7 @@ fn every_option_passes_qemu_img_check_and_compare() {
         &["-o", "cluster_size=2M"],
         &["-c", "-o", "cluster_size=2M"],
         &["-o", "cluster_size=4096"],
+        &["-o", "lazy_refcounts=on"],
         // 512-byte clusters: a refcount block covers only 128 KiB, so many are written mid-stream.
         &["-o", "cluster_size=512"],
         &["-c", "-o", "cluster_size=512,compression_type=zstd"],

@@ -15,7 +15,7 @@ use crate::block::{BlockWriter, Piece, UnitEncoder};
 use crate::error::{Error, Result};
 use crate::io::{AppendSink, FileSink};
 
-use super::header::{MAX_L1_TABLE_SIZE, incompatible};
+use super::header::{MAX_L1_TABLE_SIZE, compatible, incompatible};
 use super::tables::{OFLAG_COMPRESSED, OFLAG_COPIED};
 
 /// The compression of a compressed image's clusters (zlib: raw deflate with a 4 KiB window, as
@@ -29,6 +29,9 @@ pub struct Qcow2CreateOptions {
     /// 2 (`compat=0.10`) or 3 (`compat=1.1`).
     pub version: u32,
     pub compression: Option<Compression>,
+    /// `lazy_refcounts=on`: the compatible feature bit qemu sets. ims always writes exact
+    /// refcounts, so the bit only tells later writers they may defer their updates.
+    pub lazy_refcounts: bool,
 }
 
 impl Default for Qcow2CreateOptions {
@@ -37,12 +40,13 @@ impl Default for Qcow2CreateOptions {
             cluster_bits: 16,
             version: 3,
             compression: None,
+            lazy_refcounts: false,
         }
     }
 }
 
 impl Qcow2CreateOptions {
-    /// Reads qemu-img's option names: `cluster_size`, `compat`, `compression_type`; `compress`
+    /// Reads qemu-img's option names: `cluster_size`, `compat`, `compression_type`, `lazy_refcounts`; `compress`
     /// is `-c`. Options qemu-img knows but ims does not write are refused by name.
     pub fn parse(options: &[(String, String)], compress: bool) -> Result<Self> {
         let mut out = Qcow2CreateOptions::default();
@@ -81,14 +85,19 @@ impl Qcow2CreateOptions {
                     })
                 }
                 "refcount_bits" if value == "16" => {}
+                "lazy_refcounts" if value == "on" => out.lazy_refcounts = true,
                 "lazy_refcounts" | "preallocation" | "extended_l2" if value == "off" => {}
-                "preallocation" if value == "off" => {}
                 _ => {
                     return Err(Error::InvalidArgument(format!(
                         "qcow2 option '{key}={value}' is not supported (ims writes: cluster_size, compat, compression_type, -c)"
                     )));
                 }
             }
+        }
+        if out.lazy_refcounts && out.version < 3 {
+            return Err(Error::InvalidArgument(
+                "lazy_refcounts=on needs compat=1.1".into(),
+            ));
         }
         if compression_type == Some(Compression::Zstd) && out.version < 3 {
             return Err(Error::InvalidArgument(
@@ -382,6 +391,12 @@ impl Qcow2Writer {
                 incompatible::COMPRESSION_TYPE
             };
             h[72..80].copy_from_slice(&incompatible.to_be_bytes());
+            let compatible = if self.options.lazy_refcounts {
+                compatible::LAZY_REFCOUNTS
+            } else {
+                0
+            };
+            h[80..88].copy_from_slice(&compatible.to_be_bytes());
             h[96..100].copy_from_slice(&4u32.to_be_bytes());
             h[100..104].copy_from_slice(&112u32.to_be_bytes());
             h[104] = compression.code();
@@ -521,6 +536,12 @@ mod tests {
         assert!(opts(&[("cluster_size", "4M")], false).is_err());
         assert!(opts(&[("compat", "0.10"), ("compression_type", "zstd")], true).is_err());
         assert!(opts(&[("backing_file", "x")], false).is_err());
+        assert!(
+            opts(&[("lazy_refcounts", "on")], false)
+                .unwrap()
+                .lazy_refcounts
+        );
+        assert!(opts(&[("lazy_refcounts", "on"), ("compat", "0.10")], false).is_err());
         assert_eq!(parse_size("64k").unwrap(), 65536);
         assert!(parse_size("k").is_err());
     }
