@@ -349,3 +349,12 @@ fn info_names_a_backing_file_that_convert_refuses() {
     assert!(out.status.success());
     assert_eq!(out.stdout.len(), 16 << 20);
 }
+
+#[test]
+fn usage_errors_exit_1_as_qemu_img() {
+    let out = ims(&["convert", "--no-such-option", "a", "b"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-option"));
+    assert_eq!(ims(&["compare", "only-one"]).status.code(), Some(1));
+    assert_eq!(ims(&["--version"]).status.code(), Some(0));
+}
