@@ -352,12 +352,16 @@ pub struct CreateOptions {
 }
 
 impl CreateOptions {
-    /// Parses qemu-img's `-o` syntax (`key=value[,key=value...]`) and adds the pairs.
+    /// Parses qemu-img's `-o` syntax (`key=value[,key=value...]`) and adds the pairs. A bare
+    /// `key` means `key=on`, as qemu reads boolean options (`-o force_size`).
     pub fn parse_options(&mut self, spec: &str) -> Result<()> {
         for part in spec.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(|| {
-                Error::InvalidArgument(format!("option '{part}' is not key=value"))
-            })?;
+            let (k, v) = part.split_once('=').unwrap_or((part, "on"));
+            if k.trim().is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "option '{part}' has no name"
+                )));
+            }
             self.options
                 .push((k.trim().to_string(), v.trim().to_string()));
         }

@@ -358,3 +358,26 @@ fn usage_errors_exit_1_as_qemu_img() {
     assert_eq!(ims(&["compare", "only-one"]).status.code(), Some(1));
     assert_eq!(ims(&["--version"]).status.code(), Some(0));
 }
+
+#[test]
+fn a_bare_option_means_on_as_in_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("a.raw");
+    mixed_raw(&src, 1_000_000, 9);
+    let out = ims(&[
+        "convert",
+        "-O",
+        "vhd",
+        "-o",
+        "subformat=fixed,force_size",
+        s(&src),
+        "-",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // force_size keeps the size (rounded to a sector): data then the 512-byte footer.
+    assert_eq!(out.stdout.len(), 1_000_448 + 512);
+}
