@@ -1,0 +1,1247 @@
+//! Hostile inputs: malformed images built in code, across every format, each opened and read in
+//! full through the library. Every case must fail with one exact error kind (or, where noted,
+//! succeed), within 2 seconds, without a panic, and without reading any file but the image:
+//! sentinel files beside the image and outside its directory are checked by their access times.
+//!
+//! Symbolic-link loops inside guests are covered by tests/inspect.rs; ZVHD record-level damage
+//! (and ZVHD2 payloads decoding past a block) by tests/zvhd.rs.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use byteorder::{BigEndian, ByteOrder, LittleEndian};
+use common::{ims, mixed_raw, s};
+use ims::{CreateOptions, Format, OpenOptions, Target};
+
+const MIB: u64 = 1 << 20;
+/// The virtual size of every base image.
+const DISK: u64 = 2 * MIB;
+
+// ---- Base images, made by ims's own writers from one raw disk. ----
+
+struct Bases {
+    qcow2: Vec<u8>,
+    qcow2_compressed: Vec<u8>,
+    vhd_dynamic: Vec<u8>,
+    vhd_fixed: Vec<u8>,
+    vmdk_sparse: Vec<u8>,
+    vmdk_stream: Vec<u8>,
+    zvhd2: Vec<u8>,
+    zvhd: Vec<u8>,
+}
+
+fn make(dir: &Path, raw: &Path, format: Format, opts: &[(&str, &str)], compress: bool) -> Vec<u8> {
+    let out = dir.join(format!(
+        "base-{}-{}.img",
+        format.name(),
+        opts.len() + compress as usize
+    ));
+    let image = ims::open(raw, &OpenOptions::default()).unwrap();
+    let options = CreateOptions {
+        options: opts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        compress,
+        durable: false,
+    };
+    let w = ims::create(format, Target::File(out.clone()), DISK, &options).unwrap();
+    ims::convert(image, w, &Default::default(), &mut |_| {}).unwrap();
+    std::fs::read(&out).unwrap()
+}
+
+fn bases(dir: &Path) -> Bases {
+    let raw = dir.join("base.raw");
+    mixed_raw(&raw, DISK, 5);
+    Bases {
+        qcow2: make(dir, &raw, Format::Qcow2, &[], false),
+        qcow2_compressed: make(dir, &raw, Format::Qcow2, &[], true),
+        vhd_dynamic: make(dir, &raw, Format::Vhd, &[("subformat", "dynamic")], false),
+        vhd_fixed: make(dir, &raw, Format::Vhd, &[("subformat", "fixed")], false),
+        vmdk_sparse: make(
+            dir,
+            &raw,
+            Format::Vmdk,
+            &[("subformat", "monolithicSparse")],
+            false,
+        ),
+        vmdk_stream: make(
+            dir,
+            &raw,
+            Format::Vmdk,
+            &[("subformat", "streamOptimized")],
+            false,
+        ),
+        zvhd2: make(dir, &raw, Format::Zvhd2, &[], false),
+        zvhd: make(dir, &raw, Format::Zvhd, &[], false),
+    }
+}
+
+// ---- Byte editing. ----
+
+fn be32(b: &mut [u8], at: usize, v: u32) {
+    BigEndian::write_u32(&mut b[at..at + 4], v);
+}
+fn be64(b: &mut [u8], at: usize, v: u64) {
+    BigEndian::write_u64(&mut b[at..at + 8], v);
+}
+fn le32(b: &mut [u8], at: usize, v: u32) {
+    LittleEndian::write_u32(&mut b[at..at + 4], v);
+}
+fn le64(b: &mut [u8], at: usize, v: u64) {
+    LittleEndian::write_u64(&mut b[at..at + 8], v);
+}
+fn edit(base: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut b = base.to_vec();
+    f(&mut b);
+    b
+}
+fn cut(base: &[u8], at: usize) -> Vec<u8> {
+    base[..at.min(base.len())].to_vec()
+}
+
+// qcow2 (big-endian header).
+const Q_BACKING_OFFSET: usize = 8;
+const Q_BACKING_SIZE: usize = 16;
+const Q_CLUSTER_BITS: usize = 20;
+const Q_SIZE: usize = 24;
+const Q_CRYPT: usize = 32;
+const Q_L1_SIZE: usize = 36;
+const Q_L1_OFFSET: usize = 40;
+const Q_RC_OFFSET: usize = 48;
+const Q_RC_CLUSTERS: usize = 56;
+const Q_NB_SNAPSHOTS: usize = 60;
+const Q_SNAPSHOTS_OFFSET: usize = 64;
+const Q_INCOMPATIBLE: usize = 72;
+const Q_REFCOUNT_ORDER: usize = 96;
+const Q_HEADER_LENGTH: usize = 100;
+/// Where the tests put a backing file name: inside cluster 0, after the header extensions.
+const Q_NAME_AT: usize = 0xf000;
+
+fn q_l1(b: &[u8]) -> usize {
+    BigEndian::read_u64(&b[Q_L1_OFFSET..]) as usize
+}
+fn q_rc(b: &[u8]) -> usize {
+    BigEndian::read_u64(&b[Q_RC_OFFSET..]) as usize
+}
+/// The L2 table of the first L1 entry.
+fn q_l2(b: &[u8]) -> usize {
+    (BigEndian::read_u64(&b[q_l1(b)..]) & 0x00ff_ffff_ffff_fe00) as usize
+}
+/// The file offset of the first L2 entry that maps data, and its value.
+fn q_first_entry(b: &[u8]) -> (usize, u64) {
+    let l2 = q_l2(b);
+    (0..8192)
+        .map(|i| l2 + 8 * i)
+        .map(|at| (at, BigEndian::read_u64(&b[at..])))
+        .find(|(_, v)| *v & 0x3fff_ffff_ffff_fffe != 0)
+        .unwrap()
+}
+/// A qcow2 image whose backing file is `name`.
+fn q_backing(base: &[u8], name: &str) -> Vec<u8> {
+    edit(base, |b| {
+        assert!(b[Q_NAME_AT..Q_NAME_AT + 1024].iter().all(|&x| x == 0));
+        b[Q_NAME_AT..Q_NAME_AT + name.len()].copy_from_slice(name.as_bytes());
+        be64(b, Q_BACKING_OFFSET, Q_NAME_AT as u64);
+        be32(b, Q_BACKING_SIZE, name.len() as u32);
+    })
+}
+
+// VHD (big-endian; footer and dynamic header checksums are one's complement sums).
+fn vhd_sum(b: &[u8], skip: usize) -> u32 {
+    !b.iter()
+        .enumerate()
+        .filter(|(i, _)| !(skip..skip + 4).contains(i))
+        .fold(0u32, |a, (_, &x)| a.wrapping_add(u32::from(x)))
+}
+/// Edits the footer (both copies of a dynamic disk's) and reseals it.
+fn vhd_footer(base: &[u8], f: impl Fn(&mut [u8])) -> Vec<u8> {
+    edit(base, |b| {
+        let end = b.len() - 512;
+        let mut starts = vec![end];
+        if &b[..8] == b"conectix" && end != 0 {
+            starts.push(0);
+        }
+        for at in starts {
+            let page = &mut b[at..at + 512];
+            f(page);
+            let sum = vhd_sum(page, 64);
+            be32(page, 64, sum);
+        }
+    })
+}
+/// Edits the dynamic header (at 512 in ims's dynamic disks) and reseals it.
+fn vhd_header(base: &[u8], f: impl Fn(&mut [u8])) -> Vec<u8> {
+    edit(base, |b| {
+        let h = &mut b[512..1536];
+        f(h);
+        let sum = vhd_sum(h, 36);
+        be32(h, 36, sum);
+    })
+}
+fn vhd_bat(b: &[u8]) -> usize {
+    BigEndian::read_u64(&b[512 + 16..]) as usize
+}
+/// A differencing disk whose parent locator (and unicode name) is `name`: the dynamic base with
+/// its disk type changed and the locator data put in a sector before the footer.
+fn vhd_child(base: &[u8], name: &str, code: &[u8; 4]) -> Vec<u8> {
+    let footer = base[base.len() - 512..].to_vec();
+    let mut b = base[..base.len() - 512].to_vec();
+    let data_at = b.len();
+    let data: Vec<u8> = if code == b"MacX" {
+        name.as_bytes().to_vec()
+    } else {
+        name.encode_utf16().flat_map(|u| u.to_le_bytes()).collect()
+    };
+    let mut sector = data.clone();
+    sector.resize(512, 0);
+    b.extend_from_slice(&sector);
+    b.extend_from_slice(&footer);
+    let b = vhd_header(&b, |h| {
+        for (i, u) in name.encode_utf16().take(256).enumerate() {
+            BigEndian::write_u16(&mut h[64 + 2 * i..], u);
+        }
+        h[576..580].copy_from_slice(code);
+        be32(h, 580, 512);
+        be32(h, 584, data.len() as u32);
+        be64(h, 592, data_at as u64);
+    });
+    vhd_footer(&b, |f| be32(f, 60, 4))
+}
+
+// VMDK hosted sparse header (little-endian).
+const K_CAPACITY: usize = 12;
+const K_GRAIN: usize = 20;
+const K_DESC_OFFSET: usize = 28;
+const K_DESC_SIZE: usize = 36;
+const K_GTES: usize = 44;
+const K_RGD: usize = 48;
+const K_GD: usize = 56;
+const K_OVERHEAD: usize = 64;
+
+fn k_gd(b: &[u8]) -> usize {
+    LittleEndian::read_u64(&b[K_GD..]) as usize * 512
+}
+fn k_rgd(b: &[u8]) -> usize {
+    LittleEndian::read_u64(&b[K_RGD..]) as usize * 512
+}
+fn k_gt(b: &[u8]) -> usize {
+    LittleEndian::read_u32(&b[k_gd(b)..]) as usize * 512
+}
+fn k_first_grain(b: &[u8]) -> usize {
+    LittleEndian::read_u32(&b[k_gt(b)..]) as usize * 512
+}
+/// Sets the same entry in both grain directories (a reader may use either).
+fn k_both_gd(b: &mut [u8], v: u32) {
+    let (gd, rgd) = (k_gd(b), k_rgd(b));
+    le32(b, gd, v);
+    if rgd != 0 {
+        le32(b, rgd, v);
+    }
+}
+fn k_both_gt(b: &mut [u8], v: u32) {
+    let (gd, rgd) = (k_gd(b), k_rgd(b));
+    for dir in [gd, rgd] {
+        if dir != 0 {
+            let gt = LittleEndian::read_u32(&b[dir..]) as usize * 512;
+            le32(b, gt, v);
+        }
+    }
+}
+fn descriptor(extents: &str) -> Vec<u8> {
+    format!(
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n{extents}ddb.adapterType = \"ide\"\n"
+    )
+    .into_bytes()
+}
+fn flat(target: &str) -> Vec<u8> {
+    descriptor(&format!("RW 2048 FLAT \"{target}\" 0\n"))
+}
+
+// ZVHD2 / ZVHD: pages of 4096 bytes; header page first, footer page last.
+const PAGE: usize = 4096;
+
+fn zvhd2_vector() -> Vec<u8> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/zvhd");
+    if let Ok(bytes) = std::fs::read(dir.join("tiny.zstd.zvhd2")) {
+        return bytes;
+    }
+    let gz = std::fs::read(dir.join("tiny.zstd.zvhd2.gz")).unwrap();
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut out).unwrap();
+    out
+}
+
+/// A GPT disk: protective MBR, GPT header at LBA 1, one partition entry.
+fn gpt_disk() -> Vec<u8> {
+    let mut b = vec![0u8; DISK as usize];
+    b[446 + 4] = 0xee;
+    le32(&mut b, 446 + 8, 1);
+    le32(&mut b, 446 + 12, (DISK / 512 - 1) as u32);
+    b[510] = 0x55;
+    b[511] = 0xaa;
+    b[512..520].copy_from_slice(b"EFI PART");
+    b
+}
+
+// ---- Compressed units that inflate past their size. ----
+
+fn deflate_raw(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+fn zlib(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// The compressed qcow2 image with its first compressed cluster replaced by a deflate stream of
+/// `inflated` zero bytes.
+fn q_bomb(base: &[u8], inflated: usize) -> Vec<u8> {
+    edit(base, |b| {
+        let cluster_bits = BigEndian::read_u32(&b[Q_CLUSTER_BITS..]);
+        let l2 = q_l2(b);
+        let (at, v) = (0..8192)
+            .map(|i| l2 + 8 * i)
+            .map(|at| (at, BigEndian::read_u64(&b[at..])))
+            .find(|(_, v)| v & (1 << 62) != 0)
+            .expect("a compressed cluster");
+        let x = 62 - (cluster_bits - 8);
+        let host = (v & ((1u64 << x) - 1)) as usize;
+        let bomb = deflate_raw(&vec![0u8; inflated]);
+        b[host..host + bomb.len()].copy_from_slice(&bomb);
+        // The descriptor's sector count covers the bomb (it is far shorter than the data it replaced).
+        let _ = at;
+    })
+}
+
+/// The streamOptimized image with its first grain replaced by a zlib stream of `inflated` zeros.
+fn k_stream_bomb(base: &[u8], inflated: usize) -> Vec<u8> {
+    edit(base, |b| {
+        let overhead = LittleEndian::read_u64(&b[K_OVERHEAD..]) as usize * 512;
+        // The first marker after the overhead is grain 0 (the base disk starts with data).
+        let size = LittleEndian::read_u32(&b[overhead + 8..]) as usize;
+        assert!(size > 0, "grain marker at {overhead:#x}");
+        let bomb = zlib(&vec![0u8; inflated]);
+        assert!(bomb.len() <= size);
+        b[overhead + 12..overhead + 12 + bomb.len()].copy_from_slice(&bomb);
+        le32(b, overhead + 8, bomb.len() as u32);
+    })
+}
+
+// ---- The cases. ----
+
+/// A file beside the image (besides the image itself) that a case writes first.
+type Extra = (&'static str, Vec<u8>);
+
+struct Case {
+    name: String,
+    format: Option<Format>,
+    /// Whether references are allowed inside the case's directory.
+    allow: bool,
+    /// The error kind expected, or "ok".
+    expect: &'static str,
+    bytes: Vec<u8>,
+    extra: Vec<Extra>,
+    /// A control case: it must read the sentinel beside the image (proving the check works).
+    reads_sentinel: bool,
+}
+
+fn case(name: impl Into<String>, expect: &'static str, bytes: Vec<u8>) -> Case {
+    Case {
+        name: name.into(),
+        format: None,
+        allow: false,
+        expect,
+        bytes,
+        extra: Vec::new(),
+        reads_sentinel: false,
+    }
+}
+
+impl Case {
+    fn allow(mut self) -> Self {
+        self.allow = true;
+        self
+    }
+    fn format(mut self, f: Format) -> Self {
+        self.format = Some(f);
+        self
+    }
+    fn reads_sentinel(mut self) -> Self {
+        self.reads_sentinel = true;
+        self
+    }
+    fn with(mut self, name: &'static str, bytes: Vec<u8>) -> Self {
+        self.extra.push((name, bytes));
+        self
+    }
+}
+
+/// The names a hostile reference may take; `outside` is the absolute path of the sentinel outside
+/// the case's directory.
+fn hostile_names(outside: &str) -> Vec<String> {
+    vec![
+        "../outside.raw".into(),
+        "sub/../../outside.raw".into(),
+        outside.into(),
+        "/dev/zero".into(),
+        "/proc/self/environ".into(),
+        "json:{'file':{'filename':'../outside.raw'}}".into(),
+        "nbd:localhost:10809".into(),
+    ]
+}
+
+fn qcow2_cases(b: &Bases, outside: &str) -> Vec<Case> {
+    let q = &b.qcow2;
+    let len = q.len() as u64;
+    let (entry_at, entry) = q_first_entry(q);
+    let mut v = vec![
+        // Header fields out of range.
+        case(
+            "qcow2 cluster_bits 8",
+            "malformed",
+            edit(q, |b| be32(b, Q_CLUSTER_BITS, 8)),
+        ),
+        case(
+            "qcow2 cluster_bits 63",
+            "malformed",
+            edit(q, |b| be32(b, Q_CLUSTER_BITS, 63)),
+        ),
+        case(
+            "qcow2 size u64::MAX",
+            "malformed",
+            edit(q, |b| be64(b, Q_SIZE, u64::MAX)),
+        ),
+        case(
+            "qcow2 encrypted",
+            "unsupported",
+            edit(q, |b| be32(b, Q_CRYPT, 1)),
+        ),
+        case(
+            "qcow2 unknown incompatible feature",
+            "unsupported",
+            edit(q, |b| be64(b, Q_INCOMPATIBLE, 1 << 40)),
+        ),
+        case(
+            "qcow2 refcount_order 7",
+            "malformed",
+            edit(q, |b| be32(b, Q_REFCOUNT_ORDER, 7)),
+        ),
+        case(
+            "qcow2 header_length past the cluster",
+            "malformed",
+            edit(q, |b| be32(b, Q_HEADER_LENGTH, 1 << 20)),
+        ),
+        case("qcow2 version 4", "unsupported", edit(q, |b| be32(b, 4, 4))),
+        case("qcow version 1", "unsupported", edit(q, |b| be32(b, 4, 1))),
+        // Offsets past the end or misaligned.
+        case(
+            "qcow2 L1 table past EOF",
+            "truncated",
+            edit(q, |b| be64(b, Q_L1_OFFSET, len + (1 << 16))),
+        ),
+        case(
+            "qcow2 L1 offset u64::MAX & cluster",
+            "truncated",
+            edit(q, |b| be64(b, Q_L1_OFFSET, 0xffff_ffff_ffff_0000)),
+        ),
+        case(
+            "qcow2 L1 offset unaligned",
+            "malformed",
+            edit(q, |b| be64(b, Q_L1_OFFSET, 0x10008)),
+        ),
+        case(
+            "qcow2 refcount table past EOF",
+            "truncated",
+            edit(q, |b| be64(b, Q_RC_OFFSET, len + (1 << 16))),
+        ),
+        case(
+            "qcow2 snapshots past EOF",
+            "truncated",
+            edit(q, |b| {
+                be32(b, Q_NB_SNAPSHOTS, 1);
+                be64(b, Q_SNAPSHOTS_OFFSET, len + (1 << 16));
+            }),
+        ),
+        case(
+            "qcow2 backing name past EOF",
+            "malformed",
+            edit(q, |b| {
+                be64(b, Q_BACKING_OFFSET, len + 512);
+                be32(b, Q_BACKING_SIZE, 10);
+            }),
+        ),
+        case(
+            "qcow2 L2 table past EOF",
+            "truncated",
+            edit(q, |b| {
+                let l1 = q_l1(b);
+                be64(b, l1, (1 << 63) | ((len + (1 << 20)) & !0xffff));
+            }),
+        ),
+        case(
+            "qcow2 L2 table unaligned",
+            "malformed",
+            edit(q, |b| {
+                let l1 = q_l1(b);
+                be64(b, l1, (1 << 63) | 0x10200);
+            }),
+        ),
+        case(
+            "qcow2 data cluster past EOF",
+            "truncated",
+            edit(q, |b| {
+                be64(
+                    b,
+                    entry_at,
+                    (entry & (1 << 63)) | ((len + (4 << 20)) & !0xffff),
+                );
+            }),
+        ),
+        case(
+            "qcow2 data cluster at 2^55",
+            "truncated",
+            edit(q, |b| be64(b, entry_at, (1 << 63) | (1 << 55))),
+        ),
+        // Tables sized to force huge allocations.
+        case(
+            "qcow2 L1 of 2^31 entries",
+            "limit-exceeded",
+            edit(q, |b| be32(b, Q_L1_SIZE, 0x7fff_ffff)),
+        ),
+        case(
+            "qcow2 refcount table of 2^32 clusters",
+            "limit-exceeded",
+            edit(q, |b| be32(b, Q_RC_CLUSTERS, u32::MAX)),
+        ),
+        case(
+            "qcow2 2^31 snapshots",
+            "limit-exceeded",
+            edit(q, |b| {
+                be32(b, Q_NB_SNAPSHOTS, 0x7fff_ffff);
+                be64(b, Q_SNAPSHOTS_OFFSET, 0x10000);
+            }),
+        ),
+        case(
+            "qcow2 backing name of 64 KiB",
+            "malformed",
+            edit(q, |b| {
+                be64(b, Q_BACKING_OFFSET, 0x1000);
+                be32(b, Q_BACKING_SIZE, 0xffff);
+            }),
+        ),
+        // Decompression bomb: a compressed cluster inflating to twice the cluster size.
+        case(
+            "qcow2 compressed cluster inflating past its size",
+            "malformed",
+            q_bomb(&b.qcow2_compressed, 1 << 17),
+        ),
+        case(
+            "qcow2 compressed cluster inflating short",
+            "malformed",
+            q_bomb(&b.qcow2_compressed, 100),
+        ),
+    ];
+    // Truncation at each structure boundary.
+    let l2 = q_l2(q);
+    let data = (entry & 0x00ff_ffff_ffff_fe00) as usize;
+    for (what, at, kind) in [
+        ("inside the header", 50, "truncated"),
+        ("after the v2 header", 72, "truncated"),
+        ("after the v3 header", 104, "truncated"),
+        ("at the L1 table", q_l1(q), "truncated"),
+        ("at the refcount table", q_rc(q), "truncated"),
+        ("at the L2 table", l2, "truncated"),
+        ("inside the L2 table", l2 + 4096, "truncated"),
+        ("at the first data cluster", data, "truncated"),
+        // The last cluster is a refcount block, which reading does not consult (qemu-img agrees).
+        ("inside the last cluster", q.len() - 4096, "ok"),
+    ] {
+        v.push(case(format!("qcow2 cut {what}"), kind, cut(q, at)));
+    }
+    // References: refused without the option, and hostile names refused with it.
+    v.push(case(
+        "qcow2 backing beside, not allowed",
+        "external-reference",
+        q_backing(q, "sentinel.raw"),
+    ));
+    for name in hostile_names(outside) {
+        v.push(
+            case(
+                format!("qcow2 backing {name}"),
+                "external-reference",
+                q_backing(q, &name),
+            )
+            .allow(),
+        );
+    }
+    v.push(case(
+        "qcow2 backing /dev/zero, not allowed",
+        "external-reference",
+        q_backing(q, "/dev/zero"),
+    ));
+    // The control: a backing file beside the image, allowed, is read (and so is the sentinel).
+    v.push(
+        case(
+            "control: qcow2 backing beside, allowed",
+            "ok",
+            q_backing(q, "sentinel.raw"),
+        )
+        .allow()
+        .reads_sentinel(),
+    );
+    // Cycles.
+    v.push(
+        case(
+            "qcow2 backing itself",
+            "external-reference",
+            q_backing(q, "img"),
+        )
+        .allow(),
+    );
+    v.push(
+        case(
+            "qcow2 backing loop a -> b -> a",
+            "limit-exceeded",
+            q_backing(q, "b.qcow2"),
+        )
+        .allow()
+        .with("b.qcow2", q_backing(q, "img")),
+    );
+    v
+}
+
+fn vhd_cases(b: &Bases, outside: &str) -> Vec<Case> {
+    let d = &b.vhd_dynamic;
+    let len = d.len() as u64;
+    let bat = vhd_bat(d);
+    let mut v = vec![
+        case(
+            "vhd footer checksum",
+            "malformed",
+            edit(d, |b| {
+                let n = b.len();
+                b[n - 512 + 64] ^= 1;
+                b[64] ^= 1;
+            }),
+        ),
+        case(
+            "vhd data_offset past EOF",
+            "malformed",
+            vhd_footer(d, |f| be64(f, 16, len + 4096)),
+        ),
+        case(
+            "vhd data_offset u64::MAX",
+            "malformed",
+            vhd_footer(d, |f| be64(f, 16, u64::MAX - 511)),
+        ),
+        case(
+            "vhd current_size u64::MAX",
+            "malformed",
+            // A creator other than "vpc " or "qemu", so the size is current_size's.
+            vhd_footer(d, |f| {
+                f[28..32].copy_from_slice(b"win ");
+                be64(f, 48, u64::MAX);
+            }),
+        ),
+        case(
+            "vhd disk type 9",
+            "malformed",
+            vhd_footer(d, |f| be32(f, 60, 9)),
+        ),
+        case(
+            "vhd BAT past EOF",
+            "malformed",
+            vhd_header(d, |h| be64(h, 16, len + 4096)),
+        ),
+        case(
+            "vhd BAT at 2^63",
+            "malformed",
+            vhd_header(d, |h| be64(h, 16, 1 << 63)),
+        ),
+        case(
+            "vhd block_size 0",
+            "malformed",
+            vhd_header(d, |h| be32(h, 32, 0)),
+        ),
+        case(
+            "vhd block_size not a power of two",
+            "malformed",
+            vhd_header(d, |h| be32(h, 32, 3 << 20)),
+        ),
+        case(
+            "vhd block_size 2 GiB",
+            "malformed",
+            vhd_header(d, |h| be32(h, 32, 1 << 31)),
+        ),
+        case(
+            "vhd max_table_entries 2^32-1",
+            "malformed",
+            vhd_header(d, |h| be32(h, 28, u32::MAX)),
+        ),
+        case(
+            "vhd BAT entry past EOF",
+            "malformed",
+            edit(d, |b| be32(b, bat, (len / 512 + 100) as u32)),
+        ),
+        case(
+            "vhd BAT entry 0xfffffffe",
+            "malformed",
+            edit(d, |b| be32(b, bat, 0xffff_fffe)),
+        ),
+        case(
+            "vhd dynamic header cookie",
+            "malformed",
+            vhd_header(d, |h| h[0] = b'X'),
+        ),
+        case(
+            "vhd fixed disk shorter than its size",
+            "truncated",
+            vhd_footer(&b.vhd_fixed, |f| {
+                f[28..32].copy_from_slice(b"win ");
+                be64(f, 40, 4 * MIB);
+                be64(f, 48, 4 * MIB);
+            }),
+        ),
+        case("vhd locator of 4 GiB", "malformed", {
+            let c = vhd_child(d, "parent.vhd", b"W2ru");
+            vhd_header(&c, |h| be32(h, 584, u32::MAX))
+        })
+        .allow(),
+        case("vhd locator past EOF", "malformed", {
+            let c = vhd_child(d, "parent.vhd", b"W2ru");
+            let at = c.len() as u64 + 4096;
+            vhd_header(&c, |h| be64(h, 592, at))
+        })
+        .allow(),
+    ];
+    for (what, at, kind) in [
+        ("inside the footer copy", 100, "truncated"),
+        ("after the footer copy", 512, "malformed"),
+        ("inside the dynamic header", 1000, "malformed"),
+        ("after the dynamic header", 1536, "malformed"),
+        ("inside the BAT", bat + 2, "malformed"),
+        ("inside the first block", d.len() - 512 - 4096, "malformed"),
+        ("before the footer", d.len() - 512, "ok"),
+    ] {
+        v.push(case(format!("vhd cut {what}"), kind, cut(d, at)));
+    }
+    v.push(case(
+        "vhd fixed cut before the footer",
+        "ok",
+        cut(&b.vhd_fixed, b.vhd_fixed.len() - 512),
+    ));
+    v.push(case(
+        "vhd parent beside, not allowed",
+        "external-reference",
+        vhd_child(d, "sentinel.raw", b"W2ru"),
+    ));
+    for name in hostile_names(outside) {
+        let code = if name.starts_with('/') {
+            b"MacX"
+        } else {
+            b"W2ru"
+        };
+        v.push(
+            case(
+                format!("vhd parent {name}"),
+                "external-reference",
+                vhd_child(d, &name, code),
+            )
+            .allow(),
+        );
+    }
+    v.push(
+        case(
+            "vhd parent is itself",
+            "external-reference",
+            vhd_child(d, "img", b"W2ru"),
+        )
+        .allow(),
+    );
+    v.push(
+        case(
+            "vhd parent loop a -> b -> a",
+            "limit-exceeded",
+            vhd_child(d, "b.vhd", b"W2ru"),
+        )
+        .allow()
+        .with("b.vhd", vhd_child(d, "img", b"W2ru")),
+    );
+    v
+}
+
+fn vmdk_cases(b: &Bases, outside: &str) -> Vec<Case> {
+    let k = &b.vmdk_sparse;
+    let len = k.len() as u64;
+    let mut v = vec![
+        case(
+            "vmdk capacity 2^60 sectors",
+            "limit-exceeded",
+            edit(k, |b| le64(b, K_CAPACITY, 1 << 60)),
+        ),
+        case(
+            "vmdk grain size 0",
+            "malformed",
+            edit(k, |b| le64(b, K_GRAIN, 0)),
+        ),
+        case(
+            "vmdk grain size 3",
+            "malformed",
+            edit(k, |b| le64(b, K_GRAIN, 3)),
+        ),
+        case(
+            "vmdk grain size 2^40",
+            "limit-exceeded",
+            edit(k, |b| le64(b, K_GRAIN, 1 << 40)),
+        ),
+        case(
+            "vmdk 0 entries per grain table",
+            "malformed",
+            edit(k, |b| le32(b, K_GTES, 0)),
+        ),
+        case(
+            "vmdk 2^31 entries per grain table",
+            "malformed",
+            edit(k, |b| le32(b, K_GTES, 1 << 31)),
+        ),
+        case(
+            "vmdk descriptor past EOF",
+            "truncated",
+            edit(k, |b| le64(b, K_DESC_OFFSET, len / 512 + 100)),
+        ),
+        case(
+            "vmdk descriptor of 2^40 sectors",
+            "limit-exceeded",
+            edit(k, |b| le64(b, K_DESC_SIZE, 1 << 40)),
+        ),
+        case(
+            "vmdk grain directory past EOF",
+            "malformed",
+            edit(k, |b| {
+                le64(b, K_GD, len / 512 + 100);
+                le64(b, K_RGD, len / 512 + 100);
+            }),
+        ),
+        case(
+            "vmdk grain directory at 2^60",
+            "malformed",
+            edit(k, |b| {
+                le64(b, K_GD, 1 << 60);
+                le64(b, K_RGD, 1 << 60);
+            }),
+        ),
+        case(
+            "vmdk grain table past EOF",
+            "malformed",
+            edit(k, |b| k_both_gd(b, (len / 512 + 100) as u32)),
+        ),
+        case(
+            "vmdk grain past EOF",
+            "malformed",
+            edit(k, |b| k_both_gt(b, (len / 512 + 100) as u32)),
+        ),
+        case(
+            "vmdk grain at sector 2^32-1",
+            "malformed",
+            edit(k, |b| k_both_gt(b, u32::MAX)),
+        ),
+        case(
+            "vmdk streamOptimized grain inflating past its size",
+            "malformed",
+            k_stream_bomb(&b.vmdk_stream, 1 << 17),
+        ),
+        case(
+            "vmdk streamOptimized grain inflating short",
+            "malformed",
+            k_stream_bomb(&b.vmdk_stream, 100),
+        ),
+        case("vmdk descriptor of 2 MiB", "limit-exceeded", {
+            let mut d = descriptor("");
+            d.resize(2 << 20, b'#');
+            d
+        }),
+        case(
+            "vmdk descriptor with 5000 extents",
+            "limit-exceeded",
+            descriptor(&"RW 1 ZERO\n".repeat(5000)),
+        ),
+        case(
+            "vmdk extent of 2^64-1 sectors",
+            "limit-exceeded",
+            descriptor("RW 18446744073709551615 ZERO\n"),
+        ),
+        case(
+            "vmdk extents summing past 2^64",
+            "malformed",
+            descriptor(&"RW 9223372036854775807 ZERO\n".repeat(3)),
+        ),
+    ];
+    let gd = k_gd(k);
+    let gt = k_gt(k);
+    let grain = k_first_grain(k);
+    let desc_end = (LittleEndian::read_u64(&k[K_DESC_OFFSET..])
+        + LittleEndian::read_u64(&k[K_DESC_SIZE..])) as usize
+        * 512;
+    for (what, at, kind) in [
+        ("inside the header", 40, "truncated"),
+        ("after the header", 512, "truncated"),
+        ("after the descriptor", desc_end, "malformed"),
+        ("at the grain directory", gd, "malformed"),
+        ("at the grain table", gt, "malformed"),
+        ("at the first grain", grain, "malformed"),
+        ("inside the first grain", grain + 4096, "malformed"),
+    ] {
+        v.push(case(format!("vmdk sparse cut {what}"), kind, cut(k, at)));
+    }
+    let st = &b.vmdk_stream;
+    let overhead = LittleEndian::read_u64(&st[K_OVERHEAD..]) as usize * 512;
+    for (what, at, kind) in [
+        ("after the header", 512, "truncated"),
+        ("after the descriptor", overhead, "malformed"),
+        ("inside the first grain", overhead + 100, "malformed"),
+        ("before the footer", st.len() - 1024, "malformed"),
+        (
+            "before the end-of-stream marker",
+            st.len() - 512,
+            "malformed",
+        ),
+    ] {
+        v.push(case(format!("vmdk stream cut {what}"), kind, cut(st, at)));
+    }
+    v.push(case(
+        "vmdk flat extent beside, not allowed",
+        "external-reference",
+        flat("sentinel.raw"),
+    ));
+    for name in hostile_names(outside) {
+        v.push(
+            case(
+                format!("vmdk extent {name}"),
+                "external-reference",
+                flat(&name),
+            )
+            .allow(),
+        );
+    }
+    v.push(
+        case(
+            "vmdk extent is the descriptor itself",
+            "external-reference",
+            flat("img"),
+        )
+        .allow(),
+    );
+    v.push(case(
+        "vmdk delta disk parentFileNameHint ../outside.raw",
+        "external-reference",
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=12345678\ncreateType=\"monolithicSparse\"\nparentFileNameHint=\"{outside}\"\nRW 2048 SPARSE \"sentinel.raw\"\n"
+        )
+        .into_bytes(),
+    ).allow());
+    v
+}
+
+fn zvhd_cases(b: &Bases) -> Vec<Case> {
+    let z2 = zvhd2_vector();
+    // tiny.zstd.zvhd2's layout (tests/zvhd.rs): header 0; records 4096 and 8192; middle footer
+    // 77824; index 81920; bitmap 606208; final footer 610304.
+    let mut v = Vec::new();
+    for (what, at, kind) in [
+        ("inside the header", 2000, "truncated"),
+        ("after the header", 4096, "truncated"),
+        ("after the first record", 8192, "truncated"),
+        ("at the middle footer", 77_824, "malformed"),
+        ("at the index", 81_920, "malformed"),
+        ("at the bitmap", 606_208, "malformed"),
+        ("at the final footer", 610_304, "malformed"),
+    ] {
+        v.push(case(format!("zvhd2 cut {what}"), kind, cut(&z2, at)));
+    }
+    let z = &b.zvhd2;
+    v.push(case(
+        "zvhd2 (ims-made) cut before its footer",
+        "malformed",
+        cut(z, z.len() - PAGE),
+    ));
+    v.push(case(
+        "zvhd2 (ims-made) cut mid-file",
+        "malformed",
+        cut(z, z.len() / 2 / PAGE * PAGE),
+    ));
+    let zv = &b.zvhd;
+    for (what, at, kind) in [
+        ("inside the header", 100, "truncated"),
+        ("after the header", PAGE, "truncated"),
+        ("inside the first record", 2 * PAGE + 100, "malformed"),
+        ("before the footer", zv.len() - PAGE, "truncated"),
+    ] {
+        v.push(case(format!("zvhd cut {what}"), kind, cut(zv, at)));
+    }
+    v
+}
+
+fn polyglot_cases(b: &Bases) -> Vec<Case> {
+    let vhd_tail = b.vhd_fixed[b.vhd_fixed.len() - 512..].to_vec();
+    let with_vhd_footer = |base: &[u8]| [base, &vhd_tail[..]].concat();
+    let mut iso_qcow2 = b.qcow2.clone();
+    iso_qcow2[0x8001..0x8006].copy_from_slice(b"CD001");
+    let mut kdmv_gpt = gpt_disk();
+    kdmv_gpt[..4].copy_from_slice(b"KDMV");
+    let mut vdi = vec![0u8; 1 << 16];
+    vdi[0x40..0x44].copy_from_slice(&[0x7f, 0x10, 0xda, 0xbe]);
+    let mut luks = vec![0u8; 1 << 16];
+    luks[..6].copy_from_slice(b"LUKS\xba\xbe");
+    let mut vhdx = vec![0u8; 1 << 16];
+    vhdx[..8].copy_from_slice(b"vhdxfile");
+    let mut qcow2_in_vhd = b.vhd_fixed.clone();
+    qcow2_in_vhd[..104].copy_from_slice(&b.qcow2[..104]);
+    vec![
+        case(
+            "polyglot qcow2 with a VHD footer",
+            "ambiguous",
+            with_vhd_footer(&b.qcow2),
+        ),
+        case(
+            "polyglot qcow2 with a VHD footer, named qcow2",
+            "ok",
+            with_vhd_footer(&b.qcow2),
+        )
+        .format(Format::Qcow2),
+        case(
+            "polyglot VMDK sparse with a VHD footer",
+            "ambiguous",
+            with_vhd_footer(&b.vmdk_sparse),
+        ),
+        case(
+            "polyglot VMDK descriptor with a VHD footer",
+            "ambiguous",
+            with_vhd_footer(&[flat("x"), vec![b'\n'; 1024]].concat()),
+        ),
+        case(
+            "polyglot ZVHD2 with a VHD footer",
+            "ambiguous",
+            with_vhd_footer(&b.zvhd2),
+        ),
+        case(
+            "polyglot fixed VHD whose data starts with a qcow2 header",
+            "ambiguous",
+            qcow2_in_vhd,
+        ),
+        case(
+            "polyglot VDI with a VHD footer",
+            "ambiguous",
+            with_vhd_footer(&vdi),
+        ),
+        // One strong signature wins over a weak one: a qcow2 carrying an ISO 9660 descriptor.
+        case(
+            "polyglot qcow2 with an ISO 9660 descriptor",
+            "ok",
+            iso_qcow2,
+        ),
+        // KDMV at offset 0 of a GPT disk: the one strong signature is VMDK's, whose header is junk.
+        case("polyglot GPT disk starting KDMV", "unsupported", kdmv_gpt),
+        case("polyglot GPT disk starting KDMV, named raw", "ok", {
+            let mut g = gpt_disk();
+            g[..4].copy_from_slice(b"KDMV");
+            g
+        })
+        .format(Format::Raw),
+        case("recognised and refused: VDI", "unsupported", vdi),
+        case("recognised and refused: LUKS", "unsupported", luks),
+        case("recognised and refused: VHDX", "unsupported", vhdx),
+    ]
+}
+
+// ---- The runner. ----
+
+/// Opens `img` and reads everything: the map and every byte of a random-access disk, every chunk
+/// of a stream.
+fn open_and_read(img: &Path, format: Option<Format>, allow: Option<&Path>) -> ims::Result<()> {
+    let options = OpenOptions {
+        format,
+        allow_references: allow.map(Path::to_path_buf),
+        defer_references: false,
+    };
+    let image = ims::open(img, &options)?;
+    if let Some(r) = image.reader() {
+        let size = r.virtual_size();
+        r.map(0, size)?;
+        let mut buf = vec![0u8; MIB as usize];
+        let mut pos = 0;
+        while pos < size {
+            let n = (size - pos).min(MIB);
+            r.read_at(&mut buf[..n as usize], pos)?;
+            pos += n;
+        }
+    }
+    let mut stream = image.into_source().into_stream(MIB as usize);
+    while stream.next_chunk()?.is_some() {}
+    Ok(())
+}
+
+const OLD: Duration = Duration::from_secs(946_684_800); // 2000-01-01
+
+fn age(path: &Path) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_times(std::fs::FileTimes::new().set_accessed(SystemTime::UNIX_EPOCH + OLD))
+        .unwrap();
+}
+
+fn untouched(path: &Path) -> bool {
+    std::fs::metadata(path).unwrap().accessed().unwrap() == SystemTime::UNIX_EPOCH + OLD
+}
+
+/// Whether reading a file updates its access time here (relatime does, for an old atime).
+fn atime_works(root: &Path) -> bool {
+    let p = root.join("probe-atime");
+    std::fs::write(&p, b"x").unwrap();
+    age(&p);
+    let _ = std::fs::read(&p).unwrap();
+    let ok = !untouched(&p);
+    if !ok {
+        eprintln!(
+            "hostile: reads do not update access times here (noatime); sentinel checks skipped"
+        );
+    }
+    ok
+}
+
+fn run_cases(root: &Path, cases: Vec<Case>) {
+    let outside = root.join("outside.raw");
+    let check_atime = atime_works(root);
+    let mut failures = Vec::new();
+    for (i, c) in cases.into_iter().enumerate() {
+        let dir = root.join(format!("c{i}"));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let img = dir.join("img");
+        std::fs::write(&img, &c.bytes).unwrap();
+        for (name, bytes) in &c.extra {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        let sentinel = dir.join("sentinel.raw");
+        std::fs::write(&sentinel, vec![b'S'; DISK as usize]).unwrap();
+        age(&sentinel);
+        age(&outside);
+        let allow = c.allow.then_some(dir.as_path());
+        let start = Instant::now();
+        let result = std::panic::catch_unwind(|| open_and_read(&img, c.format, allow));
+        let took = start.elapsed();
+        let got = match &result {
+            Err(_) => "panic".to_string(),
+            Ok(Ok(())) => "ok".to_string(),
+            Ok(Err(e)) => e.kind().to_string(),
+        };
+        let detail = match &result {
+            Ok(Err(e)) => e.to_string(),
+            _ => String::new(),
+        };
+        if got != c.expect {
+            failures.push(format!(
+                "{}: expected {}, got {got} ({detail})",
+                c.name, c.expect
+            ));
+        }
+        if took > Duration::from_secs(2) {
+            failures.push(format!("{}: took {took:?}", c.name));
+        }
+        if check_atime {
+            if c.reads_sentinel && untouched(&sentinel) {
+                failures.push(format!("{}: the control did not read the sentinel", c.name));
+            }
+            let watched = if c.reads_sentinel {
+                vec![&outside]
+            } else {
+                vec![&sentinel, &outside]
+            };
+            for p in watched {
+                if !untouched(p) {
+                    failures.push(format!("{}: read {}", c.name, p.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Every case; the sentinel outside each case's directory is `root`/outside.raw.
+fn all_cases(root: &Path) -> Vec<Case> {
+    let b = bases(root);
+    let outside = root.join("outside.raw");
+    std::fs::write(&outside, vec![b'O'; DISK as usize]).unwrap();
+    let outside = s(&outside);
+    [
+        qcow2_cases(&b, outside),
+        vhd_cases(&b, outside),
+        vmdk_cases(&b, outside),
+        zvhd_cases(&b),
+        polyglot_cases(&b),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+#[test]
+fn hostile_images_fail_cleanly_and_open_no_other_file() {
+    let root = tempfile::tempdir().unwrap();
+    let cases = all_cases(root.path());
+    eprintln!("{} hostile cases", cases.len());
+    assert!(cases.len() >= 80);
+    run_cases(root.path(), cases);
+}
+
+/// The CLI gives the same answers: exit status 1, the error kind's words, no panic.
+#[test]
+fn cli_refuses_hostile_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bases(dir.path());
+    let vhd_tail = &b.vhd_fixed[b.vhd_fixed.len() - 512..];
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "polyglot",
+            [&b.qcow2[..], vhd_tail].concat(),
+            "ambiguous format",
+        ),
+        (
+            "backing",
+            q_backing(&b.qcow2, "/etc/passwd"),
+            "backing file reference",
+        ),
+        (
+            "l1",
+            edit(&b.qcow2, |x| be32(x, Q_L1_SIZE, 0x7fff_ffff)),
+            "exceeds a limit",
+        ),
+        ("cut", cut(&b.vmdk_sparse, 512), "truncated"),
+    ];
+    for (name, bytes, needle) in cases {
+        let img = dir.path().join(format!("{name}.img"));
+        std::fs::write(&img, bytes).unwrap();
+        let out = dir.path().join("out.raw");
+        // `info` names references without opening them, so it succeeds on the backing case.
+        let mut runs = vec![vec!["convert", "-O", "raw", s(&img), s(&out)]];
+        if name != "backing" {
+            runs.push(vec!["info", s(&img)]);
+        }
+        for args in runs {
+            let r = ims(&args);
+            let err = String::from_utf8_lossy(&r.stderr);
+            assert_eq!(r.status.code(), Some(1), "{name} {args:?}: {err}");
+            assert!(!err.contains("panicked"), "{name}: {err}");
+            assert!(err.contains(needle), "{name}: expected {needle:?} in {err}");
+        }
+    }
+}
