@@ -150,6 +150,30 @@ fn q_backing(base: &[u8], name: &str) -> Vec<u8> {
     })
 }
 
+/// A qcow2 image with an external data file `name` (the header extension, and the incompatible
+/// feature bit that says the data lives there).
+fn q_data_file(base: &[u8], name: &str) -> Vec<u8> {
+    edit(base, |b| {
+        let mut at = BigEndian::read_u32(&b[Q_HEADER_LENGTH..]) as usize;
+        // Walk to the end-of-extensions marker.
+        loop {
+            let kind = BigEndian::read_u32(&b[at..]);
+            if kind == 0 {
+                break;
+            }
+            let len = BigEndian::read_u32(&b[at + 4..]) as usize;
+            at += 8 + len.div_ceil(8) * 8;
+        }
+        be32(b, at, 0x4441_5441);
+        be32(b, at + 4, name.len() as u32);
+        b[at + 8..at + 8 + name.len()].copy_from_slice(name.as_bytes());
+        let end = at + 8 + name.len().div_ceil(8) * 8;
+        b[end..end + 8].fill(0);
+        let features = BigEndian::read_u64(&b[Q_INCOMPATIBLE..]);
+        be64(b, Q_INCOMPATIBLE, features | 1 << 2);
+    })
+}
+
 // VHD (big-endian; footer and dynamic header checksums are one's complement sums).
 fn vhd_sum(b: &[u8], skip: usize) -> u32 {
     !b.iter()
@@ -336,8 +360,13 @@ fn k_stream_bomb(base: &[u8], inflated: usize) -> Vec<u8> {
 
 // ---- The cases. ----
 
-/// A file beside the image (besides the image itself) that a case writes first.
-type Extra = (&'static str, Vec<u8>);
+/// A file beside the image (besides the image itself) that a case makes first.
+enum Extra {
+    File(&'static str, Vec<u8>),
+    /// A symbolic link and its target.
+    Link(&'static str, &'static str),
+    Fifo(&'static str),
+}
 
 struct Case {
     name: String,
@@ -350,6 +379,8 @@ struct Case {
     extra: Vec<Extra>,
     /// A control case: it must read the sentinel beside the image (proving the check works).
     reads_sentinel: bool,
+    /// Read the image as a stream (a pipe, stdin) of this format instead of opening the file.
+    stream: Option<Format>,
 }
 
 fn case(name: impl Into<String>, expect: &'static str, bytes: Vec<u8>) -> Case {
@@ -361,6 +392,7 @@ fn case(name: impl Into<String>, expect: &'static str, bytes: Vec<u8>) -> Case {
         bytes,
         extra: Vec::new(),
         reads_sentinel: false,
+        stream: None,
     }
 }
 
@@ -373,12 +405,24 @@ impl Case {
         self.format = Some(f);
         self
     }
+    fn stream(mut self, f: Format) -> Self {
+        self.stream = Some(f);
+        self
+    }
     fn reads_sentinel(mut self) -> Self {
         self.reads_sentinel = true;
         self
     }
+    fn link(mut self, name: &'static str, target: &'static str) -> Self {
+        self.extra.push(Extra::Link(name, target));
+        self
+    }
+    fn fifo(mut self, name: &'static str) -> Self {
+        self.extra.push(Extra::Fifo(name));
+        self
+    }
     fn with(mut self, name: &'static str, bytes: Vec<u8>) -> Self {
-        self.extra.push((name, bytes));
+        self.extra.push(Extra::File(name, bytes));
         self
     }
 }
@@ -586,6 +630,72 @@ fn qcow2_cases(b: &Bases, outside: &str) -> Vec<Case> {
         "external-reference",
         q_backing(q, "/dev/zero"),
     ));
+    // A data file: refused as a reference, and unsupported where references are allowed.
+    v.push(case(
+        "qcow2 data file beside, not allowed",
+        "external-reference",
+        q_data_file(q, "sentinel.raw"),
+    ));
+    v.push(
+        case(
+            "qcow2 data file beside, allowed",
+            "unsupported",
+            q_data_file(q, "sentinel.raw"),
+        )
+        .allow(),
+    );
+    v.push(
+        case(
+            "qcow2 data file /dev/zero, allowed",
+            "unsupported",
+            q_data_file(q, "/dev/zero"),
+        )
+        .allow(),
+    );
+    // Names that resolve out of the directory, or to what is not a regular file.
+    v.push(
+        case(
+            "qcow2 backing symlink to ../outside.raw",
+            "external-reference",
+            q_backing(q, "link.raw"),
+        )
+        .allow()
+        .link("link.raw", "../outside.raw"),
+    );
+    v.push(
+        case(
+            "qcow2 backing symlink to /proc/self/mem",
+            "external-reference",
+            q_backing(q, "mem"),
+        )
+        .allow()
+        .link("mem", "/proc/self/mem"),
+    );
+    v.push(
+        case(
+            "qcow2 backing FIFO",
+            "external-reference",
+            q_backing(q, "fifo"),
+        )
+        .allow()
+        .fifo("fifo"),
+    );
+    v.push(
+        case(
+            "qcow2 backing a directory",
+            "external-reference",
+            q_backing(q, "sub"),
+        )
+        .allow(),
+    );
+    v.push(
+        case(
+            "qcow2 backing /proc/self/fd/0",
+            "external-reference",
+            q_backing(q, "/proc/self/fd/0"),
+        )
+        .allow(),
+    );
     // The control: a backing file beside the image, allowed, is read (and so is the sentinel).
     v.push(
         case(
@@ -757,6 +867,24 @@ fn vhd_cases(b: &Bases, outside: &str) -> Vec<Case> {
             .allow(),
         );
     }
+    v.push(
+        case(
+            "vhd parent symlink to ../outside.raw",
+            "external-reference",
+            vhd_child(d, "link.vhd", b"W2ru"),
+        )
+        .allow()
+        .link("link.vhd", "../outside.raw"),
+    );
+    v.push(
+        case(
+            "vhd parent FIFO",
+            "external-reference",
+            vhd_child(d, "fifo", b"W2ru"),
+        )
+        .allow()
+        .fifo("fifo"),
+    );
     v.push(
         case(
             "vhd parent is itself",
@@ -988,6 +1116,71 @@ fn zvhd_cases(b: &Bases) -> Vec<Case> {
     v
 }
 
+/// The stream readers (a streamOptimized VMDK or a ZVHD arriving on a pipe) on the same damage.
+fn stream_cases(b: &Bases) -> Vec<Case> {
+    let st = &b.vmdk_stream;
+    let overhead = LittleEndian::read_u64(&st[K_OVERHEAD..]) as usize * 512;
+    let zv = &b.zvhd;
+    let mut v = vec![
+        case(
+            "stream vmdk grain inflating past its size",
+            "malformed",
+            k_stream_bomb(st, 1 << 17),
+        ),
+        case(
+            "stream vmdk grain inflating short",
+            "malformed",
+            k_stream_bomb(st, 100),
+        ),
+        case(
+            "stream vmdk capacity 2^60 sectors",
+            "limit-exceeded",
+            edit(st, |b| le64(b, K_CAPACITY, 1 << 60)),
+        ),
+        case(
+            "stream vmdk descriptor of 2^40 sectors",
+            "limit-exceeded",
+            edit(st, |b| le64(b, K_DESC_SIZE, 1 << 40)),
+        ),
+        case(
+            "stream vmdk grain marker of 4 GiB",
+            "malformed",
+            edit(st, |b| le32(b, overhead + 8, u32::MAX)),
+        ),
+        case(
+            "stream vmdk grain marker past the disk",
+            "malformed",
+            edit(st, |b| le64(b, overhead, 1 << 40)),
+        ),
+    ]
+    .into_iter()
+    .map(|c| c.stream(Format::Vmdk))
+    .collect::<Vec<_>>();
+    for (what, at, kind) in [
+        ("inside the header", 40, "truncated"),
+        // Cut at a marker boundary, the stream is well formed up to there but unterminated.
+        ("after the descriptor", overhead, "malformed"),
+        ("inside the first grain", overhead + 100, "truncated"),
+        ("before the footer", st.len() - 1024, "truncated"),
+        (
+            "before the end-of-stream marker",
+            st.len() - 512,
+            "malformed",
+        ),
+    ] {
+        v.push(case(format!("stream vmdk cut {what}"), kind, cut(st, at)).stream(Format::Vmdk));
+    }
+    for (what, at, kind) in [
+        ("inside the header", 100, "truncated"),
+        ("after the header", PAGE, "truncated"),
+        ("inside the first record", 2 * PAGE + 100, "truncated"),
+        ("before the footer", zv.len() - PAGE, "truncated"),
+    ] {
+        v.push(case(format!("stream zvhd cut {what}"), kind, cut(zv, at)).stream(Format::Zvhd));
+    }
+    v
+}
+
 fn polyglot_cases(b: &Bases) -> Vec<Case> {
     let vhd_tail = b.vhd_fixed[b.vhd_fixed.len() - 512..].to_vec();
     let with_vhd_footer = |base: &[u8]| [base, &vhd_tail[..]].concat();
@@ -1087,6 +1280,15 @@ fn open_and_read(img: &Path, format: Option<Format>, allow: Option<&Path>) -> im
     Ok(())
 }
 
+/// Reads `img` front to back as a stream of `format`, as from a pipe.
+fn read_stream(img: &Path, format: Format) -> ims::Result<()> {
+    let file = std::fs::File::open(img).unwrap();
+    let image = ims::open_stream(Box::new(file), format, "stdin")?;
+    let mut stream = image.into_source().into_stream(MIB as usize);
+    while stream.next_chunk()?.is_some() {}
+    Ok(())
+}
+
 const OLD: Duration = Duration::from_secs(946_684_800); // 2000-01-01
 
 fn age(path: &Path) {
@@ -1123,8 +1325,20 @@ fn run_cases(root: &Path, cases: Vec<Case>) {
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         let img = dir.join("img");
         std::fs::write(&img, &c.bytes).unwrap();
-        for (name, bytes) in &c.extra {
-            std::fs::write(dir.join(name), bytes).unwrap();
+        for extra in &c.extra {
+            match extra {
+                Extra::File(name, bytes) => std::fs::write(dir.join(name), bytes).unwrap(),
+                Extra::Link(name, target) => {
+                    std::os::unix::fs::symlink(target, dir.join(name)).unwrap()
+                }
+                Extra::Fifo(name) => {
+                    let st = std::process::Command::new("mkfifo")
+                        .arg(dir.join(name))
+                        .status()
+                        .unwrap();
+                    assert!(st.success());
+                }
+            }
         }
         let sentinel = dir.join("sentinel.raw");
         std::fs::write(&sentinel, vec![b'S'; DISK as usize]).unwrap();
@@ -1132,7 +1346,10 @@ fn run_cases(root: &Path, cases: Vec<Case>) {
         age(&outside);
         let allow = c.allow.then_some(dir.as_path());
         let start = Instant::now();
-        let result = std::panic::catch_unwind(|| open_and_read(&img, c.format, allow));
+        let result = std::panic::catch_unwind(|| match c.stream {
+            Some(f) => read_stream(&img, f),
+            None => open_and_read(&img, c.format, allow),
+        });
         let took = start.elapsed();
         let got = match &result {
             Err(_) => "panic".to_string(),
@@ -1187,6 +1404,7 @@ fn all_cases(root: &Path) -> Vec<Case> {
         vhd_cases(&b, outside),
         vmdk_cases(&b, outside),
         zvhd_cases(&b),
+        stream_cases(&b),
         polyglot_cases(&b),
     ]
     .into_iter()
