@@ -140,6 +140,16 @@ fn q_first_entry(b: &[u8]) -> (usize, u64) {
         .find(|(_, v)| *v & 0x3fff_ffff_ffff_fffe != 0)
         .unwrap()
 }
+/// The file offset of the first compressed L2 entry (64 KiB clusters), and its value.
+fn q_first_compressed(b: &[u8]) -> (usize, u64) {
+    let l2 = q_l2(b);
+    (0..8192)
+        .map(|i| l2 + 8 * i)
+        .map(|at| (at, BigEndian::read_u64(&b[at..])))
+        .find(|(_, v)| v & (1 << 62) != 0)
+        .expect("a compressed cluster")
+}
+
 /// A qcow2 image whose backing file is `name`.
 fn q_backing(base: &[u8], name: &str) -> Vec<u8> {
     edit(base, |b| {
@@ -592,6 +602,60 @@ fn qcow2_cases(b: &Bases, outside: &str) -> Vec<Case> {
             q_bomb(&b.qcow2_compressed, 100),
         ),
     ];
+    let qc = &b.qcow2_compressed;
+    let (c_at, c_entry) = q_first_compressed(qc);
+    v.extend([
+        case(
+            "qcow2 size 2^62 with the same L1",
+            "malformed",
+            edit(q, |b| be64(b, Q_SIZE, 1 << 62)),
+        ),
+        case(
+            "qcow2 header extension of 4 GiB",
+            "malformed",
+            edit(q, |b| {
+                let at = BigEndian::read_u32(&b[Q_HEADER_LENGTH..]) as usize;
+                be32(b, at, 0x1234_5678);
+                be32(b, at + 4, u32::MAX);
+            }),
+        ),
+        case(
+            "qcow2 compressed cluster past EOF",
+            "truncated",
+            edit(qc, |b| {
+                let x = 62 - (16 - 8);
+                let host = (qc.len() as u64 + (1 << 20)) & ((1 << x) - 1);
+                be64(b, c_at, (c_entry & !((1u64 << x) - 1)) | host);
+            }),
+        ),
+        case(
+            "qcow2 compressed cluster of garbage",
+            "malformed",
+            edit(qc, |b| {
+                let x = 62 - (16 - 8);
+                let host = (c_entry & ((1u64 << x) - 1)) as usize;
+                b[host..host + 512].fill(0xff);
+            }),
+        ),
+        case(
+            "qcow2 zlib clusters read as zstd",
+            "malformed",
+            edit(qc, |b| {
+                let f = BigEndian::read_u64(&b[Q_INCOMPATIBLE..]);
+                be64(b, Q_INCOMPATIBLE, f | 1 << 3);
+                b[104] = 1;
+            }),
+        ),
+        case(
+            "qcow2 snapshot table of 0xff bytes",
+            "limit-exceeded",
+            edit(q, |b| {
+                be32(b, Q_NB_SNAPSHOTS, 1);
+                be64(b, Q_SNAPSHOTS_OFFSET, 0x10000);
+                b[0x10000..0x10000 + 512].fill(0xff);
+            }),
+        ),
+    ]);
     // Truncation at each structure boundary.
     let l2 = q_l2(q);
     let data = (entry & 0x00ff_ffff_ffff_fe00) as usize;
@@ -831,6 +895,30 @@ fn vhd_cases(b: &Bases, outside: &str) -> Vec<Case> {
         })
         .allow(),
     ];
+    v.push(case(
+        "vhd 2040 GiB of 512-byte blocks",
+        "malformed",
+        vhd_header(
+            &vhd_footer(d, |f| {
+                f[28..32].copy_from_slice(b"win ");
+                be64(f, 48, 0xff00_0000 * 512);
+            }),
+            |h| be32(h, 32, 512),
+        ),
+    ));
+    v.push(
+        case("vhd eight locators of 64 KiB each", "malformed", {
+            let c = vhd_child(d, "parent.vhd", b"W2ru");
+            vhd_header(&c, |h| {
+                let first = h[576..600].to_vec();
+                for i in 0..8 {
+                    h[576 + 24 * i..600 + 24 * i].copy_from_slice(&first);
+                    be32(h, 584 + 24 * i, 64 * 1024);
+                }
+            })
+        })
+        .allow(),
+    );
     for (what, at, kind) in [
         ("inside the footer copy", 100, "truncated"),
         ("after the footer copy", 512, "malformed"),
@@ -1011,6 +1099,45 @@ fn vmdk_cases(b: &Bases, outside: &str) -> Vec<Case> {
             descriptor(&"RW 9223372036854775807 ZERO\n".repeat(3)),
         ),
     ];
+    v.extend([
+        case(
+            "vmdk 64 TiB of 1-sector grains",
+            "limit-exceeded",
+            edit(k, |b| {
+                le64(b, K_CAPACITY, 1 << 37);
+                le64(b, K_GRAIN, 1);
+            }),
+        ),
+        case(
+            "vmdk descriptor with a NUL and invalid UTF-8",
+            "malformed",
+            {
+                let mut d = flat("x");
+                // Inside the extent's file name.
+                let at = d.windows(3).position(|w| w == b"\"x\"").unwrap() + 2;
+                d.splice(at..at, [0u8, 0xff, 0xfe]);
+                d
+            },
+        ),
+        case(
+            "vmdk VMFS extent /dev/sda",
+            "external-reference",
+            descriptor("RW 2048 VMFS \"/dev/sda\"\n"),
+        )
+        .allow(),
+        case(
+            "vmdk VMFSRDM extent /dev/sda",
+            "unsupported",
+            descriptor("RW 2048 VMFSRDM \"/dev/sda\"\n"),
+        )
+        .allow(),
+        case(
+            "vmdk SPARSE extent ../outside.raw",
+            "external-reference",
+            descriptor("RW 2048 SPARSE \"../outside.raw\"\n"),
+        )
+        .allow(),
+    ]);
     let gd = k_gd(k);
     let gt = k_gt(k);
     let grain = k_first_grain(k);
@@ -1264,6 +1391,8 @@ fn open_and_read(img: &Path, format: Option<Format>, allow: Option<&Path>) -> im
         defer_references: false,
     };
     let image = ims::open(img, &options)?;
+    // What `ims info` reports walks the format's own metadata (snapshots, locators, extents).
+    let _ = image.info();
     if let Some(r) = image.reader() {
         let size = r.virtual_size();
         r.map(0, size)?;
@@ -1419,6 +1548,56 @@ fn hostile_images_fail_cleanly_and_open_no_other_file() {
     eprintln!("{} hostile cases", cases.len());
     assert!(cases.len() >= 80);
     run_cases(root.path(), cases);
+}
+
+/// `ims check` walks the qcow2 tables with its own code (refcounts, every L2 table): on every
+/// hostile image it must answer (an error or a report) quickly, without a panic or another file.
+#[test]
+fn check_answers_every_hostile_image() {
+    let root = tempfile::tempdir().unwrap();
+    let cases = all_cases(root.path());
+    let outside = root.path().join("outside.raw");
+    let check_atime = atime_works(root.path());
+    let mut failures = Vec::new();
+    for (i, c) in cases.into_iter().enumerate() {
+        if c.stream.is_some() || c.reads_sentinel {
+            continue;
+        }
+        let dir = root.path().join(format!("k{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("img");
+        std::fs::write(&img, &c.bytes).unwrap();
+        let sentinel = dir.join("sentinel.raw");
+        std::fs::write(&sentinel, vec![b'S'; 4096]).unwrap();
+        age(&sentinel);
+        age(&outside);
+        let options = OpenOptions {
+            format: c.format,
+            ..Default::default()
+        };
+        let start = Instant::now();
+        let result = std::panic::catch_unwind(|| ims::check(&img, &options));
+        let took = start.elapsed();
+        let got = match &result {
+            Err(_) => "panic".to_string(),
+            Ok(Ok(ims::CheckOutcome::Checked(r))) => {
+                format!("ok {}", serde_json::to_string(r).unwrap())
+            }
+            Ok(Ok(_)) => "ok".to_string(),
+            Ok(Err(e)) => e.kind().to_string(),
+        };
+        eprintln!("check {}: {got}", c.name);
+        if got == "panic" {
+            failures.push(format!("{}: check panicked", c.name));
+        }
+        if took > Duration::from_secs(2) {
+            failures.push(format!("{}: check took {took:?}", c.name));
+        }
+        if check_atime && (!untouched(&sentinel) || !untouched(&outside)) {
+            failures.push(format!("{}: check read another file", c.name));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// The CLI gives the same answers: exit status 1, the error kind's words, no panic.
