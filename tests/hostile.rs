@@ -1445,6 +1445,25 @@ fn atime_works(root: &Path) -> bool {
     ok
 }
 
+/// Makes a case's extra files in `dir`.
+fn make_extras(dir: &Path, extras: &[Extra]) {
+    for extra in extras {
+        match extra {
+            Extra::File(name, bytes) => std::fs::write(dir.join(name), bytes).unwrap(),
+            Extra::Link(name, target) => {
+                std::os::unix::fs::symlink(target, dir.join(name)).unwrap()
+            }
+            Extra::Fifo(name) => {
+                let st = std::process::Command::new("mkfifo")
+                    .arg(dir.join(name))
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+            }
+        }
+    }
+}
+
 fn run_cases(root: &Path, cases: Vec<Case>) {
     let outside = root.join("outside.raw");
     let check_atime = atime_works(root);
@@ -1454,21 +1473,7 @@ fn run_cases(root: &Path, cases: Vec<Case>) {
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         let img = dir.join("img");
         std::fs::write(&img, &c.bytes).unwrap();
-        for extra in &c.extra {
-            match extra {
-                Extra::File(name, bytes) => std::fs::write(dir.join(name), bytes).unwrap(),
-                Extra::Link(name, target) => {
-                    std::os::unix::fs::symlink(target, dir.join(name)).unwrap()
-                }
-                Extra::Fifo(name) => {
-                    let st = std::process::Command::new("mkfifo")
-                        .arg(dir.join(name))
-                        .status()
-                        .unwrap();
-                    assert!(st.success());
-                }
-            }
-        }
+        make_extras(&dir, &c.extra);
         let sentinel = dir.join("sentinel.raw");
         std::fs::write(&sentinel, vec![b'S'; DISK as usize]).unwrap();
         age(&sentinel);
@@ -1595,6 +1600,59 @@ fn check_answers_every_hostile_image() {
         }
         if check_atime && (!untouched(&sentinel) || !untouched(&outside)) {
             failures.push(format!("{}: check read another file", c.name));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every CLI command that reads an image (`info`, `map`, `check`, `inspect`) answers every
+/// hostile image with an exit status, not a crash, within 2 seconds, opening no other file.
+#[test]
+fn cli_commands_survive_every_hostile_image() {
+    let root = tempfile::tempdir().unwrap();
+    let cases = all_cases(root.path());
+    let outside = root.path().join("outside.raw");
+    let check_atime = atime_works(root.path());
+    let mut failures = Vec::new();
+    for (i, c) in cases.into_iter().enumerate() {
+        if c.stream.is_some() || c.reads_sentinel {
+            continue;
+        }
+        let dir = root.path().join(format!("x{i}"));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let img = dir.join("img");
+        std::fs::write(&img, &c.bytes).unwrap();
+        make_extras(&dir, &c.extra);
+        let sentinel = dir.join("sentinel.raw");
+        std::fs::write(&sentinel, vec![b'S'; 4096]).unwrap();
+        for cmd in ["info", "map", "check", "inspect"] {
+            age(&sentinel);
+            age(&outside);
+            let mut args = vec![cmd, "--output", "json"];
+            if let Some(f) = c.format {
+                args.extend(["-f", f.name()]);
+            }
+            if c.allow {
+                args.extend(["--allow-references", s(&dir)]);
+            }
+            args.push(s(&img));
+            let start = Instant::now();
+            let r = ims(&args);
+            let took = start.elapsed();
+            let err = String::from_utf8_lossy(&r.stderr);
+            let code = r.status.code();
+            if !matches!(code, Some(0 | 1 | 2 | 3 | 63))
+                || err.contains("panicked")
+                || err.contains("Usage:")
+            {
+                failures.push(format!("{} {cmd}: exit {code:?}: {err}", c.name));
+            }
+            if took > Duration::from_secs(2) {
+                failures.push(format!("{} {cmd}: took {took:?}", c.name));
+            }
+            if check_atime && (!untouched(&sentinel) || !untouched(&outside)) {
+                failures.push(format!("{} {cmd}: read another file", c.name));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
