@@ -1658,6 +1658,158 @@ fn cli_commands_survive_every_hostile_image() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Recomputes a ZVHD/ZVHD2 header or footer page's checksum.
+fn zvhd_reseal(b: &mut [u8], at: usize) {
+    use ims::formats::zvhd::header::{FIELDS_LEN, checksum};
+    b[at + 64..at + 68].fill(0);
+    let fields: [u8; FIELDS_LEN] = b[at..at + FIELDS_LEN].try_into().unwrap();
+    b[at + 64..at + 68].copy_from_slice(&checksum(&fields).to_le_bytes());
+}
+
+/// Random damage to the metadata of every format (checksums resealed, so the damage reaches the
+/// parsers behind them): never a panic, never more than 2 seconds, never another file. `SEED=n`
+/// changes the damage (for a longer hunt, raise the count too).
+#[test]
+fn mutated_metadata_never_panics() {
+    let root = tempfile::tempdir().unwrap();
+    let b = bases(root.path());
+    let outside = root.path().join("outside.raw");
+    std::fs::write(&outside, b"O").unwrap();
+    let check_atime = atime_works(root.path());
+    let dir = root.path().join("m");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sentinel = dir.join("sentinel.raw");
+    std::fs::write(&sentinel, b"S").unwrap();
+    let img = dir.join("img");
+    let q = &b.qcow2;
+    let qc = &b.qcow2_compressed;
+    let d = &b.vhd_dynamic;
+    let k = &b.vmdk_sparse;
+    let st = &b.vmdk_stream;
+    let z2 = &b.zvhd2;
+    type Reseal = fn(&mut [u8]);
+    let vhd_reseal: Reseal = |b| {
+        let n = b.len();
+        for at in [0, n - 512] {
+            let sum = vhd_sum(&b[at..at + 512], 64);
+            be32(b, at + 64, sum);
+        }
+        let sum = vhd_sum(&b[512..1536], 36);
+        be32(b, 512 + 36, sum);
+    };
+    let zvhd2_reseal: Reseal = |b| {
+        let n = b.len();
+        zvhd_reseal(b, 0);
+        zvhd_reseal(b, n - PAGE);
+    };
+    let none: Reseal = |_| {};
+    let q_meta = |b: &[u8]| {
+        vec![
+            0..512,
+            q_l1(b)..q_l1(b) + 64,
+            q_l2(b)..q_l2(b) + 512,
+            q_rc(b)..q_rc(b) + 64,
+        ]
+    };
+    // (name, base, metadata ranges to damage, reseal, stream format)
+    type Mutated<'a> = (
+        &'a str,
+        &'a Vec<u8>,
+        Vec<std::ops::Range<usize>>,
+        Reseal,
+        Option<Format>,
+    );
+    let targets: Vec<Mutated> = vec![
+        ("qcow2", q, q_meta(q), none, None),
+        ("qcow2 compressed", qc, q_meta(qc), none, None),
+        (
+            "vhd",
+            d,
+            vec![0..1536, vhd_bat(d)..vhd_bat(d) + 8, d.len() - 512..d.len()],
+            vhd_reseal,
+            None,
+        ),
+        (
+            "vmdk sparse",
+            k,
+            vec![0..2048, k_gd(k)..k_gd(k) + 8, k_gt(k)..k_gt(k) + 512],
+            none,
+            None,
+        ),
+        (
+            "vmdk stream",
+            st,
+            vec![0..1024, st.len() - 2048..st.len()],
+            none,
+            None,
+        ),
+        (
+            "vmdk stream (pipe)",
+            st,
+            vec![0..1024, st.len() - 2048..st.len()],
+            none,
+            Some(Format::Vmdk),
+        ),
+        (
+            "zvhd2",
+            z2,
+            vec![0..512, z2.len() - PAGE..z2.len() - PAGE + 512],
+            zvhd2_reseal,
+            None,
+        ),
+    ];
+    let mut rng = common::Rng::new(std::env::var("SEED").map_or(11, |s| s.parse().unwrap()));
+    let mut failures = Vec::new();
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for (name, base, ranges, reseal, stream) in &targets {
+        for n in 0..60 {
+            let mut bytes = (*base).clone();
+            for _ in 0..1 + n % 4 {
+                let r = &ranges[(rng.next() as usize) % ranges.len()];
+                let at = r.start + (rng.next() as usize) % (r.end - r.start);
+                bytes[at] = match rng.next() % 4 {
+                    0 => 0xff,
+                    1 => 0,
+                    2 => bytes[at] ^ (1 << (rng.next() % 8)),
+                    _ => rng.next() as u8,
+                };
+            }
+            reseal(&mut bytes);
+            std::fs::write(&img, &bytes).unwrap();
+            age(&sentinel);
+            age(&outside);
+            let start = Instant::now();
+            let result = std::panic::catch_unwind(|| match stream {
+                Some(f) => read_stream(&img, *f),
+                None => open_and_read(&img, None, Some(&dir)),
+            });
+            // `ims check` walks qcow2 metadata with code of its own.
+            let checked = name.starts_with("qcow2").then(|| {
+                std::panic::catch_unwind(|| ims::check(&img, &OpenOptions::default())).is_ok()
+            });
+            let took = start.elapsed();
+            let got = match &result {
+                _ if checked == Some(false) => "panic in check".to_string(),
+                Err(_) => "panic".to_string(),
+                Ok(Ok(())) => "ok".to_string(),
+                Ok(Err(e)) => e.kind().to_string(),
+            };
+            *outcomes.entry(format!("{name}: {got}")).or_default() += 1;
+            if got.starts_with("panic") {
+                failures.push(format!("{name} #{n}: panic"));
+            }
+            if took > Duration::from_secs(2) {
+                failures.push(format!("{name} #{n}: took {took:?}"));
+            }
+            if check_atime && (!untouched(&sentinel) || !untouched(&outside)) {
+                failures.push(format!("{name} #{n}: read another file"));
+            }
+        }
+    }
+    eprintln!("{outcomes:#?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// The CLI gives the same answers: exit status 1, the error kind's words, no panic.
 #[test]
 fn cli_refuses_hostile_images() {
