@@ -1687,6 +1687,7 @@ fn mutated_metadata_never_panics() {
     let k = &b.vmdk_sparse;
     let st = &b.vmdk_stream;
     let z2 = &b.zvhd2;
+    let zv = &b.zvhd;
     type Reseal = fn(&mut [u8]);
     let vhd_reseal: Reseal = |b| {
         let n = b.len();
@@ -1702,6 +1703,7 @@ fn mutated_metadata_never_panics() {
         zvhd_reseal(b, 0);
         zvhd_reseal(b, n - PAGE);
     };
+    let zvhd_reseal: Reseal = |b| zvhd_reseal(b, 0);
     let none: Reseal = |_| {};
     let q_meta = |b: &[u8]| {
         vec![
@@ -1749,6 +1751,20 @@ fn mutated_metadata_never_panics() {
             vec![0..1024, st.len() - 2048..st.len()],
             none,
             Some(Format::Vmdk),
+        ),
+        (
+            "zvhd (pipe)",
+            zv,
+            vec![0..512, PAGE..PAGE + 64, 2 * PAGE..2 * PAGE + 64],
+            zvhd_reseal,
+            Some(Format::Zvhd),
+        ),
+        (
+            "zvhd",
+            zv,
+            vec![0..512, PAGE..PAGE + 64, 2 * PAGE..2 * PAGE + 64],
+            zvhd_reseal,
+            None,
         ),
         (
             "zvhd2",
