@@ -1605,7 +1605,7 @@ fn check_answers_every_hostile_image() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Every CLI command that reads an image (`info`, `map`, `check`, `inspect`) answers every
+/// Every CLI command that reads an image (`info`, `map`, `check`, `inspect`, `register`) answers every
 /// hostile image with an exit status, not a crash, within 2 seconds, opening no other file.
 #[test]
 fn cli_commands_survive_every_hostile_image() {
@@ -1625,10 +1625,30 @@ fn cli_commands_survive_every_hostile_image() {
         make_extras(&dir, &c.extra);
         let sentinel = dir.join("sentinel.raw");
         std::fs::write(&sentinel, vec![b'S'; 4096]).unwrap();
-        for cmd in ["info", "map", "check", "inspect"] {
+        let home = dir.join("home");
+        for cmd in ["info", "map", "check", "inspect", "register"] {
             age(&sentinel);
             age(&outside);
             let mut args = vec![cmd, "--output", "json"];
+            if cmd == "register" {
+                // Registration opens with the strict policy: no -f, no references.
+                args.extend(["--name", "hostile", "--type", "data", "--home", s(&home)]);
+                args.push(s(&img));
+                let start = Instant::now();
+                let r = ims(&args);
+                let took = start.elapsed();
+                let err = String::from_utf8_lossy(&r.stderr);
+                if !matches!(r.status.code(), Some(0 | 1)) || err.contains("panicked") {
+                    failures.push(format!("{} register: {:?}: {err}", c.name, r.status.code()));
+                }
+                if took > Duration::from_secs(2) {
+                    failures.push(format!("{} register: took {took:?}", c.name));
+                }
+                if check_atime && (!untouched(&sentinel) || !untouched(&outside)) {
+                    failures.push(format!("{} register: read another file", c.name));
+                }
+                continue;
+            }
             if let Some(f) = c.format {
                 args.extend(["-f", f.name()]);
             }
