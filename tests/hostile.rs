@@ -1204,6 +1204,50 @@ fn vmdk_cases(b: &Bases, outside: &str) -> Vec<Case> {
     v
 }
 
+/// A one-block ZVHD2 image whose only record's payload is `payload`, encoded with `compression`.
+fn zvhd2_with_payload(
+    compression: ims::formats::zvhd::Zvhd2Compression,
+    payload: Vec<u8>,
+) -> Vec<u8> {
+    use ims::formats::zvhd::{BLOCK_SIZE, Zvhd2Writer, ZvhdCreateOptions};
+    use ims::{BlockWriter, Piece};
+    let mut out = Vec::new();
+    {
+        let sink = ims::io::PipeSink::new(&mut out);
+        let options = ZvhdCreateOptions {
+            compression,
+            ..Default::default()
+        };
+        let mut w = Zvhd2Writer::new(sink, BLOCK_SIZE, &options).unwrap();
+        w.write_piece(Piece::Encoded {
+            offset: 0,
+            length: BLOCK_SIZE,
+            payload,
+        })
+        .unwrap();
+        Box::new(w).finish().unwrap();
+    }
+    out
+}
+
+/// A deflate stream (flushed, not finished, as ZVHD records are) of `n` zero bytes.
+fn deflate_sync_zeros(n: usize) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::new(9), true);
+    let mut out = Vec::with_capacity(n / 500 + 4096);
+    c.compress_vec(&vec![0u8; n], &mut out, flate2::FlushCompress::Sync)
+        .unwrap();
+    out
+}
+
+/// A ZVHD image (one record, for block 0) whose record's payload is `payload`: tiny.zvhd's header
+/// page, the record, and the header page again as the footer.
+fn zvhd_with_payload(payload: &[u8]) -> Vec<u8> {
+    let tiny = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/zvhd/tiny.zvhd"))
+        .unwrap();
+    let record = ims::formats::zvhd::record::encode_record(0, payload).unwrap();
+    [&tiny[..PAGE], &record[..], &tiny[..PAGE]].concat()
+}
+
 fn zvhd_cases(b: &Bases) -> Vec<Case> {
     let z2 = zvhd2_vector();
     // tiny.zstd.zvhd2's layout (tests/zvhd.rs): header 0; records 4096 and 8192; middle footer
@@ -1219,6 +1263,26 @@ fn zvhd_cases(b: &Bases) -> Vec<Case> {
         ("at the final footer", 610_304, "malformed"),
     ] {
         v.push(case(format!("zvhd2 cut {what}"), kind, cut(&z2, at)));
+    }
+    // Decompression bombs: a record of a few KiB inflating to 64 MiB, far past its block.
+    {
+        use ims::formats::zvhd::Zvhd2Compression::{Zlib, Zstd};
+        let zeros = vec![0u8; 64 << 20];
+        v.push(case(
+            "zvhd2 zstd record inflating to 64 MiB",
+            "malformed",
+            zvhd2_with_payload(Zstd, zstd::bulk::compress(&zeros, 19).unwrap()),
+        ));
+        v.push(case(
+            "zvhd2 zlib record inflating to 64 MiB",
+            "malformed",
+            zvhd2_with_payload(Zlib, deflate_sync_zeros(64 << 20)),
+        ));
+        v.push(case(
+            "zvhd record inflating to 64 MiB",
+            "malformed",
+            zvhd_with_payload(&deflate_sync_zeros(64 << 20)),
+        ));
     }
     let z = &b.zvhd2;
     v.push(case(
