@@ -124,8 +124,13 @@ pub fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
 }
 
 /// Reads `buf.len()` bytes of a backing disk (a parent) at `offset`; what lies past its end
-/// reads as zeros, since a backing disk may be smaller than the image above it.
-pub fn read_backing(backing: &dyn BlockReader, buf: &mut [u8], offset: u64) -> Result<()> {
+/// reads as zeros, since a backing disk may be smaller than the image above it, and with no
+/// backing disk everything reads as zeros.
+pub fn read_backing(backing: Option<&dyn BlockReader>, buf: &mut [u8], offset: u64) -> Result<()> {
+    let Some(backing) = backing else {
+        buf.fill(0);
+        return Ok(());
+    };
     let available = backing.virtual_size().saturating_sub(offset);
     // Bounded by buf.len(), so it fits a usize.
     let n = usize::try_from(available)

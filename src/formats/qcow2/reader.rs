@@ -276,12 +276,11 @@ impl Qcow2Reader {
     /// Reads `run.len` bytes of the backing disk at virtual `run.src` into `buf` at `run.at`;
     /// what lies beyond the backing disk's end reads as zeros.
     fn read_backing(&self, buf: &mut [u8], run: Run) -> Result<()> {
-        let dst = part(buf, run.at, run.len)?;
-        let Some(backing) = &self.backing else {
-            dst.fill(0);
-            return Ok(());
-        };
-        crate::block::read_backing(&**backing, dst, run.src)
+        crate::block::read_backing(
+            self.backing.as_deref(),
+            part(buf, run.at, run.len)?,
+            run.src,
+        )
     }
 
     /// Adds a finished extent to `out`: stored data split where the image file has holes (which

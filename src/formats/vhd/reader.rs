@@ -374,13 +374,7 @@ impl BlockReader for VhdReader {
             let part = &mut buf[from..to];
             match run {
                 Run::Stored(at) => read_exact_at(&self.image.file, part, at, "vhd block data"),
-                Run::Absent => match &self.parent {
-                    Some(p) => read_backing(&**p, part, start),
-                    None => {
-                        part.fill(0);
-                        Ok(())
-                    }
-                },
+                Run::Absent => read_backing(self.parent.as_deref(), part, start),
             }
         })
     }

@@ -259,13 +259,7 @@ impl BlockReader for VmdkReader {
                     part.fill(0);
                     Ok(())
                 }
-                Run::Unallocated => match &self.parent {
-                    Some(p) => read_backing(&**p, part, start),
-                    None => {
-                        part.fill(0);
-                        Ok(())
-                    }
-                },
+                Run::Unallocated => read_backing(self.parent.as_deref(), part, start),
             }
         })
     }
