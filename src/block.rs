@@ -357,6 +357,23 @@ impl Piece {
     }
 }
 
+/// Checks that `piece` starts where a writer's previous piece ended (`next`), on a multiple of
+/// `unit`, and ends inside a disk of `size` bytes; then moves `next` past it. Writers that lay
+/// out units rely on that order: a broken one becomes an error, not a corrupt image.
+pub fn advance(next: &mut u64, piece: &Piece, unit: u64, size: u64, writer: &str) -> Result<()> {
+    let (offset, length) = (piece.offset(), piece.length());
+    let end = offset.checked_add(length).filter(|&end| end <= size);
+    match end {
+        Some(end) if offset == *next && offset.is_multiple_of(unit.max(1)) => {
+            *next = end;
+            Ok(())
+        }
+        _ => Err(Error::InvalidArgument(format!(
+            "{writer} got a piece of {length} bytes at {offset}, expected one at {next} inside {size} bytes"
+        ))),
+    }
+}
+
 /// Per-unit work a writer wants done on the pipeline's workers (compression). It must be a pure
 /// function of its input, so that the output is the same for every thread count.
 pub trait UnitEncoder: Send + Sync {

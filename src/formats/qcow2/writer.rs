@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use crate::block::{BlockWriter, Piece, UnitEncoder};
+use crate::block::{BlockWriter, Piece, UnitEncoder, advance};
 use crate::error::{Error, Result};
 use crate::io::{AppendSink, FileSink};
 
@@ -310,22 +310,6 @@ impl Qcow2Writer {
         Ok(())
     }
 
-    fn expect(&mut self, offset: u64, length: u64) -> Result<()> {
-        if offset != self.next || !offset.is_multiple_of(self.cluster_size) {
-            return Err(Error::InvalidArgument(format!(
-                "qcow2 writer got a piece at {offset}, expected one at {}",
-                self.next
-            )));
-        }
-        self.next = offset + length;
-        if self.next > self.size {
-            return Err(Error::InvalidArgument(
-                "qcow2 writer got a piece past the disk".into(),
-            ));
-        }
-        Ok(())
-    }
-
     /// Stores a compressed payload, packed after the previous one when there is room.
     fn write_compressed(&mut self, offset: u64, payload: &[u8]) -> Result<()> {
         let len = payload.len() as u64;
@@ -428,7 +412,13 @@ impl BlockWriter for Qcow2Writer {
     }
 
     fn write_piece(&mut self, piece: Piece) -> Result<()> {
-        self.expect(piece.offset(), piece.length())?;
+        advance(
+            &mut self.next,
+            &piece,
+            self.cluster_size,
+            self.size,
+            "qcow2 writer",
+        )?;
         match piece {
             // Zero ranges stay unallocated: a top-level image reads them as zeros.
             Piece::Zero { .. } => Ok(()),

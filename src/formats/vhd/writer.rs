@@ -8,7 +8,7 @@ use super::footer::{
     DiskType, FEATURES_RESERVED, FILE_FORMAT_VERSION, FOOTER_SIZE, Footer, Geometry,
     MAX_GEOMETRY_SECTORS, NO_DATA_OFFSET, VHD_EPOCH,
 };
-use crate::block::{BlockWriter, Piece};
+use crate::block::{BlockWriter, Piece, advance};
 use crate::error::{Error, Result};
 use crate::io::{AppendSink, FileSink, append_piece};
 
@@ -257,14 +257,15 @@ impl BlockWriter for DynamicWriter {
     }
 
     fn write_piece(&mut self, piece: Piece) -> Result<()> {
-        let (offset, length) = (piece.offset(), piece.length());
-        if offset != self.next || offset % self.block_size() != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "vhd writer got a piece at {offset}, expected one at {}",
-                self.next
-            )));
-        }
-        self.next = offset + length;
+        let offset = piece.offset();
+        let block_size = self.block_size();
+        advance(
+            &mut self.next,
+            &piece,
+            block_size,
+            self.source_size,
+            "vhd dynamic writer",
+        )?;
         let data = match piece {
             Piece::Zero { .. } => return Ok(()),
             Piece::Data { data, .. } => data,

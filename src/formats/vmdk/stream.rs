@@ -15,7 +15,7 @@ use super::sparse::{
     GRAIN_MARKER_HEAD, HEADER_SIZE, MAX_DISK_BYTES, MAX_GD_BYTES, NEWLINE_CHARS, SECTOR,
     SparseHeader, inflate_grain, max_compressed,
 };
-use crate::block::{BlockWriter, Chunk, ChunkStream, Piece, UnitEncoder, usize_len};
+use crate::block::{BlockWriter, Chunk, ChunkStream, Piece, UnitEncoder, advance, usize_len};
 use crate::error::{Error, ReferenceKind, Result};
 use crate::io::AppendSink;
 
@@ -560,16 +560,15 @@ impl<S: AppendSink> BlockWriter for StreamWriter<S> {
     }
 
     fn write_piece(&mut self, piece: Piece) -> Result<()> {
-        let (offset, length) = (piece.offset(), piece.length());
+        let offset = piece.offset();
         let grain_bytes = self.header.grain_bytes();
-        if offset != self.next || !offset.is_multiple_of(grain_bytes) || offset + length > self.size
-        {
-            return Err(Error::InvalidArgument(format!(
-                "vmdk writer got a piece at {offset}, expected one at {}",
-                self.next
-            )));
-        }
-        self.next = offset + length;
+        advance(
+            &mut self.next,
+            &piece,
+            grain_bytes,
+            self.size,
+            "vmdk stream writer",
+        )?;
         match piece {
             Piece::Zero { .. } => Ok(()),
             Piece::Encoded { payload, .. } => self.put_grain(offset, &payload),

@@ -9,7 +9,7 @@ use super::sparse::{
     FLAG_NEWLINE_TEST, FLAG_ZEROED_GRAIN, MAX_DISK_BYTES, NEWLINE_CHARS, SECTOR, SparseHeader,
 };
 use super::stream::{DESCRIPTOR_SECTORS, WRITE_GRAIN_SECTORS, WRITE_GTES_PER_GT};
-use crate::block::{BlockWriter, Piece, usize_len};
+use crate::block::{BlockWriter, Piece, advance, usize_len};
 use crate::error::{Error, Result};
 use crate::io::{AppendSink, FileSink, append_piece};
 
@@ -318,16 +318,15 @@ impl BlockWriter for SparseWriter {
     }
 
     fn write_piece(&mut self, piece: Piece) -> Result<()> {
-        let (offset, length) = (piece.offset(), piece.length());
+        let offset = piece.offset();
         let grain_bytes = self.header.grain_bytes();
-        if offset != self.next || !offset.is_multiple_of(grain_bytes) || offset + length > self.size
-        {
-            return Err(Error::InvalidArgument(format!(
-                "vmdk writer got a piece at {offset}, expected one at {}",
-                self.next
-            )));
-        }
-        self.next = offset + length;
+        advance(
+            &mut self.next,
+            &piece,
+            grain_bytes,
+            self.size,
+            "vmdk sparse writer",
+        )?;
         let data = match piece {
             Piece::Zero { .. } => return Ok(()),
             Piece::Data { data, .. } => data,
