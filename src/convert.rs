@@ -148,8 +148,13 @@ pub fn run(
                 abort,
                 next_index: 0,
                 pos: 0,
+                stopped: false,
             };
-            if let Err(e) = planner.plan(source, unit, piece) {
+            // Stopping because the writer or a worker failed is not the planner's error: theirs
+            // is the one to report.
+            if let Err(e) = planner.plan(source, unit, piece)
+                && !planner.stopped
+            {
                 if let Ok(mut slot) = planner_error.lock() {
                     *slot = Some(e);
                 }
@@ -190,6 +195,8 @@ struct Planner<'a> {
     next_index: u64,
     /// Everything before `pos` has been handed out.
     pos: u64,
+    /// The rest of the pipeline stopped taking jobs.
+    stopped: bool,
 }
 
 impl Planner<'_> {
@@ -265,7 +272,7 @@ impl Planner<'_> {
 
     fn send(&mut self, offset: u64, length: u64, input: JobInput) -> Result<()> {
         if self.abort.load(Ordering::Relaxed) || self.tokens.recv().is_err() {
-            return Err(Error::InvalidArgument("conversion stopped".into()));
+            return Err(self.stop());
         }
         let job = Job {
             index: self.next_index,
@@ -275,9 +282,12 @@ impl Planner<'_> {
         };
         self.next_index += 1;
         self.pos = offset + length;
-        self.jobs
-            .send(job)
-            .map_err(|_| Error::InvalidArgument("conversion stopped".into()))
+        self.jobs.send(job).map_err(|_| self.stop())
+    }
+
+    fn stop(&mut self) -> Error {
+        self.stopped = true;
+        Error::InvalidArgument("conversion stopped".into())
     }
 }
 
