@@ -426,15 +426,7 @@ impl UnitEncoder for BlockCompressor {
 /// Compresses one block (a short last block padded with zeros) as ZVHD2 stores it. The payload
 /// may be larger than the block: ZVHD2 has no uncompressed records.
 pub fn compress_block(compression: Zvhd2Compression, unit: &[u8]) -> Result<Vec<u8>> {
-    let padded;
-    let block = if (unit.len() as u64) < BLOCK_SIZE {
-        let mut p = unit.to_vec();
-        p.resize(BLOCK_SIZE as usize, 0);
-        padded = p;
-        &padded[..]
-    } else {
-        unit
-    };
+    let block = &*crate::compress::padded(unit, BLOCK_SIZE as usize);
     match compression {
         Zvhd2Compression::Zstd => {
             // One compression context per thread: creating one per block costs allocations
