@@ -172,6 +172,33 @@ pub fn map_backing(
     Ok(())
 }
 
+/// A disk held in memory, every byte of it data: for small images built in code (tests,
+/// fuzzing, a library user's own bytes).
+pub struct MemoryDisk(pub Vec<u8>);
+
+impl BlockReader for MemoryDisk {
+    fn virtual_size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.virtual_size())?;
+        // In range after the check, and the disk is in memory, so the offset fits a usize.
+        let start = usize_len(offset)?;
+        buf.copy_from_slice(&self.0[start..start + buf.len()]);
+        Ok(())
+    }
+
+    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let len = len.min(self.virtual_size().saturating_sub(offset));
+        Ok(if len == 0 {
+            Vec::new()
+        } else {
+            vec![Extent::new(offset, len, ExtentState::Data)]
+        })
+    }
+}
+
 /// A piece of the disk in an ordered stream: data, or a run of zeros.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {

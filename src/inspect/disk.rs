@@ -359,25 +359,8 @@ impl ext4_view::Ext4Read for Volume {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::block::{Extent, ExtentState, check_range};
 
-    /// A disk held in memory, for the inspection modules' tests.
-    pub struct MemDisk(pub Vec<u8>);
-
-    impl BlockReader for MemDisk {
-        fn virtual_size(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-            check_range(offset, buf.len() as u64, self.0.len() as u64)?;
-            let o = offset as usize;
-            buf.copy_from_slice(&self.0[o..o + buf.len()]);
-            Ok(())
-        }
-        fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-            Ok(vec![Extent::new(offset, len, ExtentState::Data)])
-        }
-    }
+    pub use crate::block::MemoryDisk as MemDisk;
 
     pub fn mem_disk(bytes: Vec<u8>) -> Arc<Disk> {
         Disk::new(Arc::new(MemDisk(bytes)))
