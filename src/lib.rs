@@ -352,6 +352,18 @@ pub struct CreateOptions {
 }
 
 impl CreateOptions {
+    /// Options from a command line: every `-o` argument, and `-c`.
+    pub fn from_args(specs: &[String], compress: bool) -> Result<Self> {
+        let mut options = CreateOptions {
+            compress,
+            ..Default::default()
+        };
+        for spec in specs {
+            options.parse_options(spec)?;
+        }
+        Ok(options)
+    }
+
     /// Parses qemu-img's `-o` syntax (`key=value[,key=value...]`) and adds the pairs. A bare
     /// `key` means `key=on`, as qemu reads boolean options (`-o force_size`).
     pub fn parse_options(&mut self, spec: &str) -> Result<()> {

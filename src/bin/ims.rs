@@ -229,13 +229,7 @@ fn run(command: Command) -> ims::Result<()> {
             dst,
         } => {
             let out_format: Format = output_format.parse()?;
-            let mut create = CreateOptions {
-                compress,
-                ..Default::default()
-            };
-            for o in &options {
-                create.parse_options(o)?;
-            }
+            let create = CreateOptions::from_args(&options, compress)?;
             let image = if src.as_os_str() == "-" {
                 // Stdin can only be read front to back, and there is nothing to probe.
                 let format = input

@@ -460,13 +460,7 @@ pub fn images(args: ImagesArgs) -> ims::Result<()> {
             out,
         } => {
             let format: Format = output_format.parse()?;
-            let mut create = CreateOptions {
-                compress,
-                ..Default::default()
-            };
-            for o in &options {
-                create.parse_options(o)?;
-            }
+            let create = CreateOptions::from_args(&options, compress)?;
             let size = size.map(|gb| gb.saturating_mul(1 << 30));
             let r = ims.export(&scope, &id, format, &out, size, &create, &mut |_| {})?;
             eprintln!("ims: image {} exported to {}", r.id, out.display());
