@@ -3,6 +3,8 @@
 //! succeed or fail cleanly, in bounded time.
 #![no_main]
 
+mod common;
+
 use std::sync::Arc;
 
 use ims::block::MemoryDisk;
@@ -11,6 +13,7 @@ use ims::inspect::{partitions, superblocks};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    common::let_dependency_panics_reach_guards();
     let disk = Disk::new(Arc::new(MemoryDisk(data.to_vec())));
     let table = partitions::read_table(&disk);
     for p in table.partitions.iter().filter(|p| p.trusted()) {

@@ -47,3 +47,23 @@ pub fn exercise(reader: &dyn BlockReader) {
         pos += n;
     }
 }
+
+/// The file-system crates inspection uses (ext4-view, fatfs, ntfs) may panic on a hostile
+/// volume; ims calls them through `inspect::fs::guarded`, which turns such a panic into an
+/// error. libFuzzer's hook aborts on every panic, caught or not, so this lets a panic raised
+/// inside a dependency's code unwind to that guard (an unguarded one still reaches
+/// libfuzzer-sys's own catch and aborts), while a panic in ims's own code aborts at once.
+pub fn let_dependency_panics_reach_guards() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let fuzzer_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_dependency = info
+                .location()
+                .is_some_and(|l| l.file().contains("/registry/src/"));
+            if !in_dependency {
+                fuzzer_hook(info);
+            }
+        }));
+    });
+}
