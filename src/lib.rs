@@ -32,6 +32,7 @@ pub mod error;
 pub mod formats;
 pub mod inspect;
 pub mod io;
+pub mod limits;
 pub mod probe;
 pub mod references;
 pub mod register;

@@ -17,10 +17,7 @@ use crate::OpenOptions;
 use crate::block::BlockReader;
 use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::Format;
-
-/// Most images in a chain below the one opened (a backing chain of this many files is refused
-/// at the next level).
-pub const MAX_CHAIN_DEPTH: usize = 16;
+use crate::limits::MAX_CHAIN_DEPTH;
 
 /// Whether `name` names a protocol or a JSON description rather than a file: a colon before any
 /// slash.

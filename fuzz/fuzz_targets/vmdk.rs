@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         // What ims writes from a parsed descriptor parses back to the same extents (unless it
         // grew over the size cap).
         let text = d.to_text();
-        if text.len() as u64 <= ims::formats::vmdk::descriptor::MAX_DESCRIPTOR_BYTES {
+        if text.len() as u64 <= ims::limits::MAX_DESCRIPTOR_BYTES {
             let back = Descriptor::parse(text.as_bytes(), 0).expect("written text parses");
             assert_eq!(back.extents.len(), d.extents.len());
             assert_eq!(back.sectors().ok(), d.sectors().ok());

@@ -13,17 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::block::{BlockReader, usize_len};
 use crate::error::{Error, Result};
+use crate::limits::{INSPECT_READ_BUDGET, INSPECT_READ_CALL_BUDGET, MAX_INSPECT_PAGES};
 
 /// The cache's page size.
 const PAGE: u64 = 64 << 10;
-/// Pages kept (16 MiB).
-const MAX_PAGES: usize = 256;
-/// Bytes inspection may read from the image in all: far more than any real guest needs
-/// (a few MiB), little enough to finish in about a second on any format.
-pub const READ_BUDGET: u64 = 512 << 20;
-/// Reads (cached or not) inspection may make in all: a loop in a guest's on-disk structures
-/// that a file-system crate does not notice ends here.
-pub const READ_CALL_BUDGET: u64 = 1 << 20;
 
 struct Cache {
     pages: HashMap<u64, (Arc<[u8]>, u64)>,
@@ -87,11 +80,11 @@ impl Disk {
         }
         let start = index * PAGE;
         let len = PAGE.min(self.size - start);
-        if cache.read.saturating_add(len) > READ_BUDGET {
+        if cache.read.saturating_add(len) > INSPECT_READ_BUDGET {
             return Err(Error::limit(
                 "guest inspection",
                 start,
-                format!("inspection read more than {READ_BUDGET} bytes of the disk"),
+                format!("inspection read more than {INSPECT_READ_BUDGET} bytes of the disk"),
             ));
         }
         cache.read += len;
@@ -111,7 +104,7 @@ impl Disk {
             return Err(stand_in);
         }
         let page: Arc<[u8]> = buf.into();
-        if cache.pages.len() >= MAX_PAGES
+        if cache.pages.len() >= MAX_INSPECT_PAGES
             && let Some(oldest) = cache
                 .pages
                 .iter()
@@ -141,11 +134,11 @@ impl Disk {
         {
             let mut cache = self.lock();
             cache.calls += 1;
-            if cache.calls > READ_CALL_BUDGET {
+            if cache.calls > INSPECT_READ_CALL_BUDGET {
                 return Err(Error::limit(
                     "guest inspection",
                     offset,
-                    format!("inspection made more than {READ_CALL_BUDGET} reads"),
+                    format!("inspection made more than {INSPECT_READ_CALL_BUDGET} reads"),
                 ));
             }
         }

@@ -11,15 +11,9 @@ use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::error::{Error, Result};
+use crate::limits::MAX_DIR_ENTRIES;
 
 use super::disk::{Volume, VolumeCursor};
-
-/// The most bytes read from a release, configuration or text file.
-pub const MAX_FILE_READ: usize = 1 << 20;
-/// The most entries taken from one directory.
-pub const MAX_DIR_ENTRIES: usize = 8192;
-/// The most symbolic links followed while resolving one path.
-pub const MAX_SYMLINKS: usize = 40;
 
 /// Read-only access to a guest file system.
 pub trait GuestFs {

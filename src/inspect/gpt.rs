@@ -6,14 +6,13 @@
 use byteorder::{ByteOrder, LittleEndian};
 
 use crate::error::{Error, Result};
+use crate::limits::MAX_GPT_ARRAY_BYTES;
 
 use super::disk::Disk;
 
 pub const SIGNATURE: &[u8; 8] = b"EFI PART";
 pub const MIN_HEADER_SIZE: u32 = 92;
 pub const MIN_ENTRY_SIZE: u32 = 128;
-/// The largest partition entry array read (the usual one is 16 KiB: 128 entries of 128 bytes).
-pub const MAX_ARRAY_BYTES: u64 = 1 << 20;
 
 pub const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
@@ -117,12 +116,12 @@ impl GptHeader {
                 format!("partition entry size {size}"),
             ));
         }
-        if h.array_bytes() > MAX_ARRAY_BYTES {
+        if h.array_bytes() > MAX_GPT_ARRAY_BYTES {
             return Err(Error::limit(
                 S,
                 offset + 80,
                 format!(
-                    "{} entries of {size} bytes (more than {MAX_ARRAY_BYTES} bytes)",
+                    "{} entries of {size} bytes (more than {MAX_GPT_ARRAY_BYTES} bytes)",
                     h.number_of_partition_entries
                 ),
             ));

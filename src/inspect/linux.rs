@@ -3,8 +3,9 @@
 //! hostname, kernels, cloud-init, and virtio drivers (modules or built in).
 
 use super::binary::elf_arch;
-use super::fs::{GuestFs, MAX_FILE_READ};
+use super::fs::GuestFs;
 use crate::error::Result;
+use crate::limits::{MAX_FILE_READ, MAX_MODULE_DIRS};
 
 /// What a Linux root file system says about the guest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,9 +50,6 @@ const VIRTIO: &[(&str, &str)] = &[
     ("virtio_pci", "drivers/virtio"),
     ("virtio_console", "drivers/char"),
 ];
-
-/// Kernel version directories looked into for modules.
-const MAX_MODULE_DIRS: usize = 16;
 
 /// Whether `fs` looks like a Linux root: an `/etc` directory beside `/usr` or `/bin`.
 pub fn is_root(fs: &mut dyn GuestFs) -> bool {

@@ -10,20 +10,13 @@ use std::collections::HashMap;
 use byteorder::{ByteOrder, LittleEndian};
 
 use crate::error::{Error, Result};
+use crate::limits::{MAX_LVM_AREAS, MAX_LVM_DEPTH, MAX_LVM_METADATA, MAX_LVM_SEGMENTS};
 
 use super::disk::{Span, Volume};
 
 pub const LABEL_ID: &[u8; 8] = b"LABELONE";
 pub const LVM2_TYPE: &[u8; 8] = b"LVM2 001";
 pub const FMTT_MAGIC: &[u8; 16] = b" LVM2 x[5A%r0N*>";
-/// The most metadata text read.
-pub const MAX_METADATA: u64 = 1 << 20;
-/// Area list entries read at most.
-const MAX_AREAS: usize = 16;
-/// Nesting of the metadata text.
-const MAX_DEPTH: usize = 16;
-/// Segments of one logical volume.
-const MAX_SEGMENTS: usize = 4096;
 const SECTOR: u64 = 512;
 
 const S: &str = "lvm2 physical volume";
@@ -77,7 +70,7 @@ pub fn read_pv(vol: &Volume) -> Result<PhysicalVolume> {
             if offset == 0 && size == 0 {
                 break;
             }
-            if list.len() >= MAX_AREAS {
+            if list.len() >= MAX_LVM_AREAS {
                 return Err(Error::limit(S, label_at as u64, "too many areas"));
             }
             list.push((offset, size));
@@ -104,7 +97,7 @@ fn metadata_text(vol: &Volume, mda_offset: u64, mda_size: u64) -> Result<Option<
     if offset == 0 || size == 0 {
         return Ok(None);
     }
-    if size > MAX_METADATA || offset < 512 || offset >= mda_size {
+    if size > MAX_LVM_METADATA || offset < 512 || offset >= mda_size {
         return Err(Error::malformed(
             M,
             mda_offset + 40,
@@ -218,7 +211,7 @@ impl Parser<'_> {
     }
 
     fn section(&mut self, depth: usize, nested: bool) -> Result<Vec<(String, ConfigValue)>> {
-        if depth > MAX_DEPTH {
+        if depth > MAX_LVM_DEPTH {
             return Err(self.err("nested too deeply"));
         }
         let mut items = Vec::new();
@@ -284,7 +277,7 @@ impl Parser<'_> {
                 ))
             }
             Some(b'[') => {
-                if depth > MAX_DEPTH {
+                if depth > MAX_LVM_DEPTH {
                     return Err(self.err("nested too deeply"));
                 }
                 self.pos += 1;
@@ -353,8 +346,10 @@ pub fn logical_volumes(metadata: &str) -> Result<(Vec<LogicalVolume>, Vec<String
                 if !matches!(seg, ConfigValue::Section(_)) {
                     continue;
                 }
-                if runs.len() >= MAX_SEGMENTS {
-                    return Err(bad(format!("{lv_name}: more than {MAX_SEGMENTS} segments")));
+                if runs.len() >= MAX_LVM_SEGMENTS {
+                    return Err(bad(format!(
+                        "{lv_name}: more than {MAX_LVM_SEGMENTS} segments"
+                    )));
                 }
                 let linear =
                     seg.string("type") == Some("striped") && seg.number("stripe_count") == Some(1);

@@ -5,6 +5,7 @@
 use byteorder::{ByteOrder, LittleEndian};
 
 use crate::error::{Error, Result};
+use crate::limits::MAX_MBR_LOGICAL;
 
 use super::disk::Disk;
 
@@ -17,8 +18,6 @@ const ENTRY_SIZE: usize = 16;
 pub const TYPE_GPT_PROTECTIVE: u8 = 0xee;
 /// `partition_type` of an EFI system partition.
 pub const TYPE_EFI_SYSTEM: u8 = 0xef;
-/// Logical partitions followed at most (Linux numbers them up to 256 in all).
-pub const MAX_LOGICAL: usize = 128;
 
 /// One 16-byte partition entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,9 +116,9 @@ pub fn read_logical(
     let mut seen = std::collections::HashSet::new();
     let mut number = 5;
     loop {
-        if out.len() >= MAX_LOGICAL {
+        if out.len() >= MAX_MBR_LOGICAL {
             notes.push(format!(
-                "more than {MAX_LOGICAL} logical partitions; the rest are ignored"
+                "more than {MAX_MBR_LOGICAL} logical partitions; the rest are ignored"
             ));
             break;
         }

@@ -10,8 +10,9 @@
 //! ([`windows`], [`regf`]), the boot firmware from the EFI system partition and the boot code.
 //!
 //! The guest is not trusted: every offset and size it gives is checked, every read is capped
-//! ([`fs::MAX_FILE_READ`]), symbolic links resolve inside the guest's file system only, and
-//! the whole inspection has a read budget ([`disk::READ_BUDGET`]). A damaged guest file system
+//! ([`MAX_FILE_READ`](crate::limits::MAX_FILE_READ)), symbolic links resolve inside the guest's
+//! file system only, and the whole inspection has a read budget
+//! ([`INSPECT_READ_BUDGET`](crate::limits::INSPECT_READ_BUDGET)). A damaged guest file system
 //! gives unknown facts and a note; only an image that cannot be read is an error.
 
 pub mod binary;
@@ -36,6 +37,7 @@ use serde::Serialize;
 
 use crate::block::BlockReader;
 use crate::error::{Error, Result};
+use crate::limits::MAX_EFI_LOADERS;
 
 use disk::{Disk, Volume};
 use fs::{Ext4Fs, FatFs, GuestFs};
@@ -188,9 +190,6 @@ impl Inspection {
         }
     }
 }
-
-/// The most EFI loaders listed.
-const MAX_EFI_LOADERS: usize = 64;
 
 /// Inspects the disk `reader` reads.
 pub fn inspect(reader: Arc<dyn BlockReader>) -> Result<Inspection> {

@@ -11,7 +11,8 @@ use ntfs::{Ntfs, NtfsFile};
 use crate::error::{Error, Result};
 
 use super::disk::{Volume, VolumeCursor};
-use super::fs::{GuestFs, MAX_DIR_ENTRIES, ReadAt, components, guarded};
+use super::fs::{GuestFs, ReadAt, components, guarded};
+use crate::limits::MAX_DIR_ENTRIES;
 
 const S: &str = "ntfs file system";
 

@@ -12,15 +12,12 @@ use byteorder::{ByteOrder, LittleEndian};
 
 use crate::block::usize_len;
 use crate::error::{Error, Result};
+use crate::limits::{MAX_REGF_CELL, MAX_REGF_CELLS};
 
 use super::fs::ReadAt;
 
 pub const REGF_SIGNATURE: &[u8; 4] = b"regf";
 pub const BASE_BLOCK_SIZE: u64 = 4096;
-/// The largest cell read.
-pub const MAX_CELL: usize = 1 << 20;
-/// The most cells read from one hive.
-pub const MAX_CELLS: u32 = 200_000;
 /// `nk` flags: the key name is stored in Latin-1, not UTF-16LE.
 pub const KEY_COMP_NAME: u16 = 0x0020;
 /// `vk` flags: the value name is stored in Latin-1.
@@ -128,11 +125,11 @@ impl<'a> Hive<'a> {
     /// The data of the cell at `offset` (without its size field).
     fn cell(&mut self, offset: u32) -> Result<Vec<u8>> {
         self.cells_read += 1;
-        if self.cells_read > MAX_CELLS {
+        if self.cells_read > MAX_REGF_CELLS {
             return Err(Error::limit(
                 S,
                 0,
-                format!("more than {MAX_CELLS} cells read"),
+                format!("more than {MAX_REGF_CELLS} cells read"),
             ));
         }
         let off = u64::from(offset);
@@ -143,7 +140,7 @@ impl<'a> Hive<'a> {
         let mut size = [0u8; 4];
         self.src.read_at(at, &mut size)?;
         let size = u64::from(LittleEndian::read_i32(&size).unsigned_abs());
-        if !(8..=MAX_CELL as u64).contains(&size) || off + size > self.bins_size {
+        if !(8..=MAX_REGF_CELL as u64).contains(&size) || off + size > self.bins_size {
             return Err(Error::malformed(S, at, format!("cell of {size} bytes")));
         }
         let size = usize_len(size)?;
@@ -295,7 +292,7 @@ impl<'a> Hive<'a> {
 
     /// `size` bytes of value data in the cell at `offset`, or in the big-data segments it lists.
     fn data(&mut self, offset: u32, size: usize) -> Result<Vec<u8>> {
-        if size > MAX_CELL {
+        if size > MAX_REGF_CELL {
             return Err(Error::limit(S, 0, format!("value of {size} bytes")));
         }
         let c = self.cell(offset)?;

@@ -17,10 +17,7 @@ use super::tables::{
 };
 use crate::error::{Error, Result};
 use crate::io::{file_length, read_exact_at};
-
-/// Most host clusters a check follows (two 2-byte counters each): 64 Mi clusters, 4 TiB of
-/// 64 KiB clusters.
-pub const MAX_CHECK_CLUSTERS: u64 = 64 << 20;
+use crate::limits::MAX_CHECK_CLUSTERS;
 
 /// What a check found, with qemu-img check's JSON keys (zero counts left out, as qemu-img does).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -10,14 +10,16 @@ use std::fs::File;
 use crate::error::{Error, Result};
 use crate::io::{file_length, read_up_to_at};
 
-use super::tables::{Geometry, MAX_SNAPSHOTS, SNAPSHOT_HEADER_SIZE, TABLE_ENTRY_SIZE};
+use super::tables::{Geometry, SNAPSHOT_HEADER_SIZE, TABLE_ENTRY_SIZE};
+use crate::limits::{
+    MAX_BACKING_FILE_NAME, MAX_BACKING_FORMAT_NAME, MAX_CLUSTER_BITS, MAX_L1_TABLE_SIZE,
+    MAX_REFCOUNT_TABLE_SIZE, MAX_SNAPSHOTS,
+};
 
 /// The magic number at offset 0.
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 /// Smallest cluster: 512 bytes.
 pub const MIN_CLUSTER_BITS: u32 = 9;
-/// Largest cluster: 2 MiB (qemu's limit).
-pub const MAX_CLUSTER_BITS: u32 = 21;
 /// Extended L2 entries split a cluster into 32 subclusters of at least 512 bytes.
 pub const MIN_EXTENDED_L2_CLUSTER_BITS: u32 = 14;
 /// Length of a version 2 header.
@@ -26,14 +28,6 @@ pub const V2_HEADER_LENGTH: u32 = 72;
 pub const V3_MIN_HEADER_LENGTH: u32 = 104;
 /// Offset of the version 3 `compression_type` byte.
 pub const COMPRESSION_TYPE_OFFSET: u32 = 104;
-/// Longest backing file name.
-pub const MAX_BACKING_FILE_NAME: u32 = 1023;
-/// Longest backing format name (qemu keeps 15 characters).
-pub const MAX_BACKING_FORMAT_NAME: u32 = 15;
-/// Largest L1 table, in bytes (qemu's limit).
-pub const MAX_L1_TABLE_SIZE: u64 = 32 << 20;
-/// Largest refcount table, in bytes (qemu's limit).
-pub const MAX_REFCOUNT_TABLE_SIZE: u64 = 8 << 20;
 
 /// `crypt_method` values.
 pub const CRYPT_NONE: u32 = 0;

@@ -25,6 +25,10 @@ use crate::block::{
 };
 use crate::error::{Error, ReferenceKind, Result};
 use crate::io::{file_length, read_exact_at};
+use crate::limits::{
+    CLUSTER_CACHE_ENTRIES, L2_CACHE_BYTES, L2_CACHE_MAX_TABLES, L2_CACHE_MIN_TABLES,
+    QCOW2_ZSTD_WINDOW_LOG_MAX,
+};
 
 use super::header::{CompressionType, Qcow2Header, compatible, incompatible};
 use super::tables::{
@@ -32,17 +36,6 @@ use super::tables::{
     Snapshot, SubclusterState, TABLE_ENTRY_SIZE, classify_standard, decode_table,
     read_snapshot_table, subcluster_state,
 };
-
-/// Memory the L2 table cache may use.
-const L2_CACHE_BYTES: u64 = 16 << 20;
-/// Fewest and most L2 tables the cache keeps, whatever the cluster size.
-const L2_CACHE_MIN_TABLES: usize = 4;
-const L2_CACHE_MAX_TABLES: usize = 256;
-/// Decompressed clusters kept, so a cluster read in several pieces is inflated once.
-const CLUSTER_CACHE_ENTRIES: usize = 4;
-/// Largest zstd window accepted: qemu compresses one cluster (at most 2 MiB) per frame, which
-/// zstd encodes with a window of at most 2 MiB. This bounds what a hostile frame can allocate.
-const ZSTD_WINDOW_LOG_MAX: u32 = 22;
 
 /// What the caller resolved for the image before opening it.
 #[derive(Clone, Default)]
@@ -900,7 +893,7 @@ pub(crate) fn unzstd_cluster(input: &[u8], out: &mut [u8]) -> std::result::Resul
 
 fn new_zstd_decoder() -> std::result::Result<Decoder<'static>, String> {
     let mut d = Decoder::new().map_err(|e| format!("zstd: {e}"))?;
-    d.set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX))
+    d.set_parameter(DParameter::WindowLogMax(QCOW2_ZSTD_WINDOW_LOG_MAX))
         .map_err(|e| format!("zstd: {e}"))?;
     Ok(d)
 }

@@ -10,7 +10,10 @@ use std::fs::File;
 use crate::error::{Error, Result};
 use crate::io::read_exact_at;
 
-use super::header::{Header, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, MIN_EXTENDED_L2_CLUSTER_BITS};
+use super::header::{Header, MIN_CLUSTER_BITS, MIN_EXTENDED_L2_CLUSTER_BITS};
+use crate::limits::{
+    MAX_CLUSTER_BITS, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_SIZE, MAX_SNAPSHOTS,
+};
 
 /// Bits 9-55 of an L1 entry: the offset of an L2 table.
 pub const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -440,12 +443,6 @@ pub fn set_refcount(block: &mut [u8], index: u64, order: u32, value: u64) -> boo
     true
 }
 
-/// Most snapshots ims lists (qemu's own limit).
-pub const MAX_SNAPSHOTS: u32 = 65536;
-/// Largest snapshot table ims reads, in bytes (qemu's limit: 1 KiB per snapshot).
-pub const MAX_SNAPSHOT_TABLE_SIZE: u64 = 64 << 20;
-/// Largest extra data in a snapshot table entry (qemu's limit).
-pub const MAX_SNAPSHOT_EXTRA_DATA: u32 = 1024;
 /// Size of the fixed part of a snapshot table entry.
 pub const SNAPSHOT_HEADER_SIZE: u64 = 40;
 

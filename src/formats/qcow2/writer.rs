@@ -15,8 +15,9 @@ use crate::block::{BlockWriter, Piece, UnitEncoder, advance};
 use crate::error::{Error, Result};
 use crate::io::{AppendSink, FileSink};
 
-use super::header::{MAX_L1_TABLE_SIZE, compatible, incompatible};
+use super::header::{compatible, incompatible};
 use super::tables::{OFLAG_COMPRESSED, OFLAG_COPIED};
+use crate::limits::MAX_L1_TABLE_SIZE;
 
 /// The compression of a compressed image's clusters (zlib: raw deflate with a 4 KiB window, as
 /// qemu inflates qcow2 clusters with window bits -12).

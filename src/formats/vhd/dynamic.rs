@@ -5,6 +5,7 @@ use byteorder::{BigEndian, ByteOrder};
 
 use super::footer::checksum;
 use crate::error::{Error, Result};
+use crate::limits::MAX_VHD_BLOCK_SIZE;
 
 pub const HEADER_SIZE: usize = 1024;
 pub const COOKIE: &[u8; 8] = b"cxsparse";
@@ -13,12 +14,8 @@ pub const HEADER_VERSION: u32 = 0x0001_0000;
 pub const UNALLOCATED: u32 = u32::MAX;
 /// The block size qemu-img, Hyper-V and Virtual PC write.
 pub const DEFAULT_BLOCK_SIZE: u32 = 2 << 20;
-/// Largest block size accepted: far above any producer's, small enough to bound a block's bitmap.
-pub const MAX_BLOCK_SIZE: u32 = 256 << 20;
 /// Parent locator slots in the header.
 pub const LOCATOR_COUNT: usize = 8;
-/// Longest parent locator path read (bytes).
-pub const MAX_LOCATOR_BYTES: u32 = 64 * 1024;
 
 /// One parent locator entry: where a differencing disk's parent path is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,12 +63,12 @@ impl DynamicHeader {
             ));
         }
         let block_size = BigEndian::read_u32(&buf[32..36]);
-        if !block_size.is_power_of_two() || !(512..=MAX_BLOCK_SIZE).contains(&block_size) {
+        if !block_size.is_power_of_two() || !(512..=MAX_VHD_BLOCK_SIZE).contains(&block_size) {
             return Err(Error::malformed(
                 S,
                 offset + 32,
                 format!(
-                    "block size {block_size} is not a power of two from 512 to {MAX_BLOCK_SIZE}"
+                    "block size {block_size} is not a power of two from 512 to {MAX_VHD_BLOCK_SIZE}"
                 ),
             ));
         }

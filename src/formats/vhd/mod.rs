@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use crate::block::BlockReader;
 use crate::error::{Error, ReferenceKind, Result};
-use crate::references::{MAX_CHAIN_DEPTH, RefusedReference, open_resolved, resolve};
+use crate::limits::MAX_CHAIN_DEPTH;
+use crate::references::{RefusedReference, open_resolved, resolve};
 
 pub use reader::{VhdImage, VhdReader};
 

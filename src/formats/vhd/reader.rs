@@ -8,8 +8,7 @@ use byteorder::{BigEndian, ByteOrder};
 use serde_json::json;
 
 use super::dynamic::{
-    DynamicHeader, HEADER_SIZE, LOCATOR_COUNT, MAX_LOCATOR_BYTES, UNALLOCATED, locator_path,
-    sector_present,
+    DynamicHeader, HEADER_SIZE, LOCATOR_COUNT, UNALLOCATED, locator_path, sector_present,
 };
 use super::footer::{DiskType, FOOTER_SIZE, Footer, SizeSource, uuid_string};
 use crate::block::{
@@ -18,9 +17,7 @@ use crate::block::{
 };
 use crate::error::{Error, ReferenceKind, Result};
 use crate::io::{file_length, read_exact_at};
-
-/// Bitmaps kept in memory at once (each is 512 bytes for 2 MiB blocks).
-const BITMAP_CACHE: usize = 256;
+use crate::limits::{MAX_LOCATOR_BYTES, VHD_BITMAP_CACHE};
 
 /// A VHD's structures, read and checked, before any parent is attached.
 pub struct VhdImage {
@@ -300,7 +297,7 @@ impl VhdReader {
         )?;
         let b = Arc::new(b);
         if let Ok(mut cache) = self.bitmaps.lock() {
-            if cache.len() >= BITMAP_CACHE {
+            if cache.len() >= VHD_BITMAP_CACHE {
                 cache.clear();
             }
             cache.insert(entry, b.clone());

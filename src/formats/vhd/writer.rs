@@ -11,9 +11,8 @@ use super::footer::{
 use crate::block::{BlockWriter, Piece, advance};
 use crate::error::{Error, Result};
 use crate::io::{AppendSink, FileSink, append_piece};
+use crate::limits::MAX_VHD_DISK_SIZE;
 
-/// The largest disk the VHD format describes: 2040 GiB (0xff000000 sectors).
-pub const MAX_DISK_SIZE: u64 = 0xff00_0000 * 512;
 const MIB: u64 = 1 << 20;
 
 /// What `-o` chose for a new VHD.
@@ -104,7 +103,7 @@ impl VhdCreateOptions {
                     (g.sectors() * 512, g, *b"qemu")
                 }
             };
-        if size > MAX_DISK_SIZE {
+        if size > MAX_VHD_DISK_SIZE {
             return Err(Error::InvalidArgument(format!(
                 "a VHD holds at most 2040 GiB; the disk has {size} bytes"
             )));

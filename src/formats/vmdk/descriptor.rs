@@ -7,12 +7,8 @@
 //! them.
 
 use crate::error::{Error, Result};
+use crate::limits::{MAX_DESCRIPTOR_BYTES, MAX_VMDK_EXTENTS};
 
-/// The largest descriptor read, embedded or in a file of its own. A descriptor of 4096 extents
-/// (8 TiB in 2 GB pieces) takes about 250 KiB.
-pub const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
-/// The most extents one descriptor may list (each is a file to open).
-pub const MAX_EXTENTS: usize = 4096;
 /// The value of `parentCID` of a disk without a parent.
 pub const NO_PARENT_CID: u32 = 0xffff_ffff;
 
@@ -145,11 +141,11 @@ impl Descriptor {
             }
             let first = line.split_ascii_whitespace().next().unwrap_or_default();
             if matches!(first, "RW" | "RDONLY" | "NOACCESS") {
-                if d.extents.len() >= MAX_EXTENTS {
+                if d.extents.len() >= MAX_VMDK_EXTENTS {
                     return Err(Error::limit(
                         S,
                         at,
-                        format!("more than {MAX_EXTENTS} extents"),
+                        format!("more than {MAX_VMDK_EXTENTS} extents"),
                     ));
                 }
                 d.extents.push(parse_extent(line, at)?);

@@ -17,9 +17,10 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use descriptor::{Descriptor, ExtentType, MAX_DESCRIPTOR_BYTES};
+use crate::limits::{MAX_DESCRIPTOR_BYTES, MAX_VMDK_DISK_BYTES};
+use descriptor::{Descriptor, ExtentType};
 use reader::{ExtentData, VmdkExtent};
-use sparse::{MAGIC, MAX_DISK_BYTES, SECTOR, SparseExtent};
+use sparse::{MAGIC, SECTOR, SparseExtent};
 
 use crate::OpenOptions;
 use crate::block::{BlockReader, usize_len};
@@ -226,17 +227,17 @@ fn check_create_type(d: &Descriptor) -> Result<()> {
     }
 }
 
-/// The disk's size: the sum of the extents, at most [`MAX_DISK_BYTES`].
+/// The disk's size: the sum of the extents, at most [`MAX_VMDK_DISK_BYTES`].
 fn disk_size(d: &Descriptor) -> Result<u64> {
     let sectors = d.sectors()?;
     sectors
         .checked_mul(SECTOR)
-        .filter(|&b| b <= MAX_DISK_BYTES)
+        .filter(|&b| b <= MAX_VMDK_DISK_BYTES)
         .ok_or_else(|| {
             Error::limit(
                 "vmdk descriptor",
                 0,
-                format!("{sectors} sectors is over {MAX_DISK_BYTES} bytes"),
+                format!("{sectors} sectors is over {MAX_VMDK_DISK_BYTES} bytes"),
             )
         })
 }

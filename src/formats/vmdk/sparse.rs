@@ -12,6 +12,10 @@ use byteorder::{ByteOrder, LittleEndian};
 use crate::block::usize_len;
 use crate::error::{Error, Result};
 use crate::io::read_exact_at;
+use crate::limits::{
+    GT_CACHE, MAX_DESCRIPTOR_BYTES, MAX_GD_BYTES, MAX_GRAIN_SECTORS, MAX_GTES_PER_GT,
+    MAX_VMDK_DISK_BYTES,
+};
 
 pub const SECTOR: u64 = 512;
 pub const HEADER_SIZE: usize = 512;
@@ -35,16 +39,6 @@ pub const GTE_ZEROED: u32 = 1;
 /// The newline characters of the test, in order.
 pub const NEWLINE_CHARS: [u8; 4] = [b'\n', b' ', b'\r', b'\n'];
 
-/// The largest grain ims reads (1 MiB; VMware and qemu write 64 KiB).
-pub const MAX_GRAIN_SECTORS: u64 = 2048;
-/// The most GTEs per GT (VMware always writes 512, and qemu refuses more).
-pub const MAX_GTES_PER_GT: u32 = 512;
-/// The largest grain directory read into memory (64 TiB of 64 KiB grains needs 8 MiB).
-pub const MAX_GD_BYTES: u64 = 16 << 20;
-/// The largest disk ims opens: 64 TiB (VMware's limit is 62 TB).
-pub const MAX_DISK_BYTES: u64 = 64 << 40;
-/// Grain tables kept in memory per extent (2 KiB each).
-const GT_CACHE: usize = 4096;
 /// Size of a grain marker's head: `lba` (u64) and `size` (u32).
 pub const GRAIN_MARKER_HEAD: u64 = 12;
 
@@ -142,13 +136,13 @@ impl SparseHeader {
         }
         if h.capacity
             .checked_mul(SECTOR)
-            .is_none_or(|b| b > MAX_DISK_BYTES)
+            .is_none_or(|b| b > MAX_VMDK_DISK_BYTES)
         {
             return Err(Error::limit(
                 S,
                 offset + 12,
                 format!(
-                    "capacity of {} sectors is over {MAX_DISK_BYTES} bytes",
+                    "capacity of {} sectors is over {MAX_VMDK_DISK_BYTES} bytes",
                     h.capacity
                 ),
             ));
@@ -271,7 +265,6 @@ pub fn read_embedded_descriptor(
     file_len: u64,
     header: &SparseHeader,
 ) -> Result<Option<(Vec<u8>, u64)>> {
-    use super::descriptor::MAX_DESCRIPTOR_BYTES;
     if header.descriptor_offset == 0 || header.descriptor_size == 0 {
         return Ok(None);
     }

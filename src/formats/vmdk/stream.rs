@@ -9,15 +9,16 @@ use std::sync::Arc;
 use byteorder::{ByteOrder, LittleEndian};
 use bytes::Bytes;
 
-use super::descriptor::{Descriptor, MAX_DESCRIPTOR_BYTES};
+use super::descriptor::Descriptor;
 use super::sparse::{
     COMPRESSION_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, GD_AT_END,
-    GRAIN_MARKER_HEAD, HEADER_SIZE, MAX_DISK_BYTES, MAX_GD_BYTES, NEWLINE_CHARS, SECTOR,
-    SparseHeader, inflate_grain, max_compressed,
+    GRAIN_MARKER_HEAD, HEADER_SIZE, NEWLINE_CHARS, SECTOR, SparseHeader, inflate_grain,
+    max_compressed,
 };
 use crate::block::{BlockWriter, Chunk, ChunkStream, Piece, UnitEncoder, advance, usize_len};
 use crate::error::{Error, ReferenceKind, Result};
 use crate::io::AppendSink;
+use crate::limits::{MAX_DESCRIPTOR_BYTES, MAX_GD_BYTES, MAX_VMDK_DISK_BYTES};
 
 /// The type of a metadata marker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -458,9 +459,9 @@ impl<S: AppendSink> StreamWriter<S> {
     /// is `descriptor`.
     pub fn new(mut sink: S, size: u64, descriptor: &str) -> Result<Self> {
         let capacity = size.div_ceil(SECTOR);
-        if capacity.saturating_mul(SECTOR) > MAX_DISK_BYTES {
+        if capacity.saturating_mul(SECTOR) > MAX_VMDK_DISK_BYTES {
             return Err(Error::InvalidArgument(format!(
-                "a VMDK holds at most {MAX_DISK_BYTES} bytes"
+                "a VMDK holds at most {MAX_VMDK_DISK_BYTES} bytes"
             )));
         }
         let desc_sectors = (descriptor.len() as u64)

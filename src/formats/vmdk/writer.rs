@@ -5,13 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use super::descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
-use super::sparse::{
-    FLAG_NEWLINE_TEST, FLAG_ZEROED_GRAIN, MAX_DISK_BYTES, NEWLINE_CHARS, SECTOR, SparseHeader,
-};
+use super::sparse::{FLAG_NEWLINE_TEST, FLAG_ZEROED_GRAIN, NEWLINE_CHARS, SECTOR, SparseHeader};
 use super::stream::{DESCRIPTOR_SECTORS, WRITE_GRAIN_SECTORS, WRITE_GTES_PER_GT};
 use crate::block::{BlockWriter, Piece, advance, usize_len};
 use crate::error::{Error, Result};
 use crate::io::{AppendSink, FileSink, append_piece};
+use crate::limits::{MAX_HW_VERSION, MAX_VMDK_DISK_BYTES};
 
 /// The kind of VMDK to write (`-o subformat=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +64,6 @@ pub const TOOLS_VERSION: u32 = 2_147_483_647;
 /// The `ddb.virtualHWVersion` written by default: 4, the oldest virtual hardware that every
 /// ESXi and Workstation release still runs (and qemu-img's default).
 pub const DEFAULT_HW_VERSION: u32 = 4;
-/// The highest hardware version accepted (ESXi 8.0 U2).
-pub const MAX_HW_VERSION: u32 = 21;
 
 /// What `-o` chose for a new VMDK.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,12 +207,12 @@ fn random_cid() -> u32 {
     }
 }
 
-/// The disk's capacity in sectors, refusing disks over [`MAX_DISK_BYTES`].
+/// The disk's capacity in sectors, refusing disks over [`MAX_VMDK_DISK_BYTES`].
 pub fn capacity_for(size: u64) -> Result<u64> {
     let capacity = size.div_ceil(SECTOR);
-    if capacity.saturating_mul(SECTOR) > MAX_DISK_BYTES {
+    if capacity.saturating_mul(SECTOR) > MAX_VMDK_DISK_BYTES {
         return Err(Error::InvalidArgument(format!(
-            "a VMDK holds at most {MAX_DISK_BYTES} bytes; the disk has {size}"
+            "a VMDK holds at most {MAX_VMDK_DISK_BYTES} bytes; the disk has {size}"
         )));
     }
     Ok(capacity)

@@ -11,12 +11,10 @@ use crate::error::{Error, Result};
 
 use super::PAGE;
 use super::header::BITMAP_SEG_SIZE;
-use super::record::MAX_RECORD_LEN;
+use crate::limits::MAX_ZVHD_RECORD_LEN;
 
 /// Bytes of one index entry.
 pub const INDEX_ENTRY_LEN: u64 = 16;
-/// The largest bitmap ims loads: 64 MiB, a bit for each of 2^29 blocks (1 PiB of disk).
-pub const MAX_BITMAP_LEN: u64 = 64 << 20;
 
 /// One index entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,11 +71,11 @@ impl IndexEntry {
                 "record length {size} is not a whole number of pages"
             )));
         }
-        if size > MAX_RECORD_LEN {
+        if size > MAX_ZVHD_RECORD_LEN {
             return Err(Error::limit(
                 "zvhd2 index entry",
                 at,
-                format!("record length {size} is over {MAX_RECORD_LEN} bytes"),
+                format!("record length {size} is over {MAX_ZVHD_RECORD_LEN} bytes"),
             ));
         }
         match self.end() {

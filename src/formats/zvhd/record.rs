@@ -10,6 +10,7 @@ use byteorder::{ByteOrder, LittleEndian};
 use flate2::{Decompress, FlushDecompress, Status};
 
 use crate::error::{Error, Result};
+use crate::limits::MAX_ZVHD_RECORD_LEN;
 
 use super::{BLOCK_SIZE, PAGE};
 
@@ -19,8 +20,6 @@ pub const RECORD_PREFIX: [u8; 12] = *b"hwstream bg\0";
 pub const RECORD_POSTFIX: [u8; 4] = *b"end\0";
 /// Bytes before the payload.
 pub const RECORD_HEAD_LEN: usize = 48;
-/// The largest record ims reads: the reference reader's record buffer (4 MiB + 8 KiB).
-pub const MAX_RECORD_LEN: u64 = 4_202_496;
 /// Where the reference writer's compressor puts its output in the record buffer; the padding
 /// of a record of 8192 bytes or more holds a stale copy of the payload from here on.
 const STALE_COPY_AT: usize = PAGE as usize;
@@ -61,15 +60,15 @@ impl RecordHead {
     }
 
     /// The record's length: head, payload and postfix rounded up to whole pages, within
-    /// [`MAX_RECORD_LEN`].
+    /// [`MAX_ZVHD_RECORD_LEN`].
     pub fn record_len(&self, offset: u64) -> Result<u64> {
         match record_len_for(u64::from(self.size)) {
-            Some(len) if len <= MAX_RECORD_LEN => Ok(len),
+            Some(len) if len <= MAX_ZVHD_RECORD_LEN => Ok(len),
             _ => Err(Error::limit(
                 "zvhd record",
                 offset,
                 format!(
-                    "payload of {} bytes is larger than a record may be ({MAX_RECORD_LEN} bytes)",
+                    "payload of {} bytes is larger than a record may be ({MAX_ZVHD_RECORD_LEN} bytes)",
                     self.size
                 ),
             )),

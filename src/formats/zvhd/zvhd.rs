@@ -22,8 +22,9 @@ use crate::error::{Error, Result};
 use crate::io::{AppendSink, file_length};
 
 use super::header::{self, FIELDS_LEN, Kind, ZvhdHeader, verify_checksum};
-use super::record::{self, MAX_RECORD_LEN, RECORD_PREFIX, RecordHead};
+use super::record::{self, RECORD_PREFIX, RecordHead};
 use super::{BLOCK_SIZE, Blocks, PAGE, ZvhdCreateOptions};
+use crate::limits::MAX_ZVHD_RECORD_LEN;
 
 /// The shortest ZVHD file: header and footer.
 pub const MIN_FILE_LEN: u64 = 2 * PAGE;
@@ -192,8 +193,8 @@ impl<R: Read + Send> ZvhdStream<R> {
                 ),
             ));
         }
-        // record_len ≤ MAX_RECORD_LEN, so this fits.
-        let total = usize::try_from(record_len.min(MAX_RECORD_LEN)).unwrap_or(PAGE as usize);
+        // record_len ≤ MAX_ZVHD_RECORD_LEN, so this fits.
+        let total = usize::try_from(record_len.min(MAX_ZVHD_RECORD_LEN)).unwrap_or(PAGE as usize);
         self.record.resize(total, 0);
         read_full(
             &mut self.input,

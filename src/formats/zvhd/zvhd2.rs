@@ -24,10 +24,11 @@ use super::header::{
     self, BITMAP_SEG_SIZE, BLOCKS_PER_BITMAP_SEG, FIELDS_LEN, INDEX_ENTRIES_PER_SEG,
     INDEX_SEG_SIZE, Kind, NON_ZERO_BLK_NUM_OFFSET, ZVHD2_VERSION, ZvhdHeader, verify_checksum,
 };
-use super::index::{Bitmap, INDEX_ENTRY_LEN, IndexEntry, MAX_BITMAP_LEN, bitmap_segment};
-use super::record::{self, MAX_RECORD_LEN, RecordHead};
+use super::index::{Bitmap, INDEX_ENTRY_LEN, IndexEntry, bitmap_segment};
+use super::record::{self, RecordHead};
 use super::zvhd::deflate_sync;
 use super::{BLOCK_SIZE, Blocks, PAGE, Zvhd2Compression, ZvhdCreateOptions};
+use crate::limits::{MAX_ZVHD_RECORD_LEN, MAX_ZVHD2_BITMAP_LEN};
 
 /// The shortest ZVHD2 file: header, middle footer, one bitmap segment, final footer.
 pub const MIN_FILE_LEN: u64 = 4 * PAGE;
@@ -128,11 +129,11 @@ impl Zvhd2Reader {
         let compression = check_footer(&footer, at)?;
 
         let bitmap_len = u64::from(footer.bitmap_size);
-        if bitmap_len > MAX_BITMAP_LEN {
+        if bitmap_len > MAX_ZVHD2_BITMAP_LEN {
             return Err(Error::limit(
                 "zvhd2 bitmap",
                 footer.bitmap_lba,
-                format!("{bitmap_len} bytes is over {MAX_BITMAP_LEN}"),
+                format!("{bitmap_len} bytes is over {MAX_ZVHD2_BITMAP_LEN}"),
             ));
         }
         let mut bytes = vec![0u8; usize::try_from(bitmap_len).unwrap_or(0)];
@@ -238,7 +239,7 @@ impl Zvhd2Reader {
             .read_exact_at(&mut raw, at, "zvhd2 index entry")?;
         let entry = IndexEntry::decode(&raw);
         entry.check(blk, self.data_end, at)?;
-        let len = u64::from(entry.blk_disk_size).min(MAX_RECORD_LEN);
+        let len = u64::from(entry.blk_disk_size).min(MAX_ZVHD_RECORD_LEN);
         let mut rec = vec![0u8; usize::try_from(len).unwrap_or(0)];
         let offset = entry.blk_offset;
         self.storage

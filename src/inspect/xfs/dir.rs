@@ -6,6 +6,7 @@
 use byteorder::{BigEndian, ByteOrder};
 
 use crate::error::{Error, Result};
+use crate::limits::MAX_XFS_DIR_BLOCKS;
 
 use super::super::disk::Volume;
 use super::inode::{DataFork, XfsInode, read_file};
@@ -14,8 +15,6 @@ use super::superblock::XfsSuperblock;
 /// Directory data lives below this byte offset of the directory's fork (32 GiB); leaf and
 /// free-index blocks above it.
 pub const XFS_DIR2_LEAF_OFFSET: u64 = 32 << 30;
-/// The most directory blocks read from one directory.
-pub const MAX_DIR_BLOCKS: u64 = 4096;
 
 const S: &str = "xfs directory";
 
@@ -107,7 +106,7 @@ pub fn parse_data_block(
 }
 
 /// Every entry of a directory (including `.` and `..` for block directories), at most
-/// [`MAX_DIR_BLOCKS`] blocks of them.
+/// [`MAX_XFS_DIR_BLOCKS`] blocks of them.
 pub fn read_entries(vol: &Volume, sb: &XfsSuperblock, dir: &XfsInode) -> Result<Vec<Entry>> {
     match &dir.fork {
         DataFork::Local(b) => parse_shortform(b, sb.has_ftype()),
@@ -128,11 +127,11 @@ pub fn read_entries(vol: &Volume, sb: &XfsSuperblock, dir: &XfsInode) -> Result<
                 let mut fsb = first;
                 while fsb < (e.startoff + e.blockcount).min(leaf_fsb) {
                     blocks += 1;
-                    if blocks > MAX_DIR_BLOCKS {
+                    if blocks > MAX_XFS_DIR_BLOCKS {
                         return Err(Error::limit(
                             S,
                             0,
-                            format!("more than {MAX_DIR_BLOCKS} directory blocks"),
+                            format!("more than {MAX_XFS_DIR_BLOCKS} directory blocks"),
                         ));
                     }
                     let offset = fsb << sb.sb_blocklog;

@@ -5,6 +5,7 @@
 use byteorder::{BigEndian, ByteOrder};
 
 use crate::error::{Error, Result};
+use crate::limits::{MAX_XFS_BTREE_LEVEL, MAX_XFS_EXTENTS};
 
 use super::super::disk::Volume;
 use super::superblock::XfsSuperblock;
@@ -16,10 +17,6 @@ pub const S_IFREG: u16 = 0o100000;
 pub const S_IFLNK: u16 = 0o120000;
 /// `di_flags2`: the extent counters are 64 bits wide (`di_big_nextents`).
 pub const XFS_DIFLAG2_NREXT64: u64 = 1 << 4;
-/// The most extents taken from one inode's B+tree.
-pub const MAX_EXTENTS: usize = 1 << 16;
-/// The deepest B+tree walked.
-const MAX_BTREE_LEVEL: u16 = 9;
 
 const S: &str = "xfs inode";
 
@@ -205,7 +202,7 @@ fn btree_root(fork: &[u8], at: u64, vol: &Volume, sb: &XfsSuperblock) -> Result<
     let level = BigEndian::read_u16(&fork[0..2]);
     let numrecs = usize::from(BigEndian::read_u16(&fork[2..4]));
     let maxrecs = (fork.len() - 4) / 16;
-    if level == 0 || level > MAX_BTREE_LEVEL || numrecs > maxrecs {
+    if level == 0 || level > MAX_XFS_BTREE_LEVEL || numrecs > maxrecs {
         return Err(Error::malformed(
             S,
             at,
@@ -254,11 +251,11 @@ fn btree_block(
     }
     if level == 0 {
         for r in b[hdr..hdr + numrecs * 16].chunks_exact(16) {
-            if out.len() >= MAX_EXTENTS {
+            if out.len() >= MAX_XFS_EXTENTS {
                 return Err(Error::limit(
                     B,
                     at,
-                    format!("more than {MAX_EXTENTS} extents"),
+                    format!("more than {MAX_XFS_EXTENTS} extents"),
                 ));
             }
             out.push(BmbtRec::parse(r));

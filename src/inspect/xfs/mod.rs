@@ -12,14 +12,10 @@ use std::collections::VecDeque;
 use crate::error::{Error, Result};
 
 use super::disk::Volume;
-use super::fs::{GuestFs, MAX_DIR_ENTRIES, MAX_SYMLINKS, components};
+use super::fs::{GuestFs, components};
+use crate::limits::{MAX_DIR_ENTRIES, MAX_SYMLINKS, MAX_XFS_COMPONENTS, MAX_XFS_LINK};
 use inode::XfsInode;
 use superblock::XfsSuperblock;
-
-/// The longest symbolic link target read.
-const MAX_LINK: usize = 4096;
-/// The most path components walked while resolving one path (symbolic links add theirs).
-const MAX_COMPONENTS: usize = 1024;
 
 /// An opened XFS file system.
 pub struct XfsFs {
@@ -67,7 +63,7 @@ impl XfsFs {
     fn link_target(&self, inode: &XfsInode) -> Result<String> {
         let len = usize::try_from(inode.di_size)
             .ok()
-            .filter(|&n| n > 0 && n <= MAX_LINK)
+            .filter(|&n| n > 0 && n <= MAX_XFS_LINK)
             .ok_or_else(|| {
                 Error::malformed(
                     "xfs symlink",
@@ -96,7 +92,7 @@ impl XfsFs {
         let mut walked = 0;
         while let Some(name) = todo.pop_front() {
             walked += 1;
-            if walked > MAX_COMPONENTS {
+            if walked > MAX_XFS_COMPONENTS {
                 return Err(Error::limit("xfs path", 0, "too many path components"));
             }
             if !current.is_dir() {

@@ -1,0 +1,270 @@
+//! Every cap the crate's parsers and readers put on what a file may ask of them, in one place.
+//!
+//! Each parser checks a number it reads against the file's length and against a cap here before
+//! it allocates or loops on it (DESIGN.md, "Rules for every parser"). A structure over a cap is
+//! refused with [`Error::LimitExceeded`](crate::Error::LimitExceeded) (`limit-exceeded`), or,
+//! where the value is outside what the format itself allows, with
+//! [`Error::Malformed`](crate::Error::Malformed). The caches and budgets below bound what a
+//! reader keeps in memory or how much work it does, whatever the file claims. formats/limits.md
+//! is the human index of this module; `tests/hostile.rs` drives most caps with hostile images.
+//!
+//! Constants that describe a format rather than cap it (magic numbers, field offsets, sentinels
+//! such as `UNALLOCATED`, `GD_AT_END`, `DATA_OFFSET`, `NO_DATA_OFFSET`, the largest CHS geometry
+//! `MAX_GEOMETRY_SECTORS`) stay beside their parsers.
+//!
+//! # In summary
+//!
+//! - Largest decompressed unit: [`MAX_DECOMPRESSED_UNIT`] (2 MiB), the largest of a QCOW2
+//!   compressed cluster ([`MAX_QCOW2_COMPRESSED_CLUSTER`], 2 MiB), a VMDK grain
+//!   ([`MAX_VMDK_GRAIN_BYTES`], 1 MiB) and a ZVHD or ZVHD2 record's block
+//!   ([`ZVHD_RECORD_BLOCK`], 2 MiB, the formats' fixed block size). Decompression writes into a
+//!   buffer of exactly one unit and fails when the stream would produce more.
+//! - Largest metadata table read into memory: [`MAX_METADATA_TABLE`] (64 MiB), the largest of
+//!   the QCOW2 L1 ([`MAX_L1_TABLE_SIZE`]), refcount ([`MAX_REFCOUNT_TABLE_SIZE`]) and snapshot
+//!   ([`MAX_SNAPSHOT_TABLE_SIZE`]) tables, the VMDK grain directory ([`MAX_GD_BYTES`]) and the
+//!   ZVHD2 block bitmap ([`MAX_ZVHD2_BITMAP_LEN`]). A VHD's BAT has no cap of its own: only the
+//!   entries of the disk's blocks are read, and the table must lie inside the file. `ims check`
+//!   of a QCOW2 image also keeps two 2-byte counters per host cluster, at most
+//!   [`MAX_CHECK_CLUSTERS`] of them (256 MiB).
+//! - Largest descriptor: [`MAX_DESCRIPTOR_BYTES`] (1 MiB), a VMDK descriptor, embedded or a file
+//!   of its own, listing at most [`MAX_VMDK_EXTENTS`] extents.
+//! - Longest chain: [`MAX_CHAIN_DEPTH`] (16) images below the opened one (qcow2 backing files,
+//!   VHD parents, VMDK parents); the other chains a hostile file can build are an MBR's logical
+//!   partitions ([`MAX_MBR_LOGICAL`]) and a guest's symbolic links ([`MAX_SYMLINKS`]).
+
+// ---------------------------------------------------------------------------------------------
+// References between files
+// ---------------------------------------------------------------------------------------------
+
+/// Most images in a chain below the one opened (a backing chain of this many files is refused
+/// at the next level): qcow2 backing files, VHD parents, VMDK parents. Deep enough for any real
+/// snapshot chain; also what ends a reference loop (a → b → a), which then fails as
+/// `limit-exceeded` instead of recursing.
+pub const MAX_CHAIN_DEPTH: usize = 16;
+
+// ---------------------------------------------------------------------------------------------
+// QCOW2
+// ---------------------------------------------------------------------------------------------
+
+/// Largest cluster: 2 MiB (`cluster_bits` 21). Bounds every cluster buffer and the decompressed
+/// size of a compressed cluster. qemu's own limit; no producer writes larger clusters.
+pub const MAX_CLUSTER_BITS: u32 = 21;
+/// Longest backing file name (`backing_file_size`), in bytes. qemu's limit (a PATH_MAX-like
+/// name); a longer one is malformed.
+pub const MAX_BACKING_FILE_NAME: u32 = 1023;
+/// Longest backing format name (the backing-format header extension), in bytes. qemu keeps 15
+/// characters of a format name.
+pub const MAX_BACKING_FORMAT_NAME: u32 = 15;
+/// Largest L1 table read into memory (`l1_size` × 8), in bytes: 32 MiB. qemu's limit: 4 Mi
+/// entries, enough for any disk qemu itself opens. The writer refuses a disk that would need more.
+pub const MAX_L1_TABLE_SIZE: u64 = 32 << 20;
+/// Largest refcount table (`refcount_table_clusters` × cluster size), in bytes: 8 MiB. qemu's
+/// limit.
+pub const MAX_REFCOUNT_TABLE_SIZE: u64 = 8 << 20;
+/// Most snapshots ims lists (`nb_snapshots`). qemu's own limit.
+pub const MAX_SNAPSHOTS: u32 = 65536;
+/// Largest snapshot table ims reads, in bytes: 64 MiB. qemu's limit: 1 KiB per snapshot at the
+/// maximum count.
+pub const MAX_SNAPSHOT_TABLE_SIZE: u64 = 64 << 20;
+/// Largest extra data in one snapshot table entry (`extra_data_size`), in bytes. qemu's limit.
+pub const MAX_SNAPSHOT_EXTRA_DATA: u32 = 1024;
+/// Most host clusters `ims check` follows (two 2-byte counters each, so 256 MiB of counters):
+/// 64 Mi clusters, 4 TiB of 64 KiB clusters. Bounds the check's memory whatever the file claims.
+pub const MAX_CHECK_CLUSTERS: u64 = 64 << 20;
+/// Memory the reader's L2 table cache may use: 16 MiB, as many tables as fit, within
+/// [`L2_CACHE_MIN_TABLES`]..=[`L2_CACHE_MAX_TABLES`].
+pub const L2_CACHE_BYTES: u64 = 16 << 20;
+/// Fewest L2 tables the cache keeps, whatever the cluster size.
+pub const L2_CACHE_MIN_TABLES: usize = 4;
+/// Most L2 tables the cache keeps, whatever the cluster size.
+pub const L2_CACHE_MAX_TABLES: usize = 256;
+/// Decompressed clusters the reader keeps, so a cluster read in several pieces is inflated once
+/// (at most 4 × 2 MiB).
+pub const CLUSTER_CACHE_ENTRIES: usize = 4;
+/// Largest zstd window a compressed QCOW2 cluster may ask for (log2: 4 MiB). qemu compresses one
+/// cluster (at most 2 MiB) per frame, which zstd encodes with a window of at most 2 MiB. This
+/// bounds what a hostile frame can allocate.
+pub const QCOW2_ZSTD_WINDOW_LOG_MAX: u32 = 22;
+
+// ---------------------------------------------------------------------------------------------
+// VHD
+// ---------------------------------------------------------------------------------------------
+
+/// Largest block size accepted (the dynamic header's `block_size`, which must also be a power of
+/// two from 512): 256 MiB. Far above any producer's (2 MiB is universal); small enough to bound
+/// a block's sector bitmap and a block buffer.
+pub const MAX_VHD_BLOCK_SIZE: u32 = 256 << 20;
+/// Longest parent locator path read (one locator's `platform_data_length`), in bytes: 64 KiB. A
+/// path of 32 Ki UTF-16 units is longer than any file system allows.
+pub const MAX_LOCATOR_BYTES: u32 = 64 * 1024;
+/// Sector bitmaps the reader keeps in memory at once (each is 512 bytes for 2 MiB blocks, at
+/// most 64 KiB for the largest block).
+pub const VHD_BITMAP_CACHE: usize = 256;
+/// The largest disk the VHD writers accept: 2040 GiB (0xff000000 sectors), the largest disk the
+/// VHD format describes (Microsoft's limit). A writer limit, not a parser one.
+pub const MAX_VHD_DISK_SIZE: u64 = 0xff00_0000 * 512;
+
+// ---------------------------------------------------------------------------------------------
+// VMDK
+// ---------------------------------------------------------------------------------------------
+
+/// The largest grain ims reads (`grainSize`), in sectors: 2048 (1 MiB). Bounds each grain buffer
+/// and the decompressed size of a compressed grain. VMware and qemu write 64 KiB; 1 MiB leaves
+/// room without letting a header ask for a huge buffer.
+pub const MAX_GRAIN_SECTORS: u64 = 2048;
+/// The most GTEs per GT (`numGTEsPerGT`, one grain table's size). VMware always writes 512, and
+/// qemu refuses more.
+pub const MAX_GTES_PER_GT: u32 = 512;
+/// The largest grain directory read into memory, in bytes: 16 MiB. 64 TiB of 64 KiB grains
+/// needs 8 MiB; twice that is the cap.
+pub const MAX_GD_BYTES: u64 = 16 << 20;
+/// The largest disk ims opens or writes (`capacity`, and the sum of a descriptor's extents):
+/// 64 TiB. VMware's own limit is 62 TB.
+pub const MAX_VMDK_DISK_BYTES: u64 = 64 << 40;
+/// Grain tables kept in memory per extent (2 KiB each, so at most 8 MiB).
+pub const GT_CACHE: usize = 4096;
+/// The largest descriptor read, embedded (`descriptorSize`) or a file of its own, in bytes:
+/// 1 MiB. A descriptor of 4096 extents (8 TiB in 2 GB pieces) takes about 250 KiB.
+pub const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
+/// The most extent lines one descriptor may list (each may be a file to open). 8 TiB in 2 GB
+/// split extents; bounds the files one image can make ims open.
+pub const MAX_VMDK_EXTENTS: usize = 4096;
+/// The highest `hwversion` the writer accepts: 21, the newest virtual hardware (ESXi 8.0 U2). A
+/// writer limit, not a parser one.
+pub const MAX_HW_VERSION: u32 = 21;
+
+// ---------------------------------------------------------------------------------------------
+// ZVHD and ZVHD2
+// ---------------------------------------------------------------------------------------------
+
+/// The largest record ims reads (head, compressed payload, postfix), in bytes: 4 MiB + 8 KiB,
+/// the reference reader's record buffer. A block of 2 MiB compresses into far less.
+pub const MAX_ZVHD_RECORD_LEN: u64 = 4_202_496;
+/// The largest ZVHD2 block bitmap read into memory, in bytes: 64 MiB, a bit for each of 2^29
+/// blocks (1 PiB of disk).
+pub const MAX_ZVHD2_BITMAP_LEN: u64 = 64 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// Inspection (reading guests)
+// ---------------------------------------------------------------------------------------------
+
+/// Pages of 64 KiB kept by the cache inspection reads the disk through: 256, 16 MiB. Bounds
+/// inspection's memory whatever the disk size.
+pub const MAX_INSPECT_PAGES: usize = 256;
+/// Bytes inspection may read from the image in all: 512 MiB. Far more than any real guest needs
+/// (a few MiB), little enough to finish in about a second on any format.
+pub const INSPECT_READ_BUDGET: u64 = 512 << 20;
+/// Reads (cached or not) inspection may make in all: 1 Mi. A loop in a guest's on-disk
+/// structures that a file-system crate does not notice ends here.
+pub const INSPECT_READ_CALL_BUDGET: u64 = 1 << 20;
+/// The most EFI loaders listed from the EFI system partition. Real ESPs hold a few.
+pub const MAX_EFI_LOADERS: usize = 64;
+
+// GPT
+
+/// The largest GPT partition entry array read, in bytes: 1 MiB. The usual array is 16 KiB (128
+/// entries of 128 bytes).
+pub const MAX_GPT_ARRAY_BYTES: u64 = 1 << 20;
+
+// MBR
+
+/// Logical partitions followed at most down an extended partition's chain (which also ends
+/// loops). Linux numbers partitions up to 256 in all.
+pub const MAX_MBR_LOGICAL: usize = 128;
+
+// LVM
+
+/// The most LVM2 metadata text read, in bytes: 1 MiB. Real metadata areas are 1 MiB by default
+/// and the text far smaller.
+pub const MAX_LVM_METADATA: u64 = 1 << 20;
+/// Data/metadata area list entries read at most from a PV label. LVM writes one or two.
+pub const MAX_LVM_AREAS: usize = 16;
+/// Nesting of the metadata text's sections. LVM nests about five deep; bounds the recursive
+/// parser.
+pub const MAX_LVM_DEPTH: usize = 16;
+/// Segments of one logical volume. Far above real volumes; bounds the segment map.
+pub const MAX_LVM_SEGMENTS: usize = 4096;
+
+// Guest file systems (every file system inspection reads)
+
+/// The most bytes read from one guest file (os-release, configuration, text): 1 MiB. Those files
+/// are a few KiB.
+pub const MAX_FILE_READ: usize = 1 << 20;
+/// The most entries taken from one guest directory. Enough for /lib/modules and /etc; bounds a
+/// hostile directory.
+pub const MAX_DIR_ENTRIES: usize = 8192;
+/// The most symbolic links followed while resolving one path (ends symlink loops). Linux's own
+/// limit (ELOOP after 40).
+pub const MAX_SYMLINKS: usize = 40;
+/// Kernel version directories looked into for modules under /lib/modules. A guest keeps two or
+/// three kernels.
+pub const MAX_MODULE_DIRS: usize = 16;
+
+// XFS
+
+/// The most extents taken from one XFS inode's B+tree. Bounds the extent list of one file.
+pub const MAX_XFS_EXTENTS: usize = 1 << 16;
+/// The deepest XFS extent B+tree walked (ends cycles between nodes). XFS trees are at most a
+/// handful of levels deep.
+pub const MAX_XFS_BTREE_LEVEL: u16 = 9;
+/// The most directory blocks read from one XFS directory. Bounds a hostile directory.
+pub const MAX_XFS_DIR_BLOCKS: u64 = 4096;
+/// The longest XFS symbolic link target read, in bytes: PATH_MAX.
+pub const MAX_XFS_LINK: usize = 4096;
+/// The most path components walked while resolving one XFS path (symbolic links add theirs).
+/// Bounds resolution even when each link adds components.
+pub const MAX_XFS_COMPONENTS: usize = 1024;
+
+// Windows registry (regf)
+
+/// The largest registry cell read, in bytes: 1 MiB. Real cells are small; bounds one allocation.
+pub const MAX_REGF_CELL: usize = 1 << 20;
+/// The most cells read from one hive. Bounds the walk of a hostile hive.
+pub const MAX_REGF_CELLS: u32 = 200_000;
+
+// ---------------------------------------------------------------------------------------------
+// Summary: the caps the issue asked to name
+// ---------------------------------------------------------------------------------------------
+
+/// The largest QCOW2 compressed cluster once decompressed: one cluster of
+/// 1 << [`MAX_CLUSTER_BITS`] bytes (2 MiB).
+pub const MAX_QCOW2_COMPRESSED_CLUSTER: u64 = 1 << MAX_CLUSTER_BITS;
+/// The largest VMDK grain once decompressed: [`MAX_GRAIN_SECTORS`] × 512 bytes (1 MiB).
+pub const MAX_VMDK_GRAIN_BYTES: u64 = MAX_GRAIN_SECTORS * 512;
+/// What one ZVHD or ZVHD2 record decompresses into: one block of the formats' fixed block size
+/// (2 MiB; a record's payload is at most [`MAX_ZVHD_RECORD_LEN`]).
+pub const ZVHD_RECORD_BLOCK: u64 = crate::formats::zvhd::BLOCK_SIZE;
+/// The largest unit any reader decompresses at once: 2 MiB.
+pub const MAX_DECOMPRESSED_UNIT: u64 = max(
+    MAX_QCOW2_COMPRESSED_CLUSTER,
+    max(MAX_VMDK_GRAIN_BYTES, ZVHD_RECORD_BLOCK),
+);
+/// The largest metadata table any reader loads into memory at once: 64 MiB (the QCOW2 snapshot
+/// table and the ZVHD2 bitmap).
+pub const MAX_METADATA_TABLE: u64 = max(
+    max(MAX_L1_TABLE_SIZE, MAX_REFCOUNT_TABLE_SIZE),
+    max(
+        MAX_SNAPSHOT_TABLE_SIZE,
+        max(MAX_GD_BYTES, MAX_ZVHD2_BITMAP_LEN),
+    ),
+);
+
+const fn max(a: u64, b: u64) -> u64 {
+    if a > b { a } else { b }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries() {
+        assert_eq!(MAX_QCOW2_COMPRESSED_CLUSTER, 2 << 20);
+        assert_eq!(MAX_VMDK_GRAIN_BYTES, 1 << 20);
+        assert_eq!(ZVHD_RECORD_BLOCK, 2 << 20);
+        assert_eq!(MAX_DECOMPRESSED_UNIT, 2 << 20);
+        assert_eq!(MAX_METADATA_TABLE, 64 << 20);
+        // A record holds a compressed block, so the record cap is above the block it decodes.
+        const { assert!(MAX_ZVHD_RECORD_LEN > ZVHD_RECORD_BLOCK) };
+    }
+}
