@@ -385,7 +385,10 @@ struct Case {
     allow: bool,
     /// The error kind expected, or "ok".
     expect: &'static str,
+    /// The image, until [`all_cases`] spools it to `spooled` (so a test does not hold every
+    /// case's bytes in memory at once).
     bytes: Vec<u8>,
+    spooled: Option<std::path::PathBuf>,
     extra: Vec<Extra>,
     /// A control case: it must read the sentinel beside the image (proving the check works).
     reads_sentinel: bool,
@@ -400,6 +403,7 @@ fn case(name: impl Into<String>, expect: &'static str, bytes: Vec<u8>) -> Case {
         allow: false,
         expect,
         bytes,
+        spooled: None,
         extra: Vec::new(),
         reads_sentinel: false,
         stream: None,
@@ -407,6 +411,15 @@ fn case(name: impl Into<String>, expect: &'static str, bytes: Vec<u8>) -> Case {
 }
 
 impl Case {
+    /// Writes the image to `img`.
+    fn place(&self, img: &Path) {
+        match &self.spooled {
+            Some(p) => {
+                std::fs::copy(p, img).unwrap();
+            }
+            None => std::fs::write(img, &self.bytes).unwrap(),
+        }
+    }
     fn allow(mut self) -> Self {
         self.allow = true;
         self
@@ -1528,6 +1541,122 @@ fn make_extras(dir: &Path, extras: &[Extra]) {
     }
 }
 
+/// How long any one case may run before the watchdog stops it (the cases must take under 2 s;
+/// this only keeps a hang from stalling the suite).
+const WATCHDOG: Duration = Duration::from_secs(20);
+/// The most memory any one case may use (peak resident set).
+const MAX_RSS_KIB: i64 = 256 * 1024;
+
+/// What one run of the `ims` binary did.
+struct Run {
+    code: Option<i32>,
+    stderr: String,
+    took: Duration,
+    /// Peak resident set of that process alone.
+    max_rss_kib: i64,
+    /// Whether the watchdog killed it.
+    hung: bool,
+}
+
+/// Runs each `ims` command for [`Spawner::run`] from a small Python process. A child's peak
+/// resident set, as the kernel reports it to `wait4`, starts from its parent's at the time of
+/// the fork (Linux keeps the old memory's high-water mark across `exec`), so children spawned
+/// from this large multi-threaded test process would all report its size; spawned from a
+/// ~10 MiB Python process, they report their own.
+struct Spawner {
+    child: std::process::Child,
+    replies: std::io::BufReader<std::process::ChildStdout>,
+}
+
+const SPAWNER: &str = r#"
+import json, os, subprocess, sys, threading, time
+ims, limit = sys.argv[1], float(sys.argv[2])
+for line in sys.stdin:
+    args = json.loads(line)
+    start = time.monotonic()
+    p = subprocess.Popen([ims] + args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    err = []
+    t = threading.Thread(target=lambda: err.append(p.stderr.read()))
+    t.start()
+    hung = False
+    while True:
+        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+        if pid == p.pid:
+            break
+        if not hung and time.monotonic() - start > limit:
+            p.kill()
+            hung = True
+        time.sleep(0.001)
+    took = time.monotonic() - start
+    p.returncode = 0
+    t.join()
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    print(json.dumps({"code": code, "stderr": err[0].decode("utf-8", "replace"), "took": took,
+                      "rss": usage.ru_maxrss, "hung": hung}), flush=True)
+"#;
+
+impl Spawner {
+    fn start() -> Spawner {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("python3")
+            .args(["-c", SPAWNER, env!("CARGO_BIN_EXE_ims")])
+            .arg(WATCHDOG.as_secs().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (every machine has it) runs the spawner");
+        let replies = std::io::BufReader::new(child.stdout.take().unwrap());
+        Spawner { child, replies }
+    }
+
+    /// Runs `ims` with `args`; the watchdog kills it after [`WATCHDOG`].
+    fn run(&mut self, args: &[&str]) -> Run {
+        use std::io::BufRead;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{}", serde_json::to_string(args).unwrap()).unwrap();
+        let mut line = String::new();
+        self.replies.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).expect("a spawner reply");
+        Run {
+            code: v["code"].as_i64().map(|c| c as i32),
+            stderr: v["stderr"].as_str().unwrap_or_default().to_string(),
+            took: Duration::from_secs_f64(v["took"].as_f64().unwrap()),
+            max_rss_kib: v["rss"].as_i64().unwrap(),
+            hung: v["hung"].as_bool().unwrap(),
+        }
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// Peak resident set of this test process so far.
+fn own_max_rss_kib() -> i64 {
+    // SAFETY: rusage is plain data that getrusage fills.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) }, 0);
+    usage.ru_maxrss
+}
+
+/// Runs `f` on its own thread and fails the test, naming `what`, if it does not end within
+/// [`WATCHDOG`].
+fn watched<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(WATCHDOG) {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: still running after {WATCHDOG:?} (a hang)"),
+    }
+}
+
 fn run_cases(root: &Path, cases: Vec<Case>) {
     let outside = root.join("outside.raw");
     let check_atime = atime_works(root);
@@ -1536,19 +1665,22 @@ fn run_cases(root: &Path, cases: Vec<Case>) {
         let dir = root.join(format!("c{i}"));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         let img = dir.join("img");
-        std::fs::write(&img, &c.bytes).unwrap();
+        c.place(&img);
         make_extras(&dir, &c.extra);
         let sentinel = dir.join("sentinel.raw");
         std::fs::write(&sentinel, vec![b'S'; DISK as usize]).unwrap();
         age(&sentinel);
         age(&outside);
-        let allow = c.allow.then_some(dir.as_path());
-        let start = Instant::now();
-        let result = std::panic::catch_unwind(|| match c.stream {
-            Some(f) => read_stream(&img, f),
-            None => open_and_read(&img, c.format, allow),
+        let allow = c.allow.then(|| dir.clone());
+        let (stream, format, image) = (c.stream, c.format, img.clone());
+        let (result, took) = watched(&c.name, move || {
+            let start = Instant::now();
+            let result = std::panic::catch_unwind(|| match stream {
+                Some(f) => read_stream(&image, f),
+                None => open_and_read(&image, format, allow.as_deref()),
+            });
+            (result, start.elapsed())
         });
-        let took = start.elapsed();
         let got = match &result {
             Err(_) => "panic".to_string(),
             Ok(Ok(())) => "ok".to_string(),
@@ -1583,6 +1715,12 @@ fn run_cases(root: &Path, cases: Vec<Case>) {
             }
         }
     }
+    let rss = own_max_rss_kib();
+    eprintln!("this test process peaked at {rss} KiB (every test of this file so far)");
+    assert!(
+        rss < MAX_RSS_KIB,
+        "this test process peaked at {rss} KiB reading the hostile cases"
+    );
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",
@@ -1591,23 +1729,33 @@ fn run_cases(root: &Path, cases: Vec<Case>) {
     );
 }
 
-/// Every case; the sentinel outside each case's directory is `root`/outside.raw.
+/// Every case, its image spooled under `root`/spool; the sentinel outside each case's
+/// directory is `root`/outside.raw.
 fn all_cases(root: &Path) -> Vec<Case> {
     let b = bases(root);
     let outside = root.join("outside.raw");
     std::fs::write(&outside, vec![b'O'; DISK as usize]).unwrap();
     let outside = s(&outside);
-    [
-        qcow2_cases(&b, outside),
-        vhd_cases(&b, outside),
-        vmdk_cases(&b, outside),
-        zvhd_cases(&b),
-        stream_cases(&b),
-        polyglot_cases(&b),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
+    let spool = root.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let groups: [&dyn Fn() -> Vec<Case>; 6] = [
+        &|| qcow2_cases(&b, outside),
+        &|| vhd_cases(&b, outside),
+        &|| vmdk_cases(&b, outside),
+        &|| zvhd_cases(&b),
+        &|| stream_cases(&b),
+        &|| polyglot_cases(&b),
+    ];
+    let mut all = Vec::new();
+    for group in groups {
+        for mut c in group() {
+            let p = spool.join(all.len().to_string());
+            std::fs::write(&p, std::mem::take(&mut c.bytes)).unwrap();
+            c.spooled = Some(p);
+            all.push(c);
+        }
+    }
+    all
 }
 
 #[test]
@@ -1635,7 +1783,7 @@ fn check_answers_every_hostile_image() {
         let dir = root.path().join(format!("k{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         let img = dir.join("img");
-        std::fs::write(&img, &c.bytes).unwrap();
+        c.place(&img);
         let sentinel = dir.join("sentinel.raw");
         std::fs::write(&sentinel, vec![b'S'; 4096]).unwrap();
         age(&sentinel);
@@ -1669,8 +1817,10 @@ fn check_answers_every_hostile_image() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Every CLI command that reads an image (`info`, `map`, `check`, `inspect`, `register`) answers every
-/// hostile image with an exit status, not a crash, within 2 seconds, opening no other file.
+/// Every CLI command that reads an image (`info`, `map`, `check`, `inspect`, `convert`,
+/// `register`) answers every hostile image with an exit status, not a crash, within 2 seconds,
+/// under 256 MiB of memory, opening no other file. Each run is its own process, so its peak
+/// memory is its own (see [`Spawner`]), and a watchdog kills a hung one.
 #[test]
 fn cli_commands_survive_every_hostile_image() {
     let root = tempfile::tempdir().unwrap();
@@ -1678,6 +1828,8 @@ fn cli_commands_survive_every_hostile_image() {
     let outside = root.path().join("outside.raw");
     let check_atime = atime_works(root.path());
     let mut failures = Vec::new();
+    let mut peak = (0, String::new());
+    let mut spawner = Spawner::start();
     for (i, c) in cases.into_iter().enumerate() {
         if c.stream.is_some() || c.reads_sentinel {
             continue;
@@ -1685,60 +1837,67 @@ fn cli_commands_survive_every_hostile_image() {
         let dir = root.path().join(format!("x{i}"));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         let img = dir.join("img");
-        std::fs::write(&img, &c.bytes).unwrap();
+        c.place(&img);
         make_extras(&dir, &c.extra);
         let sentinel = dir.join("sentinel.raw");
         std::fs::write(&sentinel, vec![b'S'; 4096]).unwrap();
         let home = dir.join("home");
-        for cmd in ["info", "map", "check", "inspect", "register"] {
+        let converted = dir.join("out.qcow2");
+        for cmd in ["info", "map", "check", "inspect", "convert", "register"] {
             age(&sentinel);
             age(&outside);
-            let mut args = vec![cmd, "--output", "json"];
+            let mut args = vec![cmd];
             if cmd == "register" {
                 // Registration opens with the strict policy: no -f, no references.
-                args.extend(["--name", "hostile", "--type", "data", "--home", s(&home)]);
-                args.push(s(&img));
-                let start = Instant::now();
-                let r = ims(&args);
-                let took = start.elapsed();
-                let err = String::from_utf8_lossy(&r.stderr);
-                if !matches!(r.status.code(), Some(0 | 1)) || err.contains("panicked") {
-                    failures.push(format!("{} register: {:?}: {err}", c.name, r.status.code()));
+                args.extend(["--output", "json", "--name", "hostile", "--type", "data"]);
+                args.extend(["--home", s(&home)]);
+            } else {
+                if cmd == "convert" {
+                    args.extend(["-O", "qcow2"]);
+                } else {
+                    args.extend(["--output", "json"]);
                 }
-                if took > Duration::from_secs(2) {
-                    failures.push(format!("{} register: took {took:?}", c.name));
+                if let Some(f) = c.format {
+                    args.extend(["-f", f.name()]);
                 }
-                if check_atime && (!untouched(&sentinel) || !untouched(&outside)) {
-                    failures.push(format!("{} register: read another file", c.name));
+                if c.allow {
+                    args.extend(["--allow-references", s(&dir)]);
                 }
-                continue;
-            }
-            if let Some(f) = c.format {
-                args.extend(["-f", f.name()]);
-            }
-            if c.allow {
-                args.extend(["--allow-references", s(&dir)]);
             }
             args.push(s(&img));
-            let start = Instant::now();
-            let r = ims(&args);
-            let took = start.elapsed();
-            let err = String::from_utf8_lossy(&r.stderr);
-            let code = r.status.code();
-            if !matches!(code, Some(0 | 1 | 2 | 3 | 63))
-                || err.contains("panicked")
-                || err.contains("Usage:")
-            {
-                failures.push(format!("{} {cmd}: exit {code:?}: {err}", c.name));
+            if cmd == "convert" {
+                args.push(s(&converted));
             }
-            if took > Duration::from_secs(2) {
-                failures.push(format!("{} {cmd}: took {took:?}", c.name));
+            let r = spawner.run(&args);
+            let what = format!("{} {cmd}", c.name);
+            let allowed: &[i32] = match cmd {
+                "check" => &[0, 1, 2, 3, 63],
+                "inspect" | "info" | "map" | "convert" | "register" => &[0, 1],
+                _ => unreachable!(),
+            };
+            if r.hung {
+                failures.push(format!("{what}: killed by the watchdog after {WATCHDOG:?}"));
+            } else if !r.code.is_some_and(|c| allowed.contains(&c))
+                || r.stderr.contains("panicked")
+                || r.stderr.contains("Usage:")
+            {
+                failures.push(format!("{what}: exit {:?}: {}", r.code, r.stderr));
+            }
+            if r.took > Duration::from_secs(2) {
+                failures.push(format!("{what}: took {:?}", r.took));
+            }
+            if r.max_rss_kib >= MAX_RSS_KIB {
+                failures.push(format!("{what}: peak memory {} KiB", r.max_rss_kib));
+            }
+            if r.max_rss_kib > peak.0 {
+                peak = (r.max_rss_kib, what.clone());
             }
             if check_atime && (!untouched(&sentinel) || !untouched(&outside)) {
-                failures.push(format!("{} {cmd}: read another file", c.name));
+                failures.push(format!("{what}: read another file"));
             }
         }
     }
+    eprintln!("largest peak memory: {} KiB ({})", peak.0, peak.1);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
