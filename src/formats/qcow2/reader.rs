@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use flate2::{Decompress, FlushDecompress, Status};
 use rustix::fs::{SeekFrom, seek};
 use serde_json::{Map, Value, json};
 use zstd::stream::raw::{DParameter, Decoder, Operation};
@@ -819,57 +818,28 @@ impl Walker<'_> {
 }
 
 thread_local! {
-    /// One raw-deflate inflater per thread, reset for each cluster.
-    static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
     /// One zstd decompression context per thread, reset for each cluster.
     static ZSTD: RefCell<Option<Decoder<'static>>> = const { RefCell::new(None) };
 }
 
 /// Inflates raw deflate data (no zlib header) into exactly `out.len()` bytes. Input after the
-/// end of the deflate stream (the rest of the last sector) is ignored; a stream that stops
-/// short of the cluster or goes on past it is an error.
+/// end of the deflate stream (the rest of the last sector) is ignored, and so is a stream that
+/// fills the cluster without its end, as qemu reads them; a stream that stops short of the
+/// cluster or goes on past it is an error.
 pub(crate) fn inflate_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
-    INFLATER.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut d) => {
-            d.reset(false);
-            inflate_with(&mut d, input, out)
-        }
-        Err(_) => inflate_with(&mut Decompress::new(false), input, out),
-    })
-}
-
-fn inflate_with(
-    d: &mut Decompress,
-    input: &[u8],
-    out: &mut [u8],
-) -> std::result::Result<(), String> {
-    let status = d
-        .decompress(input, out, FlushDecompress::Finish)
-        .map_err(|e| format!("deflate data is corrupt: {e}"))?;
-    let produced = d.total_out();
-    if produced < out.len() as u64 {
-        return Err(format!(
-            "deflate data inflates to {produced} bytes, less than the cluster of {}",
+    use crate::compress::{InflateProblem, Inflated, inflate};
+    match inflate(input, out, false) {
+        Ok(Inflated::Ended(n)) if n < out.len() => Err(format!(
+            "deflate data inflates to {n} bytes, less than the cluster of {}",
             out.len()
-        ));
+        )),
+        Ok(_) => Ok(()),
+        Err(InflateProblem::TooLong) => Err(format!(
+            "deflate data inflates to more than the cluster of {}",
+            out.len()
+        )),
+        Err(InflateProblem::Corrupt(e)) => Err(format!("deflate data is corrupt: {e}")),
     }
-    if status != Status::StreamEnd {
-        // The cluster is full: the stream must have nothing more to give.
-        let used = usize::try_from(d.total_in()).unwrap_or(input.len());
-        let mut probe = [0u8; 1];
-        let _ = d.decompress(
-            input.get(used..).unwrap_or_default(),
-            &mut probe,
-            FlushDecompress::Finish,
-        );
-        if d.total_out() > produced {
-            return Err(format!(
-                "deflate data inflates to more than the cluster of {}",
-                out.len()
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Decompresses zstd data into exactly `out.len()` bytes, as [`inflate_cluster`] does for

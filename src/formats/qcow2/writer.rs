@@ -155,10 +155,10 @@ impl UnitEncoder for ClusterCompressor {
     }
 }
 
-/// Raw deflate (no zlib header) at the default level with a 4 KiB window and memory level 9, as
-/// qemu writes and reads clusters.
+/// Raw deflate (no zlib header) with a 4 KiB window and memory level 9, as qemu writes and
+/// reads clusters, at the effort of qemu-img's zlib level 6.
 fn deflate_window_4k(input: &[u8]) -> Result<Vec<u8>> {
-    crate::compress::deflate(input, crate::compress::DEFAULT_LEVEL, -12, 9)
+    crate::compress::deflate(input, crate::compress::QCOW2_CLUSTER)
 }
 
 /// The writer. See the module documentation for the layout.

@@ -533,35 +533,20 @@ impl SparseExtent {
 /// size: more output than that is an error, and so is less than `needed` bytes (the part of the
 /// grain inside the disk). The rest of `out` is zeroed.
 pub fn inflate_grain(packed: &[u8], out: &mut [u8], needed: usize, at: u64) -> Result<()> {
-    use flate2::{Decompress, FlushDecompress, Status};
+    use crate::compress::{InflateProblem, Inflated, inflate};
     const G: &str = "vmdk compressed grain";
     let bad = |problem: String| Error::malformed(G, at, problem);
-    let mut d = Decompress::new(true);
-    let status = d
-        .decompress(packed, out, FlushDecompress::Finish)
-        .map_err(|e| bad(format!("inflate: {e}")))?;
-    let produced = usize::try_from(d.total_out()).unwrap_or(usize::MAX);
-    let status = if status == Status::StreamEnd {
-        status
-    } else {
-        // The grain buffer is full or the input ran out: any more output is an overrun.
-        let used = usize::try_from(d.total_in()).unwrap_or(usize::MAX);
-        let rest = packed.get(used..).unwrap_or_default();
-        let mut spare = [0u8; 1];
-        let s = d
-            .decompress(rest, &mut spare, FlushDecompress::Finish)
-            .map_err(|e| bad(format!("inflate: {e}")))?;
-        if d.total_out() > u64::try_from(produced).unwrap_or(u64::MAX) {
+    let produced = match inflate(packed, out, true) {
+        Ok(Inflated::Ended(n)) => n,
+        Ok(Inflated::FullWithoutEnd) => return Err(bad("deflate stream ends early".into())),
+        Err(InflateProblem::TooLong) => {
             return Err(bad(format!(
                 "inflates to more than the grain's {} bytes",
                 out.len()
             )));
         }
-        s
+        Err(InflateProblem::Corrupt(e)) => return Err(bad(format!("inflate: {e}"))),
     };
-    if status != Status::StreamEnd {
-        return Err(bad("deflate stream ends early".into()));
-    }
     if produced < needed {
         return Err(bad(format!(
             "inflates to {produced} bytes, the grain needs {needed}"

@@ -422,9 +422,7 @@ pub fn compress_grain(offset: u64, unit: &[u8], grain_bytes: usize) -> Result<Ve
     let input = crate::compress::padded(unit, grain_bytes);
     out.extend_from_slice(&crate::compress::deflate(
         &input,
-        crate::compress::DEFAULT_LEVEL,
-        15,
-        8,
+        crate::compress::VMDK_GRAIN,
     )?);
     let size = u32::try_from(out.len() - 12)
         .map_err(|_| Error::InvalidArgument("compressed grain too large".into()))?;
