@@ -228,6 +228,29 @@ fn inflate_with(
     })
 }
 
+/// Compresses `input` as one zstd frame at `level`, on this thread's compression context:
+/// creating a context per unit costs allocations that make the workers queue on the kernel's
+/// memory map. The frame is the same as a fresh context's.
+pub fn zstd_compress(input: &[u8], level: i32) -> Result<Vec<u8>> {
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { RefCell::new(None) };
+    }
+    let failed = |e| Error::io("zstd compress", e);
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell
+            .try_borrow_mut()
+            .map_err(|_| Error::InvalidArgument("zstd re-entered on one thread".into()))?;
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).map_err(failed)?));
+        }
+        match slot.as_mut() {
+            Some((_, c)) => c.compress(input).map_err(failed),
+            None => Err(Error::InvalidArgument("no zstd context".into())),
+        }
+    })
+}
+
 /// `unit` padded with zeros to `len` bytes: the last cluster or grain of a disk may be partial,
 /// and readers inflate whole ones.
 pub fn padded(unit: &[u8], len: usize) -> Cow<'_, [u8]> {

@@ -826,7 +826,7 @@ thread_local! {
 /// end of the deflate stream (the rest of the last sector) is ignored, and so is a stream that
 /// fills the cluster without its end, as qemu reads them; a stream that stops short of the
 /// cluster or goes on past it is an error.
-pub(crate) fn inflate_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+pub fn inflate_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
     use crate::compress::{InflateProblem, Inflated, inflate};
     match inflate(input, out, false) {
         Ok(Inflated::Ended(n)) if n < out.len() => Err(format!(
@@ -845,7 +845,7 @@ pub(crate) fn inflate_cluster(input: &[u8], out: &mut [u8]) -> std::result::Resu
 /// Decompresses zstd data into exactly `out.len()` bytes, as [`inflate_cluster`] does for
 /// deflate: bytes after the frame are ignored, a frame shorter or longer than the cluster is an
 /// error.
-pub(crate) fn unzstd_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+pub fn unzstd_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
     ZSTD.with(|cell| match cell.try_borrow_mut() {
         Ok(mut slot) => {
             let decoder = match slot.as_mut() {

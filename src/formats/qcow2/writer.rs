@@ -146,9 +146,8 @@ impl UnitEncoder for ClusterCompressor {
         let input = &input[..];
         let out = match self.compression {
             Compression::Zlib => deflate_window_4k(input)?,
-            Compression::Zstd => {
-                zstd::bulk::compress(input, 3).map_err(|e| Error::io("zstd compress", e))?
-            }
+            // zstd's default level, as qemu.
+            Compression::Zstd => crate::compress::zstd_compress(input, 3)?,
         };
         // Stored plainly unless smaller than a cluster, as qemu does.
         Ok((out.len() < self.cluster_size).then_some(out))

@@ -429,27 +429,7 @@ impl UnitEncoder for BlockCompressor {
 pub fn compress_block(compression: Zvhd2Compression, unit: &[u8]) -> Result<Vec<u8>> {
     let block = &*crate::compress::padded(unit, BLOCK_SIZE as usize);
     match compression {
-        Zvhd2Compression::Zstd => {
-            // One compression context per thread: creating one per block costs allocations
-            // that make the workers queue on the kernel's memory map. The frames are the same.
-            thread_local! {
-                static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-                    const { std::cell::RefCell::new(None) };
-            }
-            COMPRESSOR.with(|cell| {
-                let mut slot = cell.borrow_mut();
-                let compressor = match &mut *slot {
-                    Some(c) => c,
-                    None => slot.insert(
-                        zstd::bulk::Compressor::new(ZSTD_LEVEL)
-                            .map_err(|e| Error::io("zstd compress", e))?,
-                    ),
-                };
-                compressor
-                    .compress(block)
-                    .map_err(|e| Error::io("zstd compress", e))
-            })
-        }
+        Zvhd2Compression::Zstd => crate::compress::zstd_compress(block, ZSTD_LEVEL),
         Zvhd2Compression::Zlib => {
             let mut deflater =
                 Compress::new_with_window_bits(Compression::new(ZLIB_LEVEL), true, 15);
