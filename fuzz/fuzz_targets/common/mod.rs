@@ -63,6 +63,19 @@ pub fn let_dependency_panics_reach_guards() {
                 .is_some_and(|l| l.file().contains("/registry/src/"));
             if !in_dependency {
                 fuzzer_hook(info);
+                return;
+            }
+            // Say once per place, so a run's log lists what the guards caught.
+            static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+            let place = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            if let Ok(mut seen) = SEEN.lock()
+                && !seen.contains(&place)
+            {
+                eprintln!("dependency panic caught by inspection's guard at {place}: {info}");
+                seen.push(place);
             }
         }));
     });
