@@ -224,7 +224,21 @@ impl Qcow2Reader {
         Ok((d.host_offset, end.min(self.file_len) - d.host_offset))
     }
 
-    /// The decompressed bytes of the compressed cluster `descriptor` describes.
+    /// Decompresses the cluster `descriptor` describes into `out`, a whole cluster.
+    fn decompress_into(&self, descriptor: u64, out: &mut [u8]) -> Result<()> {
+        let (host, len) = self.compressed_range(descriptor)?;
+        // At most two clusters (the sector count field's range): 4 MiB.
+        let mut input = vec![0u8; usize_len(len)?];
+        read_exact_at(&self.file, &mut input, host, "qcow2 compressed cluster")?;
+        match self.header.header.compression_type {
+            CompressionType::Zlib => inflate_cluster(&input, out),
+            CompressionType::Zstd => unzstd_cluster(&input, out),
+        }
+        .map_err(|problem| Error::malformed("qcow2 compressed cluster", host, problem))
+    }
+
+    /// The decompressed bytes of the compressed cluster `descriptor` describes, kept in a small
+    /// cache for reads of its other parts.
     fn compressed_cluster(&self, descriptor: u64) -> Result<Arc<Vec<u8>>> {
         {
             let cache = self
@@ -235,16 +249,8 @@ impl Qcow2Reader {
                 return Ok(c.clone());
             }
         }
-        let (host, len) = self.compressed_range(descriptor)?;
-        // At most two clusters (the sector count field's range): 4 MiB.
-        let mut input = vec![0u8; usize_len(len)?];
-        read_exact_at(&self.file, &mut input, host, "qcow2 compressed cluster")?;
         let mut out = vec![0u8; usize_len(self.geometry.cluster_size())?];
-        match self.header.header.compression_type {
-            CompressionType::Zlib => inflate_cluster(&input, &mut out),
-            CompressionType::Zstd => unzstd_cluster(&input, &mut out),
-        }
-        .map_err(|problem| Error::malformed("qcow2 compressed cluster", host, problem))?;
+        self.decompress_into(descriptor, &mut out)?;
         let out = Arc::new(out);
         let mut cache = self
             .cluster_cache
@@ -451,6 +457,11 @@ impl BlockReader for Qcow2Reader {
                     descriptor,
                     cluster_start,
                 } => {
+                    // A whole cluster (what a conversion reads) goes straight into the buffer.
+                    if seg.start == cluster_start && seg.length == self.geometry.cluster_size() {
+                        self.decompress_into(descriptor, part(buf, at, n)?)?;
+                        continue;
+                    }
                     let cluster = self.compressed_cluster(descriptor)?;
                     let from = usize_len(seg.start - cluster_start)?;
                     let src = from

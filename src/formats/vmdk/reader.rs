@@ -247,6 +247,9 @@ impl BlockReader for VmdkReader {
                     at,
                     within,
                 } => {
+                    if within == 0 && part.len() as u64 == extent.grain_bytes() {
+                        return extent.inflate_into(index, at, part);
+                    }
                     let grain = extent.inflate(index, at)?;
                     let w = usize_len(within)?;
                     match grain.get(w..w + part.len()) {

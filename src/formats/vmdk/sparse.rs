@@ -479,7 +479,8 @@ impl SparseExtent {
         })
     }
 
-    /// Inflates the compressed grain `index` stored at byte `at`.
+    /// Inflates the compressed grain `index` stored at byte `at`, keeping the last one for
+    /// reads of its other parts.
     pub fn inflate(&self, index: u64, at: u64) -> Result<Arc<Vec<u8>>> {
         if let Ok(last) = self.last.lock()
             && let Some((i, g)) = &*last
@@ -487,6 +488,18 @@ impl SparseExtent {
         {
             return Ok(g.clone());
         }
+        let mut out = vec![0u8; usize_len(self.header.grain_bytes())?];
+        self.inflate_into(index, at, &mut out)?;
+        let out = Arc::new(out);
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((index, out.clone()));
+        }
+        Ok(out)
+    }
+
+    /// Inflates the compressed grain `index` stored at byte `at` into `out`, which holds a
+    /// whole grain: what a read of whole grains (a conversion) does, without a copy.
+    pub fn inflate_into(&self, index: u64, at: u64, out: &mut [u8]) -> Result<()> {
         let grain_bytes = self.header.grain_bytes();
         let grain_start = index * grain_bytes;
         let needed = (self.header.disk_bytes() - grain_start).min(grain_bytes);
@@ -517,15 +530,20 @@ impl SparseExtent {
                 format!("compressed size {size} is zero, too large or past the end of the file"),
             ));
         }
+        if out.len() as u64 != grain_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "a buffer of {} bytes for a grain of {grain_bytes}",
+                out.len()
+            )));
+        }
         let mut packed = vec![0u8; usize_len(size)?];
         read_exact_at(&self.file, &mut packed, data_at, "vmdk compressed grain")?;
-        let mut out = vec![0u8; usize_len(grain_bytes)?];
-        inflate_grain(&packed, &mut out, usize_len(needed)?, at)?;
-        let out = Arc::new(out);
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some((index, out.clone()));
-        }
-        Ok(out)
+        inflate_grain(&packed, out, usize_len(needed)?, at)
+    }
+
+    /// Bytes per grain.
+    pub fn grain_bytes(&self) -> u64 {
+        self.header.grain_bytes()
     }
 }
 
