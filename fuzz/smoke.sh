@@ -27,10 +27,11 @@ targets=$(cargo fuzz list)
 cargo "${toolchain[@]}" fuzz build -O
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# Seeds: every committed fixture (gzipped ZVHD2 vectors unpacked) and the inspection images.
+# Seeds: every committed fixture and fuzz/seeds/ (the file-system volumes), gzipped ones unpacked.
 mkdir -p "$work/seeds"
 cp -r ../testdata/. "$work/seeds/"
-for gz in "$work"/seeds/zvhd/*.gz; do gunzip -f "$gz"; done
+cp -r seeds/. "$work/seeds/"
+find "$work/seeds" -name '*.gz' -exec gunzip -f {} +
 for t in $targets; do
   mkdir -p "$work/corpus-$t"
   echo "fuzz smoke: $t for ${seconds}s"
