@@ -116,6 +116,12 @@ pub fn append_piece<S: AppendSink + ?Sized>(sink: &mut S, piece: Piece, what: &s
     }
 }
 
+/// The most bytes one `pwrite` hands the kernel. Buffered writes of 1 MiB and more into a
+/// fresh file cost the kernel (Linux 6.18, ext4) up to ten times more CPU per byte than writes
+/// of 256-512 KiB, measured on the benchmark disk: qcow2 (zstd) -> raw spent 3.5 s of system
+/// time in 2 MiB writes, 0.3 s in 256 KiB ones. qemu-img's writes are a few hundred KiB.
+const WRITE_CHUNK: usize = 256 << 10;
+
 /// A regular output file: positional writes, holes for zero runs, length set at the end.
 pub struct FileSink {
     file: File,
@@ -162,9 +168,14 @@ impl FileSink {
 
     /// Writes `data` at `offset` without moving the append position.
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| self.name(Error::io("write", e)))
+        let mut at = offset;
+        for part in data.chunks(WRITE_CHUNK) {
+            self.file
+                .write_all_at(part, at)
+                .map_err(|e| self.name(Error::io("write", e)))?;
+            at += part.len() as u64;
+        }
+        Ok(())
     }
 
     /// Names the output file in an error.
