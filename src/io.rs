@@ -353,6 +353,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn writes_larger_than_a_chunk_land_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let sink = FileSink::create(&path).unwrap();
+        let data: Vec<u8> = (0..WRITE_CHUNK * 2 + 1234).map(|i| (i % 251) as u8).collect();
+        sink.write_at(&data, 777).unwrap();
+        let back = std::fs::read(&path).unwrap();
+        assert_eq!(back.len(), 777 + data.len());
+        assert!(back[..777].iter().all(|&b| b == 0));
+        assert_eq!(&back[777..], &data[..]);
+    }
+
+    #[test]
     fn file_sink_leaves_holes_and_sets_length() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out");
