@@ -357,7 +357,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out");
         let sink = FileSink::create(&path).unwrap();
-        let data: Vec<u8> = (0..WRITE_CHUNK * 2 + 1234).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..WRITE_CHUNK * 2 + 1234)
+            .map(|i| (i % 251) as u8)
+            .collect();
         sink.write_at(&data, 777).unwrap();
         let back = std::fs::read(&path).unwrap();
         assert_eq!(back.len(), 777 + data.len());
