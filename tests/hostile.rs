@@ -1715,10 +1715,13 @@ fn run_cases(root: &Path, cases: Vec<Case>) {
             }
         }
     }
+    // Each case's own peak is asserted under MAX_RSS_KIB where it can be measured alone: in
+    // `cli_commands_survive_every_hostile_image`, one process per case. Here the tests of this
+    // file share one process and run at once, so only a runaway allocation is caught.
     let rss = own_max_rss_kib();
     eprintln!("this test process peaked at {rss} KiB (every test of this file so far)");
     assert!(
-        rss < MAX_RSS_KIB,
+        rss < 4 * MAX_RSS_KIB,
         "this test process peaked at {rss} KiB reading the hostile cases"
     );
     assert!(
