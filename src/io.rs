@@ -12,6 +12,26 @@ use std::path::Path;
 use crate::block::Piece;
 use crate::error::{Error, Result};
 
+/// Runs `f` on `len` bytes of this thread's scratch buffer, for data read and used at once (a
+/// compressed cluster or grain before it is inflated): one allocation per thread instead of
+/// one per unit. The bytes are stale: `f` fills them first. `len` is bounded by the caller's
+/// limits, and the buffer keeps the largest length asked for.
+pub fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread: a buffer of its own.
+        Err(_) => f(&mut vec![0u8; len]),
+    })
+}
+
 /// Reads exactly `buf.len()` bytes at `offset`; a read past the end of the file is a
 /// [`Error::Truncated`] naming `structure`.
 pub fn read_exact_at(
@@ -351,6 +371,24 @@ impl AppendSink for Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_is_the_asked_length_even_when_reentered() {
+        let outer = with_scratch(10, |a| {
+            a.fill(1);
+            let inner = with_scratch(4, |b| {
+                b.fill(2);
+                b.len()
+            });
+            assert!(
+                a.iter().all(|&x| x == 1),
+                "the inner call has its own buffer"
+            );
+            a.len() + inner
+        });
+        assert_eq!(outer, 14);
+        assert_eq!(with_scratch(3, |c| c.len()), 3);
+    }
 
     #[test]
     fn writes_larger_than_a_chunk_land_whole() {

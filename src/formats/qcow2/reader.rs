@@ -228,13 +228,14 @@ impl Qcow2Reader {
     fn decompress_into(&self, descriptor: u64, out: &mut [u8]) -> Result<()> {
         let (host, len) = self.compressed_range(descriptor)?;
         // At most two clusters (the sector count field's range): 4 MiB.
-        let mut input = vec![0u8; usize_len(len)?];
-        read_exact_at(&self.file, &mut input, host, "qcow2 compressed cluster")?;
-        match self.header.header.compression_type {
-            CompressionType::Zlib => inflate_cluster(&input, out),
-            CompressionType::Zstd => unzstd_cluster(&input, out),
-        }
-        .map_err(|problem| Error::malformed("qcow2 compressed cluster", host, problem))
+        crate::io::with_scratch(usize_len(len)?, |input| {
+            read_exact_at(&self.file, input, host, "qcow2 compressed cluster")?;
+            match self.header.header.compression_type {
+                CompressionType::Zlib => inflate_cluster(input, out),
+                CompressionType::Zstd => unzstd_cluster(input, out),
+            }
+            .map_err(|problem| Error::malformed("qcow2 compressed cluster", host, problem))
+        })
     }
 
     /// The decompressed bytes of the compressed cluster `descriptor` describes, kept in a small

@@ -536,9 +536,11 @@ impl SparseExtent {
                 out.len()
             )));
         }
-        let mut packed = vec![0u8; usize_len(size)?];
-        read_exact_at(&self.file, &mut packed, data_at, "vmdk compressed grain")?;
-        inflate_grain(&packed, out, usize_len(needed)?, at)
+        let needed = usize_len(needed)?;
+        crate::io::with_scratch(usize_len(size)?, |packed| {
+            read_exact_at(&self.file, packed, data_at, "vmdk compressed grain")?;
+            inflate_grain(packed, out, needed, at)
+        })
     }
 
     /// Bytes per grain.
