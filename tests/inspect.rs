@@ -13,78 +13,15 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::ims;
+use common::{elf64, have, ims, put, run, run_env, s};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Whether every tool is installed; prints why the test skips when one is not.
-fn have(test: &str, tools: &[&str]) -> bool {
-    for t in tools {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(t).is_file()))
-            || Path::new("/usr/sbin").join(t).is_file()
-            || Path::new("/sbin").join(t).is_file();
-        if !found {
-            eprintln!(
-                "skipping {test}: {t} is not installed (.ci/run installs gdisk fdisk dosfstools mtools xfsprogs ntfs-3g genisoimage e2fsprogs lvm2)"
-            );
-            return false;
-        }
-    }
-    true
-}
-
-/// Runs a tool, failing the test when it fails.
-fn run(cmd: &str, args: &[&str]) {
-    run_env(cmd, args, &[]);
-}
-
-fn run_env(cmd: &str, args: &[&str], env: &[(&str, &str)]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .envs(env.iter().copied())
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Writes `data` at `rel` under `root`, making the directories.
-fn put(root: &Path, rel: &str, data: &[u8]) {
-    let p = root.join(rel);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, data).unwrap();
-}
 
 fn link(root: &Path, rel: &str, target: &str) {
     let p = root.join(rel);
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     symlink(target, p).unwrap();
-}
-
-/// A minimal 64-bit little-endian ELF header for `e_machine` (0x3e x86-64, 0xb7 AArch64).
-fn elf64(e_machine: u16) -> Vec<u8> {
-    let mut b = vec![0u8; 64];
-    b[0..4].copy_from_slice(b"\x7fELF");
-    b[4] = 2;
-    b[5] = 1;
-    b[6] = 1;
-    b[16] = 2;
-    b[18..20].copy_from_slice(&e_machine.to_le_bytes());
-    b
 }
 
 /// A minimal PE image header for `machine` (0x8664 x64).

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Rng, have_qemu_img, qemu_compare, qemu_img, s};
+use common::{Rng, elf64, have, have_qemu_img, put, qemu_compare, qemu_img, run, s};
 use ims::register::{
     ImageType, Ims, Limits, ListQuery, MemberStatus, RegisterRequest, Scope, Status,
 };
@@ -18,59 +18,7 @@ use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
-/// Whether every tool is installed; prints why the test skips when one is not.
-fn have(test: &str, tools: &[&str]) -> bool {
-    for t in tools {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(t).is_file()))
-            || Path::new("/usr/sbin").join(t).is_file()
-            || Path::new("/sbin").join(t).is_file();
-        if !found {
-            eprintln!(
-                "skipping {test}: {t} is not installed (apt-get install gdisk dosfstools mtools e2fsprogs)"
-            );
-            return false;
-        }
-    }
-    true
-}
-
 const GUEST_TOOLS: &[&str] = &["sgdisk", "mkfs.vfat", "mmd", "mcopy", "mkfs.ext4"];
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn put(root: &Path, rel: &str, data: &[u8]) {
-    let p = root.join(rel);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, data).unwrap();
-}
-
-/// A minimal ELF64 header for `e_machine` (0x3e x86-64, 0xb7 aarch64).
-fn elf64(e_machine: u16) -> Vec<u8> {
-    let mut b = vec![0u8; 64];
-    b[0..4].copy_from_slice(b"\x7fELF");
-    b[4] = 2;
-    b[5] = 1;
-    b[6] = 1;
-    b[16] = 2;
-    b[18..20].copy_from_slice(&e_machine.to_le_bytes());
-    b
-}
 
 /// An 80 MiB Ubuntu-like guest: GPT, a FAT16 ESP holding `loader` (UEFI) when given, and an
 /// ext4 root with os-release, a shell for `machine`, cloud-init and a virtio driver.
