@@ -118,24 +118,13 @@ fn tables(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut group = c.benchmark_group("tables");
     group.sample_size(20);
-    for (name, format, options) in [
-        ("qcow2", Format::Qcow2, vec![]),
-        ("vhd", Format::Vhd, vec![]),
-        ("vmdk", Format::Vmdk, vec![]),
+    for (name, format) in [
+        ("qcow2", Format::Qcow2),
+        ("vhd", Format::Vhd),
+        ("vmdk", Format::Vmdk),
     ] {
         let path = dir.path().join(name);
-        let create = CreateOptions {
-            options,
-            ..Default::default()
-        };
-        let writer = ims::create(format, Target::File(path.clone()), SIZE as u64, &create).unwrap();
-        run(
-            Source::Random(disk.clone()),
-            writer,
-            &PipelineOptions::default(),
-            &mut |_| {},
-        )
-        .unwrap();
+        common::write_image(&disk, format, &path, &CreateOptions::default());
         let image = ims::open(&path, &OpenOptions::default()).unwrap();
         let reader: Arc<dyn BlockReader> = image.reader().unwrap();
         group.throughput(Throughput::Elements(1));

@@ -4,8 +4,7 @@
 mod common;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ims::convert::{PipelineOptions, Source, run};
-use ims::{CreateOptions, Format, Target};
+use ims::{CreateOptions, Format};
 
 const SIZE: usize = 32 << 20;
 
@@ -32,20 +31,7 @@ fn qcow2_write(c: &mut Criterion) {
                     compress,
                     ..Default::default()
                 };
-                let writer = ims::create(
-                    Format::Qcow2,
-                    Target::File(out.clone()),
-                    SIZE as u64,
-                    &create,
-                )
-                .unwrap();
-                run(
-                    Source::Random(disk.clone()),
-                    writer,
-                    &PipelineOptions::default(),
-                    &mut |_| {},
-                )
-                .unwrap();
+                common::write_image(&disk, Format::Qcow2, &out, &create);
             })
         });
     }

@@ -58,3 +58,21 @@ pub fn disk(size: usize) -> Arc<MemDisk> {
     }
     Arc::new(MemDisk(data))
 }
+
+/// Writes `disk` as `format` at `path` through the pipeline (default threads).
+pub fn write_image(
+    disk: &Arc<MemDisk>,
+    format: ims::Format,
+    path: &std::path::Path,
+    create: &ims::CreateOptions,
+) {
+    let size = disk.virtual_size();
+    let writer = ims::create(format, ims::Target::File(path.to_path_buf()), size, create).unwrap();
+    ims::convert::run(
+        ims::convert::Source::Random(disk.clone()),
+        writer,
+        &ims::convert::PipelineOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+}
