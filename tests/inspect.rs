@@ -243,6 +243,30 @@ fn ubuntu_gpt_esp_ext4_uefi_with_cloud_init() {
     assert_eq!(facts.arch, "x86_64");
 }
 
+/// Partitions `disk` with sfdisk from `script` (sfdisk's input format).
+fn sfdisk(disk: &Path, script: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("sfdisk")
+        .args(["-q", s(disk)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Boot code in the MBR, as GRUB's boot.img starts.
 fn write_boot_code(disk: &Path) {
     let f = fs::OpenOptions::new().write(true).open(disk).unwrap();
@@ -286,22 +310,10 @@ fn centos_mbr_ext4_bios_without_cloud_init() {
     put(&r, "boot/vmlinuz-3.10.0-1160.el7.x86_64", &[7; 4096]);
     let disk = d.join("centos.raw");
     blank(&disk, 80 * MIB);
-    let script = d.join("table");
     // A bootable Linux partition and an extended partition holding a swap logical partition.
-    fs::write(
-        &script,
+    sfdisk(
+        &disk,
         "label: dos\nlabel-id: 0x1234abcd\nstart=2048, size=98304, type=83, bootable\nstart=100352, size=30720, type=5\nstart=102400, size=8192, type=82\n",
-    )
-    .unwrap();
-    let out = Command::new("sfdisk")
-        .args(["-q", s(&disk)])
-        .stdin(fs::File::open(&script).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     write_boot_code(&disk);
     mkext4(
@@ -1226,21 +1238,9 @@ fn centos_root_on_lvm_with_separate_boot() {
     mkext4(&boot, 16 * MIB, &b, "55555555-2222-3333-4444-555555555555");
     let disk = d.join("lvm.raw");
     blank(&disk, 90 * MIB);
-    let script = d.join("table");
-    fs::write(
-        &script,
+    sfdisk(
+        &disk,
         "label: dos\nstart=2048, size=32768, type=83, bootable\nstart=34816, size=131072, type=8e\n",
-    )
-    .unwrap();
-    let out = Command::new("sfdisk")
-        .args(["-q", s(&disk)])
-        .stdin(fs::File::open(&script).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     write_boot_code(&disk);
     place(&disk, &boot, 2048 * 512);
