@@ -5,7 +5,7 @@
 # (qemu-img / ims: above 1 means ims is faster), output sizes, peak RSS (KiB) and the ratio of
 # the two fastest runs (best).
 # Inputs come from bench/make-input.sh DIR (made first if missing). Outputs go to DIR/out and
-# are removed before every run, so no run pays for truncating another's file. Every run is
+# are removed before every run, so no run pays for another's file. Every run is
 # logged to DIR/compare.log (elapsed, user and system seconds, peak memory).
 #
 # Then: raw->zvhd2 (ims only) against its bound, twice the single-core zstd level-3 speed on
@@ -43,7 +43,12 @@ jobs=(
 run() {
   local tool=$1; shift
   local dst=${!#}
-  rm -f "$dst"; sync
+  # Both tools' outputs go, then sync: no run waits for writing back the other's output, and
+  # every run starts right after the last one's output is freed. On a VM with free page
+  # reporting memory freed a second or two earlier has gone back to the host, and writing into
+  # it costs a host fault per page: measured, ims's qcow2->raw took 0.35-0.47 s when it ran after
+  # a sync that wrote back qemu-img's output, 0.26-0.28 s when it did not.
+  rm -f "$out/q.out" "$out/i.out"; sync
   /usr/bin/time -o "$out/time" -f '%e %M %U %S' "$tool" convert "$@" >/dev/null 2>&1
   read -r e m u k < <(tail -1 "$out/time")
   # Every run, for reading a median that looks wrong: which runs were slow, user or system time.
