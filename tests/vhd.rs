@@ -163,6 +163,63 @@ fn dynamic_output_leaves_zero_blocks_out() {
 }
 
 #[test]
+fn fixed_vhd_holes_map_as_zeros_and_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("sparse.raw");
+    let f = std::fs::File::create(&src).unwrap();
+    f.set_len(256 << 20).unwrap();
+    f.write_all_at(&[9u8; 4096], 100 << 20).unwrap();
+    drop(f);
+    let vhd = dir.path().join("f.vhd");
+    let made = ims(&[
+        "convert",
+        "-O",
+        "vhd",
+        "-o",
+        "subformat=fixed,force_size=on",
+        s(&src),
+        s(&vhd),
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // The writer left the zero ranges as holes; the map must say so (one data run, zeros
+    // around it), as the file system reports them.
+    let map: Vec<serde_json::Value> =
+        serde_json::from_slice(&ims(&["map", "-f", "vhd", "--output", "json", s(&vhd)]).stdout)
+            .unwrap();
+    let data: Vec<(u64, u64)> = map
+        .iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect();
+    let data_bytes: u64 = data.iter().map(|d| d.1).sum();
+    assert!(
+        data.iter()
+            .any(|&(a, n)| a <= 100 << 20 && a + n >= (100 << 20) + 4096),
+        "{data:?}"
+    );
+    assert!(
+        data_bytes < 4 << 20,
+        "only the written block is data: {data:?}"
+    );
+    let covered: u64 = map.iter().map(|e| e["length"].as_u64().unwrap()).sum();
+    assert_eq!(covered, 256 << 20);
+    // Converting it reads only that and writes a sparse raw equal to the source.
+    let out = dir.path().join("out.raw");
+    assert!(
+        ims(&["convert", "-f", "vhd", "-O", "raw", s(&vhd), s(&out)])
+            .status
+            .success()
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+    use std::os::unix::fs::MetadataExt;
+    assert!(std::fs::metadata(&out).unwrap().blocks() * 512 < 4 << 20);
+}
+
+#[test]
 fn fixed_vhd_streams_to_stdout_and_dynamic_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.raw");

@@ -58,45 +58,54 @@ impl BlockReader for RawReader {
     }
 
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let end = offset.saturating_add(len).min(self.size);
-        let mut out = Vec::new();
-        let mut pos = offset;
-        while pos < end {
-            let data_start = match seek_extent(&self.file, pos, false) {
-                // No hole information: everything left is data.
-                None => {
-                    push_extent(&mut out, data_extent(pos, end - pos, ExtentState::Data));
-                    break;
-                }
-                Some(Ok(p)) => p.clamp(pos, end),
-                // ENXIO: no data after pos.
-                Some(Err(rustix::io::Errno::NXIO)) => end,
-                Some(Err(e)) => return Err(Error::io("seek data", io::Error::from(e))),
-            };
-            push_extent(
-                &mut out,
-                data_extent(pos, data_start - pos, ExtentState::Zero),
-            );
-            if data_start >= end {
-                break;
-            }
-            let hole_start = match seek_extent(&self.file, data_start, true) {
-                None | Some(Err(rustix::io::Errno::NXIO)) => end,
-                Some(Ok(p)) => p.clamp(data_start + 1, end),
-                Some(Err(e)) => return Err(Error::io("seek hole", io::Error::from(e))),
-            };
-            push_extent(
-                &mut out,
-                data_extent(data_start, hole_start - data_start, ExtentState::Data),
-            );
-            pos = hole_start;
-        }
-        Ok(out)
+        map_file_region(
+            &self.file,
+            offset,
+            offset.saturating_add(len).min(self.size),
+        )
     }
 
     fn format_specific(&self) -> Option<serde_json::Value> {
         None
     }
+}
+
+/// The extents of `[offset, end)` of a file whose disk bytes lie at the same offsets (a raw
+/// image, a fixed VHD): holes the file system reports are zero extents, the rest data.
+pub(crate) fn map_file_region(file: &File, offset: u64, end: u64) -> Result<Vec<Extent>> {
+    let mut out = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let data_start = match seek_extent(file, pos, false) {
+            // No hole information: everything left is data.
+            None => {
+                push_extent(&mut out, data_extent(pos, end - pos, ExtentState::Data));
+                break;
+            }
+            Some(Ok(p)) => p.clamp(pos, end),
+            // ENXIO: no data after pos.
+            Some(Err(rustix::io::Errno::NXIO)) => end,
+            Some(Err(e)) => return Err(Error::io("seek data", io::Error::from(e))),
+        };
+        push_extent(
+            &mut out,
+            data_extent(pos, data_start - pos, ExtentState::Zero),
+        );
+        if data_start >= end {
+            break;
+        }
+        let hole_start = match seek_extent(file, data_start, true) {
+            None | Some(Err(rustix::io::Errno::NXIO)) => end,
+            Some(Ok(p)) => p.clamp(data_start + 1, end),
+            Some(Err(e)) => return Err(Error::io("seek hole", io::Error::from(e))),
+        };
+        push_extent(
+            &mut out,
+            data_extent(data_start, hole_start - data_start, ExtentState::Data),
+        );
+        pos = hole_start;
+    }
+    Ok(out)
 }
 
 /// An extent of a raw file, which lies at the same offset in the file as on the disk.

@@ -378,6 +378,11 @@ impl BlockReader for VhdReader {
 
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let len = len.min(self.image.size.saturating_sub(offset));
+        if self.image.sparse.is_none() {
+            // A fixed disk is a raw image with a footer: its file's holes are zero ranges, so a
+            // conversion need not read them (qemu-img asks the file system too).
+            return crate::formats::raw::map_file_region(&self.image.file, offset, offset + len);
+        }
         let mut out = Vec::new();
         self.walk(offset, len, |start, length, run| {
             match run {
