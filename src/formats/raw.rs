@@ -1,13 +1,8 @@
 //! Raw images: the disk's bytes, one for one. Holes in the file are the zero ranges.
 
 use std::fs::File;
-use std::io;
 
-use rustix::fs::{SeekFrom, seek};
-
-use crate::block::{
-    BlockReader, BlockWriter, Extent, ExtentState, Piece, check_range, push_extent,
-};
+use crate::block::{BlockReader, BlockWriter, Extent, Piece, check_range};
 use crate::error::{Error, Result};
 use crate::io::{AppendSink, append_piece, file_length};
 
@@ -21,26 +16,6 @@ impl RawReader {
     pub fn new(file: File) -> Result<Self> {
         let size = file_length(&file)?;
         Ok(RawReader { file, size })
-    }
-}
-
-/// The next offset at or after `pos` where the file has data (`hole = false`) or a hole
-/// (`hole = true`), or `None` when the file system cannot tell.
-fn seek_extent(
-    file: &File,
-    pos: u64,
-    hole: bool,
-) -> Option<std::result::Result<u64, rustix::io::Errno>> {
-    let whence = if hole {
-        SeekFrom::Hole(pos)
-    } else {
-        SeekFrom::Data(pos)
-    };
-    match seek(file, whence) {
-        Ok(p) => Some(Ok(p)),
-        // EINVAL: the file system does not support SEEK_DATA/SEEK_HOLE.
-        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => None,
-        Err(e) => Some(Err(e)),
     }
 }
 
@@ -58,7 +33,7 @@ impl BlockReader for RawReader {
     }
 
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        map_file_region(
+        crate::io::map_file_region(
             &self.file,
             offset,
             offset.saturating_add(len).min(self.size),
@@ -67,52 +42,6 @@ impl BlockReader for RawReader {
 
     fn format_specific(&self) -> Option<serde_json::Value> {
         None
-    }
-}
-
-/// The extents of `[offset, end)` of a file whose disk bytes lie at the same offsets (a raw
-/// image, a fixed VHD): holes the file system reports are zero extents, the rest data.
-pub(crate) fn map_file_region(file: &File, offset: u64, end: u64) -> Result<Vec<Extent>> {
-    let mut out = Vec::new();
-    let mut pos = offset;
-    while pos < end {
-        let data_start = match seek_extent(file, pos, false) {
-            // No hole information: everything left is data.
-            None => {
-                push_extent(&mut out, data_extent(pos, end - pos, ExtentState::Data));
-                break;
-            }
-            Some(Ok(p)) => p.clamp(pos, end),
-            // ENXIO: no data after pos.
-            Some(Err(rustix::io::Errno::NXIO)) => end,
-            Some(Err(e)) => return Err(Error::io("seek data", io::Error::from(e))),
-        };
-        push_extent(
-            &mut out,
-            data_extent(pos, data_start - pos, ExtentState::Zero),
-        );
-        if data_start >= end {
-            break;
-        }
-        let hole_start = match seek_extent(file, data_start, true) {
-            None | Some(Err(rustix::io::Errno::NXIO)) => end,
-            Some(Ok(p)) => p.clamp(data_start + 1, end),
-            Some(Err(e)) => return Err(Error::io("seek hole", io::Error::from(e))),
-        };
-        push_extent(
-            &mut out,
-            data_extent(data_start, hole_start - data_start, ExtentState::Data),
-        );
-        pos = hole_start;
-    }
-    Ok(out)
-}
-
-/// An extent of a raw file, which lies at the same offset in the file as on the disk.
-fn data_extent(start: u64, length: u64, state: ExtentState) -> Extent {
-    Extent {
-        host_offset: Some(start),
-        ..Extent::new(start, length, state)
     }
 }
 
@@ -159,6 +88,7 @@ impl<S: AppendSink> BlockWriter for RawWriter<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::ExtentState;
     use std::os::unix::fs::FileExt;
 
     #[test]

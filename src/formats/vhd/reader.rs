@@ -381,7 +381,7 @@ impl BlockReader for VhdReader {
         if self.image.sparse.is_none() {
             // A fixed disk is a raw image with a footer: its file's holes are zero ranges, so a
             // conversion need not read them (qemu-img asks the file system too).
-            return crate::formats::raw::map_file_region(&self.image.file, offset, offset + len);
+            return crate::io::map_file_region(&self.image.file, offset, offset + len);
         }
         let mut out = Vec::new();
         self.walk(offset, len, |start, length, run| {

@@ -14,7 +14,7 @@ use crate::block::{
     usize_len,
 };
 use crate::error::{Error, ReferenceKind, Result};
-use crate::io::read_exact_at;
+use crate::io::{file_runs, read_exact_at};
 
 /// Where an extent's sectors are.
 pub enum ExtentData {
@@ -272,14 +272,25 @@ impl BlockReader for VmdkReader {
         let mut out = Vec::new();
         self.walk(offset, len, |start, length, run| {
             match run {
-                Run::Stored { at, embedded, .. } => push_extent(
+                Run::Stored { at, embedded, .. } if embedded => push_extent(
                     &mut out,
                     Extent {
-                        // Offsets in another file than the image would mislead.
-                        host_offset: embedded.then_some(at),
+                        host_offset: Some(at),
                         ..Extent::new(start, length, ExtentState::Data)
                     },
                 ),
+                // A flat extent (or a split sparse one) in its own file: its holes are zeros
+                // a conversion need not read. Offsets in another file would mislead.
+                Run::Stored { file, at, .. } => {
+                    for (host, n, data) in file_runs(file, at, at + length)? {
+                        let state = if data {
+                            ExtentState::Data
+                        } else {
+                            ExtentState::Zero
+                        };
+                        push_extent(&mut out, Extent::new(start + (host - at), n, state));
+                    }
+                }
                 Run::Compressed { .. } => push_extent(
                     &mut out,
                     Extent {
