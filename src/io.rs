@@ -167,26 +167,31 @@ fn seek_extent(
 /// image, a fixed VHD): holes the file system reports are zero extents, the rest data.
 pub(crate) fn map_file_region(file: &File, offset: u64, end: u64) -> Result<Vec<Extent>> {
     let mut out = Vec::new();
-    for (start, length, data) in file_runs(file, offset, end)? {
-        let state = if data {
-            ExtentState::Data
-        } else {
-            ExtentState::Zero
-        };
-        push_extent(&mut out, data_extent(start, length, state));
+    for (start, length, state) in file_runs(file, offset, end)? {
+        push_extent(
+            &mut out,
+            Extent {
+                host_offset: Some(start),
+                ..Extent::new(start, length, state)
+            },
+        );
     }
     Ok(out)
 }
 
-/// `[offset, end)` of a file as runs `(start, length, data)`: `data` is false for the holes the
-/// file system reports (all of it is data where the file system cannot tell).
-pub(crate) fn file_runs(file: &File, offset: u64, end: u64) -> Result<Vec<(u64, u64, bool)>> {
+/// `[offset, end)` of a file as runs `(start, length, state)`: `Zero` for the holes the file
+/// system reports, `Data` for the rest (all of it where the file system cannot tell).
+pub(crate) fn file_runs(
+    file: &File,
+    offset: u64,
+    end: u64,
+) -> Result<Vec<(u64, u64, ExtentState)>> {
     let mut out = Vec::new();
     let mut pos = offset;
     while pos < end {
         let data_start = match seek_extent(file, pos, false) {
             None => {
-                out.push((pos, end - pos, true));
+                out.push((pos, end - pos, ExtentState::Data));
                 break;
             }
             Some(Ok(p)) => p.clamp(pos, end),
@@ -195,7 +200,7 @@ pub(crate) fn file_runs(file: &File, offset: u64, end: u64) -> Result<Vec<(u64, 
             Some(Err(e)) => return Err(Error::io("seek data", io::Error::from(e))),
         };
         if data_start > pos {
-            out.push((pos, data_start - pos, false));
+            out.push((pos, data_start - pos, ExtentState::Zero));
         }
         if data_start >= end {
             break;
@@ -205,18 +210,10 @@ pub(crate) fn file_runs(file: &File, offset: u64, end: u64) -> Result<Vec<(u64, 
             Some(Ok(p)) => p.clamp(data_start + 1, end),
             Some(Err(e)) => return Err(Error::io("seek hole", io::Error::from(e))),
         };
-        out.push((data_start, hole_start - data_start, true));
+        out.push((data_start, hole_start - data_start, ExtentState::Data));
         pos = hole_start;
     }
     Ok(out)
-}
-
-/// An extent of a file whose disk bytes lie at the same offsets in the file.
-fn data_extent(start: u64, length: u64, state: ExtentState) -> Extent {
-    Extent {
-        host_offset: Some(start),
-        ..Extent::new(start, length, state)
-    }
 }
 
 /// A regular output file: positional writes, holes for zero runs, length set at the end.

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rustix::fs::{SeekFrom, seek};
 use serde_json::{Map, Value, json};
 use zstd::stream::raw::{DParameter, Decoder, Operation};
 
@@ -23,7 +22,7 @@ use crate::block::{
     BlockReader, Extent, ExtentState, check_map, check_range, push_extent, usize_len,
 };
 use crate::error::{Error, ReferenceKind, Result};
-use crate::io::{file_length, read_exact_at};
+use crate::io::{file_length, file_runs, read_exact_at};
 use crate::limits::{
     CLUSTER_CACHE_ENTRIES, L2_CACHE_BYTES, L2_CACHE_MAX_TABLES, L2_CACHE_MIN_TABLES,
     QCOW2_ZSTD_WINDOW_LOG_MAX,
@@ -302,37 +301,14 @@ impl Qcow2Reader {
     /// Pushes the data extent `e` stored at `host`, marking the parts that are holes in the
     /// image file as zeros (as qemu does: such clusters are preallocated but never written).
     fn push_split_by_holes(&self, out: &mut Vec<Extent>, e: Extent, host: u64) -> Result<()> {
-        let end = host.saturating_add(e.length);
-        let piece = |out: &mut Vec<Extent>, from: u64, to: u64, state| {
-            if to > from {
-                push_extent(
-                    out,
-                    Extent {
-                        start: e.start + (from - host),
-                        length: to - from,
-                        state,
-                        host_offset: Some(from),
-                        compressed: false,
-                    },
-                );
-            }
-        };
-        let mut pos = host;
-        while pos < end {
-            let data_start = match next_boundary(&self.file, pos, false)? {
-                Some(p) => p.clamp(pos, end),
-                None => pos,
-            };
-            piece(out, pos, data_start, ExtentState::Zero);
-            if data_start >= end {
-                break;
-            }
-            let hole_start = match next_boundary(&self.file, data_start, true)? {
-                Some(p) => p.clamp(data_start + 1, end),
-                None => end,
-            };
-            piece(out, data_start, hole_start, ExtentState::Data);
-            pos = hole_start;
+        for (from, length, state) in file_runs(&self.file, host, host.saturating_add(e.length))? {
+            push_extent(
+                out,
+                Extent {
+                    host_offset: Some(from),
+                    ..Extent::new(e.start + (from - host), length, state)
+                },
+            );
         }
         Ok(())
     }
@@ -367,26 +343,6 @@ impl Qcow2Reader {
             );
         }
         Ok(())
-    }
-}
-
-/// Where the next data (`hole = false`) or hole (`hole = true`) at or after `pos` starts in
-/// `file`; `Some(end of file)` when there is none, `None` when the file system cannot tell.
-fn next_boundary(file: &File, pos: u64, hole: bool) -> Result<Option<u64>> {
-    let whence = if hole {
-        SeekFrom::Hole(pos)
-    } else {
-        SeekFrom::Data(pos)
-    };
-    match seek(file, whence) {
-        Ok(p) => Ok(Some(p)),
-        // ENXIO: no data at or after `pos`.
-        Err(rustix::io::Errno::NXIO) => Ok(Some(u64::MAX)),
-        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(None),
-        Err(e) => Err(Error::io(
-            if hole { "seek hole" } else { "seek data" },
-            std::io::Error::from(e),
-        )),
     }
 }
 

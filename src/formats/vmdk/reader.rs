@@ -282,12 +282,7 @@ impl BlockReader for VmdkReader {
                 // A flat extent (or a split sparse one) in its own file: its holes are zeros
                 // a conversion need not read. Offsets in another file would mislead.
                 Run::Stored { file, at, .. } => {
-                    for (host, n, data) in file_runs(file, at, at + length)? {
-                        let state = if data {
-                            ExtentState::Data
-                        } else {
-                            ExtentState::Zero
-                        };
+                    for (host, n, state) in file_runs(file, at, at + length)? {
                         push_extent(&mut out, Extent::new(start + (host - at), n, state));
                     }
                 }
