@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{allocated, have_qemu_img, ims, mixed_raw, qemu_img, s};
+use common::{allocated, have_qemu_img, ims, mixed_raw, qemu_img, s, sparse_file};
 
 #[test]
 fn raw_with_holes_converts_to_an_equal_sparse_raw() {
@@ -175,10 +175,7 @@ fn unknown_output_format_and_option_are_refused() {
 fn info_and_map_speak_qemu_img_json() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("a.raw");
-    let f = std::fs::File::create(&src).unwrap();
-    f.set_len(16 << 20).unwrap();
-    f.write_all_at(&[1u8; 1 << 20], 4 << 20).unwrap();
-    drop(f);
+    sparse_file(&src, 16 << 20, 4 << 20, &[1u8; 1 << 20]);
     let out = ims(&["info", "--output", "json", s(&src)]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["format"], "raw");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
-use common::{Rng, ims, s};
+use common::{Rng, data_runs, ims, s};
 use ims::block::{BlockReader, ChunkStream};
 use ims::formats::zvhd::header::{FIELDS_LEN, checksum};
 use ims::formats::zvhd::record::encode_record;
@@ -541,11 +541,7 @@ fn map_of_a_zvhd_comes_from_its_record_heads() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("not inflated"));
     let map: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let data: Vec<(u64, u64)> = map
-        .iter()
-        .filter(|e| e["data"] == true)
-        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
-        .collect();
+    let data = data_runs(&map);
     assert_eq!(
         data,
         vec![

@@ -105,6 +105,36 @@ pub fn mixed_raw(path: &Path, size: u64, seed: u64) -> Vec<u8> {
     data
 }
 
+/// A sparse file of `len` bytes holding `data` at `at` and holes everywhere else.
+pub fn sparse_file(path: &Path, len: u64, at: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(len).unwrap();
+    f.write_all_at(data, at).unwrap();
+}
+
+/// `(start, length)` of each data extent of an `ims map --output json` answer.
+pub fn data_runs(map: &[serde_json::Value]) -> Vec<(u64, u64)> {
+    map.iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Asserts that an `ims map --output json` answer covers `size` bytes and that its data is the
+/// 4 KiB written at `at` and little else (a file system may allocate a few blocks around it).
+pub fn assert_only_block_is_data(map_json: &[u8], at: u64, size: u64) {
+    let map: Vec<serde_json::Value> = serde_json::from_slice(map_json).unwrap();
+    let data = data_runs(&map);
+    assert!(
+        data.iter().any(|&(a, n)| a <= at && a + n >= at + 4096),
+        "{data:?}"
+    );
+    assert!(data.iter().map(|d| d.1).sum::<u64>() < 4 << 20, "{data:?}");
+    let covered: u64 = map.iter().map(|e| e["length"].as_u64().unwrap()).sum();
+    assert_eq!(covered, size);
+}
+
 /// Bytes a file occupies on disk.
 pub fn allocated(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
