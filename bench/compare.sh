@@ -56,44 +56,55 @@ run() {
   echo "$e $m $(stat -c %s "$dst" 2>/dev/null || echo 0)"
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+fastest() { sort -g | head -1; }
+
+# block TOOL OUTPUT ARGS...: one uncounted run, then n counted ones (when n is empty, the
+# uncounted run decides it: three times the rounds for a job of a few seconds, which is mostly
+# the kernel copying); sets times, peak and size.
+block() {
+  local tool=$1 dst=$2 first r s
+  shift 2
+  read -r first _ _ < <(run "$tool" "$@" "$dst")
+  if [ -z "$n" ]; then
+    n=$rounds
+    if awk -v t="$first" 'BEGIN {exit !(t < 5)}'; then n=$((rounds * 3)); fi
+  fi
+  times=()
+  for ((r = 0; r < n; r++)); do
+    read -r s peak size < <(run "$tool" "$@" "$dst"); times+=("$s")
+  done
+}
 
 printf '%-20s %9s %9s %7s %14s %14s %10s %10s %6s\n' job qemu-img ims ratio qemu-size ims-size qemu-KiB ims-KiB best
 zvhd2_seconds=
 for j in "${jobs[@]}"; do
   IFS='|' read -r name qargs iargs <<<"$j"
-  qt=(); it=(); qm=0; im=0; qs=0; is=0; n=$rounds
   # The input in the page cache for both tools: idle cache may have been dropped since its last use.
   cat "${iargs##* }" >/dev/null
   # Each tool's runs in a block, after one run that is not counted. On this VM a run right after
   # the *other* tool's run is the slow one (measured: vhd->qcow2 0.52-0.70 s for ims after
   # qemu-img, 0.30-0.41 s after itself; qemu-img 0.90-0.97 s after ims, 0.39-0.41 s after
-  # itself): freed memory goes back to the host within a second or two (free page reporting)
-  # unless the next run asks for it in the same shapes, and touching it again costs a host fault
-  # per page. Interleaving the tools made every other run pay that; a block lets each tool run
-  # as it would converting one image after another.
+  # itself): freed memory goes back to the host within a second or two (free page reporting),
+  # seemingly unless the next run asks for it in the same sizes, and touching it again costs a
+  # host fault per page. Interleaving the tools made every other run pay that; a block lets each
+  # tool run as it would converting one image after another. qemu-img's first run decides the
+  # rounds.
+  n=
   if [ -n "$qargs" ]; then
     # shellcheck disable=SC2086
-    read -r s _ _ < <(run qemu-img $qargs "$out/q.out")
-    # A job of a few seconds is mostly the kernel copying: three times the rounds.
-    if awk -v q="$s" 'BEGIN {exit !(q < 5)}'; then n=$((rounds * 3)); fi
-    for ((r = 0; r < n; r++)); do
-      # shellcheck disable=SC2086
-      read -r s m z < <(run qemu-img $qargs "$out/q.out"); qt+=("$s"); qm=$m; qs=$z
-    done
+    block qemu-img "$out/q.out" $qargs; qt=("${times[@]}"); qm=$peak; qs=$size
+  else
+    n=$rounds
   fi
   # shellcheck disable=SC2086
-  read -r s _ _ < <(run "$ims" $iargs "$out/i.out")
-  for ((r = 0; r < n; r++)); do
-    # shellcheck disable=SC2086
-    read -r s m z < <(run "$ims" $iargs "$out/i.out"); it+=("$s"); im=$m; is=$z
-  done
+  block "$ims" "$out/i.out" $iargs; it=("${times[@]}"); im=$peak; is=$size
   ims_med=$(printf '%s\n' "${it[@]}" | median)
   if [ -n "$qargs" ]; then
     q_med=$(printf '%s\n' "${qt[@]}" | median)
     ratio=$(awk -v q="$q_med" -v i="$ims_med" 'BEGIN {printf "%.2f", (i > 0 ? q / i : 0)}')
     # Interference only ever adds time: the fastest runs' ratio is each tool's own speed.
-    best=$(awk -v q="$(printf '%s\n' "${qt[@]}" | sort -g | head -1)" \
-      -v i="$(printf '%s\n' "${it[@]}" | sort -g | head -1)" 'BEGIN {printf "%.2f", (i > 0 ? q / i : 0)}')
+    best=$(awk -v q="$(printf '%s\n' "${qt[@]}" | fastest)" -v i="$(printf '%s\n' "${it[@]}" | fastest)" \
+      'BEGIN {printf "%.2f", (i > 0 ? q / i : 0)}')
   else
     q_med=-; ratio=-; qs=-; qm=-; best=-
   fi
