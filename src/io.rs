@@ -9,9 +9,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::block::{Extent, ExtentState, Piece, push_extent};
+use crate::block::{Extent, Piece, push_extent};
 use crate::error::{Error, Result};
-use rustix::fs::{SeekFrom, seek};
+use crate::storage::{Storage, data_runs};
 
 /// Runs `f` on `len` bytes of this thread's scratch buffer, for data read and used at once (a
 /// compressed cluster or grain before it is inflated): one allocation per thread instead of
@@ -31,78 +31,6 @@ pub fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
         // Re-entered on this thread: a buffer of its own.
         Err(_) => f(&mut vec![0u8; len]),
     })
-}
-
-/// Reads exactly `buf.len()` bytes at `offset`; a read past the end of the file is a
-/// [`Error::Truncated`] naming `structure`.
-pub fn read_exact_at(
-    file: &File,
-    buf: &mut [u8],
-    offset: u64,
-    structure: &'static str,
-) -> Result<()> {
-    match file.read_exact_at(buf, offset) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            let available = file.metadata().map(|m| m.len()).unwrap_or(0);
-            Err(Error::truncated(
-                structure,
-                offset,
-                buf.len() as u64,
-                available,
-            ))
-        }
-        Err(e) => Err(Error::io("read", e)),
-    }
-}
-
-/// Reads up to `buf.len()` bytes at `offset`, returning how many there were before the end of
-/// the file.
-pub fn read_up_to_at(file: &File, buf: &mut [u8], offset: u64) -> Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read", e)),
-        }
-    }
-    Ok(done)
-}
-
-/// The length of an open file or block device.
-pub fn file_length(file: &File) -> Result<u64> {
-    let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
-    if meta.is_dir() {
-        return Err(Error::InvalidArgument(
-            "is a directory, not an image file".into(),
-        ));
-    }
-    if meta.is_file() {
-        return Ok(meta.len());
-    }
-    // Block devices report length 0 in metadata; ask where their end is.
-    use std::io::Seek;
-    let mut handle = file;
-    handle
-        .seek(io::SeekFrom::End(0))
-        .map_err(|e| Error::io("seek to end", e))
-}
-
-/// Opens an image file for reading, with an error that names it.
-pub fn open_input(path: &Path) -> Result<File> {
-    let file = File::open(path).map_err(|e| Error::io("open", e).in_file(path))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io("stat", e).in_file(path))?;
-    if meta.is_dir() {
-        return Err(Error::InvalidArgument(format!(
-            "{}: is a directory, not an image file",
-            path.display()
-        )));
-    }
-    Ok(file)
 }
 
 /// An output that is written front to back.
@@ -143,31 +71,15 @@ pub fn append_piece<S: AppendSink + ?Sized>(sink: &mut S, piece: Piece, what: &s
 /// time in 2 MiB writes, 0.3 s in 256 KiB ones. qemu-img's writes are a few hundred KiB.
 const WRITE_CHUNK: usize = 256 << 10;
 
-/// The next offset at or after `pos` where the file has data (`hole = false`) or a hole
-/// (`hole = true`), or `None` when the file system cannot tell.
-fn seek_extent(
-    file: &File,
-    pos: u64,
-    hole: bool,
-) -> Option<std::result::Result<u64, rustix::io::Errno>> {
-    let whence = if hole {
-        SeekFrom::Hole(pos)
-    } else {
-        SeekFrom::Data(pos)
-    };
-    match seek(file, whence) {
-        Ok(p) => Some(Ok(p)),
-        // EINVAL: the file system does not support SEEK_DATA/SEEK_HOLE.
-        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => None,
-        Err(e) => Some(Err(e)),
-    }
-}
-
-/// The extents of `[offset, end)` of a file whose disk bytes lie at the same offsets (a raw
-/// image, a fixed VHD): holes the file system reports are zero extents, the rest data.
-pub(crate) fn map_file_region(file: &File, offset: u64, end: u64) -> Result<Vec<Extent>> {
+/// The extents of `[offset, end)` of an image whose disk bytes lie at the same offsets (a raw
+/// image, a fixed VHD): holes the storage reports are zero extents, the rest data.
+pub(crate) fn map_storage_region(
+    storage: &dyn Storage,
+    offset: u64,
+    end: u64,
+) -> Result<Vec<Extent>> {
     let mut out = Vec::new();
-    for (start, length, state) in file_runs(file, offset, end)? {
+    for (start, length, state) in data_runs(storage, offset, end)? {
         push_extent(
             &mut out,
             Extent {
@@ -175,43 +87,6 @@ pub(crate) fn map_file_region(file: &File, offset: u64, end: u64) -> Result<Vec<
                 ..Extent::new(start, length, state)
             },
         );
-    }
-    Ok(out)
-}
-
-/// `[offset, end)` of a file as runs `(start, length, state)`: `Zero` for the holes the file
-/// system reports, `Data` for the rest (all of it where the file system cannot tell).
-pub(crate) fn file_runs(
-    file: &File,
-    offset: u64,
-    end: u64,
-) -> Result<Vec<(u64, u64, ExtentState)>> {
-    let mut out = Vec::new();
-    let mut pos = offset;
-    while pos < end {
-        let data_start = match seek_extent(file, pos, false) {
-            None => {
-                out.push((pos, end - pos, ExtentState::Data));
-                break;
-            }
-            Some(Ok(p)) => p.clamp(pos, end),
-            // ENXIO: no data after pos.
-            Some(Err(rustix::io::Errno::NXIO)) => end,
-            Some(Err(e)) => return Err(Error::io("seek data", io::Error::from(e))),
-        };
-        if data_start > pos {
-            out.push((pos, data_start - pos, ExtentState::Zero));
-        }
-        if data_start >= end {
-            break;
-        }
-        let hole_start = match seek_extent(file, data_start, true) {
-            None | Some(Err(rustix::io::Errno::NXIO)) => end,
-            Some(Ok(p)) => p.clamp(data_start + 1, end),
-            Some(Err(e)) => return Err(Error::io("seek hole", io::Error::from(e))),
-        };
-        out.push((data_start, hole_start - data_start, ExtentState::Data));
-        pos = hole_start;
     }
     Ok(out)
 }
@@ -531,17 +406,5 @@ mod tests {
         assert_eq!(buf.len(), 70002);
         assert!(buf[1..70001].iter().all(|&b| b == 0));
         assert_eq!(buf[70001], b'b');
-    }
-
-    #[test]
-    fn short_read_is_truncated_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"12345").unwrap();
-        let f = File::open(&path).unwrap();
-        let mut buf = [0u8; 8];
-        let e = read_exact_at(&f, &mut buf, 0, "header").unwrap_err();
-        assert_eq!(e.kind(), "truncated");
-        assert_eq!(read_up_to_at(&f, &mut buf, 2).unwrap(), 3);
     }
 }

@@ -36,6 +36,7 @@ pub mod limits;
 pub mod probe;
 pub mod references;
 pub mod register;
+pub mod storage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub use block::{BlockReader, BlockWriter, Chunk, ChunkStream, Extent, ExtentStat
 pub use convert::{PipelineOptions, Progress, Source};
 pub use error::{Error, ReferenceKind, Result};
 pub use formats::Format;
+pub use storage::{FileStorage, MemoryStorage, Storage};
 
 use formats::raw::{RawReader, RawWriter};
 use io::{AppendSink, FileSink, Output};
@@ -165,8 +167,19 @@ pub struct ImageInfo {
 
 /// Opens an image file, probing its format unless `options` names it.
 pub fn open(path: &Path, options: &OpenOptions) -> Result<Image> {
-    let file = io::open_input(path)?;
-    open_file(file, path, options, 0)
+    let storage = Arc::new(FileStorage::open(path)?);
+    open_file(storage, path, options, 0)
+}
+
+/// Opens an image whose bytes `storage` serves (memory, an object store, a caller's cache),
+/// probing its format unless `options` names it. `name` names the image in errors and is the
+/// place relative to which references to other files are resolved, when they are allowed.
+pub fn open_storage(
+    storage: Arc<dyn Storage>,
+    name: &Path,
+    options: &OpenOptions,
+) -> Result<Image> {
+    open_file(storage, name, options, 0)
 }
 
 /// Opens an image arriving on a stream (a pipe, stdin, an upload) that can only be read front
@@ -208,21 +221,19 @@ fn stream_source(input: Box<dyn std::io::Read + Send>, format: Format) -> Result
 
 /// Opens the image in `file`, named `path`, which is `depth` levels down a backing chain.
 pub(crate) fn open_file(
-    file: std::fs::File,
+    file: Arc<dyn Storage>,
     path: &Path,
     options: &OpenOptions,
     depth: usize,
 ) -> Result<Image> {
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io("stat", e).in_file(path))?;
-    let file_length = io::file_length(&file).map_err(|e| e.in_file(path))?;
+    let file_length = file.len();
+    let allocated = file.allocated().unwrap_or(0);
     let format = match options.format {
         Some(f) => f,
-        None => probe::probe_file(&file).map_err(|e| e.in_file(path))?,
+        None => probe::probe_storage(&*file).map_err(|e| e.in_file(path))?,
     };
     let source = match format {
-        Format::Raw => Source::Random(Arc::new(RawReader::new(file).map_err(|e| e.in_file(path))?)),
+        Format::Raw => Source::Random(Arc::new(RawReader::new(file))),
         Format::Qcow2 => Source::Random(Arc::new(
             open_qcow2(file, path, options, depth).map_err(|e| e.in_file(path))?,
         )),
@@ -246,20 +257,19 @@ pub(crate) fn open_file(
             formats::vmdk::open(file, path, options, depth).map_err(|e| e.in_file(path))?,
         )),
     };
-    use std::os::unix::fs::MetadataExt;
     Ok(Image {
         path: path.to_path_buf(),
         format,
         source: named(source, path),
         file_length,
-        allocated: meta.blocks().saturating_mul(512),
+        allocated,
     })
 }
 
 /// Opens a QCOW2 image, with its backing chain when `options` allow references. An external
 /// data file is refused: by default as a reference, with references allowed as unsupported.
 fn open_qcow2(
-    file: std::fs::File,
+    file: Arc<dyn Storage>,
     path: &Path,
     options: &OpenOptions,
     depth: usize,
@@ -267,7 +277,7 @@ fn open_qcow2(
     use formats::qcow2::{Qcow2Header, Qcow2OpenOptions, Qcow2Reader};
     let mut qcow2_options = Qcow2OpenOptions::default();
     if options.allow_references.is_some() {
-        let header = Qcow2Header::read(&file)?;
+        let header = Qcow2Header::read(&*file)?;
         if header.data_file().is_some() {
             return Err(Error::unsupported(
                 "qcow2 images with an external data file",
@@ -283,7 +293,7 @@ fn open_qcow2(
             )?);
         }
     } else if options.defer_references {
-        let header = Qcow2Header::read(&file)?;
+        let header = Qcow2Header::read(&*file)?;
         if let Some(name) = header.backing_file() {
             qcow2_options.backing = Some(Arc::new(references::RefusedReference::new(
                 ReferenceKind::BackingFile,
@@ -306,14 +316,14 @@ pub enum CheckOutcome {
 /// Checks an image's consistency: QCOW2 refcounts and tables in full (as `qemu-img check`);
 /// for the other formats, every structure that opening and mapping the whole disk validates.
 pub fn check(path: &Path, options: &OpenOptions) -> Result<CheckOutcome> {
-    let file = io::open_input(path)?;
+    let file: Arc<dyn Storage> = Arc::new(FileStorage::open(path)?);
     let format = match options.format {
         Some(f) => f,
-        None => probe::probe_file(&file).map_err(|e| e.in_file(path))?,
+        None => probe::probe_storage(&*file).map_err(|e| e.in_file(path))?,
     };
     match format {
         Format::Raw => Ok(CheckOutcome::NotSupported(format)),
-        Format::Qcow2 => formats::qcow2::check::check(&file)
+        Format::Qcow2 => formats::qcow2::check::check(&*file)
             .map(CheckOutcome::Checked)
             .map_err(|e| e.in_file(path)),
         _ => {

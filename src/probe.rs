@@ -5,11 +5,9 @@
 //! so that they are refused by name instead of being read as raw disks. Raw is the answer only
 //! when nothing else matches.
 
-use std::fs::File;
-
 use crate::error::{Error, Result};
 use crate::formats::Format;
-use crate::io::{file_length, read_up_to_at};
+use crate::storage::Storage;
 
 /// How many bytes at the start of the file the probe looks at: enough to reach the ISO 9660
 /// primary volume descriptor at 32 KiB.
@@ -46,15 +44,15 @@ enum Strength {
     Strong,
 }
 
-/// Reads the probe window of `file` and names its format.
-pub fn probe_file(file: &File) -> Result<Format> {
-    let len = file_length(file)?;
+/// Reads the probe window of `storage` and names its format.
+pub fn probe_storage(storage: &dyn Storage) -> Result<Format> {
+    let len = storage.len();
     let mut head = vec![0u8; HEAD_LEN.min(usize::try_from(len).unwrap_or(HEAD_LEN))];
-    let n = read_up_to_at(file, &mut head, 0)?;
+    let n = storage.read_at(&mut head, 0)?;
     head.truncate(n);
     let tail_len = TAIL_LEN.min(head.len());
     let mut tail = vec![0u8; tail_len];
-    let n = read_up_to_at(file, &mut tail, len - tail_len as u64)?;
+    let n = storage.read_at(&mut tail, len - tail_len as u64)?;
     tail.truncate(n);
     probe(&head, &tail)
 }

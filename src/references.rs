@@ -125,7 +125,8 @@ pub(crate) fn open_backing(
         allow_references: options.allow_references.clone(),
         defer_references: false,
     };
-    let image = crate::open_file(file, &path, &backing_options, depth + 1)?;
+    let storage = crate::storage::FileStorage::new(file).map_err(|e| e.in_file(&path))?;
+    let image = crate::open_file(Arc::new(storage), &path, &backing_options, depth + 1)?;
     let described = image.format();
     image.reader().ok_or_else(|| {
         Error::unsupported(format!(

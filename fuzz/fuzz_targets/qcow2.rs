@@ -9,11 +9,9 @@ use ims::formats::qcow2::{Qcow2OpenOptions, Qcow2Reader};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some(file) = common::temp_file("qcow2", data) else {
-        return;
-    };
-    let _ = ims::formats::qcow2::check::check(&file);
-    if let Ok(reader) = Qcow2Reader::open(file, &Qcow2OpenOptions::default()) {
+    let storage = common::storage(data);
+    let _ = ims::formats::qcow2::check::check(&*storage);
+    if let Ok(reader) = Qcow2Reader::open(storage, &Qcow2OpenOptions::default()) {
         common::exercise(&reader);
     }
 });

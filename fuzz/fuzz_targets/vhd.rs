@@ -8,11 +8,9 @@ mod common;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some(file) = common::temp_file("vhd", data) else {
-        return;
-    };
+    let storage = common::storage(data);
     if let Ok(reader) =
-        ims::formats::vhd::open(file, std::path::Path::new("fuzz.vhd"), None, false, 0)
+        ims::formats::vhd::open(storage, std::path::Path::new("fuzz.vhd"), None, false, 0)
     {
         common::exercise(&reader);
     }

@@ -34,12 +34,9 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = seen;
     }
-    let Some(file) = common::temp_file("vmdk", data) else {
-        return;
-    };
-    // The path is only a name for errors: the file was unlinked, and references are refused.
+    // The path is only a name for errors: references are refused.
     if let Ok(reader) = vmdk::open(
-        file,
+        common::storage(data),
         std::path::Path::new("fuzz.vmdk"),
         &OpenOptions::default(),
         0,

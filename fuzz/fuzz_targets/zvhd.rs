@@ -39,9 +39,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    if let Some(file) = common::temp_file("zvhd", data)
-        && let Ok(scan) = scan_records(&file)
-    {
+    if let Ok(scan) = scan_records(&*common::storage(data)) {
         ims::block::check_map(&scan.extents, 0, scan.header.curr_size)
             .expect("scan covers the disk");
     }

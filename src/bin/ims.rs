@@ -293,10 +293,10 @@ fn run(command: Command) -> ims::Result<()> {
                     eprintln!(
                         "ims: zvhd map from the record heads; the blocks are not inflated or checked"
                     );
-                    let f = std::fs::File::open(&file)
-                        .map_err(|e| Error::io("open", e).in_file(&file))?;
+                    let storage = ims::FileStorage::open(&file)?;
                     std::sync::Arc::new(
-                        ims::formats::zvhd::RecordMap::open(&f).map_err(|e| e.in_file(&file))?,
+                        ims::formats::zvhd::RecordMap::open(&storage)
+                            .map_err(|e| e.in_file(&file))?,
                     )
                 }
                 None => {

@@ -1,21 +1,23 @@
 //! Raw images: the disk's bytes, one for one. Holes in the file are the zero ranges.
 
-use std::fs::File;
+use std::sync::Arc;
 
 use crate::block::{BlockReader, BlockWriter, Extent, Piece, check_range};
 use crate::error::{Error, Result};
-use crate::io::{AppendSink, append_piece, file_length};
+use crate::io::{AppendSink, append_piece};
+use crate::storage::Storage;
 
-/// Reads a raw image file; `map` asks the file system where the holes are.
+/// Reads a raw image; `map` asks the storage where the holes are.
 pub struct RawReader {
-    file: File,
+    storage: Arc<dyn Storage>,
     size: u64,
 }
 
 impl RawReader {
-    pub fn new(file: File) -> Result<Self> {
-        let size = file_length(&file)?;
-        Ok(RawReader { file, size })
+    /// The disk is the storage's bytes.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        let size = storage.len();
+        RawReader { storage, size }
     }
 }
 
@@ -27,14 +29,14 @@ impl BlockReader for RawReader {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size)?;
         // The file may have shrunk since it was opened; what is gone reads as zeros.
-        let n = crate::io::read_up_to_at(&self.file, buf, offset)?;
+        let n = self.storage.read_at(buf, offset)?;
         buf[n..].fill(0);
         Ok(())
     }
 
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        crate::io::map_file_region(
-            &self.file,
+        crate::io::map_storage_region(
+            &*self.storage,
             offset,
             offset.saturating_add(len).min(self.size),
         )
@@ -89,6 +91,7 @@ impl<S: AppendSink> BlockWriter for RawWriter<S> {
 mod tests {
     use super::*;
     use crate::block::ExtentState;
+    use std::fs::File;
     use std::os::unix::fs::FileExt;
 
     #[test]
@@ -100,7 +103,7 @@ mod tests {
         f.write_all_at(&[1u8; 1 << 20], 8 << 20).unwrap();
         f.write_all_at(b"end", (64 << 20) - 3).unwrap();
         drop(f);
-        let r = RawReader::new(File::open(&path).unwrap()).unwrap();
+        let r = RawReader::new(Arc::new(crate::storage::FileStorage::open(&path).unwrap()));
         let map = r.map(0, r.virtual_size()).unwrap();
         crate::block::check_map(&map, 0, 64 << 20).unwrap();
         let data: Vec<_> = map
@@ -143,7 +146,7 @@ mod tests {
         assert_eq!(back.len(), 3 << 20);
         assert!(back[..1 << 20].iter().all(|&b| b == 0));
         assert!(back[1 << 20..2 << 20].iter().all(|&b| b == 7));
-        let r = RawReader::new(File::open(&path).unwrap()).unwrap();
+        let r = RawReader::new(Arc::new(crate::storage::FileStorage::open(&path).unwrap()));
         let map = r.map(0, 3 << 20).unwrap();
         assert_eq!(
             map.iter().filter(|e| e.state == ExtentState::Data).count(),

@@ -1,9 +1,8 @@
-//! What the file-based fuzz targets share: the input as an unlinked file, and a bounded walk
+//! What the fuzz targets share: the input as in-memory storage, and a bounded walk
 //! over a reader's map and data.
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ims::BlockReader;
 
@@ -12,24 +11,9 @@ use ims::BlockReader;
 pub const MAX_DISK: u64 = 16 << 20;
 const PIECE: u64 = 1 << 20;
 
-/// A file holding `data`, already unlinked.
-pub fn temp_file(target: &str, data: &[u8]) -> Option<std::fs::File> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = format!(
-        "ims-fuzz-{target}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let path = std::env::temp_dir().join(name);
-    let mut file = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .ok()?;
-    let _ = std::fs::remove_file(&path);
-    file.write_all(data).ok()?;
-    Some(file)
+/// The input as an image's storage.
+pub fn storage(data: &[u8]) -> Arc<dyn ims::Storage> {
+    Arc::new(ims::MemoryStorage::new(data.to_vec()))
 }
 
 /// Maps and reads up to [`MAX_DISK`] bytes; a map that succeeds must cover the range exactly.

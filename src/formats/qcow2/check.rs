@@ -6,8 +6,6 @@
 //! misaligned table or a COPIED flag that disagrees with the refcount is a corruption; a
 //! cluster with a refcount and no reference is a leak. Nothing is repaired.
 
-use std::fs::File;
-
 use serde::Serialize;
 
 use super::header::Qcow2Header;
@@ -16,8 +14,8 @@ use super::tables::{
     refcount_block_offset,
 };
 use crate::error::{Error, Result};
-use crate::io::{file_length, read_exact_at};
 use crate::limits::MAX_CHECK_CLUSTERS;
+use crate::storage::{Storage, read_exact_at};
 
 /// What a check found, with qemu-img check's JSON keys (zero counts left out, as qemu-img does).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -87,9 +85,9 @@ impl Tally {
 }
 
 /// Checks the QCOW2 image in `file`.
-pub fn check(file: &File) -> Result<CheckReport> {
-    let file_len = file_length(file)?;
-    let header = Qcow2Header::read(file)?;
+pub fn check(storage: &dyn Storage) -> Result<CheckReport> {
+    let file_len = storage.len();
+    let header = Qcow2Header::read(storage)?;
     header.check_layout(file_len)?;
     let h = &header.header;
     let geometry = h.geometry()?;
@@ -117,7 +115,7 @@ pub fn check(file: &File) -> Result<CheckReport> {
             ..Default::default()
         },
     };
-    let stored = read_refcounts(file, &header, &geometry, file_len, &mut t)?;
+    let stored = read_refcounts(storage, &header, &geometry, file_len, &mut t)?;
 
     // The header cluster, the active L1 table and what it points to.
     t.reference(0, cs, "header");
@@ -125,18 +123,18 @@ pub fn check(file: &File) -> Result<CheckReport> {
         t.reference(enc.offset, enc.length, "encryption header");
     }
     let l1 = read_table(
-        file,
+        storage,
         h.l1_table_offset,
         u64::from(h.l1_size),
         "qcow2 L1 table",
     )?;
     t.reference(h.l1_table_offset, u64::from(h.l1_size) * 8, "L1 table");
-    walk_l1(file, &l1, &geometry, h.version, &mut t, Some(&stored))?;
+    walk_l1(storage, &l1, &geometry, h.version, &mut t, Some(&stored))?;
 
     // Internal snapshots: their table, their L1 tables and the clusters those reach.
     if h.nb_snapshots > 0 {
         let (table_len, snapshot_l1s) =
-            read_snapshot_l1s(file, h.snapshots_offset, h.nb_snapshots, file_len)?;
+            read_snapshot_l1s(storage, h.snapshots_offset, h.nb_snapshots, file_len)?;
         t.reference(h.snapshots_offset, table_len, "snapshot table");
         for (offset, size) in snapshot_l1s {
             if !offset.is_multiple_of(cs) {
@@ -146,8 +144,8 @@ pub fn check(file: &File) -> Result<CheckReport> {
                 continue;
             }
             t.reference(offset, u64::from(size) * 8, "snapshot L1 table");
-            let l1 = read_table(file, offset, u64::from(size), "qcow2 snapshot L1 table")?;
-            walk_l1(file, &l1, &geometry, h.version, &mut t, None)?;
+            let l1 = read_table(storage, offset, u64::from(size), "qcow2 snapshot L1 table")?;
+            walk_l1(storage, &l1, &geometry, h.version, &mut t, None)?;
         }
     }
 
@@ -178,7 +176,7 @@ pub fn check(file: &File) -> Result<CheckReport> {
 /// The refcount of every cluster of the file, as the refcount blocks store it; the refcount
 /// table and blocks are counted as references on the way.
 fn read_refcounts(
-    file: &File,
+    storage: &dyn Storage,
     header: &Qcow2Header,
     geometry: &Geometry,
     file_len: u64,
@@ -188,7 +186,7 @@ fn read_refcounts(
     let cs = geometry.cluster_size();
     let table_entries = (u64::from(h.refcount_table_clusters) << h.cluster_bits) / 8;
     let table = read_table(
-        file,
+        storage,
         h.refcount_table_offset,
         table_entries,
         "qcow2 refcount table",
@@ -219,7 +217,7 @@ fn read_refcounts(
             continue;
         }
         t.reference(offset, cs, "refcount block");
-        read_exact_at(file, &mut block, offset, "qcow2 refcount block")?;
+        read_exact_at(storage, &mut block, offset, "qcow2 refcount block")?;
         let first = i as u64 * per_block;
         for j in 0..per_block {
             let c = first + j;
@@ -235,7 +233,7 @@ fn read_refcounts(
 /// Counts the references of an L1 table's L2 tables and their clusters. For the active table
 /// (`stored` given), COPIED flags are checked against the stored refcounts.
 fn walk_l1(
-    file: &File,
+    storage: &dyn Storage,
     l1: &[u64],
     geometry: &Geometry,
     version: u32,
@@ -273,7 +271,7 @@ fn walk_l1(
                 "OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={raw:x} refcount={count}"
             ));
         }
-        read_exact_at(file, &mut l2, l2_offset, "qcow2 L2 table")?;
+        read_exact_at(storage, &mut l2, l2_offset, "qcow2 L2 table")?;
         // Contiguity is counted within one L2 table, as qemu-img counts it.
         let mut next_contiguous = 0u64;
         for chunk in l2.chunks_exact(entry_size as usize) {
@@ -326,19 +324,24 @@ fn walk_l1(
 }
 
 /// Reads a table of `entries` big-endian u64s at `offset`.
-fn read_table(file: &File, offset: u64, entries: u64, structure: &'static str) -> Result<Vec<u64>> {
+fn read_table(
+    storage: &dyn Storage,
+    offset: u64,
+    entries: u64,
+    structure: &'static str,
+) -> Result<Vec<u64>> {
     let len = entries
         .checked_mul(8)
         .and_then(|l| usize::try_from(l).ok())
         .ok_or_else(|| Error::limit(structure, offset, "table too large"))?;
     let mut buf = vec![0u8; len];
-    read_exact_at(file, &mut buf, offset, structure)?;
+    read_exact_at(storage, &mut buf, offset, structure)?;
     Ok(decode_table(&buf))
 }
 
 /// Walks the snapshot table: its length in bytes and each snapshot's L1 table (offset, size).
 fn read_snapshot_l1s(
-    file: &File,
+    storage: &dyn Storage,
     offset: u64,
     count: u32,
     file_len: u64,
@@ -348,7 +351,7 @@ fn read_snapshot_l1s(
     let mut out = Vec::new();
     for _ in 0..count {
         let mut head = [0u8; 40];
-        read_exact_at(file, &mut head, pos, S)?;
+        read_exact_at(storage, &mut head, pos, S)?;
         let l1_offset = u64::from_be_bytes(head[0..8].try_into().unwrap_or_default());
         let l1_size = u32::from_be_bytes(head[8..12].try_into().unwrap_or_default());
         let id_len = u64::from(u16::from_be_bytes([head[12], head[13]]));

@@ -5,10 +5,8 @@
 //!
 //! The layout is described in `formats/qcow2.md`.
 
-use std::fs::File;
-
 use crate::error::{Error, Result};
-use crate::io::{file_length, read_up_to_at};
+use crate::storage::Storage;
 
 use super::tables::{Geometry, SNAPSHOT_HEADER_SIZE, TABLE_ENTRY_SIZE};
 use crate::limits::{
@@ -533,12 +531,12 @@ pub struct Qcow2Header {
 }
 
 impl Qcow2Header {
-    /// Reads and parses the first cluster of `file`.
-    pub fn read(file: &File) -> Result<Qcow2Header> {
-        let file_len = file_length(file)?;
+    /// Reads and parses the first cluster of the image.
+    pub fn read(storage: &dyn Storage) -> Result<Qcow2Header> {
+        let file_len = storage.len();
         // Enough for the fixed fields; then the whole first cluster once its size is known.
         let mut buf = vec![0u8; 4096.min(usize::try_from(file_len).unwrap_or(4096))];
-        let n = read_up_to_at(file, &mut buf, 0)?;
+        let n = storage.read_at(&mut buf, 0)?;
         buf.truncate(n);
         if let Some(bits) =
             be32(&buf, 20).filter(|b| (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(b))
@@ -547,7 +545,7 @@ impl Qcow2Header {
             if want > buf.len() as u64 {
                 // At most 2 MiB: the largest cluster.
                 buf = vec![0u8; usize::try_from(want).unwrap_or(0)];
-                let n = read_up_to_at(file, &mut buf, 0)?;
+                let n = storage.read_at(&mut buf, 0)?;
                 buf.truncate(n);
             }
         }

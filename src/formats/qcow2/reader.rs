@@ -12,7 +12,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::{Map, Value, json};
@@ -22,11 +21,11 @@ use crate::block::{
     BlockReader, Extent, ExtentState, check_map, check_range, push_extent, usize_len,
 };
 use crate::error::{Error, ReferenceKind, Result};
-use crate::io::{file_length, file_runs, read_exact_at};
 use crate::limits::{
     CLUSTER_CACHE_ENTRIES, L2_CACHE_BYTES, L2_CACHE_MAX_TABLES, L2_CACHE_MIN_TABLES,
     QCOW2_ZSTD_WINDOW_LOG_MAX,
 };
+use crate::storage::{Storage, data_runs, read_exact_at};
 
 use super::header::{CompressionType, Qcow2Header, compatible, incompatible};
 use super::tables::{
@@ -46,7 +45,7 @@ pub struct Qcow2OpenOptions {
 
 /// A QCOW2 image (version 2 or 3) opened for reading.
 pub struct Qcow2Reader {
-    file: File,
+    storage: Arc<dyn Storage>,
     file_len: u64,
     header: Qcow2Header,
     geometry: Geometry,
@@ -62,9 +61,9 @@ impl Qcow2Reader {
     /// Opens the image in `file`. An image that names a backing file is refused unless
     /// `options.backing` supplies it; an image with an external data file is always refused
     /// (with [`Error::ExternalReference`] naming it).
-    pub fn open(file: File, options: &Qcow2OpenOptions) -> Result<Self> {
-        let file_len = file_length(&file)?;
-        let header = Qcow2Header::read(&file)?;
+    pub fn open(storage: Arc<dyn Storage>, options: &Qcow2OpenOptions) -> Result<Self> {
+        let file_len = storage.len();
+        let header = Qcow2Header::read(&*storage)?;
         if let Some(name) = header.data_file() {
             return Err(Error::reference(ReferenceKind::DataFile, name));
         }
@@ -81,15 +80,20 @@ impl Qcow2Reader {
         // holds them and lies inside the file (so this is at most the file's size).
         let needed = geometry.l1_entries_for(h.size);
         let mut l1_bytes = vec![0u8; usize_len(needed * TABLE_ENTRY_SIZE)?];
-        read_exact_at(&file, &mut l1_bytes, h.l1_table_offset, "qcow2 L1 table")?;
+        read_exact_at(
+            &*storage,
+            &mut l1_bytes,
+            h.l1_table_offset,
+            "qcow2 L1 table",
+        )?;
         let l1 = decode_table(&l1_bytes);
 
-        let snapshots = read_snapshot_table(&file, h, file_len)?;
+        let snapshots = read_snapshot_table(&*storage, h, file_len)?;
         let tables = usize::try_from(L2_CACHE_BYTES >> geometry.cluster_bits())
             .unwrap_or(L2_CACHE_MAX_TABLES)
             .clamp(L2_CACHE_MIN_TABLES, L2_CACHE_MAX_TABLES);
         Ok(Qcow2Reader {
-            file,
+            storage,
             file_len,
             header,
             geometry,
@@ -186,7 +190,7 @@ impl Qcow2Reader {
             return Ok(Some(t));
         }
         let mut bytes = vec![0u8; usize_len(cluster_size)?];
-        read_exact_at(&self.file, &mut bytes, offset, "qcow2 L2 table")?;
+        read_exact_at(&*self.storage, &mut bytes, offset, "qcow2 L2 table")?;
         let table = Arc::new(L2Table {
             offset,
             words: decode_table(&bytes),
@@ -228,7 +232,7 @@ impl Qcow2Reader {
         let (host, len) = self.compressed_range(descriptor)?;
         // At most two clusters (the sector count field's range): 4 MiB.
         crate::io::with_scratch(usize_len(len)?, |input| {
-            read_exact_at(&self.file, input, host, "qcow2 compressed cluster")?;
+            read_exact_at(&*self.storage, input, host, "qcow2 compressed cluster")?;
             match self.header.header.compression_type {
                 CompressionType::Zlib => inflate_cluster(input, out),
                 CompressionType::Zstd => unzstd_cluster(input, out),
@@ -264,7 +268,7 @@ impl Qcow2Reader {
     /// Reads `run.len` bytes of the file at `run.src` into `buf` at `run.at`.
     fn read_host(&self, buf: &mut [u8], run: Run) -> Result<()> {
         read_exact_at(
-            &self.file,
+            &*self.storage,
             part(buf, run.at, run.len)?,
             run.src,
             "qcow2 data cluster",
@@ -301,7 +305,8 @@ impl Qcow2Reader {
     /// Pushes the data extent `e` stored at `host`, marking the parts that are holes in the
     /// image file as zeros (as qemu does: such clusters are preallocated but never written).
     fn push_split_by_holes(&self, out: &mut Vec<Extent>, e: Extent, host: u64) -> Result<()> {
-        for (from, length, state) in file_runs(&self.file, host, host.saturating_add(e.length))? {
+        for (from, length, state) in data_runs(&*self.storage, host, host.saturating_add(e.length))?
+        {
             push_extent(
                 out,
                 Extent {

@@ -5,10 +5,8 @@
 //! Everything here is pure decoding and arithmetic, so the reader, the writer and the checker
 //! share one definition of each bit. The layouts are described in `formats/qcow2.md`.
 
-use std::fs::File;
-
 use crate::error::{Error, Result};
-use crate::io::read_exact_at;
+use crate::storage::{Storage, read_exact_at};
 
 use super::header::{Header, MIN_CLUSTER_BITS, MIN_EXTENDED_L2_CLUSTER_BITS};
 use crate::limits::{
@@ -504,7 +502,11 @@ pub struct Snapshot {
 /// Reads the snapshot table the header points to. The header's `nb_snapshots` and
 /// `snapshots_offset` must already have been checked against the file (see
 /// `Qcow2Header::check_layout`); each entry is checked again here as it is read.
-pub fn read_snapshot_table(file: &File, header: &Header, file_len: u64) -> Result<Vec<Snapshot>> {
+pub fn read_snapshot_table(
+    storage: &dyn Storage,
+    header: &Header,
+    file_len: u64,
+) -> Result<Vec<Snapshot>> {
     const STRUCTURE: &str = "qcow2 snapshot table";
     let count = header.nb_snapshots;
     if count == 0 {
@@ -527,7 +529,7 @@ pub fn read_snapshot_table(file: &File, header: &Header, file_len: u64) -> Resul
     let mut out = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let mut fixed = [0u8; 40];
-        read_exact_at(file, &mut fixed, pos, STRUCTURE)?;
+        read_exact_at(storage, &mut fixed, pos, STRUCTURE)?;
         let h = SnapshotEntryHeader::parse(&fixed);
         if h.extra_data_size > MAX_SNAPSHOT_EXTRA_DATA {
             return Err(Error::limit(
@@ -564,7 +566,7 @@ pub fn read_snapshot_table(file: &File, header: &Header, file_len: u64) -> Resul
         }
         // var_len is at most 1 KiB + 128 KiB: a small allocation, and inside the file.
         let mut var = vec![0u8; var_len as usize];
-        read_exact_at(file, &mut var, var_start, STRUCTURE)?;
+        read_exact_at(storage, &mut var, var_start, STRUCTURE)?;
         let (extra_bytes, rest) = var.split_at(h.extra_data_size as usize);
         let (id, rest) = rest.split_at(usize::from(h.id_str_size));
         let name = rest.get(..usize::from(h.name_size)).unwrap_or_default();

@@ -6,7 +6,6 @@ pub mod footer;
 pub mod reader;
 pub mod writer;
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,6 +13,7 @@ use crate::block::BlockReader;
 use crate::error::{Error, ReferenceKind, Result};
 use crate::limits::MAX_CHAIN_DEPTH;
 use crate::references::{RefusedReference, open_resolved, resolve};
+use crate::storage::{FileStorage, Storage};
 
 pub use reader::{VhdImage, VhdReader};
 
@@ -22,13 +22,13 @@ pub use reader::{VhdImage, VhdReader};
 /// unique id matches the one the child records. With `defer` and no directory, the reader
 /// opens and reading what the parent holds fails instead (for `info`).
 pub fn open(
-    file: File,
+    storage: Arc<dyn Storage>,
     path: &Path,
     allowed_dir: Option<&Path>,
     defer: bool,
     depth: usize,
 ) -> Result<VhdReader> {
-    let image = VhdImage::open(file)?;
+    let image = VhdImage::open(storage)?;
     let Some((parent_id, names)) = image.parent() else {
         return image.into_reader(None);
     };
@@ -58,8 +58,14 @@ pub fn open(
             }
         };
         let parent_file = open_resolved(ReferenceKind::ParentLocator, name, &candidate)?;
-        let parent = open(parent_file, &candidate, allowed_dir, false, depth + 1)
-            .map_err(|e| e.in_file(&candidate))?;
+        let parent = open(
+            Arc::new(FileStorage::new(parent_file)?),
+            &candidate,
+            allowed_dir,
+            false,
+            depth + 1,
+        )
+        .map_err(|e| e.in_file(&candidate))?;
         if parent.image().footer.unique_id != parent_id {
             last_error = Error::malformed(
                 "vhd dynamic header",

@@ -1,7 +1,6 @@
 //! Reads fixed, dynamic and differencing VHDs as a virtual disk.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use byteorder::{BigEndian, ByteOrder};
@@ -16,12 +15,12 @@ use crate::block::{
     usize_len,
 };
 use crate::error::{Error, ReferenceKind, Result};
-use crate::io::{file_length, read_exact_at};
 use crate::limits::{MAX_LOCATOR_BYTES, VHD_BITMAP_CACHE};
+use crate::storage::{Storage, read_exact_at};
 
 /// A VHD's structures, read and checked, before any parent is attached.
 pub struct VhdImage {
-    file: File,
+    storage: Arc<dyn Storage>,
     pub footer: Footer,
     /// The footer copy at offset 0 was used because the one at the end is missing or damaged.
     pub footer_from_copy: bool,
@@ -42,19 +41,19 @@ pub struct Sparse {
 
 impl VhdImage {
     /// Reads and checks the footer, and for sparse disks the dynamic header and the BAT.
-    pub fn open(file: File) -> Result<VhdImage> {
-        let len = file_length(&file)?;
+    pub fn open(storage: Arc<dyn Storage>) -> Result<VhdImage> {
+        let len = storage.len();
         if len < FOOTER_SIZE as u64 {
             return Err(Error::truncated("vhd footer", 0, FOOTER_SIZE as u64, len));
         }
         let mut buf = [0u8; FOOTER_SIZE];
-        read_exact_at(&file, &mut buf, len - FOOTER_SIZE as u64, "vhd footer")?;
+        read_exact_at(&*storage, &mut buf, len - FOOTER_SIZE as u64, "vhd footer")?;
         let (footer, footer_from_copy) = match Footer::parse(&buf, len - FOOTER_SIZE as u64) {
             Ok(f) => (f, false),
             Err(at_end) => {
                 // Dynamic disks keep a copy at offset 0; a damaged or missing footer at the end
                 // (a truncated upload) can still be read through it.
-                read_exact_at(&file, &mut buf, 0, "vhd footer copy")?;
+                read_exact_at(&*storage, &mut buf, 0, "vhd footer copy")?;
                 match Footer::parse(&buf, 0) {
                     Ok(f) if f.disk_type != DiskType::Fixed => (f, true),
                     _ => return Err(at_end),
@@ -76,11 +75,11 @@ impl VhdImage {
                 None
             }
             DiskType::Dynamic | DiskType::Differencing => {
-                Some(read_sparse(&file, &footer, size, data_end)?)
+                Some(read_sparse(&*storage, &footer, size, data_end)?)
             }
         };
         Ok(VhdImage {
-            file,
+            storage,
             footer,
             footer_from_copy,
             size,
@@ -147,7 +146,7 @@ impl VhdImage {
 }
 
 /// Reads the dynamic header, parent locators and BAT, checking each against the file.
-fn read_sparse(file: &File, footer: &Footer, size: u64, data_end: u64) -> Result<Sparse> {
+fn read_sparse(storage: &dyn Storage, footer: &Footer, size: u64, data_end: u64) -> Result<Sparse> {
     let at = footer.data_offset;
     if at
         .checked_add(HEADER_SIZE as u64)
@@ -160,7 +159,7 @@ fn read_sparse(file: &File, footer: &Footer, size: u64, data_end: u64) -> Result
         ));
     }
     let mut buf = [0u8; HEADER_SIZE];
-    read_exact_at(file, &mut buf, at, "vhd dynamic header")?;
+    read_exact_at(storage, &mut buf, at, "vhd dynamic header")?;
     let header = DynamicHeader::parse(&buf, at)?;
     let block_size = u64::from(header.block_size);
     let blocks = size.div_ceil(block_size);
@@ -193,7 +192,7 @@ fn read_sparse(file: &File, footer: &Footer, size: u64, data_end: u64) -> Result
     }
     let bat_bytes = blocks * 4;
     let mut raw = vec![0u8; usize_len(bat_bytes)?];
-    read_exact_at(file, &mut raw, header.table_offset, "vhd BAT")?;
+    read_exact_at(storage, &mut raw, header.table_offset, "vhd BAT")?;
     let bat: Vec<u32> = raw.chunks_exact(4).map(BigEndian::read_u32).collect();
     let bitmap_size = header.bitmap_size();
     for (i, &entry) in bat.iter().enumerate() {
@@ -238,7 +237,7 @@ fn read_sparse(file: &File, footer: &Footer, size: u64, data_end: u64) -> Result
             }
             let mut data = vec![0u8; loc.platform_data_length as usize];
             read_exact_at(
-                file,
+                storage,
                 &mut data,
                 loc.platform_data_offset,
                 "vhd parent locator",
@@ -290,7 +289,7 @@ impl VhdReader {
         };
         let mut b = vec![0u8; usize_len(sparse.header.bitmap_size())?];
         read_exact_at(
-            &self.image.file,
+            &*self.image.storage,
             &mut b,
             u64::from(entry) * 512,
             "vhd block bitmap",
@@ -370,7 +369,7 @@ impl BlockReader for VhdReader {
             let to = from + usize_len(length)?;
             let part = &mut buf[from..to];
             match run {
-                Run::Stored(at) => read_exact_at(&self.image.file, part, at, "vhd block data"),
+                Run::Stored(at) => read_exact_at(&*self.image.storage, part, at, "vhd block data"),
                 Run::Absent => read_backing(self.parent.as_deref(), part, start),
             }
         })
@@ -381,7 +380,7 @@ impl BlockReader for VhdReader {
         if self.image.sparse.is_none() {
             // A fixed disk is a raw image with a footer: its file's holes are zero ranges, so a
             // conversion need not read them (qemu-img asks the file system too).
-            return crate::io::map_file_region(&self.image.file, offset, offset + len);
+            return crate::io::map_storage_region(&*self.image.storage, offset, offset + len);
         }
         let mut out = Vec::new();
         self.walk(offset, len, |start, length, run| {

@@ -13,7 +13,6 @@ pub mod sparse;
 pub mod stream;
 pub mod writer;
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,8 +24,8 @@ use sparse::{MAGIC, SECTOR, SparseExtent};
 use crate::OpenOptions;
 use crate::block::{BlockReader, usize_len};
 use crate::error::{Error, ReferenceKind, Result};
-use crate::io::{file_length, read_exact_at, read_up_to_at};
 use crate::references::{RefusedReference, open_backing, open_resolved, resolve};
+use crate::storage::{FileStorage, Storage, read_exact_at};
 
 pub use reader::VmdkReader;
 pub use stream::{StreamReader, StreamWriter};
@@ -41,10 +40,15 @@ const DEVICE_TYPES: [&str; 5] = [
 ];
 
 /// Opens the VMDK in `file` (named `path`), `depth` levels down a chain of delta disks.
-pub fn open(file: File, path: &Path, options: &OpenOptions, depth: usize) -> Result<VmdkReader> {
-    let file_len = file_length(&file)?;
+pub fn open(
+    file: Arc<dyn Storage>,
+    path: &Path,
+    options: &OpenOptions,
+    depth: usize,
+) -> Result<VmdkReader> {
+    let file_len = file.len();
     let mut magic = [0u8; 4];
-    let n = read_up_to_at(&file, &mut magic, 0)?;
+    let n = file.read_at(&mut magic, 0)?;
     if n == 4 && &magic == MAGIC {
         return open_sparse(file, file_len, path, options, depth);
     }
@@ -62,7 +66,7 @@ pub fn open(file: File, path: &Path, options: &OpenOptions, depth: usize) -> Res
         ));
     }
     let mut text = vec![0u8; usize_len(file_len)?];
-    read_exact_at(&file, &mut text, 0, "vmdk descriptor")?;
+    read_exact_at(&*file, &mut text, 0, "vmdk descriptor")?;
     let d = Descriptor::parse(&text, 0)?;
     check_create_type(&d)?;
     if d.extents.is_empty() {
@@ -92,7 +96,7 @@ pub fn open(file: File, path: &Path, options: &OpenOptions, depth: usize) -> Res
                     start += length;
                     continue;
                 };
-                let len = file_length(&f).map_err(|e| e.in_file(&p))?;
+                let len = f.len();
                 let offset = line.offset.checked_mul(SECTOR).ok_or_else(|| {
                     Error::malformed("vmdk descriptor extent", line.at, "offset overflows")
                 })?;
@@ -101,10 +105,7 @@ pub fn open(file: File, path: &Path, options: &OpenOptions, depth: usize) -> Res
                         Error::truncated("vmdk flat extent", offset, length, len).in_file(&p)
                     );
                 }
-                ExtentData::Flat {
-                    file: Arc::new(f),
-                    offset,
-                }
+                ExtentData::Flat { file: f, offset }
             }
             ExtentType::Sparse | ExtentType::VmfsSparse => {
                 let Some((f, p)) = open_extent(&name, path, options)? else {
@@ -118,13 +119,13 @@ pub fn open(file: File, path: &Path, options: &OpenOptions, depth: usize) -> Res
                     start += length;
                     continue;
                 };
-                let len = file_length(&f).map_err(|e| e.in_file(&p))?;
+                let len = f.len();
                 let mut m = [0u8; 4];
-                read_up_to_at(&f, &mut m, 0).map_err(|e| e.in_file(&p))?;
+                f.read_at(&mut m, 0).map_err(|e| e.in_file(&p))?;
                 if &m == b"COWD" {
                     return Err(Error::unsupported("ESX sparse (COWD) VMDK extents").in_file(&p));
                 }
-                let sparse = SparseExtent::open(Arc::new(f), len).map_err(|e| e.in_file(&p))?;
+                let sparse = SparseExtent::open(f, len).map_err(|e| e.in_file(&p))?;
                 if line.sectors > sparse.header.capacity {
                     return Err(Error::malformed(
                         "vmdk descriptor extent",
@@ -159,14 +160,14 @@ pub fn open(file: File, path: &Path, options: &OpenOptions, depth: usize) -> Res
 /// Opens a file that starts with a hosted sparse header: monolithicSparse, streamOptimized, or
 /// one extent of a split disk opened on its own.
 fn open_sparse(
-    file: File,
+    file: Arc<dyn Storage>,
     file_len: u64,
     path: &Path,
     options: &OpenOptions,
     depth: usize,
 ) -> Result<VmdkReader> {
-    let header = sparse::read_header(&file, file_len)?;
-    let descriptor = match sparse::read_embedded_descriptor(&file, file_len, &header)? {
+    let header = sparse::read_header(&*file, file_len)?;
+    let descriptor = match sparse::read_embedded_descriptor(&*file, file_len, &header)? {
         Some((text, at)) => Some(Descriptor::parse(&text, at)?),
         None => None,
     };
@@ -196,7 +197,7 @@ fn open_sparse(
         }
         parent = open_parent(d, path, options, depth)?;
     }
-    let extent = SparseExtent::open(Arc::new(file), file_len)?;
+    let extent = SparseExtent::open(file, file_len)?;
     let sectors = match descriptor.as_ref().and_then(|d| d.extents.first()) {
         Some(e) => e.sectors,
         None => extent.header.capacity,
@@ -249,12 +250,15 @@ fn open_extent(
     name: &str,
     path: &Path,
     options: &OpenOptions,
-) -> Result<Option<(File, std::path::PathBuf)>> {
+) -> Result<Option<(Arc<dyn Storage>, std::path::PathBuf)>> {
     let kind = ReferenceKind::Extent;
     let opened = match &options.allow_references {
         None => Err(Error::reference(kind, name)),
-        Some(dir) => resolve(kind, name, path, dir)
-            .and_then(|p| open_resolved(kind, name, &p).map(|f| (f, p))),
+        Some(dir) => resolve(kind, name, path, dir).and_then(|p| {
+            let f = open_resolved(kind, name, &p)?;
+            let storage = FileStorage::new(f).map_err(|e| e.in_file(&p))?;
+            Ok((Arc::new(storage) as Arc<dyn Storage>, p))
+        }),
     };
     match opened {
         Ok(x) => Ok(Some(x)),

@@ -2,7 +2,6 @@
 //! and the parent of a delta disk, where one is attached. Opening (which files, which checks)
 //! is in `mod.rs`; this file only reads.
 
-use std::fs::File;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -14,12 +13,12 @@ use crate::block::{
     usize_len,
 };
 use crate::error::{Error, ReferenceKind, Result};
-use crate::io::{file_runs, read_exact_at};
+use crate::storage::{Storage, data_runs, read_exact_at};
 
 /// Where an extent's sectors are.
 pub enum ExtentData {
     /// Plain sectors in `file` from byte `offset`.
-    Flat { file: Arc<File>, offset: u64 },
+    Flat { file: Arc<dyn Storage>, offset: u64 },
     /// Sectors that read as zeros.
     Zero,
     /// A hosted sparse extent.
@@ -59,7 +58,7 @@ pub struct VmdkReader {
 enum Run<'a> {
     /// Plain bytes at `at` in `file`.
     Stored {
-        file: &'a File,
+        file: &'a dyn Storage,
         at: u64,
         embedded: bool,
     },
@@ -129,7 +128,7 @@ impl VmdkReader {
                     pos,
                     stop - pos,
                     Run::Stored {
-                        file,
+                        file: &**file,
                         at: offset + (pos - extent.start),
                         embedded: extent.embedded,
                     },
@@ -176,7 +175,7 @@ impl VmdkReader {
 struct Held<'a> {
     start: u64,
     length: u64,
-    file: &'a File,
+    file: &'a dyn Storage,
     at: u64,
     embedded: bool,
 }
@@ -201,7 +200,7 @@ fn emit<'a>(
 ) -> Result<()> {
     if let Run::Stored { file, at, embedded } = run {
         if let Some(h) = held.as_mut()
-            && std::ptr::eq(h.file, file)
+            && std::ptr::addr_eq(h.file, file)
             && h.at + h.length == at
             && h.start + h.length == start
         {
@@ -282,7 +281,7 @@ impl BlockReader for VmdkReader {
                 // A flat extent (or a split sparse one) in its own file: its holes are zeros
                 // a conversion need not read. Offsets in another file would mislead.
                 Run::Stored { file, at, .. } => {
-                    for (host, n, state) in file_runs(file, at, at + length)? {
+                    for (host, n, state) in data_runs(file, at, at + length)? {
                         push_extent(&mut out, Extent::new(start + (host - at), n, state));
                     }
                 }

@@ -4,18 +4,17 @@
 //! little-endian; offsets are in 512-byte sectors. See formats/vmdk.md, "Hosted sparse extents".
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use byteorder::{ByteOrder, LittleEndian};
 
 use crate::block::usize_len;
 use crate::error::{Error, Result};
-use crate::io::read_exact_at;
 use crate::limits::{
     GT_CACHE, MAX_DESCRIPTOR_BYTES, MAX_GD_BYTES, MAX_GRAIN_SECTORS, MAX_GTES_PER_GT,
     MAX_VMDK_DISK_BYTES,
 };
+use crate::storage::{Storage, read_exact_at};
 
 pub const SECTOR: u64 = 512;
 pub const HEADER_SIZE: usize = 512;
@@ -236,7 +235,7 @@ pub enum Grain {
 
 /// A hosted sparse extent opened for random access: its header, GD, and a cache of GTs.
 pub struct SparseExtent {
-    file: Arc<File>,
+    file: Arc<dyn Storage>,
     file_len: u64,
     pub header: SparseHeader,
     /// The GD entries (sector offsets of GTs; 0 for none), each checked against the file.
@@ -249,7 +248,7 @@ pub struct SparseExtent {
 }
 
 /// Reads the header at offset 0 of a file of `file_len` bytes.
-pub fn read_header(file: &File, file_len: u64) -> Result<SparseHeader> {
+pub fn read_header(file: &dyn Storage, file_len: u64) -> Result<SparseHeader> {
     if file_len < HEADER_SIZE as u64 {
         return Err(Error::truncated(S, 0, HEADER_SIZE as u64, file_len));
     }
@@ -261,7 +260,7 @@ pub fn read_header(file: &File, file_len: u64) -> Result<SparseHeader> {
 /// Reads the embedded descriptor's bytes, if the header has one, after checking that it lies in
 /// the file and under the descriptor cap.
 pub fn read_embedded_descriptor(
-    file: &File,
+    file: &dyn Storage,
     file_len: u64,
     header: &SparseHeader,
 ) -> Result<Option<(Vec<u8>, u64)>> {
@@ -299,7 +298,11 @@ pub fn read_embedded_descriptor(
 /// Reads the footer of a streamOptimized extent whose header says [`GD_AT_END`]: a footer
 /// marker, the footer (a header copy with the real `gdOffset`) and the end-of-stream marker,
 /// in the file's last three sectors.
-pub fn read_footer(file: &File, file_len: u64, header: &SparseHeader) -> Result<SparseHeader> {
+pub fn read_footer(
+    file: &dyn Storage,
+    file_len: u64,
+    header: &SparseHeader,
+) -> Result<SparseHeader> {
     use super::stream::{Marker, MarkerType};
     const F: &str = "vmdk footer";
     if file_len < 4 * SECTOR || !file_len.is_multiple_of(SECTOR) {
@@ -343,8 +346,8 @@ pub fn read_footer(file: &File, file_len: u64, header: &SparseHeader) -> Result<
 impl SparseExtent {
     /// Opens the sparse extent in `file` (`file_len` bytes): header (and footer when the GD is
     /// at the end), then the GD, whose every GT must lie in the file.
-    pub fn open(file: Arc<File>, file_len: u64) -> Result<SparseExtent> {
-        let mut header = read_header(&file, file_len)?;
+    pub fn open(file: Arc<dyn Storage>, file_len: u64) -> Result<SparseExtent> {
+        let mut header = read_header(&*file, file_len)?;
         if header.gd_offset == GD_AT_END {
             if !header.compressed() || !header.has_markers() {
                 return Err(Error::malformed(
@@ -353,7 +356,7 @@ impl SparseExtent {
                     "grain directory at the end without compressed grains and markers",
                 ));
             }
-            header = read_footer(&file, file_len, &header)?;
+            header = read_footer(&*file, file_len, &header)?;
         }
         let entries = header.gd_entries();
         let gd_bytes = entries * 4;
@@ -379,7 +382,7 @@ impl SparseExtent {
                 )
             })?;
         let mut raw = vec![0u8; usize_len(gd_bytes)?];
-        read_exact_at(&file, &mut raw, gd_pos, "vmdk grain directory")?;
+        read_exact_at(&*file, &mut raw, gd_pos, "vmdk grain directory")?;
         let gd: Vec<u32> = raw.chunks_exact(4).map(LittleEndian::read_u32).collect();
         let gt_bytes = header.gt_bytes();
         for (i, &entry) in gd.iter().enumerate() {
@@ -407,8 +410,8 @@ impl SparseExtent {
     }
 
     /// The file holding the extent.
-    pub fn file(&self) -> &File {
-        &self.file
+    pub fn file(&self) -> &dyn Storage {
+        &*self.file
     }
 
     fn gt(&self, index: usize) -> Result<Option<Arc<Vec<u32>>>> {
@@ -423,7 +426,7 @@ impl SparseExtent {
         }
         let mut raw = vec![0u8; usize_len(self.header.gt_bytes())?];
         read_exact_at(
-            &self.file,
+            &*self.file,
             &mut raw,
             u64::from(entry) * SECTOR,
             "vmdk grain table",
@@ -505,7 +508,7 @@ impl SparseExtent {
         let needed = (self.header.disk_bytes() - grain_start).min(grain_bytes);
         let (data_at, size) = if self.header.has_markers() {
             let mut head = [0u8; 12];
-            read_exact_at(&self.file, &mut head, at, "vmdk grain marker")?;
+            read_exact_at(&*self.file, &mut head, at, "vmdk grain marker")?;
             let lba = LittleEndian::read_u64(&head[0..8]);
             let size = u64::from(LittleEndian::read_u32(&head[8..12]));
             let expected = index * self.header.grain_size;
@@ -538,7 +541,7 @@ impl SparseExtent {
         }
         let needed = usize_len(needed)?;
         crate::io::with_scratch(usize_len(size)?, |packed| {
-            read_exact_at(&self.file, packed, data_at, "vmdk compressed grain")?;
+            read_exact_at(&*self.file, packed, data_at, "vmdk compressed grain")?;
             inflate_grain(packed, out, needed, at)
         })
     }

@@ -8,9 +8,8 @@
 //! record, nothing inflated) to say which blocks hold data without checking that they decode.
 //! The format is described in `formats/zvhd.md`.
 
-use std::fs::File;
-use std::io::{self, Read, Seek};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress};
@@ -19,7 +18,8 @@ use crate::block::{
     BlockReader, BlockWriter, Chunk, ChunkStream, Extent, ExtentState, Piece, push_extent,
 };
 use crate::error::{Error, Result};
-use crate::io::{AppendSink, file_length};
+use crate::io::AppendSink;
+use crate::storage::{Storage, StorageReader, read_exact_at};
 
 use super::header::{self, FIELDS_LEN, Kind, ZvhdHeader, verify_checksum};
 use super::record::{self, RECORD_PREFIX, RecordHead};
@@ -49,8 +49,8 @@ pub struct ZvhdStream<R: Read + Send> {
     /// The file's length, when the source is a file.
     length: Option<u64>,
     header: ZvhdHeader,
-    /// A copy of the file to scan record heads with, for `info` (file sources only).
-    scan: Option<File>,
+    /// The image's storage, to scan record heads with for `info` (random-access sources only).
+    scan: Option<Arc<dyn Storage>>,
     /// File offset of the next page.
     pos: u64,
     /// Disk offset up to which chunks have been given.
@@ -65,10 +65,10 @@ pub struct ZvhdStream<R: Read + Send> {
     held: Option<Chunk>,
 }
 
-impl ZvhdStream<File> {
-    /// Opens a ZVHD file: checks its length and header.
-    pub fn open(file: File) -> Result<Self> {
-        let length = file_length(&file)?;
+impl ZvhdStream<StorageReader> {
+    /// Opens a ZVHD image in random-access storage: checks its length and header.
+    pub fn open(storage: Arc<dyn Storage>) -> Result<Self> {
+        let length = storage.len();
         if length < MIN_FILE_LEN {
             return Err(Error::truncated("zvhd file", 0, MIN_FILE_LEN, length));
         }
@@ -79,13 +79,8 @@ impl ZvhdStream<File> {
                 "length is not a whole number of 4096-byte pages",
             ));
         }
-        // Measuring a block device moves its cursor: read from the start.
-        (&file)
-            .seek(io::SeekFrom::Start(0))
-            .map_err(|e| Error::io("seek", e))?;
-        let scan = file.try_clone().ok();
-        let mut stream = ZvhdStream::start(file, Some(length))?;
-        stream.scan = scan;
+        let mut stream = ZvhdStream::start(StorageReader::new(storage.clone()), Some(length))?;
+        stream.scan = Some(storage);
         Ok(stream)
     }
 }
@@ -280,7 +275,7 @@ impl<R: Read + Send> ChunkStream for ZvhdStream<R> {
             "block-size": BLOCK_SIZE,
         });
         match &self.scan {
-            Some(file) => match scan_records(file) {
+            Some(storage) => match scan_records(&**storage) {
                 Ok(scan) => {
                     data["data-blocks"] = scan.data_blocks.into();
                     data["note"] = "ZVHD is one deflate stream: data-blocks comes from the record \
@@ -339,13 +334,13 @@ pub struct RecordScan {
 /// Walks a ZVHD file's record heads (one page read each, nothing inflated) and says which
 /// blocks hold data. The records' framing is checked as the reader checks it; their payloads
 /// are not.
-pub fn scan_records(file: &File) -> Result<RecordScan> {
-    let length = file_length(file)?;
+pub fn scan_records(file: &dyn Storage) -> Result<RecordScan> {
+    let length = file.len();
     if length < MIN_FILE_LEN {
         return Err(Error::truncated("zvhd file", 0, MIN_FILE_LEN, length));
     }
     let mut page = vec![0u8; PAGE as usize];
-    crate::io::read_exact_at(file, &mut page, 0, "zvhd header")?;
+    read_exact_at(file, &mut page, 0, "zvhd header")?;
     let mut fields = [0u8; FIELDS_LEN];
     fields.copy_from_slice(&page[..FIELDS_LEN]);
     let header = ZvhdHeader::decode(&fields);
@@ -359,7 +354,7 @@ pub fn scan_records(file: &File) -> Result<RecordScan> {
     let mut last: Option<u64> = None;
     let mut postfix = [0u8; 4];
     loop {
-        crate::io::read_exact_at(file, &mut page, pos, "zvhd record or footer")?;
+        read_exact_at(file, &mut page, pos, "zvhd record or footer")?;
         if !page.starts_with(&RECORD_PREFIX) {
             if page.starts_with(&header::ZVHD_COOKIE[..header::COOKIE_COMPARED]) {
                 break;
@@ -384,8 +379,7 @@ pub fn scan_records(file: &File) -> Result<RecordScan> {
             .checked_add(len)
             .filter(|&e| e <= length)
             .ok_or_else(|| Error::truncated("zvhd record", pos, len, length.saturating_sub(pos)))?;
-        file.read_exact_at(&mut postfix, end - 4)
-            .map_err(|e| Error::io("read", e))?;
+        read_exact_at(file, &mut postfix, end - 4, "zvhd record")?;
         if postfix != record::RECORD_POSTFIX {
             return Err(Error::malformed(
                 "zvhd record",
@@ -430,7 +424,7 @@ pub struct RecordMap {
 
 impl RecordMap {
     /// Scans `file`'s record heads.
-    pub fn open(file: &File) -> Result<Self> {
+    pub fn open(file: &dyn Storage) -> Result<Self> {
         Ok(RecordMap {
             scan: scan_records(file)?,
         })
@@ -760,7 +754,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.zvhd");
         std::fs::write(&path, TINY).unwrap();
-        let scan = scan_records(&File::open(&path).unwrap()).unwrap();
+        let scan = scan_records(&crate::storage::FileStorage::open(&path).unwrap()).unwrap();
         assert_eq!(scan.data_blocks, 2);
         let data: Vec<(u64, u64)> = scan
             .extents
@@ -770,14 +764,15 @@ mod tests {
             .collect();
         assert_eq!(data, vec![(0, BLOCK_SIZE), (2 * BLOCK_SIZE, BLOCK_SIZE)]);
         crate::block::check_map(&scan.extents, 0, 1 << 30).unwrap();
-        let map = RecordMap::open(&File::open(&path).unwrap()).unwrap();
+        let map = RecordMap::open(&crate::storage::FileStorage::open(&path).unwrap()).unwrap();
         let window = map.map(BLOCK_SIZE + 5, 2 * BLOCK_SIZE).unwrap();
         crate::block::check_map(&window, BLOCK_SIZE + 5, 2 * BLOCK_SIZE).unwrap();
         assert_eq!(window.len(), 3);
         assert_eq!(window[1].state, ExtentState::Data);
         let mut buf = [0u8; 512];
         assert_eq!(map.read_at(&mut buf, 0).unwrap_err().kind(), "unsupported");
-        let s = ZvhdStream::open(File::open(&path).unwrap()).unwrap();
+        let s =
+            ZvhdStream::open(Arc::new(crate::storage::FileStorage::open(&path).unwrap())).unwrap();
         let info = s.format_specific().unwrap();
         assert_eq!(info["data"]["data-blocks"], 2);
         assert_eq!(info["data"]["creation-time"], 1_700_000_000u64);

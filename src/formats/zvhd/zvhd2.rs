@@ -8,7 +8,6 @@
 //! before the first read; reads then fetch one entry and one record per block. The format is
 //! described in `formats/zvhd.md`.
 
-use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -18,7 +17,8 @@ use crate::block::{
     BlockReader, BlockWriter, Extent, ExtentState, Piece, UnitEncoder, check_range, push_extent,
 };
 use crate::error::{Error, Result};
-use crate::io::{AppendSink, file_length};
+use crate::io::AppendSink;
+use crate::storage::{MemoryStorage, Storage, read_exact_at};
 
 use super::header::{
     self, BITMAP_SEG_SIZE, BLOCKS_PER_BITMAP_SEG, FIELDS_LEN, INDEX_ENTRIES_PER_SEG,
@@ -39,41 +39,9 @@ const ZSTD_LEVEL: i32 = 3;
 /// Index bytes read at a time while checking the index at open.
 const INDEX_READ_CHUNK: usize = 64 << 10;
 
-/// Where the image's bytes are.
-enum Storage {
-    File(File),
-    Memory(Bytes),
-}
-
-impl Storage {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64, structure: &'static str) -> Result<()> {
-        match self {
-            Storage::File(f) => crate::io::read_exact_at(f, buf, offset, structure),
-            Storage::Memory(m) => {
-                let available = m.len() as u64;
-                let slice = usize::try_from(offset)
-                    .ok()
-                    .and_then(|start| m.get(start..start.checked_add(buf.len())?));
-                match slice {
-                    Some(s) => {
-                        buf.copy_from_slice(s);
-                        Ok(())
-                    }
-                    None => Err(Error::truncated(
-                        structure,
-                        offset,
-                        buf.len() as u64,
-                        available,
-                    )),
-                }
-            }
-        }
-    }
-}
-
 /// Reads a ZVHD2 image at any offset.
 pub struct Zvhd2Reader {
-    storage: Storage,
+    storage: Arc<dyn Storage>,
     footer: ZvhdHeader,
     compression: Zvhd2Compression,
     bitmap: Bitmap,
@@ -84,20 +52,20 @@ pub struct Zvhd2Reader {
 }
 
 impl Zvhd2Reader {
-    /// Opens a ZVHD2 file.
-    pub fn open(file: File) -> Result<Self> {
-        let length = file_length(&file)?;
-        Zvhd2Reader::from_storage(Storage::File(file), length)
+    /// Opens a ZVHD2 image.
+    pub fn open(storage: Arc<dyn Storage>) -> Result<Self> {
+        let length = storage.len();
+        Zvhd2Reader::from_storage(storage, length)
     }
 
     /// Opens a ZVHD2 image held in memory (for tests and fuzzing).
     pub fn from_bytes(bytes: impl Into<Bytes>) -> Result<Self> {
         let bytes = bytes.into();
         let length = bytes.len() as u64;
-        Zvhd2Reader::from_storage(Storage::Memory(bytes), length)
+        Zvhd2Reader::from_storage(Arc::new(MemoryStorage::new(bytes)), length)
     }
 
-    fn from_storage(storage: Storage, length: u64) -> Result<Self> {
+    fn from_storage(storage: Arc<dyn Storage>, length: u64) -> Result<Self> {
         if length < MIN_FILE_LEN {
             return Err(Error::truncated("zvhd2 file", 0, MIN_FILE_LEN, length));
         }
@@ -111,7 +79,7 @@ impl Zvhd2Reader {
         // The header: only its cookie and version count (the reference never checks its
         // checksum; a version of 0 would make it read the index fields from the header).
         let mut fields = [0u8; FIELDS_LEN];
-        storage.read_exact_at(&mut fields, 0, "zvhd2 header")?;
+        read_exact_at(&*storage, &mut fields, 0, "zvhd2 header")?;
         let head = ZvhdHeader::decode(&fields);
         head.check_cookie(Kind::Zvhd2, "zvhd2 header", 0)?;
         if head.zvhd2_version == 0 {
@@ -122,7 +90,7 @@ impl Zvhd2Reader {
             ));
         }
         let at = length - PAGE;
-        storage.read_exact_at(&mut fields, at, "zvhd2 footer")?;
+        read_exact_at(&*storage, &mut fields, at, "zvhd2 footer")?;
         let footer = ZvhdHeader::decode(&fields);
         footer.check_cookie(Kind::Zvhd2, "zvhd2 footer", at)?;
         verify_checksum(&fields, "zvhd2 footer", at)?;
@@ -137,7 +105,7 @@ impl Zvhd2Reader {
             ));
         }
         let mut bytes = vec![0u8; usize::try_from(bitmap_len).unwrap_or(0)];
-        storage.read_exact_at(&mut bytes, footer.bitmap_lba, "zvhd2 bitmap")?;
+        read_exact_at(&*storage, &mut bytes, footer.bitmap_lba, "zvhd2 bitmap")?;
         let bitmap = Bitmap::new(
             bytes,
             u64::from(footer.max_blk_num),
@@ -170,7 +138,7 @@ impl Zvhd2Reader {
             let bytes = usize::try_from(n * INDEX_ENTRY_LEN).unwrap_or(0);
             let chunk = buf.get_mut(..bytes).unwrap_or_default();
             let at = self.entry_offset(k)?;
-            self.storage.read_exact_at(chunk, at, "zvhd2 index")?;
+            read_exact_at(&*self.storage, chunk, at, "zvhd2 index")?;
             for (i, raw) in chunk.chunks_exact(INDEX_ENTRY_LEN as usize).enumerate() {
                 let entry_at = at + i as u64 * INDEX_ENTRY_LEN;
                 let mut fixed = [0u8; INDEX_ENTRY_LEN as usize];
@@ -235,15 +203,13 @@ impl Zvhd2Reader {
         let k = self.bitmap.rank(blk);
         let at = self.entry_offset(k)?;
         let mut raw = [0u8; INDEX_ENTRY_LEN as usize];
-        self.storage
-            .read_exact_at(&mut raw, at, "zvhd2 index entry")?;
+        read_exact_at(&*self.storage, &mut raw, at, "zvhd2 index entry")?;
         let entry = IndexEntry::decode(&raw);
         entry.check(blk, self.data_end, at)?;
         let len = u64::from(entry.blk_disk_size).min(MAX_ZVHD_RECORD_LEN);
         let mut rec = vec![0u8; usize::try_from(len).unwrap_or(0)];
         let offset = entry.blk_offset;
-        self.storage
-            .read_exact_at(&mut rec, offset, "zvhd2 record")?;
+        read_exact_at(&*self.storage, &mut rec, offset, "zvhd2 record")?;
         let head = RecordHead::decode(&rec, offset)?;
         if u64::from(head.blk) != blk {
             return Err(Error::malformed(
