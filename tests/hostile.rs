@@ -8,6 +8,7 @@
 
 mod common;
 
+use ims::References;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -1464,8 +1465,7 @@ fn polyglot_cases(b: &Bases) -> Vec<Case> {
 fn open_and_read(img: &Path, format: Option<Format>, allow: Option<&Path>) -> ims::Result<()> {
     let options = OpenOptions {
         format,
-        allow_references: allow.map(Path::to_path_buf),
-        defer_references: false,
+        references: allow.map_or(References::Deny, |d| References::Confined(d.to_path_buf())),
     };
     let image = ims::open(img, &options)?;
     // What `ims info` reports walks the format's own metadata (snapshots, locators, extents).

@@ -5,6 +5,7 @@
 
 mod common;
 
+use ims::References;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,7 +63,7 @@ fn open(path: &Path) -> ims::Result<Arc<dyn BlockReader>> {
 fn open_allowing(path: &Path, dir: &Path) -> ims::Result<Arc<dyn BlockReader>> {
     let options = OpenOptions {
         format: None,
-        allow_references: Some(dir.to_path_buf()),
+        references: References::Confined(dir.to_path_buf()),
         ..Default::default()
     };
     Ok(ims::open(path, &options)?.reader().expect("random access"))

@@ -4,6 +4,7 @@
 
 mod common;
 
+use ims::References;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -455,7 +456,7 @@ fn open_and_read(path: &Path, bytes: &[u8], allow: Option<&Path>) -> ims::Error 
     std::fs::write(path, bytes).unwrap();
     let options = OpenOptions {
         format: Some(ims::Format::Vmdk),
-        allow_references: allow.map(Path::to_path_buf),
+        references: allow.map_or(References::Deny, |d| References::Confined(d.to_path_buf())),
         ..Default::default()
     };
     let image = match ims::open(path, &options) {
@@ -801,7 +802,7 @@ fn descriptors_without_extents_deltas_and_devices_are_refused() {
     .unwrap();
     std::fs::write(&p, delta).unwrap();
     let options = OpenOptions {
-        allow_references: Some(dir.path().to_path_buf()),
+        references: References::Confined(dir.path().to_path_buf()),
         ..Default::default()
     };
     let image = ims::open(&p, &options).unwrap();
@@ -857,7 +858,7 @@ fn descriptors_without_extents_deltas_and_devices_are_refused() {
     assert!(data[1024 * 512..].iter().all(|&b| b == 7));
     // For info, a refused extent opens, is named, and fails only when read.
     let deferred = OpenOptions {
-        defer_references: true,
+        references: References::Defer,
         ..Default::default()
     };
     let image = ims::open(&p, &deferred).unwrap();

@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let storage = common::storage(data);
     if let Ok(reader) =
-        ims::formats::vhd::open(storage, std::path::Path::new("fuzz.vhd"), None, false, 0)
+        ims::formats::vhd::open(storage, std::path::Path::new("fuzz.vhd"), &Default::default())
     {
         common::exercise(&reader);
     }

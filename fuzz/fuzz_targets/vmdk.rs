@@ -8,7 +8,7 @@ mod common;
 
 use ims::formats::vmdk::descriptor::Descriptor;
 use ims::formats::vmdk::{self, StreamReader};
-use ims::{ChunkStream, OpenOptions};
+use ims::ChunkStream;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -38,8 +38,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(reader) = vmdk::open(
         common::storage(data),
         std::path::Path::new("fuzz.vmdk"),
-        &OpenOptions::default(),
-        0,
+        &Default::default(),
     ) {
         common::exercise(&reader);
     }

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use ims::compare::Comparison;
 use ims::{
-    CreateOptions, Error, ExtentState, Format, OpenOptions, PipelineOptions, Progress, Target,
+    CreateOptions, Error, ExtentState, Format, OpenOptions, PipelineOptions, Progress, References,
+    Target,
 };
 
 #[path = "ims/catalog.rs"]
@@ -177,8 +178,7 @@ fn open_options(
 ) -> ims::Result<OpenOptions> {
     Ok(OpenOptions {
         format: format.map(str::parse).transpose()?,
-        allow_references,
-        defer_references: false,
+        references: allow_references.map_or(References::Deny, References::Confined),
     })
 }
 
@@ -191,7 +191,9 @@ fn run(command: Command) -> ims::Result<()> {
         } => {
             // info names references (backing files, parents) without opening them.
             let mut options = open_options(input.format.as_deref(), input.allow_references)?;
-            options.defer_references = true;
+            if options.references == References::Deny {
+                options.references = References::Defer;
+            }
             let image = ims::open(&file, &options)?;
             let info = image.info();
             match output {

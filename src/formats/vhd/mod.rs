@@ -9,64 +9,48 @@ pub mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::block::BlockReader;
 use crate::error::{Error, ReferenceKind, Result};
-use crate::limits::MAX_CHAIN_DEPTH;
-use crate::references::{RefusedReference, open_resolved, resolve};
-use crate::storage::{FileStorage, Storage};
+use crate::formats::Format;
+use crate::resolve::{Reference, Resolver};
+use crate::storage::Storage;
+use footer::uuid_string;
 
 pub use reader::{VhdImage, VhdReader};
 
-/// Opens a VHD. A differencing disk's parent is followed only when `allowed_dir` is given, and
-/// then only to a VHD inside it, found by a relative locator or by the parent's name, whose
-/// unique id matches the one the child records. With `defer` and no directory, the reader
-/// opens and reading what the parent holds fails instead (for `info`).
-pub fn open(
-    storage: Arc<dyn Storage>,
-    path: &Path,
-    allowed_dir: Option<&Path>,
-    defer: bool,
-    depth: usize,
-) -> Result<VhdReader> {
+/// Opens a VHD. A differencing disk's parent is opened through `resolver`: only a VHD found by
+/// a relative locator or by the parent's name, whose unique id matches the one the child
+/// records. Absolute locators are never used.
+pub fn open(storage: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<VhdReader> {
     let image = VhdImage::open(storage)?;
     let Some((parent_id, names)) = image.parent() else {
         return image.into_reader(None);
     };
-    let Some(dir) = allowed_dir else {
-        let description = image.parent_description();
-        if defer {
-            let refused =
-                RefusedReference::new(ReferenceKind::ParentLocator, &description, image.size);
-            return image.into_reader(Some(Arc::new(refused)));
-        }
-        return Err(Error::reference(ReferenceKind::ParentLocator, description));
-    };
-    if depth >= MAX_CHAIN_DEPTH {
-        return Err(Error::limit(
-            "vhd parent chain",
-            0,
-            format!("more than {MAX_CHAIN_DEPTH} parents"),
-        ));
+    let description = image.parent_description();
+    if !resolver.follows() {
+        let reference = Reference::new(ReferenceKind::ParentLocator, description);
+        let parent = resolver.open_disk(&reference, path, image.size)?;
+        return image.into_reader(Some(parent));
     }
-    let mut last_error = Error::reference(ReferenceKind::ParentLocator, image.parent_description());
+    let want = uuid_string(&parent_id);
+    let mut last_error = Error::reference(ReferenceKind::ParentLocator, description);
     for name in &names {
-        let candidate = match resolve(ReferenceKind::ParentLocator, name, path, dir) {
+        let reference = Reference {
+            format: Some(Format::Vhd),
+            ..Reference::new(ReferenceKind::ParentLocator, name.clone())
+        };
+        let parent = match resolver.open_disk(&reference, path, image.size) {
             Ok(p) => p,
-            Err(e) => {
+            // Not there, or not allowed: the next name may be.
+            Err(e @ (Error::ExternalReference { .. } | Error::Io { .. })) => {
                 last_error = e;
                 continue;
             }
+            Err(e) => return Err(e),
         };
-        let parent_file = open_resolved(ReferenceKind::ParentLocator, name, &candidate)?;
-        let parent = open(
-            Arc::new(FileStorage::new(parent_file)?),
-            &candidate,
-            allowed_dir,
-            false,
-            depth + 1,
-        )
-        .map_err(|e| e.in_file(&candidate))?;
-        if parent.image().footer.unique_id != parent_id {
+        let unique_id = parent
+            .format_specific()
+            .and_then(|v| v["data"]["unique-id"].as_str().map(str::to_string));
+        if unique_id.as_deref() != Some(want.as_str()) {
             last_error = Error::malformed(
                 "vhd dynamic header",
                 40,
@@ -74,7 +58,7 @@ pub fn open(
             );
             continue;
         }
-        return image.into_reader(Some(Arc::new(parent) as Arc<dyn BlockReader>));
+        return image.into_reader(Some(parent));
     }
     Err(last_error)
 }

@@ -4,8 +4,7 @@
 //!
 //! Opening follows these rules: an embedded extent is always the image file itself (the name
 //! the descriptor gives it is never opened); extents in other files and the parent of a delta
-//! disk are opened only when [`OpenOptions::allow_references`] names a directory, and then only
-//! through [`crate::references`] (relative names inside that directory, regular files only).
+//! disk are opened only through the [`Resolver`], as the caller's policy allows.
 
 pub mod descriptor;
 pub mod reader;
@@ -21,11 +20,11 @@ use descriptor::{Descriptor, ExtentType};
 use reader::{ExtentData, VmdkExtent};
 use sparse::{MAGIC, SECTOR, SparseExtent};
 
-use crate::OpenOptions;
 use crate::block::{BlockReader, usize_len};
 use crate::error::{Error, ReferenceKind, Result};
-use crate::references::{RefusedReference, open_backing, open_resolved, resolve};
-use crate::storage::{FileStorage, Storage, read_exact_at};
+use crate::formats::Format;
+use crate::resolve::{Reference, Resolver};
+use crate::storage::{Storage, read_exact_at};
 
 pub use reader::VmdkReader;
 pub use stream::{StreamReader, StreamWriter};
@@ -39,18 +38,13 @@ const DEVICE_TYPES: [&str; 5] = [
     "vmfsPassthroughRawDeviceMap",
 ];
 
-/// Opens the VMDK in `file` (named `path`), `depth` levels down a chain of delta disks.
-pub fn open(
-    file: Arc<dyn Storage>,
-    path: &Path,
-    options: &OpenOptions,
-    depth: usize,
-) -> Result<VmdkReader> {
+/// Opens the VMDK in `file` (named `path`), with `resolver` deciding about other files.
+pub fn open(file: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<VmdkReader> {
     let file_len = file.len();
     let mut magic = [0u8; 4];
     let n = file.read_at(&mut magic, 0)?;
     if n == 4 && &magic == MAGIC {
-        return open_sparse(file, file_len, path, options, depth);
+        return open_sparse(file, file_len, path, resolver);
     }
     if n == 4 && &magic == b"COWD" {
         return Err(Error::unsupported("ESX sparse (COWD) VMDK extents"));
@@ -73,7 +67,7 @@ pub fn open(
         return Err(Error::malformed("vmdk descriptor", 0, "no extents"));
     }
     let size = disk_size(&d)?;
-    let parent = open_parent(&d, path, options, depth)?;
+    let parent = open_parent(&d, path, resolver)?;
     let mut extents = Vec::with_capacity(d.extents.len());
     let mut start = 0u64;
     for line in &d.extents {
@@ -85,7 +79,7 @@ pub fn open(
         let data = match line.kind {
             ExtentType::Zero => ExtentData::Zero,
             ExtentType::Flat | ExtentType::Vmfs => {
-                let Some((f, p)) = open_extent(&name, path, options)? else {
+                let Some((f, p)) = open_extent(&name, path, resolver)? else {
                     extents.push(VmdkExtent {
                         start,
                         length,
@@ -108,7 +102,7 @@ pub fn open(
                 ExtentData::Flat { file: f, offset }
             }
             ExtentType::Sparse | ExtentType::VmfsSparse => {
-                let Some((f, p)) = open_extent(&name, path, options)? else {
+                let Some((f, p)) = open_extent(&name, path, resolver)? else {
                     extents.push(VmdkExtent {
                         start,
                         length,
@@ -163,8 +157,7 @@ fn open_sparse(
     file: Arc<dyn Storage>,
     file_len: u64,
     path: &Path,
-    options: &OpenOptions,
-    depth: usize,
+    resolver: &Resolver,
 ) -> Result<VmdkReader> {
     let header = sparse::read_header(&*file, file_len)?;
     let descriptor = match sparse::read_embedded_descriptor(&*file, file_len, &header)? {
@@ -195,7 +188,7 @@ fn open_sparse(
                 ));
             }
         }
-        parent = open_parent(d, path, options, depth)?;
+        parent = open_parent(d, path, resolver)?;
     }
     let extent = SparseExtent::open(file, file_len)?;
     let sectors = match descriptor.as_ref().and_then(|d| d.extents.first()) {
@@ -243,56 +236,37 @@ fn disk_size(d: &Descriptor) -> Result<u64> {
         })
 }
 
-/// Opens the extent file `name` that the descriptor at `path` names, if references are allowed.
-/// A refused name is an error, or `None` when the options defer references (for `info`): the
-/// extent then fails every read.
+/// Opens the extent file `name` that the descriptor at `path` names, as `resolver` allows:
+/// `None` when it defers references (for `info`), and the extent then fails every read.
 fn open_extent(
     name: &str,
     path: &Path,
-    options: &OpenOptions,
+    resolver: &Resolver,
 ) -> Result<Option<(Arc<dyn Storage>, std::path::PathBuf)>> {
-    let kind = ReferenceKind::Extent;
-    let opened = match &options.allow_references {
-        None => Err(Error::reference(kind, name)),
-        Some(dir) => resolve(kind, name, path, dir).and_then(|p| {
-            let f = open_resolved(kind, name, &p)?;
-            let storage = FileStorage::new(f).map_err(|e| e.in_file(&p))?;
-            Ok((Arc::new(storage) as Arc<dyn Storage>, p))
-        }),
-    };
-    match opened {
-        Ok(x) => Ok(Some(x)),
-        Err(e @ Error::ExternalReference { .. }) if !options.defer_references => Err(e),
-        Err(Error::ExternalReference { .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
+    let reference = Reference::new(ReferenceKind::Extent, name);
+    Ok(resolver
+        .open_bytes(&reference, path)?
+        .map(|opened| (opened.storage, opened.path)))
 }
 
-/// The parent of a delta disk: refused unless references are allowed; then opened by its
-/// `parentFileNameHint` inside the allowed directory, and its CID must be the `parentCID`.
+/// The parent of a delta disk, opened through `resolver` by its `parentFileNameHint`; its CID
+/// must be the `parentCID`.
 fn open_parent(
     d: &Descriptor,
     path: &Path,
-    options: &OpenOptions,
-    depth: usize,
+    resolver: &Resolver,
 ) -> Result<Option<Arc<dyn BlockReader>>> {
     if !d.is_delta() {
         return Ok(None);
     }
-    let description = d
-        .parent_file_name_hint
-        .clone()
-        .unwrap_or_else(|| format!("parentCID={:08x}", d.parent_cid));
-    if options.allow_references.is_none() {
-        if options.defer_references {
-            let size = disk_size(d).unwrap_or(0);
-            return Ok(Some(Arc::new(RefusedReference::new(
-                ReferenceKind::BackingFile,
-                &description,
-                size,
-            ))));
-        }
-        return Err(Error::reference(ReferenceKind::BackingFile, description));
+    let size = disk_size(d).unwrap_or(0);
+    if !resolver.follows() {
+        let description = d
+            .parent_file_name_hint
+            .clone()
+            .unwrap_or_else(|| format!("parentCID={:08x}", d.parent_cid));
+        let reference = Reference::new(ReferenceKind::BackingFile, description);
+        return resolver.open_disk(&reference, path, size).map(Some);
     }
     let Some(hint) = &d.parent_file_name_hint else {
         return Err(Error::malformed(
@@ -301,7 +275,11 @@ fn open_parent(
             "a delta disk without parentFileNameHint",
         ));
     };
-    let parent = open_backing(hint, Some("vmdk"), path, options, depth)?;
+    let reference = Reference {
+        format: Some(Format::Vmdk),
+        ..Reference::new(ReferenceKind::BackingFile, hint.clone())
+    };
+    let parent = resolver.open_disk(&reference, path, size)?;
     let cid = parent
         .format_specific()
         .and_then(|v| v["data"]["cid"].as_u64());

@@ -1,23 +1,165 @@
-//! Following a reference from one image file to another (a QCOW2 backing file; later VMDK
-//! extents and VHD parents), which [`crate::open`] does only when the caller names a directory
-//! in [`OpenOptions::allow_references`](crate::OpenOptions::allow_references), and then only to
-//! regular files inside that directory.
+//! The one place where an image's references to other files (QCOW2 backing files, VHD parents,
+//! VMDK extents and parents) are opened. Formats only name a reference; the [`Resolver`] decides
+//! what happens to it under the caller's [`References`] policy:
+//!
+//! - [`References::Deny`] (the default): the image is refused with
+//!   [`Error::ExternalReference`] naming the reference.
+//! - [`References::Defer`]: the image opens, and whatever needs the reference fails when it is
+//!   read (`info` names references without opening them, as qemu-img does).
+//! - [`References::Confined`]: a reference is followed only to a regular file inside the one
+//!   named directory, at most [`MAX_CHAIN_DEPTH`] images deep (which also ends loops).
 //!
 //! A reference name is refused when it is empty, absolute, has a `..` component, looks like a
 //! protocol or JSON description (`nbd:`, `http:`, `json:{...}`: a colon before any slash, as
-//! qemu reads them), resolves (after following symbolic links) outside the directory, or is not
-//! a regular file. Chains are at most [`MAX_CHAIN_DEPTH`] images deep, which also ends loops.
+//! qemu reads them), resolves (after following symbolic links) outside the directory, is the
+//! referring image itself, or is not a regular file.
 
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use crate::OpenOptions;
-use crate::block::BlockReader;
+use crate::block::{BlockReader, Extent};
 use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::Format;
 use crate::limits::MAX_CHAIN_DEPTH;
+use crate::storage::{FileStorage, Storage};
+
+/// What may be done with an image's references to other files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum References {
+    /// Refuse an image that refers to another file.
+    #[default]
+    Deny,
+    /// Open the image; reading what lies in another file fails with the reference error.
+    Defer,
+    /// Follow references to regular files inside this one directory.
+    Confined(PathBuf),
+}
+
+/// A reference an image makes to another file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    /// What kind of reference it is.
+    pub kind: ReferenceKind,
+    /// The name as the image records it.
+    pub name: String,
+    /// The format the image records for it, if any.
+    pub format: Option<Format>,
+}
+
+impl Reference {
+    /// A reference of `kind` to `name`, of no recorded format.
+    pub fn new(kind: ReferenceKind, name: impl Into<String>) -> Reference {
+        Reference {
+            kind,
+            name: name.into(),
+            format: None,
+        }
+    }
+
+    /// The error that refuses this reference.
+    pub fn refused(&self) -> Error {
+        Error::reference(self.kind, self.name.clone())
+    }
+}
+
+/// Opens references under a [`References`] policy, counting how deep down a chain it is.
+#[derive(Debug, Clone, Default)]
+pub struct Resolver {
+    policy: References,
+    depth: usize,
+}
+
+/// A file opened through a reference, with the path it resolved to.
+pub(crate) struct Opened {
+    pub storage: Arc<dyn Storage>,
+    pub path: PathBuf,
+}
+
+impl Resolver {
+    /// A resolver at the top of a chain.
+    pub fn new(policy: References) -> Resolver {
+        Resolver { policy, depth: 0 }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &References {
+        &self.policy
+    }
+
+    /// Whether references may be opened at all.
+    pub fn follows(&self) -> bool {
+        matches!(self.policy, References::Confined(_))
+    }
+
+    /// Opens the disk an image stacks on (a backing file or parent) as a reader: under
+    /// [`References::Defer`] a stand-in of `size` bytes whose reads fail. The disk is opened
+    /// with this policy one level deeper, so its own references follow the same rules.
+    pub(crate) fn open_disk(
+        &self,
+        reference: &Reference,
+        referrer: &Path,
+        size: u64,
+    ) -> Result<Arc<dyn BlockReader>> {
+        if self.policy == References::Defer {
+            return Ok(Arc::new(RefusedReference::new(reference.clone(), size)));
+        }
+        let opened = self.open_file(reference, referrer)?;
+        let deeper = Resolver {
+            policy: self.policy.clone(),
+            depth: self.depth + 1,
+        };
+        let image =
+            crate::open::open_with(opened.storage, &opened.path, reference.format, &deeper)?;
+        let described = image.format();
+        image.reader().ok_or_else(|| {
+            Error::unsupported(format!(
+                "a {described} {} (it can only be read front to back)",
+                reference.kind
+            ))
+            .in_file(&opened.path)
+        })
+    }
+
+    /// Opens the bytes of another file (a VMDK extent). `None` under [`References::Defer`]: the
+    /// caller makes the part that lives there fail when it is read.
+    pub(crate) fn open_bytes(
+        &self,
+        reference: &Reference,
+        referrer: &Path,
+    ) -> Result<Option<Opened>> {
+        if self.policy == References::Defer {
+            return Ok(None);
+        }
+        self.open_file(reference, referrer).map(Some)
+    }
+
+    /// Resolves and opens the file a reference names, or refuses it.
+    fn open_file(&self, reference: &Reference, referrer: &Path) -> Result<Opened> {
+        let References::Confined(dir) = &self.policy else {
+            return Err(reference.refused());
+        };
+        if self.depth >= MAX_CHAIN_DEPTH {
+            return Err(Error::limit(
+                "reference chain",
+                0,
+                format!(
+                    "more than {MAX_CHAIN_DEPTH} images deep (a loop?) at {:?}",
+                    reference.name
+                ),
+            ));
+        }
+        let path = resolve(reference.kind, &reference.name, referrer, dir)?;
+        let file = open_resolved(reference.kind, &reference.name, &path)?;
+        let storage = FileStorage::new(file).map_err(|e| e.in_file(&path))?;
+        Ok(Opened {
+            storage: Arc::new(storage),
+            path,
+        })
+    }
+}
 
 /// Whether `name` names a protocol or a JSON description rather than a file: a colon before any
 /// slash.
@@ -31,7 +173,7 @@ fn has_protocol(name: &str) -> bool {
 /// Resolves `name`, a reference of `kind` made by the image at `referrer`, to the canonical
 /// path of a regular file inside `allowed_dir`. Relative names are taken relative to the
 /// referring image's directory, as qemu does.
-pub fn resolve(
+fn resolve(
     kind: ReferenceKind,
     name: &str,
     referrer: &Path,
@@ -76,7 +218,7 @@ pub fn resolve(
 /// Opens a resolved reference for reading, refusing anything that is not a regular file by
 /// the time it is opened: the last component is not followed if it became a symbolic link, and
 /// a FIFO does not block the open.
-pub fn open_resolved(kind: ReferenceKind, name: &str, path: &Path) -> Result<File> {
+fn open_resolved(kind: ReferenceKind, name: &str, path: &Path) -> Result<File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
@@ -91,66 +233,16 @@ pub fn open_resolved(kind: ReferenceKind, name: &str, path: &Path) -> Result<Fil
     Ok(file)
 }
 
-/// Opens the backing image `name` (of `format`, when the referring image records it; probed
-/// otherwise) that the image at `referrer`, itself `depth` levels down a chain, refers to,
-/// if `options` allow references. Its own references are followed under the same options.
-pub(crate) fn open_backing(
-    name: &str,
-    format: Option<&str>,
-    referrer: &Path,
-    options: &OpenOptions,
-    depth: usize,
-) -> Result<Arc<dyn BlockReader>> {
-    let kind = ReferenceKind::BackingFile;
-    let Some(dir) = &options.allow_references else {
-        return Err(Error::reference(kind, name));
-    };
-    if depth >= MAX_CHAIN_DEPTH {
-        return Err(Error::limit(
-            "backing chain",
-            0,
-            format!("more than {MAX_CHAIN_DEPTH} backing images (a loop?) at {name:?}"),
-        ));
-    }
-    let path = resolve(kind, name, referrer, dir)?;
-    let file = open_resolved(kind, name, &path)?;
-    let format = match format {
-        None => None,
-        Some(f) => Some(f.parse::<Format>().map_err(|_| {
-            Error::unsupported(format!("backing file format '{f}'")).in_file(&path)
-        })?),
-    };
-    let backing_options = OpenOptions {
-        format,
-        allow_references: options.allow_references.clone(),
-        defer_references: false,
-    };
-    let storage = crate::storage::FileStorage::new(file).map_err(|e| e.in_file(&path))?;
-    let image = crate::open_file(Arc::new(storage), &path, &backing_options, depth + 1)?;
-    let described = image.format();
-    image.reader().ok_or_else(|| {
-        Error::unsupported(format!(
-            "a {described} backing file (it can only be read front to back)"
-        ))
-        .in_file(&path)
-    })
-}
-
-/// Stands in for a file the open options do not let ims follow, so that an image can still be
-/// opened for `info`: every read or map of it fails with the reference error.
-pub struct RefusedReference {
-    kind: ReferenceKind,
-    name: String,
+/// Stands in for a disk the policy does not let ims open, so that an image can still be opened
+/// for `info`: every read or map of it fails with the reference error.
+struct RefusedReference {
+    reference: Reference,
     size: u64,
 }
 
 impl RefusedReference {
-    pub fn new(kind: ReferenceKind, name: &str, size: u64) -> Self {
-        RefusedReference {
-            kind,
-            name: name.to_string(),
-            size,
-        }
+    fn new(reference: Reference, size: u64) -> Self {
+        RefusedReference { reference, size }
     }
 }
 
@@ -160,11 +252,11 @@ impl BlockReader for RefusedReference {
     }
 
     fn read_at(&self, _buf: &mut [u8], _offset: u64) -> Result<()> {
-        Err(Error::reference(self.kind, self.name.clone()))
+        Err(self.reference.refused())
     }
 
-    fn map(&self, _offset: u64, _len: u64) -> Result<Vec<crate::block::Extent>> {
-        Err(Error::reference(self.kind, self.name.clone()))
+    fn map(&self, _offset: u64, _len: u64) -> Result<Vec<Extent>> {
+        Err(self.reference.refused())
     }
 }
 

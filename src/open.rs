@@ -1,0 +1,339 @@
+//! Opening an image: probe its format, open the format's reader over the image's storage, and
+//! name the image in every error. The one place that knows which reader each format has.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::block::{BlockReader, Chunk, ChunkStream, Extent};
+use crate::convert::Source;
+use crate::error::{Error, ReferenceKind, Result};
+use crate::formats::Format;
+use crate::formats::qcow2::{Qcow2Header, Qcow2OpenOptions, Qcow2Reader};
+use crate::formats::raw::RawReader;
+use crate::formats::zvhd::{Zvhd2Reader, ZvhdStream};
+use crate::formats::{vhd, vmdk};
+use crate::probe;
+use crate::resolve::{Reference, References, Resolver};
+use crate::storage::{FileStorage, Storage};
+
+/// How to open an image.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// The format, when the caller knows it; otherwise it is probed.
+    pub format: Option<Format>,
+    /// What to do with references to other files (backing files, extents, parents, data
+    /// files): refused by default.
+    pub references: References,
+}
+
+/// An opened image: its format and its disk.
+pub struct Image {
+    path: PathBuf,
+    format: Format,
+    source: Source,
+    file_length: u64,
+    allocated: u64,
+}
+
+impl Image {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn virtual_size(&self) -> u64 {
+        self.source.virtual_size()
+    }
+
+    /// The image file's length in bytes.
+    pub fn file_length(&self) -> u64 {
+        self.file_length
+    }
+
+    /// The random-access reader, for formats that have one.
+    pub fn reader(&self) -> Option<Arc<dyn BlockReader>> {
+        match &self.source {
+            Source::Random(r) => Some(r.clone()),
+            Source::Stream(_) => None,
+        }
+    }
+
+    /// The disk as the pipeline's source.
+    pub fn into_source(self) -> Source {
+        self.source
+    }
+
+    /// What `ims info` reports, in qemu-img's JSON shape.
+    pub fn info(&self) -> ImageInfo {
+        let format_specific = match &self.source {
+            Source::Random(r) => r.format_specific(),
+            Source::Stream(s) => s.format_specific(),
+        };
+        // Formats with a dirty state (qcow2's dirty bit) report it in their data.
+        let dirty_flag = format_specific
+            .as_ref()
+            .and_then(|f| f["data"]["dirty"].as_bool())
+            .unwrap_or(false);
+        // qemu-img also puts these at the top level, where tools look for them.
+        let field = |key: &str| {
+            format_specific
+                .as_ref()
+                .map(|f| f["data"][key].clone())
+                .filter(|v| !v.is_null())
+        };
+        ImageInfo {
+            virtual_size: self.virtual_size(),
+            filename: self.path.display().to_string(),
+            format: self.format.name(),
+            actual_size: self.allocated,
+            cluster_size: field("cluster-size").and_then(|v| v.as_u64()),
+            backing_filename: field("backing-filename")
+                .and_then(|v| v.as_str().map(str::to_string)),
+            backing_filename_format: field("backing-filename-format")
+                .and_then(|v| v.as_str().map(str::to_string)),
+            format_specific,
+            dirty_flag,
+        }
+    }
+}
+
+/// `ims info`'s answer; the field names are qemu-img's.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+    pub filename: String,
+    pub format: &'static str,
+    /// Bytes the file occupies on disk.
+    #[serde(rename = "actual-size")]
+    pub actual_size: u64,
+    #[serde(rename = "cluster-size", skip_serializing_if = "Option::is_none")]
+    pub cluster_size: Option<u64>,
+    #[serde(rename = "backing-filename", skip_serializing_if = "Option::is_none")]
+    pub backing_filename: Option<String>,
+    #[serde(
+        rename = "backing-filename-format",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backing_filename_format: Option<String>,
+    #[serde(rename = "format-specific", skip_serializing_if = "Option::is_none")]
+    pub format_specific: Option<serde_json::Value>,
+    #[serde(rename = "dirty-flag")]
+    pub dirty_flag: bool,
+}
+
+/// Opens an image file, probing its format unless `options` names it.
+pub fn open(path: &Path, options: &OpenOptions) -> Result<Image> {
+    let storage = Arc::new(FileStorage::open(path)?);
+    open_storage(storage, path, options)
+}
+
+/// Opens an image whose bytes `storage` serves (memory, an object store, a caller's cache),
+/// probing its format unless `options` names it. `name` names the image in errors and is the
+/// place relative to which references to other files are resolved, when they are allowed.
+pub fn open_storage(
+    storage: Arc<dyn Storage>,
+    name: &Path,
+    options: &OpenOptions,
+) -> Result<Image> {
+    open_with(
+        storage,
+        name,
+        options.format,
+        &Resolver::new(options.references.clone()),
+    )
+}
+
+/// Opens an image arriving on a stream (a pipe, stdin, an upload) that can only be read front
+/// to back. The format must be named: there is nothing to probe without reading. Only formats
+/// whose layout allows it can be read this way (streamOptimized VMDK, ZVHD, raw of a known size
+/// cannot: its size is unknown).
+pub fn open_stream(
+    input: Box<dyn std::io::Read + Send>,
+    format: Format,
+    name: &str,
+) -> Result<Image> {
+    let source = stream_source(input, format).map_err(|e| e.in_file(Path::new(name)))?;
+    Ok(Image {
+        path: PathBuf::from(name),
+        format,
+        source: named(source, Path::new(name)),
+        file_length: 0,
+        allocated: 0,
+    })
+}
+
+/// The stream reader of each format that has one.
+fn stream_source(input: Box<dyn std::io::Read + Send>, format: Format) -> Result<Source> {
+    match format {
+        Format::Zvhd => Ok(Source::Stream(Box::new(
+            crate::formats::zvhd::ZvhdStream::new(input)?,
+        ))),
+        Format::Vmdk => Ok(Source::Stream(Box::new(
+            crate::formats::vmdk::StreamReader::new(input)?,
+        ))),
+        other => {
+            drop(input);
+            Err(Error::unsupported(format!(
+                "{other} images cannot be read from a stream; give a file"
+            )))
+        }
+    }
+}
+
+/// Opens the image `storage` serves, named `path`, of `format` (probed when `None`), with
+/// `resolver` deciding about its references.
+pub(crate) fn open_with(
+    storage: Arc<dyn Storage>,
+    path: &Path,
+    format: Option<Format>,
+    resolver: &Resolver,
+) -> Result<Image> {
+    let file_length = storage.len();
+    let allocated = storage.allocated().unwrap_or(0);
+    let format = match format {
+        Some(f) => f,
+        None => probe::probe_storage(&*storage).map_err(|e| e.in_file(path))?,
+    };
+    let source = open_source(storage, path, format, resolver).map_err(|e| e.in_file(path))?;
+    Ok(Image {
+        path: path.to_path_buf(),
+        format,
+        source: named(source, path),
+        file_length,
+        allocated,
+    })
+}
+
+/// Each format's reader.
+fn open_source(
+    storage: Arc<dyn Storage>,
+    path: &Path,
+    format: Format,
+    resolver: &Resolver,
+) -> Result<Source> {
+    Ok(match format {
+        Format::Raw => Source::Random(Arc::new(RawReader::new(storage))),
+        Format::Qcow2 => Source::Random(Arc::new(open_qcow2(storage, path, resolver)?)),
+        Format::Vhd => Source::Random(Arc::new(vhd::open(storage, path, resolver)?)),
+        Format::Zvhd => Source::Stream(Box::new(ZvhdStream::open(storage)?)),
+        Format::Zvhd2 => Source::Random(Arc::new(Zvhd2Reader::open(storage)?)),
+        Format::Vmdk => Source::Random(Arc::new(vmdk::open(storage, path, resolver)?)),
+    })
+}
+
+/// Opens a QCOW2 image with its backing disk, as `resolver` allows. An external data file is
+/// refused: as a reference, or as unsupported where references may be followed.
+fn open_qcow2(storage: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<Qcow2Reader> {
+    let header = Qcow2Header::read(&*storage)?;
+    if resolver.follows() && header.data_file().is_some() {
+        return Err(Error::unsupported(
+            "qcow2 images with an external data file",
+        ));
+    }
+    let mut qcow2_options = Qcow2OpenOptions::default();
+    if let Some(name) = header.backing_file() {
+        let mut reference = Reference::new(ReferenceKind::BackingFile, name);
+        if resolver.follows() {
+            reference.format = header
+                .backing_format()
+                .map(|f| {
+                    f.parse::<Format>()
+                        .map_err(|_| Error::unsupported(format!("backing file format '{f}'")))
+                })
+                .transpose()?;
+        }
+        qcow2_options.backing = Some(resolver.open_disk(&reference, path, header.header.size)?);
+    }
+    Qcow2Reader::open(storage, &qcow2_options)
+}
+
+/// What `ims check` found.
+pub enum CheckOutcome {
+    /// The image was checked; the report lists what is wrong, if anything.
+    Checked(crate::formats::qcow2::check::CheckReport),
+    /// The format has nothing to check (raw), as qemu-img says of it.
+    NotSupported(Format),
+}
+
+/// Checks an image's consistency: QCOW2 refcounts and tables in full (as `qemu-img check`);
+/// for the other formats, every structure that opening and mapping the whole disk validates.
+pub fn check(path: &Path, options: &OpenOptions) -> Result<CheckOutcome> {
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage::open(path)?);
+    let format = match options.format {
+        Some(f) => f,
+        None => probe::probe_storage(&*storage).map_err(|e| e.in_file(path))?,
+    };
+    match format {
+        Format::Raw => Ok(CheckOutcome::NotSupported(format)),
+        Format::Qcow2 => crate::formats::qcow2::check::check(&*storage)
+            .map(CheckOutcome::Checked)
+            .map_err(|e| e.in_file(path)),
+        _ => {
+            let resolver = Resolver::new(options.references.clone());
+            let image = open_with(storage, path, Some(format), &resolver)?;
+            let mut stream = image.into_source().into_stream(4 << 20);
+            // Walking the stream validates every table the map consults (and, for stream-only
+            // formats, every record).
+            while stream.next_chunk()?.is_some() {}
+            Ok(CheckOutcome::Checked(Default::default()))
+        }
+    }
+}
+
+/// Wraps a source so that its errors name `path`.
+fn named(source: Source, path: &Path) -> Source {
+    let path = path.to_path_buf();
+    match source {
+        Source::Random(inner) => Source::Random(Arc::new(NamedReader { path, inner })),
+        Source::Stream(inner) => Source::Stream(Box::new(NamedStream { path, inner })),
+    }
+}
+
+/// A reader whose errors name the file it reads.
+struct NamedReader {
+    path: PathBuf,
+    inner: Arc<dyn BlockReader>,
+}
+
+impl BlockReader for NamedReader {
+    fn virtual_size(&self) -> u64 {
+        self.inner.virtual_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.inner
+            .read_at(buf, offset)
+            .map_err(|e| e.in_file(&self.path))
+    }
+    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.inner
+            .map(offset, len)
+            .map_err(|e| e.in_file(&self.path))
+    }
+    fn format_specific(&self) -> Option<serde_json::Value> {
+        self.inner.format_specific()
+    }
+}
+
+/// A chunk stream whose errors name the file it reads.
+struct NamedStream {
+    path: PathBuf,
+    inner: Box<dyn ChunkStream>,
+}
+
+impl ChunkStream for NamedStream {
+    fn virtual_size(&self) -> u64 {
+        self.inner.virtual_size()
+    }
+    fn next_chunk(&mut self) -> Result<Option<Chunk>> {
+        self.inner.next_chunk().map_err(|e| e.in_file(&self.path))
+    }
+    fn format_specific(&self) -> Option<serde_json::Value> {
+        self.inner.format_specific()
+    }
+}
