@@ -64,7 +64,6 @@ fn open_allowing(path: &Path, dir: &Path) -> ims::Result<Arc<dyn BlockReader>> {
     let options = OpenOptions {
         format: None,
         references: References::Confined(dir.to_path_buf()),
-        ..Default::default()
     };
     Ok(ims::open(path, &options)?.reader().expect("random access"))
 }

@@ -457,7 +457,6 @@ fn open_and_read(path: &Path, bytes: &[u8], allow: Option<&Path>) -> ims::Error 
     let options = OpenOptions {
         format: Some(ims::Format::Vmdk),
         references: allow.map_or(References::Deny, |d| References::Confined(d.to_path_buf())),
-        ..Default::default()
     };
     let image = match ims::open(path, &options) {
         Ok(i) => i,
