@@ -30,11 +30,13 @@ pub mod compress;
 pub mod convert;
 pub mod error;
 pub mod formats;
+#[cfg(feature = "inspect")]
 pub mod inspect;
 pub mod io;
 pub mod limits;
 pub mod open;
 pub mod probe;
+#[cfg(feature = "inspect")]
 pub mod register;
 pub mod resolve;
 pub mod storage;
@@ -252,6 +254,7 @@ pub fn convert(
 /// Registers the image file `file` as a private image of `scope` in the catalog under `home`
 /// (an SQLite file and a store directory, made when absent) and returns its active record; see
 /// [`register`](mod@register) for the flow, the rules and the rest of the catalog.
+#[cfg(feature = "sqlite")]
 pub fn register(
     home: &Path,
     scope: &register::Scope,

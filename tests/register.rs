@@ -1181,6 +1181,8 @@ fn assert_consistent(home: &Path, name: &str) {
     }
 }
 
+// Needs the hook: `cargo test --features fault-injection --test register` (.ci/run runs it).
+#[cfg(feature = "fault-injection")]
 #[test]
 fn registration_killed_at_each_point_leaves_a_consistent_catalog() {
     let dir = tempfile::tempdir().unwrap();
@@ -1210,6 +1212,37 @@ fn registration_killed_at_each_point_leaves_a_consistent_catalog() {
     assert_eq!(keep[0]["status"], "active");
     // The catalog still works: a registration after the crashes succeeds.
     register(&home, &disk, "after", &["--type", "data"]);
+}
+
+/// Without `fault-injection` the hook is not there: the variable is ignored.
+#[cfg(not(feature = "fault-injection"))]
+#[test]
+fn the_crash_variable_is_ignored_without_fault_injection() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let home = d.join("home");
+    let disk = d.join("disk.raw");
+    random_raw(&disk, 8 * MIB, 4, 1);
+    for point in ["after-insert", "mid-write", "after-write", "after-commit"] {
+        let name = format!("crash-{point}");
+        let out = Command::new(env!("CARGO_BIN_EXE_ims"))
+            .args(["register", s(&disk), "--name", &name, "--type", "data"])
+            .env("IMS_HOME", &home)
+            .env("IMS_PROJECT", "owner")
+            .env("IMS_REGION", "r1")
+            .env("IMS_TEST_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            list(&home, "owner", &["--name", &name])[0]["status"],
+            "active"
+        );
+    }
 }
 
 /// Starts `ims register` of `disk` and waits until its data file exists.

@@ -24,13 +24,16 @@ pub mod sharing;
 pub mod store;
 
 use std::cmp::Ordering;
+#[cfg(feature = "sqlite")]
 use std::path::Path;
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-pub use catalog::{Catalog, SqliteCatalog};
+pub use catalog::Catalog;
+#[cfg(feature = "sqlite")]
+pub use catalog::SqliteCatalog;
 pub use record::{
     Checksum, Features, ImageRecord, ImageType, Member, MemberStatus, Status, Visibility,
 };
@@ -111,6 +114,7 @@ impl Ims {
     /// when absent, with the limits of `HOME/limits.json` when it exists (for example
     /// `{"max_file_size": 137438953472, "private_image_quota": 50}`); then recovers from
     /// interrupted registrations.
+    #[cfg(feature = "sqlite")]
     pub fn open(home: &Path) -> Result<Ims> {
         std::fs::create_dir_all(home)
             .map_err(|e| Error::io("create directory", e).in_file(home))?;

@@ -88,10 +88,27 @@ pub struct Registered {
 
 /// Crash-test hook: with `IMS_TEST_CRASH_AT=POINT` in the environment the process aborts at
 /// that point (`after-insert`, `mid-write`, `after-write`, `after-commit`), as a kill would.
+/// Only with the `fault-injection` feature; otherwise it is nothing and the variable is never
+/// read.
+#[cfg(feature = "fault-injection")]
 fn crash_point(point: &str) {
     if std::env::var("IMS_TEST_CRASH_AT").is_ok_and(|p| p == point) {
         std::process::abort();
     }
+}
+
+/// Whether a crash point is set, so that the sink checks its position for `mid-write`.
+#[cfg(feature = "fault-injection")]
+fn crash_armed() -> bool {
+    std::env::var_os("IMS_TEST_CRASH_AT").is_some()
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn crash_point(_point: &str) {}
+
+#[cfg(not(feature = "fault-injection"))]
+fn crash_armed() -> bool {
+    false
 }
 
 /// The SHA-256 and SHA-512 of bytes as they go by.
@@ -416,7 +433,7 @@ impl Ims {
             Target::Stream(Box::new(HashingSink {
                 inner: FileSink::from_file(file).durable(true),
                 hashes: hashes.clone(),
-                crash_armed: std::env::var_os("IMS_TEST_CRASH_AT").is_some(),
+                crash_armed: crash_armed(),
             }))
         } else {
             Target::File(upload.path.clone())

@@ -2,8 +2,10 @@
 //! embedded default (one SQLite file). A server database can implement the same trait; the
 //! rules never know which is in use.
 
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteCatalog;
 
 use crate::error::Result;
