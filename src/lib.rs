@@ -41,7 +41,7 @@ pub mod register;
 pub mod resolve;
 pub mod storage;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub use block::{BlockReader, BlockWriter, Chunk, ChunkStream, Extent, ExtentState, Piece};
 pub use convert::{PipelineOptions, Progress, Source};
@@ -256,9 +256,9 @@ pub fn convert(
 /// [`register`](mod@register) for the flow, the rules and the rest of the catalog.
 #[cfg(feature = "sqlite")]
 pub fn register(
-    home: &Path,
+    home: &std::path::Path,
     scope: &register::Scope,
-    file: &Path,
+    file: &std::path::Path,
     request: &register::RegisterRequest,
 ) -> Result<register::Registered> {
     register::Ims::open(home)?.register(scope, file, request, &mut |_| {})
