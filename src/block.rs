@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::formats::info::FormatInfo;
 
 /// What a range of the virtual disk holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,8 +108,8 @@ pub trait BlockReader: Send + Sync {
     /// gaps. Adjacent extents may or may not be merged.
     fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>>;
 
-    /// The format-specific part of `info`, in qemu-img's shape (`{"type": .., "data": {..}}`).
-    fn format_specific(&self) -> Option<serde_json::Value> {
+    /// The format-specific part of `info`.
+    fn info(&self) -> Option<FormatInfo> {
         None
     }
 }
@@ -238,7 +239,7 @@ pub trait ChunkStream: Send {
     fn next_chunk(&mut self) -> Result<Option<Chunk>>;
 
     /// The format-specific part of `info`.
-    fn format_specific(&self) -> Option<serde_json::Value> {
+    fn info(&self) -> Option<FormatInfo> {
         None
     }
 }
@@ -250,8 +251,8 @@ impl<S: ChunkStream + ?Sized> ChunkStream for Box<S> {
     fn next_chunk(&mut self) -> Result<Option<Chunk>> {
         (**self).next_chunk()
     }
-    fn format_specific(&self) -> Option<serde_json::Value> {
-        (**self).format_specific()
+    fn info(&self) -> Option<FormatInfo> {
+        (**self).info()
     }
 }
 
@@ -313,8 +314,8 @@ impl ChunkStream for ReaderChunks {
         Ok(Some(chunk))
     }
 
-    fn format_specific(&self) -> Option<serde_json::Value> {
-        self.reader.format_specific()
+    fn info(&self) -> Option<FormatInfo> {
+        self.reader.info()
     }
 }
 
@@ -595,8 +596,8 @@ impl<S: ChunkStream> ChunkStream for UnitAligner<S> {
         }
     }
 
-    fn format_specific(&self) -> Option<serde_json::Value> {
-        self.inner.format_specific()
+    fn info(&self) -> Option<FormatInfo> {
+        self.inner.info()
     }
 }
 

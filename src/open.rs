@@ -10,6 +10,7 @@ use crate::block::{BlockReader, Chunk, ChunkStream, Extent};
 use crate::convert::Source;
 use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::Format;
+use crate::formats::info::FormatInfo;
 use crate::formats::qcow2::{Qcow2Header, Qcow2OpenOptions, Qcow2Reader};
 use crate::formats::raw::RawReader;
 use crate::formats::zvhd::{Zvhd2Reader, ZvhdStream};
@@ -71,33 +72,21 @@ impl Image {
     /// What `ims info` reports, in qemu-img's JSON shape.
     pub fn info(&self) -> ImageInfo {
         let format_specific = match &self.source {
-            Source::Random(r) => r.format_specific(),
-            Source::Stream(s) => s.format_specific(),
+            Source::Random(r) => r.info(),
+            Source::Stream(s) => s.info(),
         };
-        // Formats with a dirty state (qcow2's dirty bit) report it in their data.
-        let dirty_flag = format_specific
-            .as_ref()
-            .and_then(|f| f["data"]["dirty"].as_bool())
-            .unwrap_or(false);
         // qemu-img also puts these at the top level, where tools look for them.
-        let field = |key: &str| {
-            format_specific
-                .as_ref()
-                .map(|f| f["data"][key].clone())
-                .filter(|v| !v.is_null())
-        };
+        let backing = format_specific.as_ref().and_then(FormatInfo::backing_file);
         ImageInfo {
             virtual_size: self.virtual_size(),
             filename: self.path.display().to_string(),
             format: self.format.name(),
             actual_size: self.allocated,
-            cluster_size: field("cluster-size").and_then(|v| v.as_u64()),
-            backing_filename: field("backing-filename")
-                .and_then(|v| v.as_str().map(str::to_string)),
-            backing_filename_format: field("backing-filename-format")
-                .and_then(|v| v.as_str().map(str::to_string)),
+            cluster_size: format_specific.as_ref().and_then(FormatInfo::cluster_size),
+            backing_filename: backing.map(|(name, _)| name.to_string()),
+            backing_filename_format: backing.and_then(|(_, f)| f.map(str::to_string)),
+            dirty_flag: format_specific.as_ref().is_some_and(FormatInfo::dirty),
             format_specific,
-            dirty_flag,
         }
     }
 }
@@ -122,7 +111,7 @@ pub struct ImageInfo {
     )]
     pub backing_filename_format: Option<String>,
     #[serde(rename = "format-specific", skip_serializing_if = "Option::is_none")]
-    pub format_specific: Option<serde_json::Value>,
+    pub format_specific: Option<FormatInfo>,
     #[serde(rename = "dirty-flag")]
     pub dirty_flag: bool,
 }
@@ -315,8 +304,8 @@ impl BlockReader for NamedReader {
             .map(offset, len)
             .map_err(|e| e.in_file(&self.path))
     }
-    fn format_specific(&self) -> Option<serde_json::Value> {
-        self.inner.format_specific()
+    fn info(&self) -> Option<FormatInfo> {
+        self.inner.info()
     }
 }
 
@@ -333,7 +322,7 @@ impl ChunkStream for NamedStream {
     fn next_chunk(&mut self) -> Result<Option<Chunk>> {
         self.inner.next_chunk().map_err(|e| e.in_file(&self.path))
     }
-    fn format_specific(&self) -> Option<serde_json::Value> {
-        self.inner.format_specific()
+    fn info(&self) -> Option<FormatInfo> {
+        self.inner.info()
     }
 }

@@ -261,7 +261,11 @@ fn format_specific_matches_qemu_img_info() {
         qemu_img(&["create", "-q", "-f", "qcow2", "-o", opts, s(&img), "64M"]);
         let info = qemu_img(&["info", "--output", "json", s(&img)]);
         let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-        let ours = open(&img).unwrap().format_specific().unwrap();
+        let ours = open(&img)
+            .unwrap()
+            .info()
+            .map(|i| serde_json::to_value(i).unwrap())
+            .unwrap();
         assert_eq!(ours["type"], "qcow2");
         assert_eq!(ours["data"]["compat"], compat);
         for (key, value) in info["format-specific"]["data"].as_object().unwrap() {
@@ -382,7 +386,7 @@ fn corrupt_and_dirty_images_are_readable() {
     drop(f);
     let r = open(&img).unwrap();
     assert_eq!(read_all(r.as_ref()).unwrap(), expected);
-    let info = r.format_specific().unwrap();
+    let info = r.info().map(|i| serde_json::to_value(i).unwrap()).unwrap();
     assert_eq!(info["data"]["corrupt"], true);
     assert_eq!(info["data"]["dirty"], true);
 }
@@ -409,7 +413,7 @@ fn internal_snapshots_are_listed() {
     qemu_img(&["snapshot", "-c", "first", s(&img)]);
     qemu_img(&["snapshot", "-c", "second one", s(&img)]);
     let r = open(&img).unwrap();
-    let info = r.format_specific().unwrap();
+    let info = r.info().map(|i| serde_json::to_value(i).unwrap()).unwrap();
     let snaps = info["data"]["snapshots"].as_array().unwrap();
     assert_eq!(snaps.len(), 2);
     assert_eq!(snaps[0]["name"], "first");
@@ -525,7 +529,7 @@ fn backing_chain_refused_by_default_and_read_when_allowed() {
     check_small_reads(r.as_ref(), &expected);
     // qemu-img map walks the chain too; it reports host offsets in the backing file, ims none.
     assert_eq!(ims_map(r.as_ref(), true), without_offsets(qemu_map(&child)));
-    let info = r.format_specific().unwrap();
+    let info = r.info().map(|i| serde_json::to_value(i).unwrap()).unwrap();
     assert_eq!(info["data"]["backing-filename"], "base.qcow2");
     assert_eq!(info["data"]["backing-filename-format"], "qcow2");
 }
@@ -579,7 +583,8 @@ fn backing_chain_with_a_raw_base_and_no_format() {
     assert_eq!(
         open_allowing(&top, dir.path())
             .unwrap()
-            .format_specific()
+            .info()
+            .map(|i| serde_json::to_value(i).unwrap())
             .unwrap()["data"]
             .get("backing-filename-format"),
         None

@@ -15,7 +15,7 @@ const MAX_CHUNKS: usize = 64;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(mut stream) = ZvhdStream::new(data) {
-        let _ = stream.format_specific();
+        let _ = stream.info();
         let size = stream.virtual_size();
         let mut pos = 0;
         for _ in 0..MAX_CHUNKS {

@@ -209,6 +209,8 @@ fn run(command: Command) -> ims::Result<()> {
                     println!("disk size: {}", human_size(info.actual_size));
                     if let Some(fs) = &info.format_specific {
                         println!("Format specific information:");
+                        let fs = serde_json::to_value(fs)
+                            .map_err(|e| Error::InvalidArgument(format!("info: {e}")))?;
                         if let Some(data) = fs.get("data").and_then(|d| d.as_object()) {
                             for (k, v) in data {
                                 println!("    {k}: {}", v.to_string().trim_matches('"'));

@@ -1,6 +1,7 @@
 //! The image formats. Each one lives in its own module and talks to the rest of the crate only
 //! through the traits in [`crate::block`].
 
+pub mod info;
 pub mod qcow2;
 pub mod raw;
 pub mod vhd;

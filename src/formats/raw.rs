@@ -41,10 +41,6 @@ impl BlockReader for RawReader {
             offset.saturating_add(len).min(self.size),
         )
     }
-
-    fn format_specific(&self) -> Option<serde_json::Value> {
-        None
-    }
 }
 
 /// Writes a raw image to any append-only sink; zero runs become holes in a file.

@@ -276,7 +276,7 @@ impl Ims {
         let virtual_size = image
             .info()
             .format_specific
-            .and_then(|f| f["data"]["orig-size"].as_u64())
+            .and_then(|f| f.original_size())
             .filter(|&orig| orig <= image.virtual_size())
             .unwrap_or(image.virtual_size());
         rules::check_sizes(image.file_length(), virtual_size, &self.limits)?;

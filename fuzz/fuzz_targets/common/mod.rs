@@ -18,7 +18,7 @@ pub fn storage(data: &[u8]) -> Arc<dyn ims::Storage> {
 
 /// Maps and reads up to [`MAX_DISK`] bytes; a map that succeeds must cover the range exactly.
 pub fn exercise(reader: &dyn BlockReader) {
-    let _ = reader.format_specific();
+    let _ = reader.info();
     let size = reader.virtual_size().min(MAX_DISK);
     if let Ok(extents) = reader.map(0, size) {
         ims::block::check_map(&extents, 0, size).expect("map covers the range");

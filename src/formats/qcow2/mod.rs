@@ -11,6 +11,7 @@
 
 pub mod check;
 pub mod header;
+pub mod info;
 pub mod reader;
 pub mod tables;
 pub mod writer;

@@ -14,7 +14,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde_json::{Map, Value, json};
 use zstd::stream::raw::{DParameter, Decoder, Operation};
 
 use crate::block::{
@@ -28,11 +27,13 @@ use crate::limits::{
 use crate::storage::{Storage, data_runs, read_exact_at};
 
 use super::header::{CompressionType, Qcow2Header, compatible, incompatible};
+use super::info::{Qcow2Info, Qcow2SnapshotInfo};
 use super::tables::{
     COMPRESSED_SECTOR_SIZE, ClusterType, CompressedDescriptor, Geometry, L1Entry, L2Entry,
     Snapshot, SubclusterState, TABLE_ENTRY_SIZE, classify_standard, decode_table,
     read_snapshot_table, subcluster_state,
 };
+use crate::formats::info::FormatInfo;
 
 /// What the caller resolved for the image before opening it.
 #[derive(Clone, Default)]
@@ -478,60 +479,36 @@ impl BlockReader for Qcow2Reader {
         Ok(out)
     }
 
-    fn format_specific(&self) -> Option<Value> {
+    fn info(&self) -> Option<FormatInfo> {
         let h = &self.header.header;
         let v3 = h.version >= 3;
-        let mut data = Map::new();
-        data.insert("compat".into(), json!(if v3 { "1.1" } else { "0.10" }));
-        data.insert("compression-type".into(), json!(h.compression_type.name()));
-        if v3 {
-            data.insert(
-                "lazy-refcounts".into(),
-                json!(h.compatible_features & compatible::LAZY_REFCOUNTS != 0),
-            );
-        }
-        data.insert("refcount-bits".into(), json!(self.geometry.refcount_bits()));
-        if v3 {
-            data.insert(
-                "corrupt".into(),
-                json!(self.header.has(incompatible::CORRUPT)),
-            );
-            data.insert(
-                "extended-l2".into(),
-                json!(self.header.has(incompatible::EXTENDED_L2)),
-            );
-            data.insert("dirty".into(), json!(self.header.has(incompatible::DIRTY)));
-        }
-        data.insert("cluster-size".into(), json!(self.geometry.cluster_size()));
-        if let Some(name) = self.header.backing_file() {
-            data.insert("backing-filename".into(), json!(name));
-        }
-        if let Some(format) = self.header.backing_format() {
-            data.insert("backing-filename-format".into(), json!(format));
-        }
-        if !self.snapshots.is_empty() {
-            let list: Vec<Value> = self
+        let v3_flag = |flag| v3.then(|| self.header.has(flag));
+        Some(FormatInfo::Qcow2(Qcow2Info {
+            compat: if v3 { "1.1" } else { "0.10" }.into(),
+            compression_type: h.compression_type.name().into(),
+            lazy_refcounts: v3.then_some(h.compatible_features & compatible::LAZY_REFCOUNTS != 0),
+            refcount_bits: u64::from(self.geometry.refcount_bits()),
+            corrupt: v3_flag(incompatible::CORRUPT),
+            extended_l2: v3_flag(incompatible::EXTENDED_L2),
+            dirty: v3_flag(incompatible::DIRTY),
+            cluster_size: self.geometry.cluster_size(),
+            backing_filename: self.header.backing_file().map(str::to_string),
+            backing_filename_format: self.header.backing_format().map(str::to_string),
+            snapshots: self
                 .snapshots
                 .iter()
-                .map(|s| {
-                    let mut v = json!({
-                        "id": s.id,
-                        "name": s.name,
-                        "vm-state-size": s.vm_state_size,
-                        "date-sec": s.date_sec,
-                        "date-nsec": s.date_nsec,
-                        "vm-clock-sec": s.vm_clock_nsec / 1_000_000_000,
-                        "vm-clock-nsec": s.vm_clock_nsec % 1_000_000_000,
-                    });
-                    if let (Some(icount), Some(obj)) = (s.icount, v.as_object_mut()) {
-                        obj.insert("icount".into(), json!(icount));
-                    }
-                    v
+                .map(|s| Qcow2SnapshotInfo {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    vm_state_size: s.vm_state_size,
+                    date_sec: s.date_sec,
+                    date_nsec: s.date_nsec,
+                    vm_clock_sec: s.vm_clock_nsec / 1_000_000_000,
+                    vm_clock_nsec: s.vm_clock_nsec % 1_000_000_000,
+                    icount: s.icount,
                 })
-                .collect();
-            data.insert("snapshots".into(), Value::Array(list));
-        }
-        Some(json!({ "type": "qcow2", "data": data }))
+                .collect(),
+        }))
     }
 }
 

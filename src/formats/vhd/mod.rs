@@ -3,6 +3,7 @@
 
 pub mod dynamic;
 pub mod footer;
+pub mod info;
 pub mod reader;
 pub mod writer;
 
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::Format;
+use crate::formats::info::FormatInfo;
 use crate::resolve::{Reference, Resolver};
 use crate::storage::Storage;
 use footer::uuid_string;
@@ -47,9 +49,10 @@ pub fn open(storage: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Resu
             }
             Err(e) => return Err(e),
         };
-        let unique_id = parent
-            .format_specific()
-            .and_then(|v| v["data"]["unique-id"].as_str().map(str::to_string));
+        let unique_id = match parent.info() {
+            Some(FormatInfo::Vhd(v)) => Some(v.unique_id),
+            _ => None,
+        };
         if unique_id.as_deref() != Some(want.as_str()) {
             last_error = Error::malformed(
                 "vhd dynamic header",

@@ -4,17 +4,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use byteorder::{BigEndian, ByteOrder};
-use serde_json::json;
 
 use super::dynamic::{
     DynamicHeader, HEADER_SIZE, LOCATOR_COUNT, UNALLOCATED, locator_path, sector_present,
 };
 use super::footer::{DiskType, FOOTER_SIZE, Footer, SizeSource, uuid_string};
+use super::info::{VhdInfo, VhdLocatorInfo};
 use crate::block::{
     BlockReader, Extent, ExtentState, check_range, map_backing, push_extent, read_backing,
     usize_len,
 };
 use crate::error::{Error, ReferenceKind, Result};
+use crate::formats::info::FormatInfo;
 use crate::limits::{MAX_LOCATOR_BYTES, VHD_BITMAP_CACHE};
 use crate::storage::{Storage, read_exact_at};
 
@@ -402,36 +403,33 @@ impl BlockReader for VhdReader {
         Ok(out)
     }
 
-    fn format_specific(&self) -> Option<serde_json::Value> {
+    fn info(&self) -> Option<FormatInfo> {
         let img = &self.image;
-        let mut data = json!({
-            "subformat": img.footer.disk_type.name(),
-            "creator": img.footer.creator(),
-            "size-source": img.size_source.name(),
-            "current-size": img.footer.current_size,
-            "geometry": format!(
-                "{}/{}/{}",
-                img.footer.disk_geometry.cylinders, img.footer.disk_geometry.heads, img.footer.disk_geometry.sectors_per_track
-            ),
-            "unique-id": uuid_string(&img.footer.unique_id),
-        });
-        if img.footer_from_copy {
-            data["footer"] =
-                json!("copy at offset 0 (the footer at the end is missing or damaged)");
-        }
-        if let Some(s) = &img.sparse {
-            data["block-size"] = json!(s.header.block_size);
-            if img.footer.disk_type == DiskType::Differencing {
-                data["parent-name"] = json!(s.header.parent_unicode_name);
-                data["parent-unique-id"] = json!(uuid_string(&s.header.parent_unique_id));
-                data["parent-locators"] = json!(
-                    s.locators
-                        .iter()
-                        .map(|(code, path)| json!({"platform": code, "path": path}))
-                        .collect::<Vec<_>>()
-                );
-            }
-        }
-        Some(json!({"type": "vhd", "data": data}))
+        let g = &img.footer.disk_geometry;
+        let differencing = img.footer.disk_type == DiskType::Differencing;
+        let parent = img.sparse.as_ref().filter(|_| differencing);
+        Some(FormatInfo::Vhd(VhdInfo {
+            subformat: img.footer.disk_type.name().into(),
+            creator: img.footer.creator(),
+            size_source: img.size_source.name().into(),
+            current_size: img.footer.current_size,
+            geometry: format!("{}/{}/{}", g.cylinders, g.heads, g.sectors_per_track),
+            unique_id: uuid_string(&img.footer.unique_id),
+            footer: img
+                .footer_from_copy
+                .then(|| "copy at offset 0 (the footer at the end is missing or damaged)".into()),
+            block_size: img.sparse.as_ref().map(|s| s.header.block_size),
+            parent_name: parent.map(|s| s.header.parent_unicode_name.clone()),
+            parent_unique_id: parent.map(|s| uuid_string(&s.header.parent_unique_id)),
+            parent_locators: parent.map(|s| {
+                s.locators
+                    .iter()
+                    .map(|(code, path)| VhdLocatorInfo {
+                        platform: code.clone(),
+                        path: path.clone(),
+                    })
+                    .collect()
+            }),
+        }))
     }
 }

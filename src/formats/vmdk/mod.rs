@@ -7,6 +7,7 @@
 //! disk are opened only through the [`Resolver`], as the caller's policy allows.
 
 pub mod descriptor;
+pub mod info;
 pub mod reader;
 pub mod sparse;
 pub mod stream;
@@ -23,6 +24,7 @@ use sparse::{MAGIC, SECTOR, SparseExtent};
 use crate::block::{BlockReader, usize_len};
 use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::Format;
+use crate::formats::info::FormatInfo;
 use crate::resolve::{Reference, Resolver};
 use crate::storage::{Storage, read_exact_at};
 
@@ -280,10 +282,11 @@ fn open_parent(
         ..Reference::new(ReferenceKind::BackingFile, hint.clone())
     };
     let parent = resolver.open_disk(&reference, path, size)?;
-    let cid = parent
-        .format_specific()
-        .and_then(|v| v["data"]["cid"].as_u64());
-    if cid != Some(u64::from(d.parent_cid)) {
+    let cid = match parent.info() {
+        Some(FormatInfo::Vmdk(v)) => v.cid,
+        _ => None,
+    };
+    if cid != Some(d.parent_cid) {
         return Err(Error::malformed(
             "vmdk descriptor",
             0,

@@ -4,15 +4,15 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
-
 use super::descriptor::Descriptor;
+use super::info::{VmdkExtentInfo, VmdkInfo};
 use super::sparse::{Grain, SparseExtent};
 use crate::block::{
     BlockReader, Extent, ExtentState, check_range, map_backing, push_extent, read_backing,
     usize_len,
 };
 use crate::error::{Error, ReferenceKind, Result};
+use crate::formats::info::FormatInfo;
 use crate::storage::{Storage, data_runs, read_exact_at};
 
 /// Where an extent's sectors are.
@@ -303,38 +303,37 @@ impl BlockReader for VmdkReader {
         Ok(out)
     }
 
-    fn format_specific(&self) -> Option<serde_json::Value> {
-        let extents: Vec<serde_json::Value> = self
+    fn info(&self) -> Option<FormatInfo> {
+        let extents = self
             .extents
             .iter()
             .map(|e| {
-                let mut v = json!({
-                    "filename": e.file_name,
-                    "virtual-size": e.length,
-                });
-                match &e.data {
-                    ExtentData::Flat { .. } => v["format"] = json!("FLAT"),
-                    ExtentData::Zero => v["format"] = json!("ZERO"),
-                    ExtentData::Refused { kind } => v["format"] = json!(kind),
-                    ExtentData::Sparse(s) => {
-                        v["format"] = json!("SPARSE");
-                        v["cluster-size"] = json!(s.header.grain_bytes());
-                        v["compressed"] = json!(s.header.compressed());
-                    }
+                let (format, cluster_size, compressed) = match &e.data {
+                    ExtentData::Flat { .. } => ("FLAT".to_string(), None, None),
+                    ExtentData::Zero => ("ZERO".to_string(), None, None),
+                    ExtentData::Refused { kind } => (kind.to_string(), None, None),
+                    ExtentData::Sparse(s) => (
+                        "SPARSE".to_string(),
+                        Some(s.header.grain_bytes()),
+                        Some(s.header.compressed()),
+                    ),
+                };
+                VmdkExtentInfo {
+                    filename: e.file_name.clone(),
+                    virtual_size: e.length,
+                    format,
+                    cluster_size,
+                    compressed,
                 }
-                v
             })
             .collect();
         let d = self.descriptor.as_ref();
-        Some(json!({
-            "type": "vmdk",
-            "data": {
-                "cid": d.map(|d| d.cid),
-                "parent-cid": d.map(|d| d.parent_cid),
-                "create-type": d.and_then(|d| d.create_type.clone()),
-                "parent-file-name-hint": d.and_then(|d| d.parent_file_name_hint.clone()),
-                "extents": extents,
-            }
+        Some(FormatInfo::Vmdk(VmdkInfo {
+            cid: d.map(|d| d.cid),
+            parent_cid: d.map(|d| d.parent_cid),
+            create_type: d.and_then(|d| d.create_type.clone()),
+            parent_file_name_hint: d.and_then(|d| d.parent_file_name_hint.clone()),
+            extents,
         }))
     }
 }

@@ -10,6 +10,7 @@ use byteorder::{ByteOrder, LittleEndian};
 use bytes::Bytes;
 
 use super::descriptor::Descriptor;
+use super::info::{VmdkExtentInfo, VmdkInfo};
 use super::sparse::{
     COMPRESSION_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, GD_AT_END,
     GRAIN_MARKER_HEAD, HEADER_SIZE, NEWLINE_CHARS, SECTOR, SparseHeader, inflate_grain,
@@ -17,6 +18,7 @@ use super::sparse::{
 };
 use crate::block::{BlockWriter, Chunk, ChunkStream, Piece, UnitEncoder, advance, usize_len};
 use crate::error::{Error, ReferenceKind, Result};
+use crate::formats::info::FormatInfo;
 use crate::io::AppendSink;
 use crate::limits::{MAX_DESCRIPTOR_BYTES, MAX_GD_BYTES, MAX_VMDK_DISK_BYTES};
 
@@ -384,20 +386,23 @@ impl<R: Read + Send> ChunkStream for StreamReader<R> {
         }
     }
 
-    fn format_specific(&self) -> Option<serde_json::Value> {
-        Some(serde_json::json!({
-            "type": "vmdk",
-            "data": {
-                "create-type": self.descriptor.as_ref().and_then(|d| d.create_type.clone()),
-                "cid": self.descriptor.as_ref().map(|d| d.cid),
-                "parent-cid": self.descriptor.as_ref().map(|d| d.parent_cid),
-                "extents": [{
-                    "virtual-size": self.size,
-                    "cluster-size": self.header.grain_bytes(),
-                    "compressed": true,
-                    "format": "SPARSE",
-                }],
-            }
+    fn info(&self) -> Option<FormatInfo> {
+        let d = self.descriptor.as_ref();
+        Some(FormatInfo::Vmdk(VmdkInfo {
+            cid: d.map(|d| d.cid),
+            parent_cid: d.map(|d| d.parent_cid),
+            create_type: d.and_then(|d| d.create_type.clone()),
+            parent_file_name_hint: d.and_then(|d| d.parent_file_name_hint.clone()),
+            extents: vec![VmdkExtentInfo {
+                filename: d
+                    .and_then(|d| d.extents.first())
+                    .and_then(|e| e.file_name.clone())
+                    .unwrap_or_default(),
+                virtual_size: self.size,
+                format: "SPARSE".into(),
+                cluster_size: Some(self.header.grain_bytes()),
+                compressed: Some(true),
+            }],
         }))
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod header;
 pub mod index;
+pub mod info;
 pub mod record;
 // The v1 module is named after its format, as the crate layout asks.
 #[allow(clippy::module_inception)]

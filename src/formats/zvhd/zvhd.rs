@@ -14,10 +14,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress};
 
+use super::info::ZvhdInfo;
 use crate::block::{
     BlockReader, BlockWriter, Chunk, ChunkStream, Extent, ExtentState, Piece, push_extent,
 };
 use crate::error::{Error, Result};
+use crate::formats::info::FormatInfo;
 use crate::io::AppendSink;
 use crate::storage::{Storage, StorageReader, read_exact_at};
 
@@ -265,31 +267,37 @@ impl<R: Read + Send> ChunkStream for ZvhdStream<R> {
         result
     }
 
-    fn format_specific(&self) -> Option<serde_json::Value> {
+    fn info(&self) -> Option<FormatInfo> {
         let h = &self.header;
-        let mut data = serde_json::json!({
-            "orig-size": h.orig_size,
-            "creation-time": h.unix_time(),
-            "uuid": uuid::Uuid::from_bytes(h.uuid).hyphenated().to_string(),
-            "creator": h.creator(),
-            "block-size": BLOCK_SIZE,
-        });
+        let mut info = ZvhdInfo {
+            orig_size: h.orig_size,
+            creation_time: h.unix_time(),
+            uuid: uuid::Uuid::from_bytes(h.uuid).hyphenated().to_string(),
+            creator: h.creator(),
+            block_size: BLOCK_SIZE,
+            data_blocks: None,
+            scan_error: None,
+            note: None,
+        };
         match &self.scan {
             Some(storage) => match scan_records(&**storage) {
                 Ok(scan) => {
-                    data["data-blocks"] = scan.data_blocks.into();
-                    data["note"] = "ZVHD is one deflate stream: data-blocks comes from the record \
-                                    heads; the data itself is checked only when it is read"
-                        .into();
+                    info.data_blocks = Some(scan.data_blocks);
+                    info.note = Some(
+                        "ZVHD is one deflate stream: data-blocks comes from the record heads; \
+                         the data itself is checked only when it is read"
+                            .into(),
+                    );
                 }
-                Err(e) => data["scan-error"] = e.to_string().into(),
+                Err(e) => info.scan_error = Some(e.to_string()),
             },
             None => {
-                data["note"] =
-                    "ZVHD is one deflate stream: only the header is read until the data is".into()
+                info.note = Some(
+                    "ZVHD is one deflate stream: only the header is read until the data is".into(),
+                )
             }
         }
-        Some(serde_json::json!({ "type": "zvhd", "data": data }))
+        Some(FormatInfo::Zvhd(info))
     }
 }
 
@@ -773,7 +781,7 @@ mod tests {
         assert_eq!(map.read_at(&mut buf, 0).unwrap_err().kind(), "unsupported");
         let s =
             ZvhdStream::open(Arc::new(crate::storage::FileStorage::open(&path).unwrap())).unwrap();
-        let info = s.format_specific().unwrap();
+        let info = s.info().map(|i| serde_json::to_value(i).unwrap()).unwrap();
         assert_eq!(info["data"]["data-blocks"], 2);
         assert_eq!(info["data"]["creation-time"], 1_700_000_000u64);
     }

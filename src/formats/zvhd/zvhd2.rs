@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress};
 
+use super::info::Zvhd2Info;
 use crate::block::{
     BlockReader, BlockWriter, Extent, ExtentState, Piece, UnitEncoder, check_range, push_extent,
 };
 use crate::error::{Error, Result};
+use crate::formats::info::FormatInfo;
 use crate::io::AppendSink;
 use crate::storage::{MemoryStorage, Storage, read_exact_at};
 
@@ -361,19 +363,16 @@ impl BlockReader for Zvhd2Reader {
         Ok(out)
     }
 
-    fn format_specific(&self) -> Option<serde_json::Value> {
+    fn info(&self) -> Option<FormatInfo> {
         let f = &self.footer;
-        Some(serde_json::json!({
-            "type": "zvhd2",
-            "data": {
-                "compression-type": self.compression.name(),
-                "orig-size": f.orig_size,
-                "block-size": BLOCK_SIZE,
-                "data-blocks": f.non_zero_blk_num,
-                "creation-time": f.unix_time(),
-                "uuid": uuid::Uuid::from_bytes(f.uuid).hyphenated().to_string(),
-                "creator": f.creator(),
-            }
+        Some(FormatInfo::Zvhd2(Zvhd2Info {
+            compression_type: self.compression.name().into(),
+            orig_size: f.orig_size,
+            block_size: BLOCK_SIZE,
+            data_blocks: u64::from(f.non_zero_blk_num),
+            creation_time: f.unix_time(),
+            uuid: uuid::Uuid::from_bytes(f.uuid).hyphenated().to_string(),
+            creator: f.creator(),
         }))
     }
 }

@@ -1,0 +1,31 @@
+//! What `info` reports of a VMDK image, with qemu-img's keys.
+
+use serde::Serialize;
+
+/// The `format-specific` data of a VMDK image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct VmdkInfo {
+    /// The descriptor's content id (none for an extent opened without a descriptor).
+    pub cid: Option<u32>,
+    pub parent_cid: Option<u32>,
+    pub create_type: Option<String>,
+    pub parent_file_name_hint: Option<String>,
+    pub extents: Vec<VmdkExtentInfo>,
+}
+
+/// One extent of a VMDK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct VmdkExtentInfo {
+    pub filename: String,
+    pub virtual_size: u64,
+    /// `SPARSE`, `FLAT`, `ZERO`, or the descriptor's type of an extent that was not opened.
+    pub format: String,
+    /// The grain size of a sparse extent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_size: Option<u64>,
+    /// Whether a sparse extent's grains are compressed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<bool>,
+}
