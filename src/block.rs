@@ -145,34 +145,6 @@ pub fn read_backing(backing: Option<&dyn BlockReader>, buf: &mut [u8], offset: u
     Ok(())
 }
 
-/// Appends a backing disk's extents for `[start, start + length)` as the image above it sees
-/// them: host offsets dropped (they are in another file), and past the backing disk's end,
-/// zeros.
-pub fn map_backing(
-    backing: &dyn BlockReader,
-    start: u64,
-    length: u64,
-    out: &mut Vec<Extent>,
-) -> Result<()> {
-    let inside = length.min(backing.virtual_size().saturating_sub(start));
-    if inside > 0 {
-        for e in backing.map(start, inside)? {
-            push_extent(
-                out,
-                Extent {
-                    host_offset: None,
-                    ..e
-                },
-            );
-        }
-    }
-    push_extent(
-        out,
-        Extent::new(start + inside, length - inside, ExtentState::Zero),
-    );
-    Ok(())
-}
-
 /// A disk held in memory, every byte of it data: for small images built in code (tests,
 /// fuzzing, a library user's own bytes).
 pub struct MemoryDisk(pub Vec<u8>);

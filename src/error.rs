@@ -119,6 +119,10 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// ims broke one of its own invariants (a bug, not a problem of the image or the request).
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// A request that a rule of the image service refuses (registration, catalog, sharing):
     /// `code` is stable (see `register::rules`), `message` says what to change.
     #[error("{code}: {message}")]
@@ -136,7 +140,7 @@ impl Error {
             | Error::ExternalReference { file, .. }
             | Error::LimitExceeded { file, .. }
             | Error::Ambiguous { file, .. } => file,
-            Error::InvalidArgument(_) | Error::Rule { .. } => return self,
+            Error::InvalidArgument(_) | Error::Internal(_) | Error::Rule { .. } => return self,
         };
         if slot.0.is_none() {
             slot.0 = Some(path.to_path_buf());
@@ -201,6 +205,11 @@ impl Error {
         }
     }
 
+    /// A broken invariant of ims's own.
+    pub fn internal(problem: impl Into<String>) -> Self {
+        Error::Internal(problem.into())
+    }
+
     /// A refusal by a rule of the image service.
     pub fn rule(code: &'static str, message: impl Into<String>) -> Self {
         Error::Rule {
@@ -228,6 +237,7 @@ impl Error {
             Error::LimitExceeded { .. } => "limit-exceeded",
             Error::Ambiguous { .. } => "ambiguous",
             Error::InvalidArgument(_) => "invalid-argument",
+            Error::Internal(_) => "internal",
             Error::Rule { code, .. } => code,
         }
     }

@@ -25,6 +25,7 @@
 pub struct ReadmeDoctests;
 
 pub mod block;
+pub mod cache;
 pub mod compare;
 pub mod compress;
 pub mod convert;
@@ -34,6 +35,7 @@ pub mod formats;
 pub mod inspect;
 pub mod io;
 pub mod limits;
+pub mod mapped;
 pub mod open;
 pub mod probe;
 #[cfg(feature = "inspect")]

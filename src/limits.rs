@@ -78,9 +78,9 @@ pub const L2_CACHE_BYTES: u64 = 16 << 20;
 pub const L2_CACHE_MIN_TABLES: usize = 4;
 /// Most L2 tables the cache keeps, whatever the cluster size.
 pub const L2_CACHE_MAX_TABLES: usize = 256;
-/// Decompressed clusters the reader keeps, so a cluster read in several pieces is inflated once
-/// (at most 4 × 2 MiB).
-pub const CLUSTER_CACHE_ENTRIES: usize = 4;
+/// Decoded units (compressed clusters, grains, blocks) a reader keeps, so a unit read in several
+/// pieces is decoded once (at most 4 × 2 MiB).
+pub const UNIT_CACHE_ENTRIES: usize = 4;
 /// Largest zstd window a compressed QCOW2 cluster may ask for (log2: 4 MiB). qemu compresses one
 /// cluster (at most 2 MiB) per frame, which zstd encodes with a window of at most 2 MiB. This
 /// bounds what a hostile frame can allocate.

@@ -1,30 +1,28 @@
-//! Reads a QCOW2 image as a [`BlockReader`].
+//! Reads a QCOW2 image: [`Qcow2Disk`] answers what is at each offset, and [`Qcow2Reader`] (the
+//! generic [`MappedReader`]) turns that into reads and maps.
 //!
 //! Opening parses the header (refusing encryption, unknown incompatible features and references
 //! to other files that the caller has not resolved), checks where the tables are, loads the L1
 //! table and lists the internal snapshots. Everything else is read on demand: L2 tables go
-//! through a small bounded cache shared by all threads, compressed clusters are inflated into a
-//! buffer of exactly one cluster, and runs of clusters that are contiguous in the file are read
-//! with one positional read.
+//! through a small bounded cache shared by all threads, and compressed clusters are inflated
+//! into a buffer of exactly one cluster.
 //!
 //! One walk over the L1/L2 tables (`Walker`) turns a virtual range into segments (stored data,
-//! compressed cluster, zeros, unallocated); `read_at` and `map` both consume it, so they agree.
+//! compressed cluster, zeros, unallocated).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use zstd::stream::raw::{DParameter, Decoder, Operation};
 
-use crate::block::{
-    BlockReader, Extent, ExtentState, check_map, check_range, push_extent, usize_len,
-};
+use crate::block::{BlockReader, usize_len};
+use crate::cache::Lru;
 use crate::error::{Error, ReferenceKind, Result};
 use crate::limits::{
-    CLUSTER_CACHE_ENTRIES, L2_CACHE_BYTES, L2_CACHE_MAX_TABLES, L2_CACHE_MIN_TABLES,
-    QCOW2_ZSTD_WINDOW_LOG_MAX,
+    L2_CACHE_BYTES, L2_CACHE_MAX_TABLES, L2_CACHE_MIN_TABLES, QCOW2_ZSTD_WINDOW_LOG_MAX,
 };
-use crate::storage::{Storage, data_runs, read_exact_at};
+use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, Unit};
+use crate::storage::{Storage, read_exact_at};
 
 use super::header::{CompressionType, Qcow2Header, compatible, incompatible};
 use super::info::{Qcow2Info, Qcow2SnapshotInfo};
@@ -44,8 +42,29 @@ pub struct Qcow2OpenOptions {
     pub backing: Option<Arc<dyn BlockReader>>,
 }
 
-/// A QCOW2 image (version 2 or 3) opened for reading.
-pub struct Qcow2Reader {
+/// A QCOW2 image (version 2 or 3) opened for reading, with its backing disk.
+pub type Qcow2Reader = MappedReader<Qcow2Disk>;
+
+impl MappedReader<Qcow2Disk> {
+    /// Opens the image in `storage`. An image that names a backing file is refused unless
+    /// `options.backing` supplies it; an image with an external data file is always refused
+    /// (with [`Error::ExternalReference`] naming it).
+    pub fn open(storage: Arc<dyn Storage>, options: &Qcow2OpenOptions) -> Result<Self> {
+        let header = Qcow2Header::read(&*storage)?;
+        let backing = match (header.backing_file(), &options.backing) {
+            (Some(name), None) => return Err(Error::reference(ReferenceKind::BackingFile, name)),
+            (Some(_), Some(b)) => Some(b.clone()),
+            (None, _) => None,
+        };
+        Ok(MappedReader::new(
+            Qcow2Disk::open(storage, header)?,
+            backing,
+        ))
+    }
+}
+
+/// What a QCOW2 image's tables say about each offset of its disk.
+pub struct Qcow2Disk {
     storage: Arc<dyn Storage>,
     file_len: u64,
     header: Qcow2Header,
@@ -53,26 +72,17 @@ pub struct Qcow2Reader {
     /// The active L1 table, the entries that map the disk (`l1_size` may hold more).
     l1: Vec<u64>,
     snapshots: Vec<Snapshot>,
-    backing: Option<Arc<dyn BlockReader>>,
-    l2_cache: Mutex<L2Cache>,
-    cluster_cache: Mutex<Vec<(u64, Arc<Vec<u8>>)>>,
+    l2_cache: Lru<u64, Arc<L2Table>>,
 }
 
-impl Qcow2Reader {
-    /// Opens the image in `file`. An image that names a backing file is refused unless
-    /// `options.backing` supplies it; an image with an external data file is always refused
-    /// (with [`Error::ExternalReference`] naming it).
-    pub fn open(storage: Arc<dyn Storage>, options: &Qcow2OpenOptions) -> Result<Self> {
+impl Qcow2Disk {
+    /// Checks the layout `header` describes against the image and loads the L1 table and the
+    /// snapshot list.
+    fn open(storage: Arc<dyn Storage>, header: Qcow2Header) -> Result<Self> {
         let file_len = storage.len();
-        let header = Qcow2Header::read(&*storage)?;
         if let Some(name) = header.data_file() {
             return Err(Error::reference(ReferenceKind::DataFile, name));
         }
-        let backing = match (header.backing_file(), &options.backing) {
-            (Some(name), None) => return Err(Error::reference(ReferenceKind::BackingFile, name)),
-            (Some(_), Some(b)) => Some(b.clone()),
-            (None, _) => None,
-        };
         header.check_layout(file_len)?;
         let h = &header.header;
         let geometry = h.geometry()?;
@@ -93,16 +103,14 @@ impl Qcow2Reader {
         let tables = usize::try_from(L2_CACHE_BYTES >> geometry.cluster_bits())
             .unwrap_or(L2_CACHE_MAX_TABLES)
             .clamp(L2_CACHE_MIN_TABLES, L2_CACHE_MAX_TABLES);
-        Ok(Qcow2Reader {
+        Ok(Qcow2Disk {
             storage,
             file_len,
             header,
             geometry,
             l1,
             snapshots,
-            backing,
-            l2_cache: Mutex::new(L2Cache::new(tables)),
-            cluster_cache: Mutex::new(Vec::new()),
+            l2_cache: Lru::new(tables),
         })
     }
 
@@ -132,15 +140,6 @@ impl Qcow2Reader {
     /// The internal snapshots (listed only; ims reads the active state).
     pub fn snapshots(&self) -> &[Snapshot] {
         &self.snapshots
-    }
-
-    fn walk(&self, start: u64, end: u64) -> Walker<'_> {
-        Walker {
-            reader: self,
-            pos: start,
-            end,
-            current: None,
-        }
     }
 
     /// The L2 table of L1 entry `l1_index`, or `None` when that entry is unallocated.
@@ -182,12 +181,7 @@ impl Qcow2Reader {
                 self.file_len,
             ));
         }
-        if let Some(t) = self
-            .l2_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(offset)
-        {
+        if let Some(t) = self.l2_cache.get(&offset) {
             return Ok(Some(t));
         }
         let mut bytes = vec![0u8; usize_len(cluster_size)?];
@@ -197,10 +191,7 @@ impl Qcow2Reader {
             words: decode_table(&bytes),
             extended: self.geometry.extended_l2(),
         });
-        self.l2_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(offset, table.clone());
+        self.l2_cache.insert(offset, table.clone());
         Ok(Some(table))
     }
 
@@ -241,242 +232,45 @@ impl Qcow2Reader {
             .map_err(|problem| Error::malformed("qcow2 compressed cluster", host, problem))
         })
     }
-
-    /// The decompressed bytes of the compressed cluster `descriptor` describes, kept in a small
-    /// cache for reads of its other parts.
-    fn compressed_cluster(&self, descriptor: u64) -> Result<Arc<Vec<u8>>> {
-        {
-            let cache = self
-                .cluster_cache
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some((_, c)) = cache.iter().find(|(d, _)| *d == descriptor) {
-                return Ok(c.clone());
-            }
-        }
-        let mut out = vec![0u8; usize_len(self.geometry.cluster_size())?];
-        self.decompress_into(descriptor, &mut out)?;
-        let out = Arc::new(out);
-        let mut cache = self
-            .cluster_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        cache.insert(0, (descriptor, out.clone()));
-        cache.truncate(CLUSTER_CACHE_ENTRIES);
-        Ok(out)
-    }
-
-    /// Reads `run.len` bytes of the file at `run.src` into `buf` at `run.at`.
-    fn read_host(&self, buf: &mut [u8], run: Run) -> Result<()> {
-        read_exact_at(
-            &*self.storage,
-            part(buf, run.at, run.len)?,
-            run.src,
-            "qcow2 data cluster",
-        )
-    }
-
-    /// Reads `run.len` bytes of the backing disk at virtual `run.src` into `buf` at `run.at`;
-    /// what lies beyond the backing disk's end reads as zeros.
-    fn read_backing(&self, buf: &mut [u8], run: Run) -> Result<()> {
-        crate::block::read_backing(
-            self.backing.as_deref(),
-            part(buf, run.at, run.len)?,
-            run.src,
-        )
-    }
-
-    /// Adds a finished extent to `out`: stored data split where the image file has holes (which
-    /// read as zeros), unallocated ranges replaced by the backing disk's map.
-    fn finish_extent(&self, out: &mut Vec<Extent>, e: Extent) -> Result<()> {
-        match (e.state, e.host_offset) {
-            (ExtentState::Data, Some(host)) if !e.compressed => {
-                self.push_split_by_holes(out, e, host)
-            }
-            (ExtentState::Unallocated, _) if self.backing.is_some() => {
-                self.push_backing(out, e.start, e.length)
-            }
-            _ => {
-                push_extent(out, e);
-                Ok(())
-            }
-        }
-    }
-
-    /// Pushes the data extent `e` stored at `host`, marking the parts that are holes in the
-    /// image file as zeros (as qemu does: such clusters are preallocated but never written).
-    fn push_split_by_holes(&self, out: &mut Vec<Extent>, e: Extent, host: u64) -> Result<()> {
-        for (from, length, state) in data_runs(&*self.storage, host, host.saturating_add(e.length))?
-        {
-            push_extent(
-                out,
-                Extent {
-                    host_offset: Some(from),
-                    ..Extent::new(e.start + (from - host), length, state)
-                },
-            );
-        }
-        Ok(())
-    }
-
-    /// Pushes the backing disk's extents for `[start, start + length)` (without host offsets,
-    /// which would be in another file); past the backing disk's end the range is unallocated.
-    fn push_backing(&self, out: &mut Vec<Extent>, start: u64, length: u64) -> Result<()> {
-        let end = start.saturating_add(length);
-        let inside_end = match &self.backing {
-            Some(backing) => end.min(backing.virtual_size()).max(start),
-            None => start,
-        };
-        if let Some(backing) = &self.backing
-            && inside_end > start
-        {
-            let extents = backing.map(start, inside_end - start)?;
-            check_map(&extents, start, inside_end - start)?;
-            for x in extents {
-                push_extent(
-                    out,
-                    Extent {
-                        host_offset: None,
-                        ..x
-                    },
-                );
-            }
-        }
-        if end > inside_end {
-            push_extent(
-                out,
-                Extent::new(inside_end, end - inside_end, ExtentState::Unallocated),
-            );
-        }
-        Ok(())
-    }
 }
 
-/// `buf[at..at + len]`, or an error rather than a panic should a walk ever disagree with the
-/// buffer.
-fn part(buf: &mut [u8], at: usize, len: usize) -> Result<&mut [u8]> {
-    at.checked_add(len)
-        .and_then(|end| buf.get_mut(at..end))
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!("qcow2 walk outside the read buffer at {at}"))
-        })
-}
-
-/// A run of bytes to copy from `src` (a host offset, or a virtual offset of the backing disk)
-/// into the read buffer at `at`.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    at: usize,
-    src: u64,
-    len: usize,
-}
-
-impl Run {
-    fn continues(&self, at: usize, src: u64) -> bool {
-        self.at.checked_add(self.len) == Some(at)
-            && self.src.checked_add(self.len as u64) == Some(src)
-    }
-}
-
-/// Extends `pending` with `[at, at + len)` from `src` when it continues it; otherwise returns
-/// the finished run and starts a new one.
-fn extend_run(pending: &mut Option<Run>, at: usize, src: u64, len: usize) -> Option<Run> {
-    if let Some(p) = pending
-        && p.continues(at, src)
-    {
-        p.len += len;
-        return None;
-    }
-    pending.replace(Run { at, src, len })
-}
-
-impl BlockReader for Qcow2Reader {
+impl MappedDisk for Qcow2Disk {
     fn virtual_size(&self) -> u64 {
         self.header.header.size
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let len = buf.len() as u64;
-        check_range(offset, len, self.virtual_size())?;
-        let mut walker = self.walk(offset, offset + len);
-        let mut data: Option<Run> = None;
-        let mut backing: Option<Run> = None;
-        while let Some(seg) = walker.next()? {
-            let at = usize_len(seg.start - offset)?;
-            let n = usize_len(seg.length)?;
-            match seg.kind {
-                Kind::Data { host } => {
-                    if let Some(done) = extend_run(&mut data, at, host, n) {
-                        self.read_host(buf, done)?;
-                    }
-                }
-                Kind::Unallocated { .. } if self.backing.is_some() => {
-                    if let Some(done) = extend_run(&mut backing, at, seg.start, n) {
-                        self.read_backing(buf, done)?;
-                    }
-                }
-                Kind::Zero { .. } | Kind::Unallocated { .. } => part(buf, at, n)?.fill(0),
-                Kind::Compressed {
-                    descriptor,
-                    cluster_start,
-                } => {
-                    // A whole cluster (what a conversion reads) goes straight into the buffer.
-                    if seg.start == cluster_start && seg.length == self.geometry.cluster_size() {
-                        self.decompress_into(descriptor, part(buf, at, n)?)?;
-                        continue;
-                    }
-                    let cluster = self.compressed_cluster(descriptor)?;
-                    let from = usize_len(seg.start - cluster_start)?;
-                    let src = from
-                        .checked_add(n)
-                        .and_then(|end| cluster.get(from..end))
-                        .ok_or_else(|| {
-                            Error::malformed(
-                                "qcow2 compressed cluster",
-                                seg.start,
-                                "read past the cluster",
-                            )
-                        })?;
-                    part(buf, at, n)?.copy_from_slice(src);
-                }
-            }
-        }
-        if let Some(run) = data {
-            self.read_host(buf, run)?;
-        }
-        if let Some(run) = backing {
-            self.read_backing(buf, run)?;
+    fn walk(&self, start: u64, end: u64, f: &mut dyn FnMut(Segment) -> Result<()>) -> Result<()> {
+        let mut walker = Walker {
+            reader: self,
+            pos: start,
+            end,
+            current: None,
+        };
+        let cluster_size = self.geometry.cluster_size();
+        while let Some(run) = walker.next()? {
+            f(run.segment(cluster_size))?;
         }
         Ok(())
     }
 
-    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let end = offset.saturating_add(len).min(self.virtual_size());
-        let mut out = Vec::new();
-        if offset >= end {
-            return Ok(out);
+    fn file(&self, file: usize) -> Result<&dyn Storage> {
+        match file {
+            0 => Ok(&*self.storage),
+            _ => Err(Error::internal(format!("qcow2 has no file {file}"))),
         }
-        let mut walker = self.walk(offset, end);
-        let mut pending: Option<Extent> = None;
-        while let Some(seg) = walker.next()? {
-            let mut e = seg.extent();
-            if self.backing.is_some() && e.state == ExtentState::Unallocated {
-                // Replaced by the backing disk's map: where this image preallocated does not matter.
-                e.host_offset = None;
-            }
-            match &mut pending {
-                Some(p) if continues(p, &e) => p.length += e.length,
-                _ => {
-                    if let Some(done) = pending.replace(e) {
-                        self.finish_extent(&mut out, done)?;
-                    }
-                }
-            }
-        }
-        if let Some(done) = pending {
-            self.finish_extent(&mut out, done)?;
-        }
-        Ok(out)
+    }
+
+    fn stored_ranges(&self, _file: usize) -> StoredRanges {
+        // Preallocated clusters that were never written are holes: zeros, as qemu maps them.
+        StoredRanges::LocatedSplitByHoles
+    }
+
+    fn decode(&self, unit: &Unit, out: &mut [u8]) -> Result<()> {
+        self.decompress_into(unit.id, out)
+    }
+
+    fn data_structure(&self) -> &'static str {
+        "qcow2 data cluster"
     }
 
     fn info(&self) -> Option<FormatInfo> {
@@ -510,18 +304,6 @@ impl BlockReader for Qcow2Reader {
                 .collect(),
         }))
     }
-}
-
-/// Whether extent `b` continues `a` with nothing to tell them apart.
-fn continues(a: &Extent, b: &Extent) -> bool {
-    a.end() == b.start
-        && a.state == b.state
-        && a.compressed == b.compressed
-        && match (a.host_offset, b.host_offset) {
-            (None, None) => true,
-            (Some(x), Some(y)) => x.checked_add(a.length) == Some(y),
-            _ => false,
-        }
 }
 
 /// One L2 table, decoded.
@@ -558,47 +340,6 @@ impl L2Table {
     }
 }
 
-/// L2 tables by file offset, least recently used evicted first.
-struct L2Cache {
-    capacity: usize,
-    tick: u64,
-    tables: HashMap<u64, (u64, Arc<L2Table>)>,
-}
-
-impl L2Cache {
-    fn new(capacity: usize) -> Self {
-        L2Cache {
-            capacity,
-            tick: 0,
-            tables: HashMap::with_capacity(capacity),
-        }
-    }
-
-    fn get(&mut self, offset: u64) -> Option<Arc<L2Table>> {
-        self.tick += 1;
-        let tick = self.tick;
-        self.tables.get_mut(&offset).map(|(used, t)| {
-            *used = tick;
-            t.clone()
-        })
-    }
-
-    fn insert(&mut self, offset: u64, table: Arc<L2Table>) {
-        if self.tables.len() >= self.capacity
-            && !self.tables.contains_key(&offset)
-            && let Some(oldest) = self
-                .tables
-                .iter()
-                .min_by_key(|(_, (used, _))| *used)
-                .map(|(k, _)| *k)
-        {
-            self.tables.remove(&oldest);
-        }
-        self.tick += 1;
-        self.tables.insert(offset, (self.tick, table));
-    }
-}
-
 /// What a segment of the disk holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -615,26 +356,39 @@ enum Kind {
 
 /// A run of the disk in one state, within one cluster (or one unallocated L2 range).
 #[derive(Debug, Clone, Copy)]
-struct Segment {
+struct ClusterRun {
     start: u64,
     length: u64,
     kind: Kind,
 }
 
-impl Segment {
-    fn extent(&self) -> Extent {
-        let (state, host_offset, compressed) = match self.kind {
-            Kind::Data { host } => (ExtentState::Data, Some(host), false),
-            Kind::Compressed { .. } => (ExtentState::Data, None, true),
-            Kind::Zero { host } => (ExtentState::Zero, host, false),
-            Kind::Unallocated { host } => (ExtentState::Unallocated, host, false),
+impl ClusterRun {
+    /// The run as the generic reader sees it; a compressed cluster is a unit of `cluster_size`.
+    fn segment(&self, cluster_size: u64) -> Segment {
+        let mapping = match self.kind {
+            Kind::Data { host } => Mapping::Stored {
+                file: 0,
+                offset: host,
+            },
+            Kind::Compressed {
+                descriptor,
+                cluster_start,
+            } => Mapping::Encoded {
+                unit: Unit {
+                    source: 0,
+                    id: descriptor,
+                    at: 0,
+                    len: cluster_size,
+                },
+                unit_start: cluster_start,
+            },
+            Kind::Zero { host } => Mapping::Zero { host },
+            Kind::Unallocated { host } => Mapping::Unallocated { host },
         };
-        Extent {
+        Segment {
             start: self.start,
             length: self.length,
-            state,
-            host_offset,
-            compressed,
+            mapping,
         }
     }
 }
@@ -642,7 +396,7 @@ impl Segment {
 /// Walks `[pos, end)` of the disk through the L1 and L2 tables, one segment at a time,
 /// checking every entry it uses.
 struct Walker<'a> {
-    reader: &'a Qcow2Reader,
+    reader: &'a Qcow2Disk,
     pos: u64,
     end: u64,
     /// The L2 table in use: (L1 index, table).
@@ -650,7 +404,7 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn next(&mut self) -> Result<Option<Segment>> {
+    fn next(&mut self) -> Result<Option<ClusterRun>> {
         if self.pos >= self.end {
             return Ok(None);
         }
@@ -755,9 +509,9 @@ impl Walker<'_> {
     }
 
     /// The segment from the current position to `end` (clamped to the walk), moving past it.
-    fn emit(&mut self, end: u64, kind: Kind) -> Segment {
+    fn emit(&mut self, end: u64, kind: Kind) -> ClusterRun {
         let end = end.min(self.end);
-        let seg = Segment {
+        let seg = ClusterRun {
             start: self.pos,
             length: end - self.pos,
             kind,
@@ -931,34 +685,5 @@ mod tests {
         // The decoder is reset between clusters.
         unzstd_cluster(&z, &mut out).unwrap();
         assert_eq!(out, data);
-    }
-
-    #[test]
-    fn cache_evicts_the_least_recently_used() {
-        let table = |o| {
-            Arc::new(L2Table {
-                offset: o,
-                words: vec![],
-                extended: false,
-            })
-        };
-        let mut c = L2Cache::new(2);
-        c.insert(1, table(1));
-        c.insert(2, table(2));
-        assert!(c.get(1).is_some());
-        c.insert(3, table(3));
-        assert!(c.get(2).is_none());
-        assert!(c.get(1).is_some() && c.get(3).is_some());
-    }
-
-    #[test]
-    fn runs_coalesce_only_when_contiguous_in_both_places() {
-        let mut p = None;
-        assert!(extend_run(&mut p, 0, 100, 10).is_none());
-        assert!(extend_run(&mut p, 10, 110, 5).is_none());
-        let done = extend_run(&mut p, 15, 200, 5).unwrap();
-        assert_eq!((done.at, done.src, done.len), (0, 100, 15));
-        let done = extend_run(&mut p, 30, 205, 5).unwrap();
-        assert_eq!((done.at, done.src, done.len), (15, 200, 5));
     }
 }

@@ -1,7 +1,6 @@
 //! Reads fixed, dynamic and differencing VHDs as a virtual disk.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use byteorder::{BigEndian, ByteOrder};
 
@@ -10,13 +9,12 @@ use super::dynamic::{
 };
 use super::footer::{DiskType, FOOTER_SIZE, Footer, SizeSource, uuid_string};
 use super::info::{VhdInfo, VhdLocatorInfo};
-use crate::block::{
-    BlockReader, Extent, ExtentState, check_range, map_backing, push_extent, read_backing,
-    usize_len,
-};
+use crate::block::{BlockReader, usize_len};
+use crate::cache::Lru;
 use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::info::FormatInfo;
 use crate::limits::{MAX_LOCATOR_BYTES, VHD_BITMAP_CACHE};
+use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, Unit};
 use crate::storage::{Storage, read_exact_at};
 
 /// A VHD's structures, read and checked, before any parent is attached.
@@ -138,11 +136,13 @@ impl VhdImage {
                 self.parent_description(),
             ));
         }
-        Ok(VhdReader {
-            image: self,
+        Ok(MappedReader::new(
+            VhdDisk {
+                image: self,
+                bitmaps: Lru::new(VHD_BITMAP_CACHE),
+            },
             parent,
-            bitmaps: Mutex::new(HashMap::new()),
-        })
+        ))
     }
 }
 
@@ -258,35 +258,28 @@ fn read_sparse(storage: &dyn Storage, footer: &Footer, size: u64, data_end: u64)
     })
 }
 
-/// The reader: a [`VhdImage`] with its parent, if it has one.
-pub struct VhdReader {
+/// The reader: a [`VhdDisk`] with its parent, if it has one.
+pub type VhdReader = MappedReader<VhdDisk>;
+
+/// What a VHD's BAT and sector bitmaps say about each offset of its disk.
+pub struct VhdDisk {
     image: VhdImage,
-    parent: Option<Arc<dyn BlockReader>>,
     /// Sector bitmaps of recently read blocks, by BAT entry.
-    bitmaps: Mutex<HashMap<u32, Arc<Vec<u8>>>>,
+    bitmaps: Lru<u32, Arc<Vec<u8>>>,
 }
 
-/// What one block-sized step of a read or map finds.
-enum Run {
-    /// Bytes stored at this file offset.
-    Stored(u64),
-    /// Not stored here: zeros, or the parent's bytes for a differencing disk.
-    Absent,
-}
-
-impl VhdReader {
+impl VhdDisk {
+    /// The image's structures.
     pub fn image(&self) -> &VhdImage {
         &self.image
     }
 
     fn bitmap(&self, entry: u32) -> Result<Arc<Vec<u8>>> {
-        if let Ok(cache) = self.bitmaps.lock()
-            && let Some(b) = cache.get(&entry)
-        {
-            return Ok(b.clone());
+        if let Some(b) = self.bitmaps.get(&entry) {
+            return Ok(b);
         }
         let Some(sparse) = &self.image.sparse else {
-            return Err(Error::malformed("vhd", 0, "bitmap of a fixed disk"));
+            return Err(Error::internal("vhd: the bitmap of a fixed disk"));
         };
         let mut b = vec![0u8; usize_len(sparse.header.bitmap_size())?];
         read_exact_at(
@@ -296,25 +289,33 @@ impl VhdReader {
             "vhd block bitmap",
         )?;
         let b = Arc::new(b);
-        if let Ok(mut cache) = self.bitmaps.lock() {
-            if cache.len() >= VHD_BITMAP_CACHE {
-                cache.clear();
-            }
-            cache.insert(entry, b.clone());
-        }
+        self.bitmaps.insert(entry, b.clone());
         Ok(b)
     }
+}
 
-    /// Walks `[offset, offset + len)` in runs of one kind, calling `f(start, length, run)`.
-    fn walk(
-        &self,
-        offset: u64,
-        len: u64,
-        mut f: impl FnMut(u64, u64, Run) -> Result<()>,
-    ) -> Result<()> {
-        let end = offset + len;
+impl MappedDisk for VhdDisk {
+    fn virtual_size(&self) -> u64 {
+        self.image.size
+    }
+
+    fn walk(&self, offset: u64, end: u64, f: &mut dyn FnMut(Segment) -> Result<()>) -> Result<()> {
+        let stored = |start: u64, length: u64, at: u64| Segment {
+            start,
+            length,
+            mapping: Mapping::Stored {
+                file: 0,
+                offset: at,
+            },
+        };
         let Some(sparse) = &self.image.sparse else {
-            return f(offset, len, Run::Stored(offset));
+            return f(stored(offset, end - offset, offset));
+        };
+        // A differencing disk's absent sectors are its parent's; a dynamic disk's are zeros.
+        let absent = if self.image.footer.disk_type == DiskType::Differencing {
+            Mapping::Unallocated { host: None }
+        } else {
+            Mapping::Zero { host: None }
         };
         let block_size = u64::from(sparse.header.block_size);
         let bitmap_size = sparse.header.bitmap_size();
@@ -328,7 +329,11 @@ impl VhdReader {
                 .copied()
                 .unwrap_or(UNALLOCATED);
             if entry == UNALLOCATED {
-                f(pos, block_end - pos, Run::Absent)?;
+                f(Segment {
+                    start: pos,
+                    length: block_end - pos,
+                    mapping: absent,
+                })?;
                 pos = block_end;
                 continue;
             }
@@ -345,62 +350,44 @@ impl VhdReader {
                     run_end += 512;
                 }
                 let run_end = run_end.min(block_end);
-                let run = if present {
-                    Run::Stored(data_start + pos % block_size)
+                f(if present {
+                    stored(pos, run_end - pos, data_start + pos % block_size)
                 } else {
-                    Run::Absent
-                };
-                f(pos, run_end - pos, run)?;
+                    Segment {
+                        start: pos,
+                        length: run_end - pos,
+                        mapping: absent,
+                    }
+                })?;
                 pos = run_end;
             }
         }
         Ok(())
     }
-}
 
-impl BlockReader for VhdReader {
-    fn virtual_size(&self) -> u64 {
-        self.image.size
+    fn file(&self, file: usize) -> Result<&dyn Storage> {
+        match file {
+            0 => Ok(&*self.image.storage),
+            _ => Err(Error::internal(format!("vhd has no file {file}"))),
+        }
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(offset, buf.len() as u64, self.image.size)?;
-        self.walk(offset, buf.len() as u64, |start, length, run| {
-            let from = usize_len(start - offset)?;
-            let to = from + usize_len(length)?;
-            let part = &mut buf[from..to];
-            match run {
-                Run::Stored(at) => read_exact_at(&*self.image.storage, part, at, "vhd block data"),
-                Run::Absent => read_backing(self.parent.as_deref(), part, start),
-            }
-        })
-    }
-
-    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let len = len.min(self.image.size.saturating_sub(offset));
+    fn stored_ranges(&self, _file: usize) -> StoredRanges {
         if self.image.sparse.is_none() {
             // A fixed disk is a raw image with a footer: its file's holes are zero ranges, so a
             // conversion need not read them (qemu-img asks the file system too).
-            return crate::io::map_storage_region(&*self.image.storage, offset, offset + len);
+            StoredRanges::LocatedSplitByHoles
+        } else {
+            StoredRanges::Located
         }
-        let mut out = Vec::new();
-        self.walk(offset, len, |start, length, run| {
-            match run {
-                Run::Stored(at) => push_extent(
-                    &mut out,
-                    Extent {
-                        host_offset: Some(at),
-                        ..Extent::new(start, length, ExtentState::Data)
-                    },
-                ),
-                Run::Absent => match &self.parent {
-                    Some(p) => map_backing(&**p, start, length, &mut out)?,
-                    None => push_extent(&mut out, Extent::new(start, length, ExtentState::Zero)),
-                },
-            }
-            Ok(())
-        })?;
-        Ok(out)
+    }
+
+    fn decode(&self, _unit: &Unit, _out: &mut [u8]) -> Result<()> {
+        Err(Error::internal("vhd has no encoded units"))
+    }
+
+    fn data_structure(&self) -> &'static str {
+        "vhd block data"
     }
 
     fn info(&self) -> Option<FormatInfo> {

@@ -150,7 +150,7 @@ pub fn open(file: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<
         });
         start += length;
     }
-    Ok(VmdkReader::new(size, extents, Some(d), parent))
+    Ok(reader::VmdkDisk::reader(size, extents, Some(d), parent))
 }
 
 /// Opens a file that starts with a hosted sparse header: monolithicSparse, streamOptimized, or
@@ -210,7 +210,7 @@ fn open_sparse(
         file_name: name,
         embedded: true,
     }];
-    Ok(VmdkReader::new(size, extents, descriptor, parent))
+    Ok(reader::VmdkDisk::reader(size, extents, descriptor, parent))
 }
 
 /// Refuses createTypes that name devices.

@@ -7,13 +7,11 @@ use std::sync::Arc;
 use super::descriptor::Descriptor;
 use super::info::{VmdkExtentInfo, VmdkInfo};
 use super::sparse::{Grain, SparseExtent};
-use crate::block::{
-    BlockReader, Extent, ExtentState, check_range, map_backing, push_extent, read_backing,
-    usize_len,
-};
+use crate::block::BlockReader;
 use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::info::FormatInfo;
-use crate::storage::{Storage, data_runs, read_exact_at};
+use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, Unit};
+use crate::storage::Storage;
 
 /// Where an extent's sectors are.
 pub enum ExtentData {
@@ -46,261 +44,152 @@ impl VmdkExtent {
     }
 }
 
-/// The reader.
-pub struct VmdkReader {
+/// The reader: a [`VmdkDisk`] with the parent of a delta disk, if one is attached.
+pub type VmdkReader = MappedReader<VmdkDisk>;
+
+/// What a VMDK's extents and grain tables say about each offset of its disk.
+pub struct VmdkDisk {
     size: u64,
     extents: Vec<VmdkExtent>,
     descriptor: Option<Descriptor>,
-    parent: Option<Arc<dyn BlockReader>>,
+    /// Whether a parent is attached: unallocated grains are then the parent's, else zeros.
+    has_parent: bool,
 }
 
-/// What one run of a read or map finds.
-enum Run<'a> {
-    /// Plain bytes at `at` in `file`.
-    Stored {
-        file: &'a dyn Storage,
-        at: u64,
-        embedded: bool,
-    },
-    /// Bytes `within` the compressed grain `index` of `extent`, stored at `at`.
-    Compressed {
-        extent: &'a SparseExtent,
-        index: u64,
-        at: u64,
-        within: u64,
-    },
-    Zero,
-    /// Not in this disk: the parent's, or zeros.
-    Unallocated,
-}
-
-impl VmdkReader {
+impl VmdkDisk {
     /// A reader over `extents`, which must be in order, without gaps, and cover `size` bytes.
-    pub fn new(
+    pub fn reader(
         size: u64,
         extents: Vec<VmdkExtent>,
         descriptor: Option<Descriptor>,
         parent: Option<Arc<dyn BlockReader>>,
     ) -> VmdkReader {
-        VmdkReader {
+        let disk = VmdkDisk {
             size,
             extents,
             descriptor,
-            parent,
-        }
+            has_parent: parent.is_some(),
+        };
+        MappedReader::new(disk, parent)
     }
 
+    /// The descriptor, where the image has one.
     pub fn descriptor(&self) -> Option<&Descriptor> {
         self.descriptor.as_ref()
     }
 
+    /// The extents, end to end.
     pub fn extents(&self) -> &[VmdkExtent] {
         &self.extents
     }
+}
 
-    /// Walks `[offset, offset + len)` in runs, calling `f(start, length, run)`. Neighbouring
-    /// plain runs that continue each other in the same file are joined.
-    fn walk<'a>(
-        &'a self,
-        offset: u64,
-        len: u64,
-        mut f: impl FnMut(u64, u64, Run<'a>) -> Result<()>,
-    ) -> Result<()> {
-        let end = offset + len;
+impl MappedDisk for VmdkDisk {
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn walk(&self, offset: u64, end: u64, f: &mut dyn FnMut(Segment) -> Result<()>) -> Result<()> {
+        let unallocated = if self.has_parent {
+            Mapping::Unallocated { host: None }
+        } else {
+            Mapping::Zero { host: None }
+        };
         let mut pos = offset;
         let first = self.extents.partition_point(|e| e.end() <= offset);
-        let mut held: Option<Held<'a>> = None;
-        for extent in self.extents.iter().skip(first) {
+        for (index, extent) in self.extents.iter().enumerate().skip(first) {
             if pos >= end {
                 break;
             }
             let stop = extent.end().min(end);
+            let mut emit = |start: u64, length: u64, mapping: Mapping| {
+                f(Segment {
+                    start,
+                    length,
+                    mapping,
+                })
+            };
             match &extent.data {
-                ExtentData::Zero => emit(&mut held, pos, stop - pos, Run::Zero, &mut f)?,
+                ExtentData::Zero => emit(pos, stop - pos, Mapping::Zero { host: None })?,
                 ExtentData::Refused { .. } => {
                     return Err(Error::reference(
                         ReferenceKind::Extent,
                         extent.file_name.clone(),
                     ));
                 }
-                ExtentData::Flat { file, offset } => emit(
-                    &mut held,
+                ExtentData::Flat { offset, .. } => emit(
                     pos,
                     stop - pos,
-                    Run::Stored {
-                        file: &**file,
-                        at: offset + (pos - extent.start),
-                        embedded: extent.embedded,
+                    Mapping::Stored {
+                        file: index,
+                        offset: offset + (pos - extent.start),
                     },
-                    &mut f,
                 )?,
                 ExtentData::Sparse(sparse) => {
                     let grain_bytes = sparse.header.grain_bytes();
                     while pos < stop {
                         let rel = pos - extent.start;
-                        let index = rel / grain_bytes;
-                        let grain_start = index * grain_bytes;
+                        let grain = rel / grain_bytes;
+                        let grain_start = grain * grain_bytes;
                         let run_end = (extent.start + grain_start + grain_bytes).min(stop);
                         let within = rel - grain_start;
-                        let run = match sparse.grain(index)? {
-                            Grain::Unallocated => Run::Unallocated,
-                            Grain::Zero => Run::Zero,
-                            Grain::Stored(at) => Run::Stored {
-                                file: sparse.file(),
-                                at: at + within,
-                                embedded: extent.embedded,
+                        let mapping = match sparse.grain(grain)? {
+                            Grain::Unallocated => unallocated,
+                            Grain::Zero => Mapping::Zero { host: None },
+                            Grain::Stored(at) => Mapping::Stored {
+                                file: index,
+                                offset: at + within,
                             },
-                            Grain::Compressed(at) => Run::Compressed {
-                                extent: sparse,
-                                index,
-                                at,
-                                within,
+                            Grain::Compressed(at) => Mapping::Encoded {
+                                unit: Unit {
+                                    source: index,
+                                    id: grain,
+                                    at,
+                                    len: grain_bytes,
+                                },
+                                unit_start: extent.start + grain_start,
                             },
                         };
-                        emit(&mut held, pos, run_end - pos, run, &mut f)?;
+                        emit(pos, run_end - pos, mapping)?;
                         pos = run_end;
                     }
                 }
             }
             pos = stop;
         }
-        if let Some(h) = held.take() {
-            f(h.start, h.length, h.run())?;
-        }
         Ok(())
     }
-}
 
-/// A plain run being extended by the runs that continue it.
-struct Held<'a> {
-    start: u64,
-    length: u64,
-    file: &'a dyn Storage,
-    at: u64,
-    embedded: bool,
-}
-
-impl<'a> Held<'a> {
-    fn run(&self) -> Run<'a> {
-        Run::Stored {
-            file: self.file,
-            at: self.at,
-            embedded: self.embedded,
+    fn file(&self, file: usize) -> Result<&dyn Storage> {
+        match self.extents.get(file).map(|e| &e.data) {
+            Some(ExtentData::Flat { file, .. }) => Ok(&**file),
+            Some(ExtentData::Sparse(sparse)) => Ok(sparse.file()),
+            _ => Err(Error::internal(format!("vmdk extent {file} has no file"))),
         }
     }
-}
 
-/// Passes `run` on to `f`, joining plain runs that continue each other in the same file.
-fn emit<'a>(
-    held: &mut Option<Held<'a>>,
-    start: u64,
-    length: u64,
-    run: Run<'a>,
-    f: &mut impl FnMut(u64, u64, Run<'a>) -> Result<()>,
-) -> Result<()> {
-    if let Run::Stored { file, at, embedded } = run {
-        if let Some(h) = held.as_mut()
-            && std::ptr::addr_eq(h.file, file)
-            && h.at + h.length == at
-            && h.start + h.length == start
-        {
-            h.length += length;
-            return Ok(());
+    fn stored_ranges(&self, file: usize) -> StoredRanges {
+        if self.extents.get(file).is_some_and(|e| e.embedded) {
+            StoredRanges::Located
+        } else {
+            // A flat extent (or a split sparse one) in its own file: its holes are zeros a
+            // conversion need not read. Offsets in another file would mislead.
+            StoredRanges::SplitByHoles
         }
-        if let Some(h) = held.take() {
-            f(h.start, h.length, h.run())?;
+    }
+
+    fn decode(&self, unit: &Unit, out: &mut [u8]) -> Result<()> {
+        match self.extents.get(unit.source).map(|e| &e.data) {
+            Some(ExtentData::Sparse(sparse)) => sparse.inflate_into(unit.id, unit.at, out),
+            _ => Err(Error::internal(format!(
+                "vmdk extent {} has no compressed grains",
+                unit.source
+            ))),
         }
-        *held = Some(Held {
-            start,
-            length,
-            file,
-            at,
-            embedded,
-        });
-        return Ok(());
-    }
-    if let Some(h) = held.take() {
-        f(h.start, h.length, h.run())?;
-    }
-    f(start, length, run)
-}
-
-impl BlockReader for VmdkReader {
-    fn virtual_size(&self) -> u64 {
-        self.size
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(offset, buf.len() as u64, self.size)?;
-        self.walk(offset, buf.len() as u64, |start, length, run| {
-            let from = usize_len(start - offset)?;
-            let to = from + usize_len(length)?;
-            let Some(part) = buf.get_mut(from..to) else {
-                return Ok(());
-            };
-            match run {
-                Run::Stored { file, at, .. } => read_exact_at(file, part, at, "vmdk grain data"),
-                Run::Compressed {
-                    extent,
-                    index,
-                    at,
-                    within,
-                } => {
-                    if within == 0 && part.len() as u64 == extent.grain_bytes() {
-                        return extent.inflate_into(index, at, part);
-                    }
-                    let grain = extent.inflate(index, at)?;
-                    let w = usize_len(within)?;
-                    match grain.get(w..w + part.len()) {
-                        Some(src) => part.copy_from_slice(src),
-                        None => part.fill(0),
-                    }
-                    Ok(())
-                }
-                Run::Zero => {
-                    part.fill(0);
-                    Ok(())
-                }
-                Run::Unallocated => read_backing(self.parent.as_deref(), part, start),
-            }
-        })
-    }
-
-    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let len = len.min(self.size.saturating_sub(offset));
-        let mut out = Vec::new();
-        self.walk(offset, len, |start, length, run| {
-            match run {
-                Run::Stored { at, embedded, .. } if embedded => push_extent(
-                    &mut out,
-                    Extent {
-                        host_offset: Some(at),
-                        ..Extent::new(start, length, ExtentState::Data)
-                    },
-                ),
-                // A flat extent (or a split sparse one) in its own file: its holes are zeros
-                // a conversion need not read. Offsets in another file would mislead.
-                Run::Stored { file, at, .. } => {
-                    for (host, n, state) in data_runs(file, at, at + length)? {
-                        push_extent(&mut out, Extent::new(start + (host - at), n, state));
-                    }
-                }
-                Run::Compressed { .. } => push_extent(
-                    &mut out,
-                    Extent {
-                        compressed: true,
-                        ..Extent::new(start, length, ExtentState::Data)
-                    },
-                ),
-                Run::Zero => push_extent(&mut out, Extent::new(start, length, ExtentState::Zero)),
-                Run::Unallocated => match &self.parent {
-                    Some(p) => map_backing(&**p, start, length, &mut out)?,
-                    None => push_extent(&mut out, Extent::new(start, length, ExtentState::Zero)),
-                },
-            }
-            Ok(())
-        })?;
-        Ok(out)
+    fn data_structure(&self) -> &'static str {
+        "vmdk grain data"
     }
 
     fn info(&self) -> Option<FormatInfo> {

@@ -3,12 +3,12 @@
 //! twoGbMaxExtentSparse and streamOptimized disks are all made of these. All fields are
 //! little-endian; offsets are in 512-byte sectors. See formats/vmdk.md, "Hosted sparse extents".
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian};
 
 use crate::block::usize_len;
+use crate::cache::Lru;
 use crate::error::{Error, Result};
 use crate::limits::{
     GT_CACHE, MAX_DESCRIPTOR_BYTES, MAX_GD_BYTES, MAX_GRAIN_SECTORS, MAX_GTES_PER_GT,
@@ -242,9 +242,7 @@ pub struct SparseExtent {
     gd: Vec<u32>,
     /// Where the GD is, for errors.
     gd_pos: u64,
-    gts: Mutex<HashMap<usize, Arc<Vec<u32>>>>,
-    /// The grain inflated last, by index.
-    last: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    gts: Lru<usize, Arc<Vec<u32>>>,
 }
 
 /// Reads the header at offset 0 of a file of `file_len` bytes.
@@ -404,8 +402,7 @@ impl SparseExtent {
             header,
             gd,
             gd_pos,
-            gts: Mutex::new(HashMap::new()),
-            last: Mutex::new(None),
+            gts: Lru::new(GT_CACHE),
         })
     }
 
@@ -419,10 +416,8 @@ impl SparseExtent {
         if entry == 0 {
             return Ok(None);
         }
-        if let Ok(cache) = self.gts.lock()
-            && let Some(gt) = cache.get(&index)
-        {
-            return Ok(Some(gt.clone()));
+        if let Some(gt) = self.gts.get(&index) {
+            return Ok(Some(gt));
         }
         let mut raw = vec![0u8; usize_len(self.header.gt_bytes())?];
         read_exact_at(
@@ -432,12 +427,7 @@ impl SparseExtent {
             "vmdk grain table",
         )?;
         let gt = Arc::new(raw.chunks_exact(4).map(LittleEndian::read_u32).collect());
-        if let Ok(mut cache) = self.gts.lock() {
-            if cache.len() >= GT_CACHE {
-                cache.clear();
-            }
-            cache.insert(index, Arc::clone(&gt));
-        }
+        self.gts.insert(index, Arc::clone(&gt));
         Ok(Some(gt))
     }
 
@@ -480,24 +470,6 @@ impl SparseExtent {
         } else {
             Grain::Stored(at)
         })
-    }
-
-    /// Inflates the compressed grain `index` stored at byte `at`, keeping the last one for
-    /// reads of its other parts.
-    pub fn inflate(&self, index: u64, at: u64) -> Result<Arc<Vec<u8>>> {
-        if let Ok(last) = self.last.lock()
-            && let Some((i, g)) = &*last
-            && *i == index
-        {
-            return Ok(g.clone());
-        }
-        let mut out = vec![0u8; usize_len(self.header.grain_bytes())?];
-        self.inflate_into(index, at, &mut out)?;
-        let out = Arc::new(out);
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some((index, out.clone()));
-        }
-        Ok(out)
     }
 
     /// Inflates the compressed grain `index` stored at byte `at` into `out`, which holds a

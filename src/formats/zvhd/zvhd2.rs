@@ -8,18 +8,17 @@
 //! before the first read; reads then fetch one entry and one record per block. The format is
 //! described in `formats/zvhd.md`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress};
 
 use super::info::Zvhd2Info;
-use crate::block::{
-    BlockReader, BlockWriter, Extent, ExtentState, Piece, UnitEncoder, check_range, push_extent,
-};
+use crate::block::{BlockWriter, Piece, UnitEncoder};
 use crate::error::{Error, Result};
 use crate::formats::info::FormatInfo;
 use crate::io::AppendSink;
+use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, Unit};
 use crate::storage::{MemoryStorage, Storage, read_exact_at};
 
 use super::header::{
@@ -42,31 +41,45 @@ const ZSTD_LEVEL: i32 = 3;
 const INDEX_READ_CHUNK: usize = 64 << 10;
 
 /// Reads a ZVHD2 image at any offset.
-pub struct Zvhd2Reader {
+pub type Zvhd2Reader = MappedReader<Zvhd2Disk>;
+
+impl MappedReader<Zvhd2Disk> {
+    /// Opens a ZVHD2 image.
+    pub fn open(storage: Arc<dyn Storage>) -> Result<Self> {
+        let length = storage.len();
+        Ok(MappedReader::new(
+            Zvhd2Disk::from_storage(storage, length)?,
+            None,
+        ))
+    }
+
+    /// Opens a ZVHD2 image held in memory (for tests and fuzzing).
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Result<Self> {
+        Zvhd2Reader::open(Arc::new(MemoryStorage::new(bytes.into())))
+    }
+
+    /// The final footer.
+    pub fn footer(&self) -> &ZvhdHeader {
+        &self.disk().footer
+    }
+
+    /// How the blocks are compressed.
+    pub fn compression(&self) -> Zvhd2Compression {
+        self.disk().compression
+    }
+}
+
+/// What a ZVHD2 image's bitmap and index say about each block of its disk.
+pub struct Zvhd2Disk {
     storage: Arc<dyn Storage>,
     footer: ZvhdHeader,
     compression: Zvhd2Compression,
     bitmap: Bitmap,
     /// Records lie in `[PAGE, data_end)`: before the middle footer.
     data_end: u64,
-    /// The last block decoded, for reads smaller than a block.
-    cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
 }
 
-impl Zvhd2Reader {
-    /// Opens a ZVHD2 image.
-    pub fn open(storage: Arc<dyn Storage>) -> Result<Self> {
-        let length = storage.len();
-        Zvhd2Reader::from_storage(storage, length)
-    }
-
-    /// Opens a ZVHD2 image held in memory (for tests and fuzzing).
-    pub fn from_bytes(bytes: impl Into<Bytes>) -> Result<Self> {
-        let bytes = bytes.into();
-        let length = bytes.len() as u64;
-        Zvhd2Reader::from_storage(Arc::new(MemoryStorage::new(bytes)), length)
-    }
-
+impl Zvhd2Disk {
     fn from_storage(storage: Arc<dyn Storage>, length: u64) -> Result<Self> {
         if length < MIN_FILE_LEN {
             return Err(Error::truncated("zvhd2 file", 0, MIN_FILE_LEN, length));
@@ -115,13 +128,12 @@ impl Zvhd2Reader {
             footer.bitmap_lba,
         )?;
         let data_end = footer.index_lba.saturating_sub(PAGE);
-        let reader = Zvhd2Reader {
+        let reader = Zvhd2Disk {
             storage,
             footer,
             compression,
             bitmap,
             data_end,
-            cache: Mutex::new(None),
         };
         reader.check_index()?;
         Ok(reader)
@@ -184,24 +196,8 @@ impl Zvhd2Reader {
             })
     }
 
-    /// The final footer.
-    pub fn footer(&self) -> &ZvhdHeader {
-        &self.footer
-    }
-
-    /// How the blocks are compressed.
-    pub fn compression(&self) -> Zvhd2Compression {
-        self.compression
-    }
-
     /// Reads, checks and decodes block `blk`, which has its bit set.
-    fn decode_block(&self, blk: u64) -> Result<Arc<Vec<u8>>> {
-        if let Ok(cache) = self.cache.lock()
-            && let Some((cached, data)) = cache.as_ref()
-            && *cached == blk
-        {
-            return Ok(data.clone());
-        }
+    fn decode_block(&self, blk: u64, out: &mut [u8]) -> Result<()> {
         let k = self.bitmap.rank(blk);
         let at = self.entry_offset(k)?;
         let mut raw = [0u8; INDEX_ENTRY_LEN as usize];
@@ -221,19 +217,18 @@ impl Zvhd2Reader {
             ));
         }
         let payload = record::payload(&rec, &head, offset)?;
-        let mut out = record::block_buffer();
+        let mut block = record::block_buffer();
         match self.compression {
-            Zvhd2Compression::Zstd => record::unzstd_block(payload, &mut out, offset)?,
+            Zvhd2Compression::Zstd => record::unzstd_block(payload, &mut block, offset)?,
             Zvhd2Compression::Zlib => {
-                record::inflate_block(&mut Decompress::new(true), payload, &mut out, offset)?
+                record::inflate_block(&mut Decompress::new(true), payload, &mut block, offset)?
             }
         }
-        out.truncate(BLOCK_SIZE as usize);
-        let out = Arc::new(out);
-        if let Ok(mut cache) = self.cache.lock() {
-            *cache = Some((blk, out.clone()));
-        }
-        Ok(out)
+        let block = block.get(..out.len()).ok_or_else(|| {
+            Error::internal(format!("a zvhd2 block read into {} bytes", out.len()))
+        })?;
+        out.copy_from_slice(block);
+        Ok(())
     }
 }
 
@@ -310,57 +305,59 @@ fn check_footer(f: &ZvhdHeader, at: u64) -> Result<Zvhd2Compression> {
     Ok(compression)
 }
 
-impl BlockReader for Zvhd2Reader {
+impl MappedDisk for Zvhd2Disk {
     /// `curr_size`: the size rounded up to a GiB, which the reference reports.
     fn virtual_size(&self) -> u64 {
         self.footer.curr_size
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(offset, buf.len() as u64, self.virtual_size())?;
+    fn walk(&self, offset: u64, end: u64, f: &mut dyn FnMut(Segment) -> Result<()>) -> Result<()> {
         let blocks = u64::from(self.footer.max_blk_num);
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
+        let mut pos = offset;
+        while pos < end {
             let blk = pos / BLOCK_SIZE;
-            let within = (pos % BLOCK_SIZE) as usize;
-            let n = (BLOCK_SIZE as usize - within).min(buf.len() - done);
-            let out = &mut buf[done..done + n];
-            if blk < blocks && self.bitmap.is_set(blk) {
-                let data = self.decode_block(blk)?;
-                out.copy_from_slice(&data[within..within + n]);
+            let unit_start = blk * BLOCK_SIZE;
+            let next = (unit_start + BLOCK_SIZE).min(end);
+            let mapping = if blk < blocks && self.bitmap.is_set(blk) {
+                Mapping::Encoded {
+                    unit: Unit {
+                        source: 0,
+                        id: blk,
+                        at: 0,
+                        len: BLOCK_SIZE,
+                    },
+                    unit_start,
+                }
             } else {
-                out.fill(0);
-            }
-            done += n;
+                Mapping::Zero { host: None }
+            };
+            f(Segment {
+                start: pos,
+                length: next - pos,
+                mapping,
+            })?;
+            pos = next;
         }
         Ok(())
     }
 
-    fn map(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let end = offset.saturating_add(len).min(self.virtual_size());
-        let blocks = u64::from(self.footer.max_blk_num);
-        let mut out = Vec::new();
-        let mut pos = offset;
-        while pos < end {
-            let blk = pos / BLOCK_SIZE;
-            if blk >= blocks {
-                push_extent(&mut out, Extent::new(pos, end - pos, ExtentState::Zero));
-                break;
-            }
-            let next = ((blk + 1) * BLOCK_SIZE).min(end);
-            let extent = if self.bitmap.is_set(blk) {
-                Extent {
-                    compressed: true,
-                    ..Extent::new(pos, next - pos, ExtentState::Data)
-                }
-            } else {
-                Extent::new(pos, next - pos, ExtentState::Zero)
-            };
-            push_extent(&mut out, extent);
-            pos = next;
+    fn file(&self, file: usize) -> Result<&dyn Storage> {
+        match file {
+            0 => Ok(&*self.storage),
+            _ => Err(Error::internal(format!("zvhd2 has no file {file}"))),
         }
-        Ok(out)
+    }
+
+    fn stored_ranges(&self, _file: usize) -> StoredRanges {
+        StoredRanges::Located
+    }
+
+    fn decode(&self, unit: &Unit, out: &mut [u8]) -> Result<()> {
+        self.decode_block(unit.id, out)
+    }
+
+    fn data_structure(&self) -> &'static str {
+        "zvhd2 record"
     }
 
     fn info(&self) -> Option<FormatInfo> {
@@ -585,6 +582,7 @@ impl<S: AppendSink> BlockWriter for Zvhd2Writer<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::{BlockReader, ExtentState};
 
     const EMPTY_ZSTD: &[u8] = include_bytes!("../../../testdata/zvhd/empty.zstd.zvhd2");
     const EMPTY_ZLIB: &[u8] = include_bytes!("../../../testdata/zvhd/empty.zlib.zvhd2");
