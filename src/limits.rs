@@ -232,8 +232,9 @@ pub const MAX_QCOW2_COMPRESSED_CLUSTER: u64 = 1 << MAX_CLUSTER_BITS;
 /// The largest VMDK grain once decompressed: [`MAX_GRAIN_SECTORS`] × 512 bytes (1 MiB).
 pub const MAX_VMDK_GRAIN_BYTES: u64 = MAX_GRAIN_SECTORS * 512;
 /// What one ZVHD or ZVHD2 record decompresses into: one block of the formats' fixed block size
-/// (2 MiB; a record's payload is at most [`MAX_ZVHD_RECORD_LEN`]).
-pub const ZVHD_RECORD_BLOCK: u64 = crate::formats::zvhd::BLOCK_SIZE;
+/// (2 MiB; a record's payload is at most [`MAX_ZVHD_RECORD_LEN`]). The formats' `BLOCK_SIZE`
+/// is checked to be this value by a test of `formats::zvhd`.
+pub const ZVHD_RECORD_BLOCK: u64 = 2 << 20;
 /// The largest unit any reader decompresses at once: 2 MiB.
 pub const MAX_DECOMPRESSED_UNIT: u64 = max(
     MAX_QCOW2_COMPRESSED_CLUSTER,

@@ -134,7 +134,7 @@ pub fn open_storage(
         storage,
         name,
         options.format,
-        &Resolver::new(options.references.clone()),
+        &Resolver::new(options.references.clone(), open_reference),
     )
 }
 
@@ -196,6 +196,23 @@ pub(crate) fn open_with(
         source: named(source, path),
         file_length,
         allocated,
+    })
+}
+
+/// Opens the disk a reference leads to, for the [`Resolver`]: it must be random access.
+fn open_reference(
+    storage: Arc<dyn Storage>,
+    path: &Path,
+    format: Option<Format>,
+    resolver: &Resolver,
+) -> Result<Arc<dyn BlockReader>> {
+    let image = open_with(storage, path, format, resolver)?;
+    let described = image.format();
+    image.reader().ok_or_else(|| {
+        Error::unsupported(format!(
+            "a {described} image another refers to (it can only be read front to back)"
+        ))
+        .in_file(path)
     })
 }
 
@@ -264,7 +281,7 @@ pub fn check(path: &Path, options: &OpenOptions) -> Result<CheckOutcome> {
             .map(CheckOutcome::Checked)
             .map_err(|e| e.in_file(path)),
         _ => {
-            let resolver = Resolver::new(options.references.clone());
+            let resolver = Resolver::new(options.references.clone(), open_reference);
             let image = open_with(storage, path, Some(format), &resolver)?;
             let mut stream = image.into_source().into_stream(4 << 20);
             // Walking the stream validates every table the map consults (and, for stream-only

@@ -65,11 +65,18 @@ impl Reference {
     }
 }
 
+/// Opens the file a reference leads to as a disk (its format given or probed), under the
+/// resolver one level down the chain. The opening layer provides it, so that this module knows
+/// nothing of the formats that make references.
+pub type DiskOpener =
+    fn(Arc<dyn Storage>, &Path, Option<Format>, &Resolver) -> Result<Arc<dyn BlockReader>>;
+
 /// Opens references under a [`References`] policy, counting how deep down a chain it is.
 #[derive(Debug, Clone, Default)]
 pub struct Resolver {
     policy: References,
     depth: usize,
+    opener: Option<DiskOpener>,
 }
 
 /// A file opened through a reference, with the path it resolved to.
@@ -79,9 +86,13 @@ pub(crate) struct Opened {
 }
 
 impl Resolver {
-    /// A resolver at the top of a chain.
-    pub fn new(policy: References) -> Resolver {
-        Resolver { policy, depth: 0 }
+    /// A resolver at the top of a chain that opens disks with `opener`.
+    pub fn new(policy: References, opener: DiskOpener) -> Resolver {
+        Resolver {
+            policy,
+            depth: 0,
+            opener: Some(opener),
+        }
     }
 
     /// The policy.
@@ -106,21 +117,15 @@ impl Resolver {
         if self.policy == References::Defer {
             return Ok(Arc::new(RefusedReference::new(reference.clone(), size)));
         }
+        let Some(opener) = self.opener else {
+            return Err(Error::internal("a resolver without a disk opener"));
+        };
         let opened = self.open_file(reference, referrer)?;
         let deeper = Resolver {
-            policy: self.policy.clone(),
             depth: self.depth + 1,
+            ..self.clone()
         };
-        let image =
-            crate::open::open_with(opened.storage, &opened.path, reference.format, &deeper)?;
-        let described = image.format();
-        image.reader().ok_or_else(|| {
-            Error::unsupported(format!(
-                "a {described} {} (it can only be read front to back)",
-                reference.kind
-            ))
-            .in_file(&opened.path)
-        })
+        opener(opened.storage, &opened.path, reference.format, &deeper)
     }
 
     /// Opens the bytes of another file (a VMDK extent). `None` under [`References::Defer`]: the

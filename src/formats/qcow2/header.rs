@@ -8,7 +8,8 @@
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
-use super::tables::{Geometry, SNAPSHOT_HEADER_SIZE, TABLE_ENTRY_SIZE};
+use super::geometry::{Geometry, MIN_CLUSTER_BITS, TABLE_ENTRY_SIZE};
+use super::snapshot::SNAPSHOT_HEADER_SIZE;
 use crate::limits::{
     MAX_BACKING_FILE_NAME, MAX_BACKING_FORMAT_NAME, MAX_CLUSTER_BITS, MAX_L1_TABLE_SIZE,
     MAX_REFCOUNT_TABLE_SIZE, MAX_SNAPSHOTS,
@@ -16,10 +17,6 @@ use crate::limits::{
 
 /// The magic number at offset 0.
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
-/// Smallest cluster: 512 bytes.
-pub const MIN_CLUSTER_BITS: u32 = 9;
-/// Extended L2 entries split a cluster into 32 subclusters of at least 512 bytes.
-pub const MIN_EXTENDED_L2_CLUSTER_BITS: u32 = 14;
 /// Length of a version 2 header.
 pub const V2_HEADER_LENGTH: u32 = 72;
 /// Shortest version 3 header (through `header_length`).

@@ -10,9 +10,11 @@
 //! The format, in this project's words, is in `formats/qcow2.md`.
 
 pub mod check;
+pub mod geometry;
 pub mod header;
 pub mod info;
 pub mod reader;
+pub mod snapshot;
 pub mod tables;
 pub mod writer;
 

@@ -99,7 +99,8 @@ impl Qcow2Disk {
         )?;
         let l1 = decode_table(&l1_bytes);
 
-        let snapshots = read_snapshot_table(&*storage, h, file_len)?;
+        let snapshots =
+            read_snapshot_table(&*storage, h.snapshots_offset, h.nb_snapshots, file_len)?;
         let tables = usize::try_from(L2_CACHE_BYTES >> geometry.cluster_bits())
             .unwrap_or(L2_CACHE_MAX_TABLES)
             .clamp(L2_CACHE_MIN_TABLES, L2_CACHE_MAX_TABLES);

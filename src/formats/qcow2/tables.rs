@@ -1,17 +1,12 @@
-//! QCOW2 tables: the geometry that follows from the header (cluster, L2 and refcount sizes), the
-//! L1 and L2 entry layouts (standard, compressed and extended entries with their subcluster
-//! bitmaps), refcount table and block entries, and the internal snapshot table.
+//! QCOW2 tables: the L1 and L2 entry layouts (standard, compressed and extended entries with
+//! their subcluster bitmaps) and refcount table and block entries. The geometry that follows
+//! from the header is in `geometry.rs`, the internal snapshot table in `snapshot.rs`.
 //!
 //! Everything here is pure decoding and arithmetic, so the reader, the writer and the checker
 //! share one definition of each bit. The layouts are described in `formats/qcow2.md`.
 
-use crate::error::{Error, Result};
-use crate::storage::{Storage, read_exact_at};
-
-use super::header::{Header, MIN_CLUSTER_BITS, MIN_EXTENDED_L2_CLUSTER_BITS};
-use crate::limits::{
-    MAX_CLUSTER_BITS, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_SIZE, MAX_SNAPSHOTS,
-};
+pub use super::geometry::{Geometry, SUBCLUSTERS_PER_CLUSTER, TABLE_ENTRY_SIZE};
+pub use super::snapshot::{Snapshot, read_snapshot_table};
 
 /// Bits 9-55 of an L1 entry: the offset of an L2 table.
 pub const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -31,167 +26,8 @@ pub const L1E_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
 pub const L2E_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
 /// Bits of a refcount table entry that must be zero: 0-8.
 pub const REFT_RESERVED_MASK: u64 = 0x1ff;
-/// Subclusters in a cluster with extended L2 entries.
-pub const SUBCLUSTERS_PER_CLUSTER: u32 = 32;
 /// Compressed data is counted in sectors of this size.
 pub const COMPRESSED_SECTOR_SIZE: u64 = 512;
-/// Size of an L1 entry and of a refcount table entry.
-pub const TABLE_ENTRY_SIZE: u64 = 8;
-
-/// Sizes and shifts that follow from `cluster_bits`, the L2 entry width and `refcount_order`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
-    cluster_bits: u32,
-    extended_l2: bool,
-    refcount_order: u32,
-}
-
-impl Geometry {
-    /// Checks the three values against the format's limits.
-    pub fn new(cluster_bits: u32, extended_l2: bool, refcount_order: u32) -> Result<Self> {
-        if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
-            return Err(Error::malformed(
-                "qcow2 header",
-                20,
-                format!(
-                    "cluster_bits {cluster_bits} is outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"
-                ),
-            ));
-        }
-        if extended_l2 && cluster_bits < MIN_EXTENDED_L2_CLUSTER_BITS {
-            return Err(Error::malformed(
-                "qcow2 header",
-                20,
-                format!(
-                    "extended L2 entries need clusters of at least {} bytes, not {}",
-                    1u64 << MIN_EXTENDED_L2_CLUSTER_BITS,
-                    1u64 << cluster_bits
-                ),
-            ));
-        }
-        if refcount_order > 6 {
-            return Err(Error::malformed(
-                "qcow2 header",
-                96,
-                format!("refcount_order {refcount_order} is above 6"),
-            ));
-        }
-        Ok(Geometry {
-            cluster_bits,
-            extended_l2,
-            refcount_order,
-        })
-    }
-
-    pub fn cluster_bits(&self) -> u32 {
-        self.cluster_bits
-    }
-
-    pub fn cluster_size(&self) -> u64 {
-        1 << self.cluster_bits
-    }
-
-    /// Offset of `offset` inside its cluster.
-    pub fn offset_in_cluster(&self, offset: u64) -> u64 {
-        offset & (self.cluster_size() - 1)
-    }
-
-    /// Start of the cluster holding `offset`.
-    pub fn cluster_start(&self, offset: u64) -> u64 {
-        offset & !(self.cluster_size() - 1)
-    }
-
-    pub fn extended_l2(&self) -> bool {
-        self.extended_l2
-    }
-
-    /// Bytes per L2 entry: 8, or 16 with extended L2 entries.
-    pub fn l2_entry_size(&self) -> u64 {
-        if self.extended_l2 { 16 } else { 8 }
-    }
-
-    /// log2 of the entries in one L2 table.
-    pub fn l2_bits(&self) -> u32 {
-        self.cluster_bits - if self.extended_l2 { 4 } else { 3 }
-    }
-
-    /// Entries in one L2 table (a table is one cluster).
-    pub fn l2_entries(&self) -> u64 {
-        1 << self.l2_bits()
-    }
-
-    /// log2 of the bytes of disk one L2 table maps.
-    pub fn l2_coverage_bits(&self) -> u32 {
-        self.cluster_bits + self.l2_bits()
-    }
-
-    /// Index into the L1 table of the L2 table that maps virtual `offset`.
-    pub fn l1_index(&self, offset: u64) -> u64 {
-        offset >> self.l2_coverage_bits()
-    }
-
-    /// Index into its L2 table of the entry that maps virtual `offset`.
-    pub fn l2_index(&self, offset: u64) -> u64 {
-        (offset >> self.cluster_bits) & (self.l2_entries() - 1)
-    }
-
-    /// L1 entries needed to map a disk of `size` bytes.
-    pub fn l1_entries_for(&self, size: u64) -> u64 {
-        size.div_ceil(1u64 << self.l2_coverage_bits())
-    }
-
-    /// Subclusters per cluster: 32 with extended L2 entries, else 1.
-    pub fn subclusters(&self) -> u32 {
-        if self.extended_l2 {
-            SUBCLUSTERS_PER_CLUSTER
-        } else {
-            1
-        }
-    }
-
-    /// log2 of the subcluster size.
-    pub fn subcluster_bits(&self) -> u32 {
-        if self.extended_l2 {
-            self.cluster_bits - 5
-        } else {
-            self.cluster_bits
-        }
-    }
-
-    pub fn refcount_order(&self) -> u32 {
-        self.refcount_order
-    }
-
-    /// Width of a refcount in bits (1 to 64).
-    pub fn refcount_bits(&self) -> u32 {
-        1 << self.refcount_order
-    }
-
-    /// Refcounts in one refcount block (a block is one cluster).
-    pub fn refcount_block_entries(&self) -> u64 {
-        (self.cluster_size() * 8) >> self.refcount_order
-    }
-
-    /// Where the refcount of the host cluster holding `host_offset` lives: (index into the
-    /// refcount table, index into that refcount block).
-    pub fn refcount_location(&self, host_offset: u64) -> (u64, u64) {
-        let cluster = host_offset >> self.cluster_bits;
-        let per_block = self.refcount_block_entries();
-        (cluster / per_block, cluster % per_block)
-    }
-
-    /// Bit position in a compressed descriptor where the sector count starts
-    /// (`x = 62 - (cluster_bits - 8)`).
-    pub fn csize_shift(&self) -> u32 {
-        62 - (self.cluster_bits - 8)
-    }
-
-    /// Mask of the sector-count field of a compressed descriptor (after shifting).
-    pub fn csize_mask(&self) -> u64 {
-        (1u64 << (self.cluster_bits - 8)) - 1
-    }
-}
-
 /// An L1 table entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L1Entry(pub u64);
@@ -441,195 +277,12 @@ pub fn set_refcount(block: &mut [u8], index: u64, order: u32, value: u64) -> boo
     true
 }
 
-/// Size of the fixed part of a snapshot table entry.
-pub const SNAPSHOT_HEADER_SIZE: u64 = 40;
-
-/// The fixed 40 bytes that open a snapshot table entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SnapshotEntryHeader {
-    pub l1_table_offset: u64,
-    pub l1_size: u32,
-    pub id_str_size: u16,
-    pub name_size: u16,
-    pub date_sec: u32,
-    pub date_nsec: u32,
-    pub vm_clock_nsec: u64,
-    pub vm_state_size: u32,
-    pub extra_data_size: u32,
-}
-
-impl SnapshotEntryHeader {
-    pub fn parse(b: &[u8; 40]) -> Self {
-        let u64_at = |at: usize| {
-            let mut v = [0u8; 8];
-            v.copy_from_slice(&b[at..at + 8]);
-            u64::from_be_bytes(v)
-        };
-        let u32_at = |at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-        let u16_at = |at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
-        SnapshotEntryHeader {
-            l1_table_offset: u64_at(0),
-            l1_size: u32_at(8),
-            id_str_size: u16_at(12),
-            name_size: u16_at(14),
-            date_sec: u32_at(16),
-            date_nsec: u32_at(20),
-            vm_clock_nsec: u64_at(24),
-            vm_state_size: u32_at(32),
-            extra_data_size: u32_at(36),
-        }
-    }
-}
-
-/// An internal snapshot, as listed by `info`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
-    pub id: String,
-    pub name: String,
-    /// Size of the saved VM state (the 64-bit extra-data field when present).
-    pub vm_state_size: u64,
-    pub date_sec: u32,
-    pub date_nsec: u32,
-    pub vm_clock_nsec: u64,
-    /// Guest instructions executed, when recorded.
-    pub icount: Option<u64>,
-    /// Virtual disk size when the snapshot was taken, when recorded.
-    pub disk_size: Option<u64>,
-    pub l1_table_offset: u64,
-    pub l1_size: u32,
-}
-
-/// Reads the snapshot table the header points to. The header's `nb_snapshots` and
-/// `snapshots_offset` must already have been checked against the file (see
-/// `Qcow2Header::check_layout`); each entry is checked again here as it is read.
-pub fn read_snapshot_table(
-    storage: &dyn Storage,
-    header: &Header,
-    file_len: u64,
-) -> Result<Vec<Snapshot>> {
-    const STRUCTURE: &str = "qcow2 snapshot table";
-    let count = header.nb_snapshots;
-    if count == 0 {
-        return Ok(Vec::new());
-    }
-    if count > MAX_SNAPSHOTS {
-        return Err(Error::limit(
-            STRUCTURE,
-            header.snapshots_offset,
-            format!("{count} snapshots, more than {MAX_SNAPSHOTS}"),
-        ));
-    }
-    let start = header.snapshots_offset;
-    let mut pos = start;
-    // The table holds at least 40 bytes per snapshot, all inside the file.
-    let min_len = u64::from(count) * SNAPSHOT_HEADER_SIZE;
-    if start.checked_add(min_len).is_none_or(|end| end > file_len) {
-        return Err(Error::truncated(STRUCTURE, start, min_len, file_len));
-    }
-    let mut out = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let mut fixed = [0u8; 40];
-        read_exact_at(storage, &mut fixed, pos, STRUCTURE)?;
-        let h = SnapshotEntryHeader::parse(&fixed);
-        if h.extra_data_size > MAX_SNAPSHOT_EXTRA_DATA {
-            return Err(Error::limit(
-                STRUCTURE,
-                pos,
-                format!(
-                    "{} bytes of extra data, more than {MAX_SNAPSHOT_EXTRA_DATA}",
-                    h.extra_data_size
-                ),
-            ));
-        }
-        // All three sizes are small (u32 capped at 1 KiB, two u16), so the sum cannot overflow.
-        let extra = u64::from(h.extra_data_size);
-        let var_len = extra + u64::from(h.id_str_size) + u64::from(h.name_size);
-        let var_start = pos + SNAPSHOT_HEADER_SIZE;
-        let entry_len = (SNAPSHOT_HEADER_SIZE + var_len).next_multiple_of(8);
-        let entry_end = pos
-            .checked_add(entry_len)
-            .ok_or_else(|| Error::malformed(STRUCTURE, pos, "entry overflows"))?;
-        if entry_end - start > MAX_SNAPSHOT_TABLE_SIZE {
-            return Err(Error::limit(
-                STRUCTURE,
-                start,
-                format!("the table is larger than {MAX_SNAPSHOT_TABLE_SIZE} bytes"),
-            ));
-        }
-        if var_start + var_len > file_len {
-            return Err(Error::truncated(
-                STRUCTURE,
-                pos,
-                SNAPSHOT_HEADER_SIZE + var_len,
-                file_len,
-            ));
-        }
-        // var_len is at most 1 KiB + 128 KiB: a small allocation, and inside the file.
-        let mut var = vec![0u8; var_len as usize];
-        read_exact_at(storage, &mut var, var_start, STRUCTURE)?;
-        let (extra_bytes, rest) = var.split_at(h.extra_data_size as usize);
-        let (id, rest) = rest.split_at(usize::from(h.id_str_size));
-        let name = rest.get(..usize::from(h.name_size)).unwrap_or_default();
-        let extra_u64 = |at: usize| -> Option<u64> {
-            let b: [u8; 8] = extra_bytes.get(at..at + 8)?.try_into().ok()?;
-            Some(u64::from_be_bytes(b))
-        };
-        out.push(Snapshot {
-            id: String::from_utf8_lossy(id).into_owned(),
-            name: String::from_utf8_lossy(name).into_owned(),
-            vm_state_size: extra_u64(0).unwrap_or(u64::from(h.vm_state_size)),
-            date_sec: h.date_sec,
-            date_nsec: h.date_nsec,
-            vm_clock_nsec: h.vm_clock_nsec,
-            // All ones means "not recorded".
-            icount: extra_u64(16).filter(|&v| v != u64::MAX),
-            disk_size: extra_u64(8),
-            l1_table_offset: h.l1_table_offset,
-            l1_size: h.l1_size,
-        });
-        pos = entry_end;
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn geo(bits: u32) -> Geometry {
         Geometry::new(bits, false, 4).unwrap()
-    }
-
-    #[test]
-    fn geometry_of_64k_clusters() {
-        let g = geo(16);
-        assert_eq!(g.cluster_size(), 65536);
-        assert_eq!(g.l2_entries(), 8192);
-        assert_eq!(g.l2_coverage_bits(), 29);
-        assert_eq!(g.l1_entries_for(0), 0);
-        assert_eq!(g.l1_entries_for(1), 1);
-        assert_eq!(g.l1_entries_for(512 << 20), 1);
-        assert_eq!(g.l1_entries_for((512 << 20) + 1), 2);
-        assert_eq!(g.l1_index(3 << 29 | 5), 3);
-        assert_eq!(g.l2_index((7 << 16) + 100), 7);
-        assert_eq!(g.refcount_block_entries(), 32768);
-        assert_eq!(g.refcount_location(65536 * 32769), (1, 1));
-        assert_eq!(g.csize_shift(), 54);
-        assert_eq!(g.csize_mask(), 0xff);
-        let e = Geometry::new(16, true, 4).unwrap();
-        assert_eq!(e.l2_entries(), 4096);
-        assert_eq!(e.subclusters(), 32);
-        assert_eq!(e.subcluster_bits(), 11);
-        assert_eq!(geo(9).l1_entries_for(u64::MAX), 1 << 49);
-    }
-
-    #[test]
-    fn geometry_refuses_bad_values() {
-        assert_eq!(Geometry::new(8, false, 4).unwrap_err().kind(), "malformed");
-        assert_eq!(Geometry::new(22, false, 4).unwrap_err().kind(), "malformed");
-        assert_eq!(Geometry::new(13, true, 4).unwrap_err().kind(), "malformed");
-        assert_eq!(Geometry::new(16, false, 7).unwrap_err().kind(), "malformed");
-        assert!(Geometry::new(21, true, 6).is_ok());
     }
 
     #[test]
@@ -768,29 +421,6 @@ mod tests {
         assert_eq!(get_refcount(&[0x01, 0x02], 0, 4), Some(0x0102));
         assert_eq!(get_refcount(&[0b0000_0010], 1, 0), Some(1));
         assert_eq!(refcount_block_offset(0x0000_0000_0002_01ff), 0x20000);
-    }
-
-    #[test]
-    fn snapshot_entry_header() {
-        let mut b = [0u8; 40];
-        b[..8].copy_from_slice(&0x70000u64.to_be_bytes());
-        b[8..12].copy_from_slice(&3u32.to_be_bytes());
-        b[12..14].copy_from_slice(&1u16.to_be_bytes());
-        b[14..16].copy_from_slice(&5u16.to_be_bytes());
-        b[16..20].copy_from_slice(&1_700_000_000u32.to_be_bytes());
-        b[20..24].copy_from_slice(&42u32.to_be_bytes());
-        b[24..32].copy_from_slice(&9u64.to_be_bytes());
-        b[32..36].copy_from_slice(&0u32.to_be_bytes());
-        b[36..40].copy_from_slice(&24u32.to_be_bytes());
-        let h = SnapshotEntryHeader::parse(&b);
-        assert_eq!(h.l1_table_offset, 0x70000);
-        assert_eq!(h.l1_size, 3);
-        assert_eq!((h.id_str_size, h.name_size), (1, 5));
-        assert_eq!(
-            (h.date_sec, h.date_nsec, h.vm_clock_nsec),
-            (1_700_000_000, 42, 9)
-        );
-        assert_eq!(h.extra_data_size, 24);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod descriptor;
 pub mod info;
+pub mod marker;
 pub mod reader;
 pub mod sparse;
 pub mod stream;

@@ -301,7 +301,7 @@ pub fn read_footer(
     file_len: u64,
     header: &SparseHeader,
 ) -> Result<SparseHeader> {
-    use super::stream::{Marker, MarkerType};
+    use super::marker::{Marker, MarkerType};
     const F: &str = "vmdk footer";
     if file_len < 4 * SECTOR || !file_len.is_multiple_of(SECTOR) {
         return Err(Error::malformed(

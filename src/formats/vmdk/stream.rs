@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::descriptor::Descriptor;
 use super::info::{VmdkExtentInfo, VmdkInfo};
+pub use super::marker::{Marker, MarkerType};
 use super::sparse::{
     COMPRESSION_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, GD_AT_END,
     GRAIN_MARKER_HEAD, HEADER_SIZE, NEWLINE_CHARS, SECTOR, SparseHeader, inflate_grain,
@@ -21,72 +22,6 @@ use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::info::FormatInfo;
 use crate::io::AppendSink;
 use crate::limits::{MAX_DESCRIPTOR_BYTES, MAX_GD_BYTES, MAX_VMDK_DISK_BYTES};
-
-/// The type of a metadata marker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MarkerType {
-    EndOfStream,
-    GrainTable,
-    GrainDirectory,
-    Footer,
-    Other(u32),
-}
-
-impl MarkerType {
-    pub fn code(self) -> u32 {
-        match self {
-            MarkerType::EndOfStream => 0,
-            MarkerType::GrainTable => 1,
-            MarkerType::GrainDirectory => 2,
-            MarkerType::Footer => 3,
-            MarkerType::Other(c) => c,
-        }
-    }
-
-    fn from_code(c: u32) -> MarkerType {
-        match c {
-            0 => MarkerType::EndOfStream,
-            1 => MarkerType::GrainTable,
-            2 => MarkerType::GrainDirectory,
-            3 => MarkerType::Footer,
-            other => MarkerType::Other(other),
-        }
-    }
-}
-
-/// A marker at the start of a sector: `val` (u64), `size` (u32), then for metadata `type` (u32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Marker {
-    /// A compressed grain of `size` bytes for the sectors from `lba`; the data follows the head.
-    Grain { lba: u64, size: u32 },
-    /// Metadata of `num_sectors` sectors follows this marker's sector.
-    Metadata { num_sectors: u64, kind: MarkerType },
-}
-
-impl Marker {
-    /// Parses the marker at the start of `sector` (at least 16 bytes).
-    pub fn parse(sector: &[u8]) -> Option<Marker> {
-        let val = LittleEndian::read_u64(sector.get(0..8)?);
-        let size = LittleEndian::read_u32(sector.get(8..12)?);
-        let kind = LittleEndian::read_u32(sector.get(12..16)?);
-        Some(if size != 0 {
-            Marker::Grain { lba: val, size }
-        } else {
-            Marker::Metadata {
-                num_sectors: val,
-                kind: MarkerType::from_code(kind),
-            }
-        })
-    }
-
-    /// A metadata marker's sector.
-    pub fn metadata_sector(num_sectors: u64, kind: MarkerType) -> [u8; HEADER_SIZE] {
-        let mut b = [0u8; HEADER_SIZE];
-        LittleEndian::write_u64(&mut b[0..8], num_sectors);
-        LittleEndian::write_u32(&mut b[12..16], kind.code());
-        b
-    }
-}
 
 /// Reads a streamOptimized VMDK front to back: header, descriptor, then marker by marker.
 ///

@@ -34,14 +34,6 @@ pub const CREATOR_VERSION: u32 = 0x0001_0004;
 pub const DISK_TYPE: u32 = 4;
 /// `zvhd2_version` as written.
 pub const ZVHD2_VERSION: u8 = 1;
-/// Bytes of one index segment.
-pub const INDEX_SEG_SIZE: u32 = 512 << 10;
-/// Bytes of one bitmap segment.
-pub const BITMAP_SEG_SIZE: u32 = 4096;
-/// Index entries per segment.
-pub const INDEX_ENTRIES_PER_SEG: u64 = INDEX_SEG_SIZE as u64 / super::index::INDEX_ENTRY_LEN;
-/// Blocks per bitmap segment.
-pub const BLOCKS_PER_BITMAP_SEG: u64 = BITMAP_SEG_SIZE as u64 * 8;
 /// The `orig_size` to `curr_size` rounding: a whole GiB.
 pub const CURR_SIZE_ALIGN: u64 = 1 << 30;
 /// Seconds from the Unix epoch to 2000-01-01 00:00:00 UTC, the timestamp's epoch.

@@ -10,11 +10,18 @@ use byteorder::{ByteOrder, LittleEndian};
 use crate::error::{Error, Result};
 
 use super::PAGE;
-use super::header::BITMAP_SEG_SIZE;
 use crate::limits::MAX_ZVHD_RECORD_LEN;
 
 /// Bytes of one index entry.
 pub const INDEX_ENTRY_LEN: u64 = 16;
+/// Bytes of one index segment.
+pub const INDEX_SEG_SIZE: u32 = 512 << 10;
+/// Bytes of one bitmap segment.
+pub const BITMAP_SEG_SIZE: u32 = 4096;
+/// Index entries per segment.
+pub const INDEX_ENTRIES_PER_SEG: u64 = INDEX_SEG_SIZE as u64 / INDEX_ENTRY_LEN;
+/// Blocks per bitmap segment.
+pub const BLOCKS_PER_BITMAP_SEG: u64 = BITMAP_SEG_SIZE as u64 * 8;
 
 /// One index entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -278,6 +278,11 @@ impl Blocks {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_block_is_the_limit_decoding_is_bounded_by() {
+        assert_eq!(BLOCK_SIZE, crate::limits::ZVHD_RECORD_BLOCK);
+    }
+
     fn run(pieces: &[(u64, u64, u8)], size: u64) -> Vec<(u64, u8, u8)> {
         let mut out = Vec::new();
         let mut b = Blocks::new(size);

@@ -22,10 +22,12 @@ use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, Un
 use crate::storage::{MemoryStorage, Storage, read_exact_at};
 
 use super::header::{
-    self, BITMAP_SEG_SIZE, BLOCKS_PER_BITMAP_SEG, FIELDS_LEN, INDEX_ENTRIES_PER_SEG,
-    INDEX_SEG_SIZE, Kind, NON_ZERO_BLK_NUM_OFFSET, ZVHD2_VERSION, ZvhdHeader, verify_checksum,
+    self, FIELDS_LEN, Kind, NON_ZERO_BLK_NUM_OFFSET, ZVHD2_VERSION, ZvhdHeader, verify_checksum,
 };
-use super::index::{Bitmap, INDEX_ENTRY_LEN, IndexEntry, bitmap_segment};
+use super::index::{
+    BITMAP_SEG_SIZE, BLOCKS_PER_BITMAP_SEG, Bitmap, INDEX_ENTRIES_PER_SEG, INDEX_ENTRY_LEN,
+    INDEX_SEG_SIZE, IndexEntry, bitmap_segment,
+};
 use super::record::{self, RecordHead};
 use super::zvhd::deflate_sync;
 use super::{BLOCK_SIZE, Blocks, PAGE, Zvhd2Compression, ZvhdCreateOptions};
