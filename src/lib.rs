@@ -26,6 +26,7 @@ pub struct ReadmeDoctests;
 
 pub mod block;
 pub mod cache;
+pub mod cancel;
 pub mod compare;
 pub mod compress;
 pub mod convert;
@@ -46,6 +47,7 @@ pub mod storage;
 use std::path::PathBuf;
 
 pub use block::{BlockReader, BlockWriter, Chunk, ChunkStream, Extent, ExtentState, Piece};
+pub use cancel::CancelToken;
 pub use convert::{PipelineOptions, Progress, Source};
 pub use error::{Error, ReferenceKind, Result};
 pub use formats::Format;
