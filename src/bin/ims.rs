@@ -273,12 +273,9 @@ fn run(command: Command) -> ims::Result<()> {
                 threads,
                 ..Default::default()
             };
+            // A failed conversion leaves no output: the library removes it.
             let result = ims::convert(image, writer, &pipeline, &mut |p| reporter.report(p));
             reporter.finish();
-            if result.is_err() && dst != "-" {
-                // Leave no half-written image behind.
-                let _ = std::fs::remove_file(&dst);
-            }
             result
         }
         Command::Map {
