@@ -305,5 +305,5 @@ pub fn register(
     file: &std::path::Path,
     request: &register::RegisterRequest,
 ) -> Result<register::Registered> {
-    register::Ims::open(home)?.register(scope, file, request, &mut |_| {})
+    register::Ims::open(home)?.register(scope, file, request, &mut |_| {}, &CancelToken::new())
 }
