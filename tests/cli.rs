@@ -445,3 +445,32 @@ fn a_failed_convert_leaves_no_output_and_keeps_an_existing_one() {
         std::fs::remove_file(&dst).unwrap();
     }
 }
+
+#[test]
+fn an_interrupted_convert_removes_its_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    mixed_raw(&src, 64 << 20, 12);
+    let dst = dir.path().join("dst.qcow2");
+    let child = Command::new(env!("CARGO_BIN_EXE_ims"))
+        .args(["convert", "-c", "-O", "qcow2", s(&src), s(&dst)])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the output is being written.
+    let t = Instant::now();
+    while names(dir.path()).len() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(20), "no output appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    assert_eq!(names(dir.path()), ["src.raw"]);
+}

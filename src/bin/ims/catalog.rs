@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use ims::register::{
     ImageType, Ims, ListQuery, MemberStatus, RegisterRequest, Scope, Status, Visibility,
 };
-use ims::{CancelToken, CreateOptions, Error, Format};
+use ims::{CreateOptions, Error, Format};
 
 use super::{OutputKind, ProgressKind, Reporter, to_json};
 
@@ -251,7 +251,7 @@ pub fn register(args: RegisterArgs) -> ims::Result<()> {
         &args.file,
         &request,
         &mut |p| reporter.report(p),
-        &CancelToken::new(),
+        &super::cancel_on_signals(),
     );
     reporter.finish();
     let done = result?;
@@ -461,7 +461,7 @@ pub fn images(args: ImagesArgs) -> ims::Result<()> {
                 &to_region,
                 name.as_deref(),
                 kms_key.as_deref(),
-                &CancelToken::new(),
+                &super::cancel_on_signals(),
             )?,
         ),
         ImagesCommand::Export {
@@ -483,7 +483,7 @@ pub fn images(args: ImagesArgs) -> ims::Result<()> {
                 size,
                 &create,
                 &mut |_| {},
-                &CancelToken::new(),
+                &super::cancel_on_signals(),
             )?;
             eprintln!("ims: image {} exported to {}", r.id, out.display());
             Ok(())
