@@ -18,6 +18,7 @@ use crate::block::{
     BlockReader, BlockWriter, Chunk, ChunkStream, ExtentState, Piece, ReaderChunks, UnitAligner,
     UnitEncoder, check_map, is_zero, usize_len,
 };
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 
 /// Where the pipeline's data comes from.
@@ -54,6 +55,11 @@ pub struct PipelineOptions {
     pub piece_size: usize,
     /// Jobs in flight at once; 0 means four per worker.
     pub queue_depth: usize,
+    /// Stops the conversion when cancelled: the planner checks it between jobs, the workers
+    /// before each unit they encode and the writer before each piece, so every thread stops
+    /// within a unit's work and [`run`] returns [`Error::Cancelled`]. Never cancelled by
+    /// default.
+    pub cancel: CancelToken,
 }
 
 impl Default for PipelineOptions {
@@ -62,6 +68,7 @@ impl Default for PipelineOptions {
             threads: 0,
             piece_size: 2 << 20,
             queue_depth: 0,
+            cancel: CancelToken::default(),
         }
     }
 }
@@ -99,7 +106,10 @@ struct Job {
 
 type JobResult = (u64, Result<Vec<Piece>>);
 
-/// Copies the whole of `source` into `writer` and finishes it.
+/// Copies the whole of `source` into `writer` and finishes it. On an error or a cancel
+/// ([`PipelineOptions::cancel`]: [`Error::Cancelled`]) every thread is stopped and `writer` is
+/// dropped unfinished before this returns, which removes the output of a writer made by
+/// [`create`](crate::create) for a file.
 pub fn run(
     source: Source,
     writer: Box<dyn BlockWriter>,
@@ -137,8 +147,9 @@ pub fn run(
     // Every job in flight may hold one read buffer; the writer gives them back.
     let pool = Arc::new(BufferPool::new(depth + workers));
     let planner_error: Mutex<Option<Error>> = Mutex::new(None);
+    let cancel = &options.cancel;
 
-    std::thread::scope(|scope| {
+    let result = std::thread::scope(|scope| {
         let abort = &abort;
         let planner_error = &planner_error;
         scope.spawn(move || {
@@ -146,6 +157,7 @@ pub fn run(
                 jobs: jobs_tx,
                 tokens: tokens_rx,
                 abort,
+                cancel,
                 next_index: 0,
                 pos: 0,
                 stopped: false,
@@ -170,11 +182,11 @@ pub fn run(
                 unit,
                 pool: pool.clone(),
             };
-            scope.spawn(move || worker(jobs, results, context, abort));
+            scope.spawn(move || worker(jobs, results, context, abort, cancel));
         }
         drop(jobs_rx);
         drop(results_tx);
-        let written = write_in_order(writer, results_rx, tokens_tx, size, progress);
+        let written = write_in_order(writer, results_rx, tokens_tx, size, progress, cancel);
         if written.is_err() {
             abort.store(true, Ordering::Relaxed);
         }
@@ -184,7 +196,12 @@ pub fn run(
             (Err(_), Some(e)) | (Ok(()), Some(e)) => Err(e),
             (result, None) => result,
         }
-    })
+    });
+    // Whatever stopped first (a worker's unit, the planner, the writer), a cancel is the cause.
+    match result {
+        Err(_) if cancel.is_cancelled() => Err(Error::Cancelled),
+        result => result,
+    }
 }
 
 /// Cuts the source into jobs, in order.
@@ -192,6 +209,7 @@ struct Planner<'a> {
     jobs: Sender<Job>,
     tokens: Receiver<()>,
     abort: &'a AtomicBool,
+    cancel: &'a CancelToken,
     next_index: u64,
     /// Everything before `pos` has been handed out.
     pos: u64,
@@ -230,6 +248,8 @@ impl Planner<'_> {
         let mut pending: Option<(u64, u64)> = None;
         let mut window_start = 0;
         while window_start < size {
+            // A sparse disk's map may be walked for long before a job is sent.
+            self.cancel.check()?;
             let len = WINDOW.min(size - window_start);
             let extents = reader.map(window_start, len)?;
             check_map(&extents, window_start, len)?;
@@ -271,7 +291,10 @@ impl Planner<'_> {
     }
 
     fn send(&mut self, offset: u64, length: u64, input: JobInput) -> Result<()> {
-        if self.abort.load(Ordering::Relaxed) || self.tokens.recv().is_err() {
+        if self.abort.load(Ordering::Relaxed)
+            || self.cancel.is_cancelled()
+            || self.tokens.recv().is_err()
+        {
             return Err(self.stop());
         }
         let job = Job {
@@ -304,13 +327,18 @@ fn worker(
     results: Sender<JobResult>,
     context: WorkerContext,
     abort: &AtomicBool,
+    cancel: &CancelToken,
 ) {
     for job in jobs {
         if abort.load(Ordering::Relaxed) {
             return;
         }
         let index = job.index;
-        let result = process(job, &context);
+        // A job taken is always answered, cancelled or not: the writer may be waiting for it.
+        let result = match cancel.check() {
+            Ok(()) => process(job, &context, cancel),
+            Err(e) => Err(e),
+        };
         if results.send((index, result)).is_err() {
             return;
         }
@@ -318,7 +346,7 @@ fn worker(
 }
 
 /// Reads a job's data if needed, then cuts it into zero runs, data runs and encoded units.
-fn process(job: Job, context: &WorkerContext) -> Result<Vec<Piece>> {
+fn process(job: Job, context: &WorkerContext, cancel: &CancelToken) -> Result<Vec<Piece>> {
     let data = match job.input {
         JobInput::Zero => {
             return Ok(vec![Piece::Zero {
@@ -337,7 +365,13 @@ fn process(job: Job, context: &WorkerContext) -> Result<Vec<Piece>> {
             Bytes::from_owner(buf)
         }
     };
-    split_units(job.offset, data, context.encoder.as_deref(), context.unit)
+    split_units(
+        job.offset,
+        data,
+        context.encoder.as_deref(),
+        context.unit,
+        cancel,
+    )
 }
 
 /// Read buffers, reused: a fresh allocation for every piece would cost page faults and zeroing
@@ -402,15 +436,18 @@ impl Drop for PooledBuffer {
 
 /// Splits data starting at `offset` into pieces at unit boundaries: zero units become zero runs,
 /// other units are encoded when there is an encoder, and neighbours of the same kind are joined.
+/// Fails with [`Error::Cancelled`] before any unit once `cancel` is cancelled.
 pub fn split_units(
     offset: u64,
     data: Bytes,
     encoder: Option<&dyn UnitEncoder>,
     unit: u64,
+    cancel: &CancelToken,
 ) -> Result<Vec<Piece>> {
     let mut pieces: Vec<Piece> = Vec::new();
     let mut pos = 0usize;
     while pos < data.len() {
+        cancel.check()?;
         let abs = offset + pos as u64;
         let unit_end = usize_len((abs / unit + 1) * unit - offset)?.min(data.len());
         let bytes = &data[pos..unit_end];
@@ -460,6 +497,7 @@ fn write_in_order(
     tokens: Sender<()>,
     size: u64,
     progress: &mut dyn FnMut(Progress),
+    cancel: &CancelToken,
 ) -> Result<()> {
     let mut waiting: BTreeMap<u64, Vec<Piece>> = BTreeMap::new();
     let mut next = 0u64;
@@ -469,6 +507,7 @@ fn write_in_order(
         waiting.insert(index, result?);
         while let Some(pieces) = waiting.remove(&next) {
             for piece in pieces {
+                cancel.check()?;
                 done = piece.offset() + piece.length();
                 writer.write_piece(piece)?;
             }
@@ -476,7 +515,10 @@ fn write_in_order(
             let _ = tokens.send(());
             progress(Progress { done, total: size });
         }
+        // The progress callback may have cancelled: stop before waiting for the next result.
+        cancel.check()?;
     }
+    cancel.check()?;
     if done != size || !waiting.is_empty() {
         return Err(Error::InvalidArgument(format!(
             "conversion stopped at {done} of {size} bytes"
@@ -592,6 +634,7 @@ mod tests {
             threads,
             piece_size: piece,
             queue_depth: 3,
+            ..Default::default()
         };
         let mut last = 0;
         run(source, writer, &options, &mut |p| {
@@ -650,6 +693,122 @@ mod tests {
             let three = convert(&data, unit, encode, 3, piece, stream);
             prop_assert_eq!(one, three);
         }
+    }
+
+    /// An encoder that takes `delay` per unit, as a slow compressor does.
+    struct Slow(std::time::Duration);
+    impl UnitEncoder for Slow {
+        fn encode(&self, _offset: u64, unit: &[u8]) -> Result<Option<Vec<u8>>> {
+            std::thread::sleep(self.0);
+            Ok(Some(unit[..1].to_vec()))
+        }
+    }
+    struct SlowWriter {
+        size: u64,
+        written: Arc<Mutex<u64>>,
+    }
+    impl BlockWriter for SlowWriter {
+        fn virtual_size(&self) -> u64 {
+            self.size
+        }
+        fn unit_size(&self) -> u64 {
+            64 << 10
+        }
+        fn encoder(&self) -> Option<Arc<dyn UnitEncoder>> {
+            Some(Arc::new(Slow(std::time::Duration::from_millis(2))))
+        }
+        fn write_piece(&mut self, piece: Piece) -> Result<()> {
+            *self.written.lock().unwrap() = piece.offset() + piece.length();
+            Ok(())
+        }
+        fn finish(self: Box<Self>) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Cancels from another thread after `after` and returns the error and how long `run`
+    /// took to return after the cancel.
+    fn cancel_after(
+        after: std::time::Duration,
+        threads: usize,
+        stream: bool,
+    ) -> (Error, std::time::Duration, u64) {
+        let size = 64u64 << 20;
+        let written = Arc::new(Mutex::new(0));
+        let writer = Box::new(SlowWriter {
+            size,
+            written: written.clone(),
+        });
+        let reader: Arc<dyn BlockReader> = Arc::new(Mem(vec![1u8; size as usize]));
+        let source = if stream {
+            Source::Stream(Box::new(ReaderChunks::new(reader, 1 << 20)))
+        } else {
+            Source::Random(reader)
+        };
+        let options = PipelineOptions {
+            threads,
+            ..Default::default()
+        };
+        let cancel = options.cancel.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(after);
+            cancel.cancel();
+            tx.send(std::time::Instant::now()).unwrap();
+        });
+        let e = run(source, writer, &options, &mut |_| {}).unwrap_err();
+        let returned = std::time::Instant::now();
+        canceller.join().unwrap();
+        let at = rx.recv().unwrap();
+        let done = *written.lock().unwrap();
+        (e, returned - at, done)
+    }
+
+    #[test]
+    fn a_cancel_from_another_thread_stops_every_thread_within_a_unit() {
+        // A 2 MiB job is 32 units of 2 ms: a check per job would take 64 ms, per unit 2 ms.
+        for (threads, stream) in [(1, false), (3, false), (2, true)] {
+            let (e, latency, done) =
+                cancel_after(std::time::Duration::from_millis(30), threads, stream);
+            assert!(matches!(e, Error::Cancelled), "{e}");
+            assert!(done < 64 << 20);
+            assert!(
+                latency < std::time::Duration::from_millis(30),
+                "{threads} threads, stream {stream}: returned {latency:?} after the cancel"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cancel_from_the_progress_callback_stops_before_the_next_piece() {
+        let size = 16u64 << 20;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let writer = Box::new(Recorder {
+            size,
+            unit: 4096,
+            encode: false,
+            log: log.clone(),
+        });
+        let options = PipelineOptions::default();
+        let cancel = options.cancel.clone();
+        let mut calls = 0;
+        let e = run(
+            Source::Random(Arc::new(Mem(vec![3u8; size as usize]))),
+            writer,
+            &options,
+            &mut |p| {
+                calls += 1;
+                if p.done > 0 {
+                    cancel.cancel();
+                }
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Cancelled), "{e}");
+        // The start, then the first job: nothing after it is written.
+        assert_eq!(calls, 2);
+        let written: u64 = log.lock().unwrap().iter().map(|p| p.length()).sum();
+        assert_eq!(written, 2 << 20);
     }
 
     #[test]

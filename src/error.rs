@@ -127,6 +127,10 @@ pub enum Error {
     /// `code` is stable (see `register::rules`), `message` says what to change.
     #[error("{code}: {message}")]
     Rule { code: &'static str, message: String },
+
+    /// The caller cancelled the work through its [`CancelToken`](crate::CancelToken).
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {
@@ -140,7 +144,12 @@ impl Error {
             | Error::ExternalReference { file, .. }
             | Error::LimitExceeded { file, .. }
             | Error::Ambiguous { file, .. } => file,
-            Error::InvalidArgument(_) | Error::Internal(_) | Error::Rule { .. } => return self,
+            Error::InvalidArgument(_)
+            | Error::Internal(_)
+            | Error::Rule { .. }
+            | Error::Cancelled => {
+                return self;
+            }
         };
         if slot.0.is_none() {
             slot.0 = Some(path.to_path_buf());
@@ -239,6 +248,7 @@ impl Error {
             Error::InvalidArgument(_) => "invalid-argument",
             Error::Internal(_) => "internal",
             Error::Rule { code, .. } => code,
+            Error::Cancelled => "cancelled",
         }
     }
 }
@@ -263,6 +273,15 @@ mod tests {
             .in_file(Path::new("inner"))
             .in_file(Path::new("outer"));
         assert_eq!(e.to_string(), "inner: unsupported: vhdx");
+    }
+
+    #[test]
+    fn cancelled_says_so_and_names_no_file() {
+        let e = Error::Cancelled.in_file(Path::new("a.qcow2"));
+        assert_eq!(
+            (e.kind(), e.to_string().as_str()),
+            ("cancelled", "cancelled")
+        );
     }
 
     #[test]

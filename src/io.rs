@@ -129,6 +129,12 @@ impl FileSink {
         }
     }
 
+    /// Names the file in errors as `path` (a file opened under another name, to be renamed).
+    pub fn named(mut self, path: &Path) -> Self {
+        self.path = Some(path.to_path_buf());
+        self
+    }
+
     /// Makes `finish` sync the file to stable storage.
     pub fn durable(mut self, durable: bool) -> Self {
         self.durable = durable;

@@ -26,6 +26,7 @@ pub struct ReadmeDoctests;
 
 pub mod block;
 pub mod cache;
+pub mod cancel;
 pub mod compare;
 pub mod compress;
 pub mod convert;
@@ -37,6 +38,7 @@ pub mod io;
 pub mod limits;
 pub mod mapped;
 pub mod open;
+mod partial;
 pub mod probe;
 #[cfg(feature = "inspect")]
 pub mod register;
@@ -46,6 +48,7 @@ pub mod storage;
 use std::path::PathBuf;
 
 pub use block::{BlockReader, BlockWriter, Chunk, ChunkStream, Extent, ExtentState, Piece};
+pub use cancel::CancelToken;
 pub use convert::{PipelineOptions, Progress, Source};
 pub use error::{Error, ReferenceKind, Result};
 pub use formats::Format;
@@ -57,6 +60,7 @@ pub use storage::{FileStorage, MemoryStorage, Storage};
 
 use formats::raw::RawWriter;
 use io::{AppendSink, FileSink, Output};
+use partial::Staging;
 
 /// Where a writer writes.
 pub enum Target {
@@ -129,11 +133,42 @@ impl CreateOptions {
 }
 
 /// Makes a writer of `format` for a disk of `virtual_size` bytes.
+///
+/// A [`Target::File`] is written under a hidden temporary name beside it and renamed into
+/// place when the writer's `finish` succeeds; a writer dropped unfinished (an error, a cancel,
+/// a panic) removes what it wrote, so a failed conversion leaves no output (a file it would
+/// have replaced stays as it was). A device or FIFO is written in place; a symbolic link is
+/// followed (the file it names is replaced).
 pub fn create(
     format: Format,
     target: Target,
     virtual_size: u64,
     options: &CreateOptions,
+) -> Result<Box<dyn BlockWriter>> {
+    create_writer(format, target, virtual_size, options, true)
+}
+
+/// [`create`], with the files of a [`Target::File`] written under their own names unless
+/// `stage` (for a caller whose path is a temporary it cleans up itself).
+pub(crate) fn create_writer(
+    format: Format,
+    target: Target,
+    virtual_size: u64,
+    options: &CreateOptions,
+    stage: bool,
+) -> Result<Box<dyn BlockWriter>> {
+    let mut files = Staging::new(stage, options.durable);
+    let writer = create_staged(format, target, virtual_size, options, &mut files)?;
+    Ok(files.wrap(writer))
+}
+
+/// Makes the writer, its output files created through `files`.
+fn create_staged(
+    format: Format,
+    target: Target,
+    virtual_size: u64,
+    options: &CreateOptions,
+    files: &mut Staging,
 ) -> Result<Box<dyn BlockWriter>> {
     match format {
         Format::Raw => {
@@ -144,7 +179,7 @@ pub fn create(
                 ));
             }
             Ok(Box::new(RawWriter::new(
-                append_sink(target, options)?,
+                append_sink(target, files)?,
                 virtual_size,
             )))
         }
@@ -153,7 +188,7 @@ pub fn create(
                 &options.options,
                 options.compress,
             )?;
-            let sink = seekable_sink(format, target, options)?;
+            let sink = seekable_sink(format, target, files)?;
             Ok(Box::new(formats::qcow2::writer::Qcow2Writer::new(
                 sink,
                 virtual_size,
@@ -166,12 +201,12 @@ pub fn create(
             let opts = VhdCreateOptions::parse(&options.options, options.compress)?;
             if opts.disk_type == DiskType::Fixed {
                 Ok(Box::new(FixedWriter::new(
-                    append_sink(target, options)?,
+                    append_sink(target, files)?,
                     virtual_size,
                     &opts,
                 )?))
             } else {
-                let sink = seekable_sink(format, target, options)?;
+                let sink = seekable_sink(format, target, files)?;
                 Ok(Box::new(DynamicWriter::new(sink, virtual_size, &opts)?))
             }
         }
@@ -180,7 +215,7 @@ pub fn create(
             // Both are always compressed; `-c` changes nothing.
             let zvhd2 = format == Format::Zvhd2;
             let opts = ZvhdCreateOptions::parse(zvhd2, &options.options)?;
-            let sink = append_sink(target, options)?;
+            let sink = append_sink(target, files)?;
             if zvhd2 {
                 Ok(Box::new(Zvhd2Writer::new(sink, virtual_size, &opts)?))
             } else {
@@ -198,23 +233,30 @@ pub fn create(
             let descriptor = opts.descriptor(capacity, &own).to_text();
             match opts.subformat {
                 Subformat::StreamOptimized => Ok(Box::new(formats::vmdk::StreamWriter::new(
-                    append_sink(target, options)?,
+                    append_sink(target, files)?,
                     virtual_size,
                     &descriptor,
                 )?)),
                 Subformat::MonolithicSparse => Ok(Box::new(SparseWriter::new(
-                    seekable_sink(format, target, options)?,
+                    seekable_sink(format, target, files)?,
                     virtual_size,
                     &descriptor,
                     opts.zeroed_grain,
                 )?)),
                 Subformat::MonolithicFlat => match target {
-                    Target::File(path) => Ok(Box::new(FlatWriter::new(
-                        &path,
-                        virtual_size,
-                        &opts,
-                        options.durable,
-                    )?)),
+                    Target::File(path) => {
+                        // The extent first: it is renamed into place before the descriptor
+                        // that names it.
+                        let extent = files.create(&FlatWriter::extent_path(&path)?)?;
+                        let descriptor = files.create(&path)?;
+                        Ok(Box::new(FlatWriter::new(
+                            &path,
+                            virtual_size,
+                            &opts,
+                            extent,
+                            descriptor,
+                        )?))
+                    }
                     Target::Stdout | Target::Stream(_) => Err(Error::InvalidArgument(
                         "monolithicFlat VMDKs are two files; write to a file".into(),
                     )),
@@ -225,9 +267,9 @@ pub fn create(
 }
 
 /// The file sink for a format whose writer must seek; pipes are refused.
-fn seekable_sink(format: Format, target: Target, options: &CreateOptions) -> Result<FileSink> {
+fn seekable_sink(format: Format, target: Target, files: &mut Staging) -> Result<FileSink> {
     match target {
-        Target::File(path) => Ok(FileSink::create(&path)?.durable(options.durable)),
+        Target::File(path) => files.create(&path),
         Target::Stdout | Target::Stream(_) => Err(Error::InvalidArgument(format!(
             "{format} images cannot be written to a pipe or stdout (the writer must seek); write to a file"
         ))),
@@ -235,9 +277,9 @@ fn seekable_sink(format: Format, target: Target, options: &CreateOptions) -> Res
 }
 
 /// The sink for a writer that only appends.
-fn append_sink(target: Target, options: &CreateOptions) -> Result<Output> {
+fn append_sink(target: Target, files: &mut Staging) -> Result<Output> {
     Ok(match target {
-        Target::File(path) => Output::File(FileSink::create(&path)?.durable(options.durable)),
+        Target::File(path) => Output::File(files.create(&path)?),
         Target::Stdout => Output::Stream(Box::new(io::PipeSink::stdout())),
         Target::Stream(s) => Output::Stream(s),
     })
@@ -263,5 +305,5 @@ pub fn register(
     file: &std::path::Path,
     request: &register::RegisterRequest,
 ) -> Result<register::Registered> {
-    register::Ims::open(home)?.register(scope, file, request, &mut |_| {})
+    register::Ims::open(home)?.register(scope, file, request, &mut |_| {}, &CancelToken::new())
 }

@@ -378,3 +378,99 @@ fn a_bare_option_means_on_as_in_qemu_img() {
     // force_size keeps the size (rounded to a sector): data then the 512-byte footer.
     assert_eq!(out.stdout.len(), 1_000_448 + 512);
 }
+
+/// The names in `dir`, sorted.
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_failed_convert_leaves_no_output_and_keeps_an_existing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    mixed_raw(&src, 8 << 20, 11);
+    let cut = dir.path().join("cut.qcow2");
+    let out = ims(&["convert", "-O", "qcow2", s(&src), s(&cut)]);
+    assert!(out.status.success());
+    // The second half of the disk's clusters now lie past the end of the file: the image
+    // opens, and its conversion fails once the output is made.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&cut)
+        .unwrap();
+    let be64 = |at: u64| {
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, at).unwrap();
+        u64::from_be_bytes(b)
+    };
+    let mask = 0x00ff_ffff_ffff_fe00;
+    let l2 = be64(be64(40) & mask) & mask;
+    for i in 64..128u64 {
+        if be64(l2 + i * 8) != 0 {
+            let past_end = (1u64 << 63) | ((1 << 40) + (i << 16));
+            f.write_all_at(&past_end.to_be_bytes(), l2 + i * 8).unwrap();
+        }
+    }
+    drop(f);
+    assert!(ims(&["info", s(&cut)]).status.success());
+    let before = names(dir.path());
+
+    for (dst, opts) in [
+        ("dst.raw", "raw"),
+        ("dst.qcow2", "qcow2"),
+        ("dst.vmdk", "vmdk"),
+    ] {
+        let mut args = vec!["convert", "-O", opts];
+        if opts == "vmdk" {
+            args.extend(["-o", "subformat=monolithicFlat"]);
+        }
+        let dst = dir.path().join(dst);
+        args.extend([s(&cut), s(&dst)]);
+        let out = ims(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cut.qcow2"), "{err}");
+        assert_eq!(names(dir.path()), before, "{args:?} left a file");
+
+        // A file the conversion would have replaced is left as it was.
+        std::fs::write(&dst, b"keep me").unwrap();
+        assert_eq!(ims(&args).status.code(), Some(1));
+        assert_eq!(std::fs::read(&dst).unwrap(), b"keep me");
+        std::fs::remove_file(&dst).unwrap();
+    }
+}
+
+#[test]
+fn an_interrupted_convert_removes_its_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    mixed_raw(&src, 64 << 20, 12);
+    let dst = dir.path().join("dst.qcow2");
+    let child = Command::new(env!("CARGO_BIN_EXE_ims"))
+        .args(["convert", "-c", "-O", "qcow2", s(&src), s(&dst)])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the output is being written.
+    let t = Instant::now();
+    while names(dir.path()).len() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(20), "no output appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    assert_eq!(names(dir.path()), ["src.raw"]);
+}

@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Rng, elf64, have, have_qemu_img, put, qemu_compare, qemu_img, run, s};
+use ims::CancelToken;
 use ims::register::{
     ImageType, Ims, Limits, ListQuery, MemberStatus, RegisterRequest, Scope, Status,
 };
@@ -647,12 +648,30 @@ fn limits_and_quota() {
         ..Limits::default()
     });
     let a = ims
-        .register(&owner(), &disk, &data_request("a"), &mut |_| {})
+        .register(
+            &owner(),
+            &disk,
+            &data_request("a"),
+            &mut |_| {},
+            &CancelToken::new(),
+        )
         .unwrap();
-    ims.register(&owner(), &disk, &data_request("b"), &mut |_| {})
-        .unwrap();
+    ims.register(
+        &owner(),
+        &disk,
+        &data_request("b"),
+        &mut |_| {},
+        &CancelToken::new(),
+    )
+    .unwrap();
     assert_eq!(
-        code(ims.register(&owner(), &disk, &data_request("c"), &mut |_| {})),
+        code(ims.register(
+            &owner(),
+            &disk,
+            &data_request("c"),
+            &mut |_| {},
+            &CancelToken::new()
+        )),
         "quota_exceeded"
     );
     // Another project has its own quota; a deleted image frees its place.
@@ -661,11 +680,18 @@ fn limits_and_quota() {
         &disk,
         &data_request("c"),
         &mut |_| {},
+        &CancelToken::new(),
     )
     .unwrap();
     ims.delete(&owner(), &a.record.id).unwrap();
-    ims.register(&owner(), &disk, &data_request("c"), &mut |_| {})
-        .unwrap();
+    ims.register(
+        &owner(),
+        &disk,
+        &data_request("c"),
+        &mut |_| {},
+        &CancelToken::new(),
+    )
+    .unwrap();
 
     let bigger = small_disk(d, "bigger", 4 * MIB + 512);
     ims.set_limits(Limits {
@@ -673,7 +699,13 @@ fn limits_and_quota() {
         ..Limits::default()
     });
     assert_eq!(
-        code(ims.register(&owner(), &bigger, &data_request("f"), &mut |_| {})),
+        code(ims.register(
+            &owner(),
+            &bigger,
+            &data_request("f"),
+            &mut |_| {},
+            &CancelToken::new()
+        )),
         "file_too_large"
     );
     let sparse = d.join("sparse.raw");
@@ -686,12 +718,24 @@ fn limits_and_quota() {
         ..Limits::default()
     });
     assert_eq!(
-        code(ims.register(&owner(), &sparse, &data_request("v"), &mut |_| {})),
+        code(ims.register(
+            &owner(),
+            &sparse,
+            &data_request("v"),
+            &mut |_| {},
+            &CancelToken::new()
+        )),
         "virtual_size_too_large"
     );
     ims.set_limits(Limits::default());
-    ims.register(&owner(), &sparse, &data_request("v"), &mut |_| {})
-        .unwrap();
+    ims.register(
+        &owner(),
+        &sparse,
+        &data_request("v"),
+        &mut |_| {},
+        &CancelToken::new(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -701,7 +745,13 @@ fn sharing_rules() {
     let ims = Ims::open(&d.join("home")).unwrap();
     let disk = small_disk(d, "disk", 2 * MIB);
     let img = ims
-        .register(&owner(), &disk, &data_request("shared"), &mut |_| {})
+        .register(
+            &owner(),
+            &disk,
+            &data_request("shared"),
+            &mut |_| {},
+            &CancelToken::new(),
+        )
         .unwrap()
         .record;
     let id = img.id.as_str();
@@ -728,6 +778,7 @@ fn sharing_rules() {
             None,
             &Default::default(),
             &mut |_| {},
+            &CancelToken::new(),
         )
     };
     assert_eq!(code(export(&member)), "image_not_found");
@@ -779,7 +830,7 @@ fn sharing_rules() {
     let mut enc_req = data_request("enc");
     enc_req.kms_key_id = Some("key-1".into());
     let enc = ims
-        .register(&owner(), &disk, &enc_req, &mut |_| {})
+        .register(&owner(), &disk, &enc_req, &mut |_| {}, &CancelToken::new())
         .unwrap()
         .record;
     assert!(enc.encrypted);
@@ -788,7 +839,13 @@ fn sharing_rules() {
         "encrypted_not_shareable"
     );
     let mut market = ims
-        .register(&owner(), &disk, &data_request("m"), &mut |_| {})
+        .register(
+            &owner(),
+            &disk,
+            &data_request("m"),
+            &mut |_| {},
+            &CancelToken::new(),
+        )
         .unwrap()
         .record;
     market.marketplace = true;
@@ -798,7 +855,13 @@ fn sharing_rules() {
         "marketplace_not_shareable"
     );
     let mut ecs = ims
-        .register(&owner(), &disk, &data_request("ecs"), &mut |_| {})
+        .register(
+            &owner(),
+            &disk,
+            &data_request("ecs"),
+            &mut |_| {},
+            &CancelToken::new(),
+        )
         .unwrap()
         .record;
     ecs.image_type = ImageType::FullEcs;
@@ -813,7 +876,13 @@ fn sharing_rules() {
 
     // A public image (seeded by an operator) is seen by every project, and not counted.
     let mut public = ims
-        .register(&owner(), &disk, &data_request("pub"), &mut |_| {})
+        .register(
+            &owner(),
+            &disk,
+            &data_request("pub"),
+            &mut |_| {},
+            &CancelToken::new(),
+        )
         .unwrap()
         .record;
     public.visibility = ims::register::Visibility::Public;
@@ -827,6 +896,7 @@ fn sharing_rules() {
         None,
         &Default::default(),
         &mut |_| {},
+        &CancelToken::new(),
     )
     .unwrap();
 
@@ -852,7 +922,13 @@ fn update_changes_only_what_may_change() {
     let ims = Ims::open(&d.join("home")).unwrap();
     let disk = small_disk(d, "disk", 2 * MIB);
     let r = ims
-        .register(&owner(), &disk, &data_request("a"), &mut |_| {})
+        .register(
+            &owner(),
+            &disk,
+            &data_request("a"),
+            &mut |_| {},
+            &CancelToken::new(),
+        )
         .unwrap()
         .record;
     let set = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
@@ -923,7 +999,7 @@ fn list_filters_sorting_and_pages() {
         let mut req = data_request(name);
         req.tags = vec![format!("n={i}"), format!("parity={}", i % 2)];
         ids.push(
-            ims.register(&owner(), &disk, &req, &mut |_| {})
+            ims.register(&owner(), &disk, &req, &mut |_| {}, &CancelToken::new())
                 .unwrap()
                 .record
                 .id,
@@ -1058,15 +1134,28 @@ fn replication_and_export_rules() {
     let ims = Ims::open(&home).unwrap();
     let disk = small_disk(d, "disk", 3 * MIB);
     let r = ims
-        .register(&owner(), &disk, &data_request("a"), &mut |_| {})
+        .register(
+            &owner(),
+            &disk,
+            &data_request("a"),
+            &mut |_| {},
+            &CancelToken::new(),
+        )
         .unwrap()
         .record;
     assert_eq!(
-        code(ims.replicate(&owner(), &r.id, "r1", None, None)),
+        code(ims.replicate(&owner(), &r.id, "r1", None, None, &CancelToken::new())),
         "same_region"
     );
     let copy = ims
-        .replicate(&owner(), &r.id, "r2", Some("a-copy"), None)
+        .replicate(
+            &owner(),
+            &r.id,
+            "r2",
+            Some("a-copy"),
+            None,
+            &CancelToken::new(),
+        )
         .unwrap();
     assert_ne!(copy.id, r.id);
     assert_eq!((copy.region.as_str(), copy.status), ("r2", Status::Active));
@@ -1083,15 +1172,22 @@ fn replication_and_export_rules() {
     let mut req = data_request("enc");
     req.kms_key_id = Some("key-r1".into());
     let enc = ims
-        .register(&owner(), &disk, &req, &mut |_| {})
+        .register(&owner(), &disk, &req, &mut |_| {}, &CancelToken::new())
         .unwrap()
         .record;
     assert_eq!(
-        code(ims.replicate(&owner(), &enc.id, "r2", None, None)),
+        code(ims.replicate(&owner(), &enc.id, "r2", None, None, &CancelToken::new())),
         "kms_key_required"
     );
     let enc2 = ims
-        .replicate(&owner(), &enc.id, "r2", None, Some("key-r2"))
+        .replicate(
+            &owner(),
+            &enc.id,
+            "r2",
+            None,
+            Some("key-r2"),
+            &CancelToken::new(),
+        )
         .unwrap();
     assert_eq!(enc2.kms_key_id.as_deref(), Some("key-r2"));
 
@@ -1106,6 +1202,7 @@ fn replication_and_export_rules() {
             size,
             &Default::default(),
             &mut |_| {},
+            &CancelToken::new(),
         )
     };
     export(None).unwrap();
@@ -1139,6 +1236,7 @@ fn two_registrations_at_once_both_succeed() {
                     &disk,
                     &data_request(&format!("img{i}")),
                     &mut |_| {},
+                    &CancelToken::new(),
                 )
                 .unwrap()
                 .record
@@ -1397,4 +1495,124 @@ fn iso_images_register_as_iso_only() {
         ),
         "format_unsupported",
     );
+}
+
+/// Everything `scope` sees, as (name, status, reason).
+fn statuses(ims: &Ims) -> Vec<(String, Status, Option<String>)> {
+    let mut v: Vec<_> = [Scope::new("owner", "r1"), Scope::new("owner", "r2")]
+        .iter()
+        .flat_map(|scope| ims.list(scope, &ListQuery::default()).unwrap())
+        .map(|l| (l.record.name, l.record.status, l.record.status_reason))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn a_cancelled_registration_is_killed_and_leaves_no_stored_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let home = d.join("home");
+    let ims = Ims::open(&home).unwrap();
+    let disk = d.join("disk.raw");
+    random_raw(&disk, 32 * MIB, 32, 5);
+    for store_format in [ims::Format::Zvhd2, ims::Format::Qcow2] {
+        let name = format!("cancelled-{store_format}");
+        let mut req = data_request(&name);
+        req.store_format = store_format;
+        let cancel = CancelToken::new();
+        let mut at = None;
+        // What the store held when the cancel came: the upload being written.
+        let mut during = Vec::new();
+        let result = ims.register(
+            &owner(),
+            &disk,
+            &req,
+            &mut |p| {
+                if at.is_none() && p.done * 2 >= p.total && p.done > 0 {
+                    during = stray_files(&home);
+                    cancel.cancel();
+                    at = Some(Instant::now());
+                }
+            },
+            &cancel,
+        );
+        let latency = at.expect("progress passed half").elapsed();
+        let e = result.unwrap_err();
+        assert_eq!(e.kind(), "cancelled", "{e}");
+        eprintln!("{store_format}: register returned {latency:?} after cancel()");
+        assert!(latency < Duration::from_secs(1), "{latency:?}");
+        assert!(!during.is_empty(), "nothing was being stored");
+        assert!(stray_files(&home).is_empty(), "{:?}", stray_files(&home));
+        let record = statuses(&ims).into_iter().find(|r| r.0 == name);
+        assert_eq!(
+            record,
+            Some((name, Status::Killed, Some("cancelled".into())))
+        );
+    }
+    // Nothing is active; the next registration goes through.
+    assert!(statuses(&ims).iter().all(|(_, s, _)| *s == Status::Killed));
+    let cancel = CancelToken::new();
+    let ok = ims
+        .register(
+            &owner(),
+            &disk,
+            &data_request("after"),
+            &mut |_| {},
+            &cancel,
+        )
+        .unwrap();
+    assert_eq!(ok.record.status, Status::Active);
+}
+
+#[test]
+fn a_cancelled_replication_or_export_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let home = d.join("home");
+    let ims = Ims::open(&home).unwrap();
+    let disk = small_disk(d, "disk", 3 * MIB);
+    let never = CancelToken::new();
+    let r = ims
+        .register(&owner(), &disk, &data_request("a"), &mut |_| {}, &never)
+        .unwrap()
+        .record;
+    let stored = stray_files(&home);
+    assert_eq!(stored.len(), 1);
+    let cancelled = CancelToken::new();
+    cancelled.cancel();
+
+    let e = ims
+        .replicate(&owner(), &r.id, "r2", Some("copy"), None, &cancelled)
+        .unwrap_err();
+    assert_eq!(e.kind(), "cancelled");
+    assert_eq!(stray_files(&home), stored, "the copy was left in the store");
+    assert_eq!(
+        statuses(&ims),
+        [
+            ("a".to_string(), Status::Active, None),
+            ("copy".to_string(), Status::Killed, Some("cancelled".into())),
+        ]
+    );
+
+    let out_dir = d.join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("a.qcow2");
+    let export = |cancel: &CancelToken| {
+        ims.export(
+            &owner(),
+            &r.id,
+            ims::Format::Qcow2,
+            &out,
+            None,
+            &Default::default(),
+            &mut |_| {},
+            cancel,
+        )
+    };
+    assert_eq!(export(&cancelled).unwrap_err().kind(), "cancelled");
+    assert_eq!(fs::read_dir(&out_dir).unwrap().count(), 0);
+    export(&never).unwrap();
+    assert_eq!(fs::read_dir(&out_dir).unwrap().count(), 1);
+    assert!(out.exists());
 }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use ims::compare::Comparison;
 use ims::{
-    CreateOptions, Error, ExtentState, Format, OpenOptions, PipelineOptions, Progress, References,
-    Target,
+    CancelToken, CreateOptions, Error, ExtentState, Format, OpenOptions, PipelineOptions, Progress,
+    References, Target,
 };
 
 #[path = "ims/catalog.rs"]
@@ -136,6 +136,32 @@ enum Command {
     /// The image catalog: list, show, update, delete, share, unshare, members, accept,
     /// reject, copy (to another region), export.
     Images(catalog::ImagesArgs),
+}
+
+/// A token the first SIGINT or SIGTERM cancels, so that an interrupted conversion,
+/// registration, copy or export stops and the library removes what it was writing; a second
+/// signal ends the process at once, as usual.
+pub(crate) fn cancel_on_signals() -> CancelToken {
+    static TOKEN: std::sync::OnceLock<CancelToken> = std::sync::OnceLock::new();
+    extern "C" fn on_signal(_: libc::c_int) {
+        // An atomic load and an atomic store: safe in a signal handler.
+        if let Some(token) = TOKEN.get() {
+            token.cancel();
+        }
+    }
+    let token = TOKEN.get_or_init(CancelToken::new).clone();
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction is valid; the handler only touches atomics, and
+        // SA_RESETHAND restores the default action for the next signal.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESETHAND;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+    token
 }
 
 fn main() -> ExitCode {
@@ -271,14 +297,12 @@ fn run(command: Command) -> ims::Result<()> {
             let mut reporter = Reporter::new(kind, image.virtual_size());
             let pipeline = PipelineOptions {
                 threads,
+                cancel: cancel_on_signals(),
                 ..Default::default()
             };
+            // A failed or interrupted conversion leaves no output: the library removes it.
             let result = ims::convert(image, writer, &pipeline, &mut |p| reporter.report(p));
             reporter.finish();
-            if result.is_err() && dst != "-" {
-                // Leave no half-written image behind.
-                let _ = std::fs::remove_file(&dst);
-            }
             result
         }
         Command::Map {

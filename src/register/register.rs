@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use sha2::{Digest, Sha256, Sha512};
 
+use crate::cancel::CancelToken;
 use crate::convert::Source;
 use crate::error::{Error, Result};
 use crate::formats::Format;
@@ -172,12 +173,13 @@ impl AppendSink for HashingSink {
     }
 }
 
-/// Hashes a whole file.
-pub(crate) fn hash_file(path: &Path) -> Result<Checksum> {
+/// Hashes a whole file; stops with [`Error::Cancelled`] between reads once `cancel` is.
+pub(crate) fn hash_file(path: &Path, cancel: &CancelToken) -> Result<Checksum> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", e).in_file(path))?;
     let hashes = Hashes::default();
     let mut buf = vec![0u8; 1 << 20];
     loop {
+        cancel.check()?;
         let n = f
             .read(&mut buf)
             .map_err(|e| Error::io("read", e).in_file(path))?;
@@ -241,12 +243,15 @@ fn describe(record: &mut ImageRecord, found: &Inspection, os_version: Option<&st
 
 impl Ims {
     /// Registers the image file `file` as a private image of `scope` (see the module doc).
+    /// Cancelled through `cancel`, it fails with [`Error::Cancelled`] as a failed registration
+    /// does: a record already made is `killed`, and nothing is left in the store.
     pub fn register(
         &self,
         scope: &Scope,
         file: &Path,
         request: &RegisterRequest,
         progress: &mut dyn FnMut(Progress),
+        cancel: &CancelToken,
     ) -> Result<Registered> {
         rules::check_name(&request.name)?;
         rules::check_description(&request.description)?;
@@ -307,6 +312,7 @@ impl Ims {
             Some(reader) => Some(crate::inspect::inspect(reader).map_err(rules::open_refusal)?),
             None => None,
         };
+        cancel.check()?;
         let min_disk = request
             .min_disk
             .unwrap_or_else(|| rules::default_min_disk(virtual_size));
@@ -360,6 +366,7 @@ impl Ims {
             request,
             progress,
             found.is_none(),
+            cancel,
         );
         let result = result.and_then(|extra| {
             warnings.extend(extra);
@@ -404,6 +411,7 @@ impl Ims {
     /// Writes the data into the upload, hashing it, and commits it; fills the record's stored
     /// fields. `inspect_after`: the source could not be inspected before (stream-only), so the
     /// stored copy is inspected and validated before it is committed.
+    #[allow(clippy::too_many_arguments)]
     fn save(
         &self,
         record: &mut ImageRecord,
@@ -412,6 +420,7 @@ impl Ims {
         request: &RegisterRequest,
         progress: &mut dyn FnMut(Progress),
         inspect_after: bool,
+        cancel: &CancelToken,
     ) -> Result<Vec<String>> {
         self.catalog
             .transition(&record.id, &[Status::Queued], Status::Saving, None)?;
@@ -438,9 +447,11 @@ impl Ims {
         } else {
             Target::File(upload.path.clone())
         };
-        let writer = crate::create(format, target, stored_size, &create)?;
+        // The upload is the store's temporary, which the store removes on failure.
+        let writer = crate::create_writer(format, target, stored_size, &create, false)?;
         let pipeline = PipelineOptions {
             threads: request.threads,
+            cancel: cancel.clone(),
             ..Default::default()
         };
         crate::convert::run(source, writer, &pipeline, progress)?;
@@ -448,7 +459,7 @@ impl Ims {
         record.checksum = if streamed {
             hashes.finish()
         } else {
-            hash_file(&upload.path)?
+            hash_file(&upload.path, cancel)?
         };
         let mut warnings = Vec::new();
         if inspect_after {
@@ -463,6 +474,7 @@ impl Ims {
             warnings = self.validate(request, &found)?;
             describe(record, &found, request.os_version.as_deref());
         }
+        cancel.check()?;
         record.store_size = self.store.commit(upload)?;
         Ok(warnings)
     }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::block::{BlockReader, Extent, ExtentState};
+use crate::cancel::CancelToken;
 use crate::convert::Source;
 use crate::error::{Error, Result};
 use crate::formats::Format;
@@ -17,7 +18,9 @@ use super::{Ims, Scope, rules};
 impl Ims {
     /// Replicates image `id` (owned by `scope.project`, or shared with it and accepted) into
     /// `target_region`, owned by `scope.project` there. An encrypted image needs `kms_key_id`,
-    /// a key of the target region.
+    /// a key of the target region. Cancelled through `cancel` (while copying or checking the
+    /// copy), it fails as any failed replication does: the new record is `killed` and the copy
+    /// removed.
     pub fn replicate(
         &self,
         scope: &Scope,
@@ -25,6 +28,7 @@ impl Ims {
         target_region: &str,
         name: Option<&str>,
         kms_key_id: Option<&str>,
+        cancel: &CancelToken,
     ) -> Result<ImageRecord> {
         let src = self.usable(scope, id)?;
         rules::check_replication(&src, target_region, kms_key_id)?;
@@ -60,8 +64,8 @@ impl Ims {
         let result = (|| {
             self.catalog
                 .transition(&r.id, &[Status::Queued], Status::Saving, None)?;
-            self.store.copy(&src.store_key, &upload)?;
-            let sum = super::register::hash_file(&upload.path)?;
+            self.store.copy(&src.store_key, &upload, cancel)?;
+            let sum = super::register::hash_file(&upload.path, cancel)?;
             if sum.sha256 != src.checksum.sha256 {
                 return Err(Error::malformed(
                     "stored image",
@@ -69,6 +73,7 @@ impl Ims {
                     format!("the copy of {} does not match its checksum", src.id),
                 ));
             }
+            cancel.check()?;
             r.store_size = self.store.commit(&upload)?;
             r.status = Status::Active;
             r.updated_at = now();
@@ -111,7 +116,7 @@ impl Ims {
 
     /// Exports image `id` as a disk for a server: `format` at `out`, of `size` bytes (default:
     /// min_disk or the image's size, whichever is larger — never below them), bytes past the
-    /// image reading as zeros.
+    /// image reading as zeros. A failed or cancelled (`cancel`) export leaves no file at `out`.
     #[allow(clippy::too_many_arguments)]
     pub fn export(
         &self,
@@ -122,6 +127,7 @@ impl Ims {
         size: Option<u64>,
         options: &CreateOptions,
         progress: &mut dyn FnMut(Progress),
+        cancel: &CancelToken,
     ) -> Result<ImageRecord> {
         let r = self.usable(scope, id)?;
         let size = size.unwrap_or(r.virtual_size);
@@ -147,12 +153,13 @@ impl Ims {
         } else {
             image.into_source()
         };
+        // The writer removes its output when the conversion fails.
         let writer = crate::create(format, Target::File(out.to_path_buf()), size, options)?;
-        let result = crate::convert::run(source, writer, &PipelineOptions::default(), progress);
-        if result.is_err() {
-            let _ = std::fs::remove_file(out);
-        }
-        result.map(|()| r)
+        let pipeline = PipelineOptions {
+            cancel: cancel.clone(),
+            ..Default::default()
+        };
+        crate::convert::run(source, writer, &pipeline, progress).map(|()| r)
     }
 }
 

@@ -240,7 +240,7 @@ pub fn open_refusal(e: Error) -> Error {
                 format!("{message}; upload the image again or check it with ims check"),
             )
         }
-        Error::Io { .. } | Error::InvalidArgument(_) | Error::Internal(_) => e,
+        Error::Io { .. } | Error::InvalidArgument(_) | Error::Internal(_) | Error::Cancelled => e,
     }
 }
 

@@ -246,7 +246,13 @@ pub fn register(args: RegisterArgs) -> ims::Result<()> {
     };
     let total = ims::open(&args.file, &Default::default()).map_or(0, |i| i.virtual_size());
     let mut reporter = Reporter::new(args.progress, total);
-    let result = ims.register(&scope, &args.file, &request, &mut |p| reporter.report(p));
+    let result = ims.register(
+        &scope,
+        &args.file,
+        &request,
+        &mut |p| reporter.report(p),
+        &super::cancel_on_signals(),
+    );
     reporter.finish();
     let done = result?;
     for w in &done.warnings {
@@ -449,7 +455,14 @@ pub fn images(args: ImagesArgs) -> ims::Result<()> {
             kms_key,
         } => print_record(
             output,
-            &ims.replicate(&scope, &id, &to_region, name.as_deref(), kms_key.as_deref())?,
+            &ims.replicate(
+                &scope,
+                &id,
+                &to_region,
+                name.as_deref(),
+                kms_key.as_deref(),
+                &super::cancel_on_signals(),
+            )?,
         ),
         ImagesCommand::Export {
             id,
@@ -462,7 +475,16 @@ pub fn images(args: ImagesArgs) -> ims::Result<()> {
             let format: Format = output_format.parse()?;
             let create = CreateOptions::from_args(&options, compress)?;
             let size = size.map(|gb| gb.saturating_mul(1 << 30));
-            let r = ims.export(&scope, &id, format, &out, size, &create, &mut |_| {})?;
+            let r = ims.export(
+                &scope,
+                &id,
+                format,
+                &out,
+                size,
+                &create,
+                &mut |_| {},
+                &super::cancel_on_signals(),
+            )?;
             eprintln!("ims: image {} exported to {}", r.id, out.display());
             Ok(())
         }

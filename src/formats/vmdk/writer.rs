@@ -382,9 +382,8 @@ pub struct FlatWriter {
     data: FileSink,
     size: u64,
     capacity: u64,
-    descriptor_path: PathBuf,
+    descriptor_file: FileSink,
     descriptor: String,
-    durable: bool,
 }
 
 impl FlatWriter {
@@ -395,25 +394,38 @@ impl FlatWriter {
         format!("{stem}-flat.vmdk")
     }
 
-    pub fn new(path: &Path, size: u64, options: &VmdkCreateOptions, durable: bool) -> Result<Self> {
-        let capacity = capacity_for(size)?;
-        let extent = Self::extent_name(path);
-        let extent_path = path.with_file_name(&extent);
+    /// Where the extent of a descriptor at `path` lies: beside it, named by
+    /// [`extent_name`](Self::extent_name); refused when that is the descriptor itself.
+    pub fn extent_path(path: &Path) -> Result<PathBuf> {
+        let extent_path = path.with_file_name(Self::extent_name(path));
         if extent_path == path {
             return Err(Error::InvalidArgument(format!(
                 "{}: the flat extent would overwrite the descriptor",
                 path.display()
             )));
         }
-        let descriptor = options.descriptor(capacity, &extent).to_text();
-        let data = FileSink::create(&extent_path)?.durable(durable);
+        Ok(extent_path)
+    }
+
+    /// A writer of the VMDK whose descriptor is named `path`: the disk's bytes go to `data`,
+    /// the descriptor (naming the extent [`extent_path`](Self::extent_path)) to `descriptor`
+    /// at the end. The caller opens both files, under these names or temporary ones.
+    pub fn new(
+        path: &Path,
+        size: u64,
+        options: &VmdkCreateOptions,
+        data: FileSink,
+        descriptor: FileSink,
+    ) -> Result<Self> {
+        let capacity = capacity_for(size)?;
+        let extent = Self::extent_name(path);
+        let text = options.descriptor(capacity, &extent).to_text();
         Ok(FlatWriter {
             data,
             size,
             capacity,
-            descriptor_path: path.to_path_buf(),
-            descriptor,
-            durable,
+            descriptor_file: descriptor,
+            descriptor: text,
         })
     }
 }
@@ -439,9 +451,8 @@ impl BlockWriter for FlatWriter {
         }
         self.data.append_zeros(self.capacity * SECTOR - self.size)?;
         self.data.finish()?;
-        let mut d = FileSink::create(&self.descriptor_path)?.durable(self.durable);
-        d.append(self.descriptor.as_bytes())?;
-        d.finish()
+        self.descriptor_file.append(self.descriptor.as_bytes())?;
+        self.descriptor_file.finish()
     }
 }
 

@@ -13,6 +13,7 @@ pub use local::LocalStore;
 use std::fs::File;
 use std::path::PathBuf;
 
+use crate::cancel::CancelToken;
 use crate::error::Result;
 
 /// An object being written. Its lock is held while this value lives.
@@ -47,8 +48,9 @@ pub trait ImageStore: Send + Sync {
     /// Removes an object (no error when it is absent).
     fn remove(&self, key: &str) -> Result<()>;
 
-    /// Copies the object `from` into an upload.
-    fn copy(&self, from: &str, to: &Upload) -> Result<()>;
+    /// Copies the object `from` into an upload; stops with
+    /// [`Error::Cancelled`](crate::Error::Cancelled) soon after `cancel` is cancelled.
+    fn copy(&self, from: &str, to: &Upload, cancel: &CancelToken) -> Result<()>;
 
     /// Whether a live process is writing `key`.
     fn is_live(&self, key: &str) -> bool;
