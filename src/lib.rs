@@ -53,7 +53,8 @@ pub use convert::{PipelineOptions, Progress, Source};
 pub use error::{Error, ReferenceKind, Result};
 pub use formats::Format;
 pub use open::{
-    CheckOutcome, Image, ImageInfo, OpenOptions, check, open, open_storage, open_stream,
+    CheckOutcome, Image, ImageInfo, Input, OpenOptions, check, open, open_input, open_storage,
+    open_stream,
 };
 pub use resolve::References;
 pub use storage::{FileStorage, MemoryStorage, Storage};

@@ -12,7 +12,7 @@ use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::Format;
 use crate::formats::info::FormatInfo;
 use crate::formats::qcow2::{Qcow2Header, Qcow2OpenOptions, Qcow2Reader};
-use crate::formats::raw::RawReader;
+use crate::formats::raw::{RawReader, RawStream};
 use crate::formats::zvhd::{Zvhd2Reader, ZvhdStream};
 use crate::formats::{vhd, vmdk};
 use crate::probe;
@@ -140,38 +140,114 @@ pub fn open_storage(
 
 /// Opens an image arriving on a stream (a pipe, stdin, an upload) that can only be read front
 /// to back. The format must be named: there is nothing to probe without reading. Only formats
-/// whose layout allows it can be read this way (streamOptimized VMDK, ZVHD, raw of a known size
-/// cannot: its size is unknown).
+/// whose layout allows it can be read this way: streamOptimized VMDK and ZVHD (raw needs its
+/// size: see [`Input::Stream`]).
 pub fn open_stream(
     input: Box<dyn std::io::Read + Send>,
     format: Format,
     name: &str,
 ) -> Result<Image> {
-    let source = stream_source(input, format).map_err(|e| e.in_file(Path::new(name)))?;
-    Ok(Image {
-        path: PathBuf::from(name),
-        format,
-        source: named(source, Path::new(name)),
-        file_length: 0,
-        allocated: 0,
-    })
+    open_input(
+        Input::Stream {
+            reader: input,
+            format,
+            name: name.to_string(),
+            size: None,
+        },
+        &OpenOptions::default(),
+    )
+}
+
+/// Where an image's bytes come from.
+#[non_exhaustive]
+pub enum Input {
+    /// A local file.
+    Path(PathBuf),
+    /// Bytes a caller's storage serves (memory, an object store, a cache); `name` names the
+    /// image in errors and is where references are resolved from, when they are allowed.
+    Storage {
+        /// The image's bytes.
+        storage: Arc<dyn Storage>,
+        /// The image's name.
+        name: String,
+    },
+    /// A byte stream read once, front to back (a pipe, an upload, a GET). Only formats whose
+    /// layout allows it: streamOptimized VMDK, ZVHD, and raw when `size` is given.
+    Stream {
+        /// The bytes.
+        reader: Box<dyn std::io::Read + Send>,
+        /// The format: a stream cannot be probed.
+        format: Format,
+        /// The image's name, for errors.
+        name: String,
+        /// The disk size, which a raw stream needs.
+        size: Option<u64>,
+    },
+}
+
+impl From<PathBuf> for Input {
+    fn from(path: PathBuf) -> Input {
+        Input::Path(path)
+    }
+}
+
+impl From<&Path> for Input {
+    fn from(path: &Path) -> Input {
+        Input::Path(path.to_path_buf())
+    }
+}
+
+/// Opens an image from any [`Input`]. A stream of a format that needs random access is refused
+/// with an error that says to spool it (to a file, or into a [`Storage`]).
+pub fn open_input(input: Input, options: &OpenOptions) -> Result<Image> {
+    match input {
+        Input::Path(path) => open(&path, options),
+        Input::Storage { storage, name } => open_storage(storage, Path::new(&name), options),
+        Input::Stream {
+            reader,
+            format,
+            name,
+            size,
+        } => {
+            let path = PathBuf::from(&name);
+            if let Some(f) = options.format
+                && f != format
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "{name}: the stream is given as {format} and opened as {f}"
+                )));
+            }
+            let source = stream_source(reader, format, size).map_err(|e| e.in_file(&path))?;
+            Ok(Image {
+                source: named(source, &path),
+                path,
+                format,
+                file_length: 0,
+                allocated: 0,
+            })
+        }
+    }
 }
 
 /// The stream reader of each format that has one.
-fn stream_source(input: Box<dyn std::io::Read + Send>, format: Format) -> Result<Source> {
-    match format {
-        Format::Zvhd => Ok(Source::Stream(Box::new(
-            crate::formats::zvhd::ZvhdStream::new(input)?,
-        ))),
-        Format::Vmdk => Ok(Source::Stream(Box::new(
+fn stream_source(
+    input: Box<dyn std::io::Read + Send>,
+    format: Format,
+    size: Option<u64>,
+) -> Result<Source> {
+    match (format, size) {
+        (Format::Zvhd, _) => Ok(Source::Stream(Box::new(ZvhdStream::new(input)?))),
+        (Format::Vmdk, _) => Ok(Source::Stream(Box::new(
             crate::formats::vmdk::StreamReader::new(input)?,
         ))),
-        other => {
-            drop(input);
-            Err(Error::unsupported(format!(
-                "{other} images cannot be read from a stream; give a file"
-            )))
-        }
+        (Format::Raw, Some(size)) => Ok(Source::Stream(Box::new(RawStream::new(input, size)))),
+        (Format::Raw, None) => Err(Error::InvalidArgument(
+            "a raw image read from a stream needs its size (Input::Stream's size)".into(),
+        )),
+        (other, _) => Err(Error::unsupported(format!(
+            "{other} images need random access and cannot be read from a stream; spool the \
+             stream to a file (Input::Path) or into a Storage (Input::Storage)"
+        ))),
     }
 }
 

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::block::{BlockReader, BlockWriter, Extent, Piece, check_range};
+use bytes::BytesMut;
+
+use crate::block::{BlockReader, BlockWriter, Chunk, ChunkStream, Extent, Piece, check_range};
 use crate::error::{Error, Result};
 use crate::io::{AppendSink, append_piece};
 use crate::storage::Storage;
@@ -40,6 +42,61 @@ impl BlockReader for RawReader {
             offset,
             offset.saturating_add(len).min(self.size),
         )
+    }
+}
+
+/// Reads a raw image of a known size front to back from any byte source (a pipe, an upload);
+/// the pipeline finds its zero runs. A source that ends early is an error.
+pub struct RawStream<R: std::io::Read + Send> {
+    input: R,
+    size: u64,
+    pos: u64,
+}
+
+impl<R: std::io::Read + Send> RawStream<R> {
+    /// Reads `size` bytes of disk from `input`.
+    pub fn new(input: R, size: u64) -> Self {
+        RawStream {
+            input,
+            size,
+            pos: 0,
+        }
+    }
+}
+
+/// How much of a raw stream one chunk holds.
+const STREAM_CHUNK: u64 = 1 << 20;
+
+impl<R: std::io::Read + Send> ChunkStream for RawStream<R> {
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn next_chunk(&mut self) -> Result<Option<Chunk>> {
+        if self.pos >= self.size {
+            return Ok(None);
+        }
+        let len = STREAM_CHUNK.min(self.size - self.pos);
+        let mut buf = BytesMut::zeroed(crate::block::usize_len(len)?);
+        let mut done = 0;
+        while done < buf.len() {
+            match self.input.read(&mut buf[done..]) {
+                Ok(0) => {
+                    return Err(Error::truncated(
+                        "raw stream",
+                        self.pos + done as u64,
+                        self.size - self.pos - done as u64,
+                        0,
+                    ));
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read", e)),
+            }
+        }
+        let chunk = Chunk::data(self.pos, buf.freeze());
+        self.pos = chunk.end();
+        Ok(Some(chunk))
     }
 }
 
@@ -148,6 +205,20 @@ mod tests {
             map.iter().filter(|e| e.state == ExtentState::Data).count(),
             1
         );
+    }
+
+    #[test]
+    fn stream_of_a_known_size() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut s = RawStream::new(&data[..], data.len() as u64);
+        let mut back = Vec::new();
+        while let Some(c) = s.next_chunk().unwrap() {
+            assert_eq!(c.offset, back.len() as u64);
+            back.extend_from_slice(c.data.as_deref().unwrap());
+        }
+        assert_eq!(back, data);
+        let mut short = RawStream::new(&data[..10], 20);
+        assert_eq!(short.next_chunk().unwrap_err().kind(), "truncated");
     }
 
     #[test]
