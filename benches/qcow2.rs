@@ -26,11 +26,7 @@ fn qcow2_write(c: &mut Criterion) {
     ] {
         group.bench_function(name, |b| {
             b.iter(|| {
-                let create = CreateOptions {
-                    options: options.clone(),
-                    compress,
-                    ..Default::default()
-                };
+                let create = CreateOptions::from_pairs(Format::Qcow2, &options, compress).unwrap();
                 common::write_image(&disk, Format::Qcow2, &out, &create);
             })
         });

@@ -16,6 +16,7 @@ use crate::formats::info::FormatInfo;
 /// What a range of the virtual disk holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum ExtentState {
     /// Stored bytes (which may happen to be zeros).
     Data,
@@ -327,6 +328,7 @@ pub fn usize_len(len: u64) -> Result<usize> {
 /// A piece handed to a writer. Pieces come in ascending, gap-free order; no piece straddles a
 /// boundary of the writer's [`BlockWriter::unit_size`] except `Data` runs that cover whole units.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Piece {
     /// Bytes to store.
     Data { offset: u64, data: Bytes },

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 
 /// The outcome of a comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Comparison {
     /// Same content (and, when the sizes differ, the larger disk's extra bytes are all zeros).
     Identical { size_mismatch: bool },

@@ -154,6 +154,7 @@ pub fn deflate(input: &[u8], params: DeflateParams) -> Result<Vec<u8>> {
 
 /// What inflating a unit into its buffer gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Inflated {
     /// The stream ended after this many bytes (at most the buffer's length).
     Ended(usize),
@@ -164,6 +165,7 @@ pub enum Inflated {
 
 /// Why a unit did not inflate.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum InflateProblem {
     /// Not a valid deflate (or zlib) stream, or one cut short.
     Corrupt(String),

@@ -22,6 +22,7 @@ use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 
 /// Where the pipeline's data comes from.
+#[non_exhaustive]
 pub enum Source {
     /// A disk read at any offset: workers read in parallel.
     Random(Arc<dyn BlockReader>),
@@ -109,6 +110,16 @@ type JobResult = (u64, Result<Vec<Piece>>);
 /// Copies the whole of `source` into `writer` and finishes it. On an error or a cancel
 /// ([`PipelineOptions::cancel`]: [`Error::Cancelled`]) every thread is stopped and `writer` is
 /// dropped unfinished before this returns, which removes the output of a writer made by
+/// Converts `image` into `writer` (made by [`create`](crate::create())) through the parallel pipeline.
+pub fn convert(
+    image: crate::open::Image,
+    writer: Box<dyn BlockWriter>,
+    options: &PipelineOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
+    run(image.into_source(), writer, options, progress)
+}
+
 /// [`create`](crate::create) for a file.
 pub fn run(
     source: Source,
@@ -715,7 +726,7 @@ mod tests {
             64 << 10
         }
         fn encoder(&self) -> Option<Arc<dyn UnitEncoder>> {
-            Some(Arc::new(Slow(std::time::Duration::from_millis(2))))
+            Some(Arc::new(Slow(std::time::Duration::from_millis(5))))
         }
         fn write_piece(&mut self, piece: Piece) -> Result<()> {
             *self.written.lock().unwrap() = piece.offset() + piece.length();
@@ -766,14 +777,15 @@ mod tests {
 
     #[test]
     fn a_cancel_from_another_thread_stops_every_thread_within_a_unit() {
-        // A 2 MiB job is 32 units of 2 ms: a check per job would take 64 ms, per unit 2 ms.
+        // A 2 MiB job is 32 units of 5 ms: a check per job would take up to 160 ms, a check
+        // per unit 5 ms (plus scheduling on a loaded machine); the promise is 100 ms.
         for (threads, stream) in [(1, false), (3, false), (2, true)] {
             let (e, latency, done) =
                 cancel_after(std::time::Duration::from_millis(30), threads, stream);
             assert!(matches!(e, Error::Cancelled), "{e}");
             assert!(done < 64 << 20);
             assert!(
-                latency < std::time::Duration::from_millis(30),
+                latency < std::time::Duration::from_millis(100),
                 "{threads} threads, stream {stream}: returned {latency:?} after the cancel"
             );
         }

@@ -26,6 +26,7 @@ impl fmt::Display for FileName {
 
 /// What kind of reference to another file an image made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReferenceKind {
     /// A QCOW2 backing file, or a VMDK/VHD parent.
     BackingFile,
@@ -50,6 +51,7 @@ impl fmt::Display for ReferenceKind {
 
 /// Everything that can go wrong in `ims`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An operating-system error while doing `action` on a file.
     #[error("{file}{action}: {source}")]

@@ -291,6 +291,7 @@ impl<W: Write + Send> AppendSink for PipeSink<W> {
 }
 
 /// Either kind of sink behind one type, for writers that only append.
+#[non_exhaustive]
 pub enum Output {
     File(FileSink),
     Stream(Box<dyn AppendSink>),

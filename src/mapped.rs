@@ -32,6 +32,7 @@ pub struct Unit {
 
 /// What a range of the disk is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Mapping {
     /// Stored as is at `offset` of the format's file `file`.
     Stored {
@@ -72,6 +73,7 @@ pub struct Segment {
 
 /// How `map` reports ranges stored in one of the format's files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StoredRanges {
     /// With their offsets in the file, as they are.
     Located,

@@ -336,6 +336,7 @@ fn open_qcow2(storage: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Re
 }
 
 /// What `ims check` found.
+#[non_exhaustive]
 pub enum CheckOutcome {
     /// The image was checked; the report lists what is wrong, if anything.
     Checked(crate::formats::qcow2::check::CheckReport),

@@ -17,6 +17,7 @@ pub const TAIL_LEN: usize = 512;
 
 /// A format that was recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Detected {
     /// A format ims reads.
     Supported(Format),

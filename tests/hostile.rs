@@ -41,14 +41,11 @@ fn make(dir: &Path, raw: &Path, format: Format, opts: &[(&str, &str)], compress:
         opts.len() + compress as usize
     ));
     let image = ims::open(raw, &OpenOptions::default()).unwrap();
-    let options = CreateOptions {
-        options: opts
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        compress,
-        durable: false,
-    };
+    let pairs: Vec<(String, String)> = opts
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let options = CreateOptions::from_pairs(format, &pairs, compress).unwrap();
     let w = ims::create(format, Target::File(out.clone()), DISK, &options).unwrap();
     ims::convert(image, w, &Default::default(), &mut |_| {}).unwrap();
     std::fs::read(&out).unwrap()

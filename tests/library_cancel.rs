@@ -47,10 +47,7 @@ fn names(dir: &Path) -> Vec<String> {
 }
 
 fn compressed() -> CreateOptions {
-    CreateOptions {
-        compress: true,
-        ..Default::default()
-    }
+    CreateOptions::from_pairs(Format::Qcow2, &[], true).unwrap()
 }
 
 /// Converts `src` to a compressed qcow2 in `out_dir`; `when_past` runs once from the progress
@@ -217,10 +214,7 @@ fn a_failed_conversion_leaves_no_file_and_keeps_the_one_it_would_replace() {
     for (format, opts, name, _) in outputs() {
         let dir = tempfile::tempdir().unwrap();
         let out: PathBuf = dir.path().join(name);
-        let create = CreateOptions {
-            options: opts.clone(),
-            ..Default::default()
-        };
+        let create = CreateOptions::from_pairs(format, &opts, false).unwrap();
         let writer = ims::create(format, Target::File(out.clone()), size, &create).unwrap();
         assert!(
             !names(dir.path()).is_empty(),
@@ -256,9 +250,8 @@ fn a_finished_conversion_leaves_exactly_its_files() {
         let out = dir.path().join(name);
         let image = ims::open(&src, &OpenOptions::default()).unwrap();
         let create = CreateOptions {
-            options: opts.clone(),
             durable: true,
-            ..Default::default()
+            ..CreateOptions::from_pairs(format, &opts, false).unwrap()
         };
         let writer = ims::create(
             format,

@@ -259,7 +259,7 @@ fn run(command: Command) -> ims::Result<()> {
             dst,
         } => {
             let out_format: Format = output_format.parse()?;
-            let create = CreateOptions::from_args(&options, compress)?;
+            let create = CreateOptions::from_args(out_format, &options, compress)?;
             let image = if src.as_os_str() == "-" {
                 // Stdin can only be read front to back, and there is nothing to probe.
                 let format = input
@@ -521,7 +521,8 @@ fn map_json(e: &ims::Extent) -> String {
     let (present, zero, data) = match e.state {
         ExtentState::Data => (true, false, true),
         ExtentState::Zero => (true, true, false),
-        ExtentState::Unallocated => (false, true, false),
+        // Not in this image (nor, where one is attached, in its backing chain).
+        _ => (false, true, false),
     };
     let offset = match e.host_offset {
         Some(o) => format!(", \"offset\": {o}"),
@@ -636,6 +637,10 @@ fn check(input: Input, output: OutputKind, file: PathBuf) -> ExitCode {
             );
             return ExitCode::from(63);
         }
+        Ok(_) => {
+            eprintln!("ims: {}: an outcome this ims cannot print", file.display());
+            return ExitCode::from(1);
+        }
         Err(e) => {
             eprintln!("ims: {e}");
             return ExitCode::from(1);
@@ -746,6 +751,10 @@ fn compare(
                 println!("Strict mode: Image size mismatch!");
             }
             ExitCode::from(1)
+        }
+        Ok(_) => {
+            eprintln!("ims: a comparison result this ims cannot print");
+            ExitCode::from(2)
         }
         Err(e) => {
             eprintln!("ims: {e}");

@@ -15,6 +15,7 @@ use crate::error::Error;
 
 /// An image format ims reads or writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Format {
     Raw,
     Qcow2,

@@ -130,6 +130,7 @@ fn metadata_text(vol: &Volume, mda_offset: u64, mda_size: u64) -> Result<Option<
 
 /// A value of the metadata text.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConfigValue {
     Number(i64),
     String(String),

@@ -47,6 +47,7 @@ use superblocks::{FsId, FsKind};
 /// What the image is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum ImageKind {
     /// A bootable system disk: an operating system was found.
     System,
@@ -59,6 +60,7 @@ pub enum ImageKind {
 /// The operating system family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum OsType {
     Linux,
     Windows,
@@ -68,6 +70,7 @@ pub enum OsType {
 /// How the guest boots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Firmware {
     /// An EFI system partition holds an EFI loader (or the ISO has a UEFI boot entry).
     Uefi,

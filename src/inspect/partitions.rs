@@ -11,6 +11,7 @@ use super::mbr::{self, BootRecord, MbrPartition, SECTOR};
 /// The kind of partition table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum TableKind {
     Gpt,
     Mbr,

@@ -40,6 +40,7 @@ pub struct Key {
 
 /// A value's data, by type.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Value {
     /// REG_SZ and REG_EXPAND_SZ.
     String(String),

@@ -12,6 +12,7 @@ use super::disk::Volume;
 /// What a volume holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum FsKind {
     Ext2,
     Ext3,

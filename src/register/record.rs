@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 /// Who may see an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Visibility {
     /// Only the owner project (and members it shared the image with, once they accept).
     Private,
@@ -23,6 +24,7 @@ pub enum Visibility {
 /// What the image is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ImageType {
     /// A bootable system disk.
     System,
@@ -37,6 +39,7 @@ pub enum ImageType {
 /// Where a record is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Status {
     /// Created; no data written yet.
     Queued,
@@ -53,6 +56,7 @@ pub enum Status {
 /// A member project's answer to a share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum MemberStatus {
     Pending,
     Accepted,

@@ -473,7 +473,7 @@ pub fn images(args: ImagesArgs) -> ims::Result<()> {
             out,
         } => {
             let format: Format = output_format.parse()?;
-            let create = CreateOptions::from_args(&options, compress)?;
+            let create = CreateOptions::from_args(format, &options, compress)?;
             let size = size.map(|gb| gb.saturating_mul(1 << 30));
             let r = ims.export(
                 &scope,

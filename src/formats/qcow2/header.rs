@@ -76,6 +76,7 @@ const EXTENSION: &str = "qcow2 header extension";
 
 /// How compressed clusters are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CompressionType {
     /// Raw deflate (no zlib header), type 0.
     Zlib,
@@ -348,6 +349,7 @@ impl Header {
 
 /// Which feature bitmap a feature name table entry is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FeatureKind {
     Incompatible,
     Compatible,

@@ -83,6 +83,7 @@ impl L2Entry {
 
 /// What a standard (uncompressed) L2 entry without subclusters says about its cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClusterType {
     /// Nothing stored: read from the backing file, or zeros.
     Unallocated,
@@ -122,6 +123,7 @@ pub fn classify_standard(
 
 /// What an extended L2 entry's bitmap says about one subcluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SubclusterState {
     /// Allocation bit set: stored in the host cluster.
     Allocated,

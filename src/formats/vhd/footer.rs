@@ -19,6 +19,7 @@ pub const MAX_GEOMETRY_SECTORS: u64 = 65535 * 16 * 255;
 
 /// The footer's `disk_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DiskType {
     Fixed,
     Dynamic,
@@ -95,6 +96,7 @@ impl Geometry {
 
 /// Which field gives the disk's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SizeSource {
     /// cylinders × heads × sectors per track × 512 (Virtual PC and old qemu).
     Geometry,

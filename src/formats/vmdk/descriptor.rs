@@ -16,6 +16,7 @@ const S: &str = "vmdk descriptor";
 
 /// An extent's access mode (the first word of an extent line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Access {
     Rw,
     RdOnly,
@@ -34,6 +35,7 @@ impl Access {
 
 /// An extent's type (the third word of an extent line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ExtentType {
     /// A hosted sparse extent (`KDMV` header, grain directory and tables).
     Sparse,

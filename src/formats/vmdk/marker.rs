@@ -9,6 +9,7 @@ const SECTOR: usize = 512;
 
 /// The type of a metadata marker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MarkerType {
     EndOfStream,
     GrainTable,
@@ -41,6 +42,7 @@ impl MarkerType {
 
 /// A marker at the start of a sector: `val` (u64), `size` (u32), then for metadata `type` (u32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Marker {
     /// A compressed grain of `size` bytes for the sectors from `lba`; the data follows the head.
     Grain { lba: u64, size: u32 },

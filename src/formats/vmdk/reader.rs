@@ -14,6 +14,7 @@ use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, Un
 use crate::storage::Storage;
 
 /// Where an extent's sectors are.
+#[non_exhaustive]
 pub enum ExtentData {
     /// Plain sectors in `file` from byte `offset`.
     Flat { file: Arc<dyn Storage>, offset: u64 },

@@ -222,6 +222,7 @@ impl SparseHeader {
 
 /// What a grain of the extent is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Grain {
     /// No GT or a GTE of 0: not in this extent (the parent's, or zeros).
     Unallocated,

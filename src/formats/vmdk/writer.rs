@@ -14,6 +14,7 @@ use crate::limits::{MAX_HW_VERSION, MAX_VMDK_DISK_BYTES};
 
 /// The kind of VMDK to write (`-o subformat=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Subformat {
     MonolithicSparse,
     StreamOptimized,
@@ -32,6 +33,7 @@ impl Subformat {
 
 /// The virtual controller the disk is attached to (`-o adapter_type=`, `ddb.adapterType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Adapter {
     Ide,
     LsiLogic,

@@ -79,6 +79,7 @@ pub const NON_ZERO_BLK_NUM_OFFSET: usize = off::NON_ZERO_BLK_NUM;
 
 /// Which of the two formats a record belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Kind {
     Zvhd,
     Zvhd2,

@@ -38,6 +38,7 @@ pub const BLOCK_SIZE: u64 = 2 << 20;
 
 /// How ZVHD2 compresses its blocks (`compress_method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Zvhd2Compression {
     /// `compress_method` 0: zlib, level 1, sync-flushed and never finished.
     Zlib,

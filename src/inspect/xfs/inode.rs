@@ -46,6 +46,7 @@ impl BmbtRec {
 
 /// The data fork.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DataFork {
     /// Device files: no data.
     None,
