@@ -229,6 +229,33 @@ impl<S: ChunkStream + ?Sized> ChunkStream for Box<S> {
     }
 }
 
+/// A disk as the conversion pipeline reads it: at any offset, or front to back.
+#[non_exhaustive]
+pub enum Source {
+    /// A disk read at any offset: workers read in parallel.
+    Random(Arc<dyn BlockReader>),
+    /// A disk that can only be read front to back.
+    Stream(Box<dyn ChunkStream>),
+}
+
+impl Source {
+    /// The disk's size in bytes.
+    pub fn virtual_size(&self) -> u64 {
+        match self {
+            Source::Random(r) => r.virtual_size(),
+            Source::Stream(s) => s.virtual_size(),
+        }
+    }
+
+    /// The source as an ordered stream of chunks of at most `piece_size` bytes of data.
+    pub fn into_stream(self, piece_size: usize) -> Box<dyn ChunkStream> {
+        match self {
+            Source::Random(r) => Box::new(ReaderChunks::new(r, piece_size)),
+            Source::Stream(s) => s,
+        }
+    }
+}
+
 /// How far [`ReaderChunks`] asks `map` ahead at a time: bounds the extent list in memory.
 const MAP_WINDOW: u64 = 1 << 30;
 

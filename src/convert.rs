@@ -14,38 +14,13 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
+pub use crate::block::Source;
 use crate::block::{
-    BlockReader, BlockWriter, Chunk, ChunkStream, ExtentState, Piece, ReaderChunks, UnitAligner,
-    UnitEncoder, check_map, is_zero, usize_len,
+    BlockReader, BlockWriter, Chunk, ChunkStream, ExtentState, Piece, UnitAligner, UnitEncoder,
+    check_map, is_zero, usize_len,
 };
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
-
-/// Where the pipeline's data comes from.
-#[non_exhaustive]
-pub enum Source {
-    /// A disk read at any offset: workers read in parallel.
-    Random(Arc<dyn BlockReader>),
-    /// A disk that can only be read front to back.
-    Stream(Box<dyn ChunkStream>),
-}
-
-impl Source {
-    pub fn virtual_size(&self) -> u64 {
-        match self {
-            Source::Random(r) => r.virtual_size(),
-            Source::Stream(s) => s.virtual_size(),
-        }
-    }
-
-    /// The source as an ordered stream of chunks of at most `piece_size` bytes of data.
-    pub fn into_stream(self, piece_size: usize) -> Box<dyn ChunkStream> {
-        match self {
-            Source::Random(r) => Box::new(ReaderChunks::new(r, piece_size)),
-            Source::Stream(s) => s,
-        }
-    }
-}
 
 /// How the pipeline runs.
 #[derive(Debug, Clone)]
@@ -541,6 +516,7 @@ fn write_in_order(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::ReaderChunks;
     use crate::block::{Extent, check_range, push_extent};
     use proptest::prelude::*;
 

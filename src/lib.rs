@@ -31,6 +31,7 @@ pub mod compare;
 pub mod compress;
 pub mod convert;
 pub mod create;
+mod drivers;
 pub mod error;
 pub mod formats;
 #[cfg(feature = "inspect")]
@@ -46,12 +47,13 @@ pub mod register;
 pub mod resolve;
 pub mod storage;
 
-pub use block::{BlockReader, BlockWriter, Chunk, ChunkStream, Extent, ExtentState, Piece};
+pub use block::{BlockReader, BlockWriter, Chunk, ChunkStream, Extent, ExtentState, Piece, Source};
 pub use cancel::CancelToken;
-pub use convert::{PipelineOptions, Progress, Source, convert};
+pub use convert::{PipelineOptions, Progress, convert};
 #[cfg(feature = "inspect")]
 pub(crate) use create::create_writer;
-pub use create::{CreateOptions, FormatOptions, Target, create};
+pub use create::{CreateOptions, create};
+pub use drivers::{FormatOptions, Target};
 pub use error::{Error, ReferenceKind, Result};
 pub use formats::Format;
 pub use open::{

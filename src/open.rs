@@ -6,17 +6,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::block::Source;
 use crate::block::{BlockReader, Chunk, ChunkStream, Extent};
-use crate::convert::Source;
-use crate::error::{Error, ReferenceKind, Result};
+use crate::drivers::driver;
+use crate::error::{Error, Result};
 use crate::formats::Format;
 use crate::formats::info::FormatInfo;
-use crate::formats::qcow2::{Qcow2Header, Qcow2OpenOptions, Qcow2Reader};
-use crate::formats::raw::{RawReader, RawStream};
-use crate::formats::zvhd::{Zvhd2Reader, ZvhdStream};
-use crate::formats::{vhd, vmdk};
 use crate::probe;
-use crate::resolve::{Reference, References, Resolver};
+use crate::resolve::{References, Resolver};
 use crate::storage::{FileStorage, Storage};
 
 /// How to open an image.
@@ -229,23 +226,16 @@ pub fn open_input(input: Input, options: &OpenOptions) -> Result<Image> {
     }
 }
 
-/// The stream reader of each format that has one.
+/// The stream reader of `format`, where its layout allows one.
 fn stream_source(
     input: Box<dyn std::io::Read + Send>,
     format: Format,
     size: Option<u64>,
 ) -> Result<Source> {
-    match (format, size) {
-        (Format::Zvhd, _) => Ok(Source::Stream(Box::new(ZvhdStream::new(input)?))),
-        (Format::Vmdk, _) => Ok(Source::Stream(Box::new(
-            crate::formats::vmdk::StreamReader::new(input)?,
-        ))),
-        (Format::Raw, Some(size)) => Ok(Source::Stream(Box::new(RawStream::new(input, size)))),
-        (Format::Raw, None) => Err(Error::InvalidArgument(
-            "a raw image read from a stream needs its size (Input::Stream's size)".into(),
-        )),
-        (other, _) => Err(Error::unsupported(format!(
-            "{other} images need random access and cannot be read from a stream; spool the \
+    match driver(format).open_stream {
+        Some(open) => open(input, size),
+        None => Err(Error::unsupported(format!(
+            "{format} images need random access and cannot be read from a stream; spool the \
              stream to a file (Input::Path) or into a Storage (Input::Storage)"
         ))),
     }
@@ -265,7 +255,7 @@ pub(crate) fn open_with(
         Some(f) => f,
         None => probe::probe_storage(&*storage).map_err(|e| e.in_file(path))?,
     };
-    let source = open_source(storage, path, format, resolver).map_err(|e| e.in_file(path))?;
+    let source = (driver(format).open)(storage, path, resolver).map_err(|e| e.in_file(path))?;
     Ok(Image {
         path: path.to_path_buf(),
         format,
@@ -290,49 +280,6 @@ fn open_reference(
         ))
         .in_file(path)
     })
-}
-
-/// Each format's reader.
-fn open_source(
-    storage: Arc<dyn Storage>,
-    path: &Path,
-    format: Format,
-    resolver: &Resolver,
-) -> Result<Source> {
-    Ok(match format {
-        Format::Raw => Source::Random(Arc::new(RawReader::new(storage))),
-        Format::Qcow2 => Source::Random(Arc::new(open_qcow2(storage, path, resolver)?)),
-        Format::Vhd => Source::Random(Arc::new(vhd::open(storage, path, resolver)?)),
-        Format::Zvhd => Source::Stream(Box::new(ZvhdStream::open(storage)?)),
-        Format::Zvhd2 => Source::Random(Arc::new(Zvhd2Reader::open(storage)?)),
-        Format::Vmdk => Source::Random(Arc::new(vmdk::open(storage, path, resolver)?)),
-    })
-}
-
-/// Opens a QCOW2 image with its backing disk, as `resolver` allows. An external data file is
-/// refused: as a reference, or as unsupported where references may be followed.
-fn open_qcow2(storage: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<Qcow2Reader> {
-    let header = Qcow2Header::read(&*storage)?;
-    if resolver.follows() && header.data_file().is_some() {
-        return Err(Error::unsupported(
-            "qcow2 images with an external data file",
-        ));
-    }
-    let mut qcow2_options = Qcow2OpenOptions::default();
-    if let Some(name) = header.backing_file() {
-        let mut reference = Reference::new(ReferenceKind::BackingFile, name);
-        if resolver.follows() {
-            reference.format = header
-                .backing_format()
-                .map(|f| {
-                    f.parse::<Format>()
-                        .map_err(|_| Error::unsupported(format!("backing file format '{f}'")))
-                })
-                .transpose()?;
-        }
-        qcow2_options.backing = Some(resolver.open_disk(&reference, path, header.header.size)?);
-    }
-    Qcow2Reader::open(storage, &qcow2_options)
 }
 
 /// What `ims check` found.
