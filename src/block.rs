@@ -397,7 +397,7 @@ pub fn advance(next: &mut u64, piece: &Piece, unit: u64, size: u64, writer: &str
             *next = end;
             Ok(())
         }
-        _ => Err(Error::InvalidArgument(format!(
+        _ => Err(Error::Internal(format!(
             "{writer} got a piece of {length} bytes at {offset}, expected one at {next} inside {size} bytes"
         ))),
     }

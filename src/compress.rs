@@ -74,7 +74,7 @@ impl Deflater {
             )
         };
         if rc != z::Z_OK {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Internal(format!(
                 "deflate parameters {params:?} refused ({rc})"
             )));
         }
@@ -82,9 +82,9 @@ impl Deflater {
     }
 
     fn compress(&mut self, input: &[u8]) -> Result<Vec<u8>> {
-        let failed = |what: &str, rc: i32| Error::InvalidArgument(format!("deflate {what}: {rc}"));
+        let failed = |what: &str, rc: i32| Error::Internal(format!("deflate {what}: {rc}"));
         let avail_in = u32::try_from(input.len())
-            .map_err(|_| Error::InvalidArgument("deflate input over 4 GiB".into()))?;
+            .map_err(|_| Error::Internal("deflate input over 4 GiB".into()))?;
         let strm = &mut *self.stream;
         // SAFETY: the stream was initialised by deflateInit2_ and has not moved.
         let rc = unsafe { z::deflateReset(strm) };
@@ -140,14 +140,14 @@ pub fn deflate(input: &[u8], params: DeflateParams) -> Result<Vec<u8>> {
     DEFLATER.with(|cell| {
         let mut slot = cell
             .try_borrow_mut()
-            .map_err(|_| Error::InvalidArgument("deflate re-entered on one thread".into()))?;
+            .map_err(|_| Error::Internal("deflate re-entered on one thread".into()))?;
         if slot.as_ref().is_none_or(|d| d.params != params) {
             *slot = None;
             *slot = Some(Deflater::new(params)?);
         }
         match slot.as_mut() {
             Some(d) => d.compress(input),
-            None => Err(Error::InvalidArgument("no deflate state".into())),
+            None => Err(Error::Internal("no deflate state".into())),
         }
     })
 }
@@ -242,13 +242,13 @@ pub fn zstd_compress(input: &[u8], level: i32) -> Result<Vec<u8>> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell
             .try_borrow_mut()
-            .map_err(|_| Error::InvalidArgument("zstd re-entered on one thread".into()))?;
+            .map_err(|_| Error::Internal("zstd re-entered on one thread".into()))?;
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
             *slot = Some((level, zstd::bulk::Compressor::new(level).map_err(failed)?));
         }
         match slot.as_mut() {
             Some((_, c)) => c.compress(input).map_err(failed),
-            None => Err(Error::InvalidArgument("no zstd context".into())),
+            None => Err(Error::Internal("no zstd context".into())),
         }
     })
 }

@@ -296,7 +296,7 @@ impl Planner<'_> {
 
     fn stop(&mut self) -> Error {
         self.stopped = true;
-        Error::InvalidArgument("conversion stopped".into())
+        Error::Internal("conversion stopped".into())
     }
 }
 
@@ -345,7 +345,7 @@ fn process(job: Job, context: &WorkerContext, cancel: &CancelToken) -> Result<Ve
             let reader = context
                 .reader
                 .as_deref()
-                .ok_or_else(|| Error::InvalidArgument("read job without a reader".into()))?;
+                .ok_or_else(|| Error::Internal("read job without a reader".into()))?;
             let mut buf = context.pool.take(usize_len(job.length)?);
             reader.read_at(buf.as_mut(), job.offset)?;
             Bytes::from_owner(buf)
@@ -506,7 +506,7 @@ fn write_in_order(
     }
     cancel.check()?;
     if done != size || !waiting.is_empty() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Internal(format!(
             "conversion stopped at {done} of {size} bytes"
         )));
     }

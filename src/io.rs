@@ -50,7 +50,7 @@ pub trait AppendSink: Send {
 /// the writer in errors.
 pub fn append_piece<S: AppendSink + ?Sized>(sink: &mut S, piece: Piece, what: &str) -> Result<()> {
     if piece.offset() != sink.position() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Internal(format!(
             "{what} got a piece at {} while at {}",
             piece.offset(),
             sink.position()
@@ -59,9 +59,7 @@ pub fn append_piece<S: AppendSink + ?Sized>(sink: &mut S, piece: Piece, what: &s
     match piece {
         Piece::Data { data, .. } => sink.append(&data),
         Piece::Zero { length, .. } => sink.append_zeros(length),
-        Piece::Encoded { .. } => Err(Error::InvalidArgument(format!(
-            "{what} holds no encoded units"
-        ))),
+        Piece::Encoded { .. } => Err(Error::Internal(format!("{what} holds no encoded units"))),
     }
 }
 

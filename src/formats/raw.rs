@@ -130,7 +130,7 @@ impl<S: AppendSink> BlockWriter for RawWriter<S> {
 
     fn finish(mut self: Box<Self>) -> Result<()> {
         if self.sink.position() != self.size {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Internal(format!(
                 "raw writer finished at {} of {} bytes",
                 self.sink.position(),
                 self.size

@@ -258,7 +258,7 @@ impl Qcow2Writer {
         }
         let slot = &mut self.rc[(cluster - self.rc_first) as usize];
         *slot = slot.checked_add(1).ok_or_else(|| {
-            Error::InvalidArgument(format!("refcount of cluster {cluster} overflows 16 bits"))
+            Error::Internal(format!("refcount of cluster {cluster} overflows 16 bits"))
         })?;
         Ok(())
     }
@@ -442,7 +442,7 @@ impl BlockWriter for Qcow2Writer {
 
     fn finish(mut self: Box<Self>) -> Result<()> {
         if self.next != self.size {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Internal(format!(
                 "qcow2 writer finished at {} of {} bytes",
                 self.next, self.size
             )));

@@ -184,7 +184,7 @@ impl<S: AppendSink> BlockWriter for FixedWriter<S> {
 
     fn finish(mut self: Box<Self>) -> Result<()> {
         if self.sink.position() != self.source_size {
-            return Err(Error::InvalidArgument("vhd writer finished early".into()));
+            return Err(Error::Internal("vhd writer finished early".into()));
         }
         // The disk may be larger than the source (rounded up): the rest reads as zeros.
         self.sink
@@ -269,7 +269,7 @@ impl BlockWriter for DynamicWriter {
             Piece::Zero { .. } => return Ok(()),
             Piece::Data { data, .. } => data,
             Piece::Encoded { .. } => {
-                return Err(Error::InvalidArgument("vhd holds no encoded units".into()));
+                return Err(Error::Internal("vhd holds no encoded units".into()));
             }
         };
         let bitmap = vec![0xffu8; self.header.bitmap_size() as usize];
@@ -290,7 +290,7 @@ impl BlockWriter for DynamicWriter {
 
     fn finish(mut self: Box<Self>) -> Result<()> {
         if self.next != self.source_size {
-            return Err(Error::InvalidArgument("vhd writer finished early".into()));
+            return Err(Error::Internal("vhd writer finished early".into()));
         }
         let mut bat: Vec<u8> = self.bat.iter().flat_map(|e| e.to_be_bytes()).collect();
         bat.resize(self.header.bat_size() as usize, 0xff);

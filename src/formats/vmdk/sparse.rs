@@ -507,7 +507,7 @@ impl SparseExtent {
             ));
         }
         if out.len() as u64 != grain_bytes {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Internal(format!(
                 "a buffer of {} bytes for a grain of {grain_bytes}",
                 out.len()
             )));

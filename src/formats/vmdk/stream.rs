@@ -525,7 +525,7 @@ impl<S: AppendSink> BlockWriter for StreamWriter<S> {
 
     fn finish(mut self: Box<Self>) -> Result<()> {
         if self.next != self.size {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Internal(format!(
                 "vmdk writer finished at {} of {} bytes",
                 self.next, self.size
             )));

@@ -330,7 +330,7 @@ impl BlockWriter for SparseWriter {
             Piece::Zero { .. } => return Ok(()),
             Piece::Data { data, .. } => data,
             Piece::Encoded { .. } => {
-                return Err(Error::InvalidArgument(
+                return Err(Error::Internal(
                     "monolithicSparse holds no encoded grains".into(),
                 ));
             }
@@ -358,7 +358,7 @@ impl BlockWriter for SparseWriter {
 
     fn finish(mut self: Box<Self>) -> Result<()> {
         if self.next != self.size {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Internal(format!(
                 "vmdk writer finished at {} of {} bytes",
                 self.next, self.size
             )));
@@ -447,9 +447,7 @@ impl BlockWriter for FlatWriter {
 
     fn finish(mut self: Box<Self>) -> Result<()> {
         if self.data.position() != self.size {
-            return Err(Error::InvalidArgument(
-                "vmdk flat writer finished early".into(),
-            ));
+            return Err(Error::Internal("vmdk flat writer finished early".into()));
         }
         self.data.append_zeros(self.capacity * SECTOR - self.size)?;
         self.data.finish()?;

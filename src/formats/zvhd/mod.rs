@@ -179,7 +179,7 @@ impl Blocks {
     fn expect(&mut self, offset: u64, length: u64) -> Result<()> {
         let end = offset.checked_add(length);
         if offset != self.next || end.is_none_or(|e| e > self.size) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Internal(format!(
                 "zvhd writer got {length} bytes at {offset}, expected a piece at {} inside {} bytes",
                 self.next, self.size
             )));
@@ -253,7 +253,7 @@ impl Blocks {
     /// Passes on the last, partial block, padded with zeros.
     fn finish(&mut self, block: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
         if self.next != self.size {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Internal(format!(
                 "zvhd writer finished at {} of {} bytes",
                 self.next, self.size
             )));

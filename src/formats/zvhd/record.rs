@@ -200,7 +200,7 @@ pub fn unzstd_block(payload: &[u8], out: &mut [u8], offset: u64) -> Result<()> {
     let block = BLOCK_SIZE as usize;
     let out = out
         .get_mut(..block)
-        .ok_or_else(|| Error::InvalidArgument("zstd output buffer is short".into()))?;
+        .ok_or_else(|| Error::Internal("zstd output buffer is short".into()))?;
     let n = zstd::bulk::decompress_to_buffer(payload, out)
         .map_err(|e| bad(format!("zstd data is corrupt or over {block} bytes: {e}")))?;
     if n != block {

@@ -547,7 +547,7 @@ pub(crate) fn deflate_sync(deflater: &mut Compress, input: &[u8], out: &mut Vec<
         let before = deflater.total_in();
         deflater
             .compress_vec(&input[consumed..], out, FlushCompress::Sync)
-            .map_err(|e| Error::InvalidArgument(format!("deflate: {e}")))?;
+            .map_err(|e| Error::Internal(format!("deflate: {e}")))?;
         consumed += usize::try_from(deflater.total_in() - before).unwrap_or(0);
         // The flush is complete once deflate stops with room to spare.
         if consumed == input.len() && out.len() < out.capacity() {
@@ -579,7 +579,7 @@ impl<S: AppendSink> BlockWriter for ZvhdWriter<S> {
         match piece {
             Piece::Data { offset, data } => blocks.data(offset, &data, &mut emit),
             Piece::Zero { offset, length } => blocks.zero(offset, length, &mut emit),
-            Piece::Encoded { .. } => Err(Error::InvalidArgument(
+            Piece::Encoded { .. } => Err(Error::Internal(
                 "zvhd compresses its own blocks; it takes no encoded units".into(),
             )),
         }

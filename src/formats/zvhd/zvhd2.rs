@@ -505,7 +505,7 @@ impl<S: AppendSink> BlockWriter for Zvhd2Writer<S> {
                 if !offset.is_multiple_of(BLOCK_SIZE)
                     || !(length == BLOCK_SIZE || (end == self.size && length < BLOCK_SIZE))
                 {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::Internal(format!(
                         "zvhd2 writer got an encoded unit of {length} bytes at {offset}"
                     )));
                 }
