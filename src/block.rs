@@ -57,7 +57,7 @@ impl Extent {
     }
 
     /// Whether `next` continues this extent with nothing to tell them apart.
-    fn continues_with(&self, next: &Extent) -> bool {
+    pub(crate) fn continues_with(&self, next: &Extent) -> bool {
         self.end() == next.start
             && self.state == next.state
             && self.compressed == next.compressed

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::block::BlockWriter;
-use crate::block::Source;
+use crate::block::{BlockReader, Source};
 use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::Format;
 use crate::formats::qcow2::writer::{Qcow2CreateOptions, Qcow2Writer};
@@ -52,6 +52,30 @@ pub enum FormatOptions {
     Vmdk(VmdkCreateOptions),
     /// ZVHD and ZVHD2: block compression, pinned time and id.
     Zvhd(ZvhdCreateOptions),
+}
+
+impl From<Qcow2CreateOptions> for FormatOptions {
+    fn from(o: Qcow2CreateOptions) -> Self {
+        FormatOptions::Qcow2(o)
+    }
+}
+
+impl From<VhdCreateOptions> for FormatOptions {
+    fn from(o: VhdCreateOptions) -> Self {
+        FormatOptions::Vhd(o)
+    }
+}
+
+impl From<VmdkCreateOptions> for FormatOptions {
+    fn from(o: VmdkCreateOptions) -> Self {
+        FormatOptions::Vmdk(o)
+    }
+}
+
+impl From<ZvhdCreateOptions> for FormatOptions {
+    fn from(o: ZvhdCreateOptions) -> Self {
+        FormatOptions::Zvhd(o)
+    }
 }
 
 impl FormatOptions {
@@ -135,47 +159,23 @@ pub(crate) const DRIVERS: [Driver; 6] = [
     },
     Driver {
         format: Format::Qcow2,
-        open: |storage, path, resolver| {
-            Ok(Source::Random(Arc::new(open_qcow2(
-                storage, path, resolver,
-            )?)))
-        },
+        open: |storage, path, resolver| random(open_qcow2(storage, path, resolver)),
         open_stream: None,
-        options: |_, pairs, compress| {
-            Ok(Some(FormatOptions::Qcow2(Qcow2CreateOptions::parse(
-                pairs, compress,
-            )?)))
-        },
+        options: |_, pairs, compress| typed(Qcow2CreateOptions::parse(pairs, compress)),
         create: create_qcow2,
     },
     Driver {
         format: Format::Vmdk,
-        open: |storage, path, resolver| {
-            Ok(Source::Random(Arc::new(vmdk::open(
-                storage, path, resolver,
-            )?)))
-        },
+        open: |storage, path, resolver| random(vmdk::open(storage, path, resolver)),
         open_stream: Some(|input, _| Ok(Source::Stream(Box::new(StreamReader::new(input)?)))),
-        options: |_, pairs, compress| {
-            Ok(Some(FormatOptions::Vmdk(VmdkCreateOptions::parse(
-                pairs, compress,
-            )?)))
-        },
+        options: |_, pairs, compress| typed(VmdkCreateOptions::parse(pairs, compress)),
         create: create_vmdk,
     },
     Driver {
         format: Format::Vhd,
-        open: |storage, path, resolver| {
-            Ok(Source::Random(Arc::new(vhd::open(
-                storage, path, resolver,
-            )?)))
-        },
+        open: |storage, path, resolver| random(vhd::open(storage, path, resolver)),
         open_stream: None,
-        options: |_, pairs, compress| {
-            Ok(Some(FormatOptions::Vhd(VhdCreateOptions::parse(
-                pairs, compress,
-            )?)))
-        },
+        options: |_, pairs, compress| typed(VhdCreateOptions::parse(pairs, compress)),
         create: create_vhd,
     },
     Driver {
@@ -193,6 +193,16 @@ pub(crate) const DRIVERS: [Driver; 6] = [
         create: create_zvhd,
     },
 ];
+
+/// A random-access reader as a source.
+fn random<R: BlockReader + 'static>(reader: Result<R>) -> Result<Source> {
+    Ok(Source::Random(Arc::new(reader?)))
+}
+
+/// A format's typed options as the driver table holds them.
+fn typed<T: Into<FormatOptions>>(options: Result<T>) -> Result<Option<FormatOptions>> {
+    Ok(Some(options?.into()))
+}
 
 /// The driver of `format`.
 pub(crate) fn driver(format: Format) -> &'static Driver {

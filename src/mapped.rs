@@ -95,11 +95,22 @@ pub trait MappedDisk: Send + Sync {
     /// The format's file `file` (0: the image's own).
     fn file(&self, file: usize) -> Result<&dyn Storage>;
 
-    /// How `map` reports ranges stored in `file`.
-    fn stored_ranges(&self, file: usize) -> StoredRanges;
+    /// How `map` reports ranges stored in `file`: as they are, by default.
+    fn stored_ranges(&self, file: usize) -> StoredRanges {
+        let _ = file;
+        StoredRanges::Located
+    }
 
-    /// Decodes `unit` into `out`, exactly `unit.len` bytes.
-    fn decode(&self, unit: &Unit, out: &mut [u8]) -> Result<()>;
+    /// Decodes `unit` into `out`, exactly `unit.len` bytes. Formats without encoded units
+    /// keep the default, which says so.
+    fn decode(&self, unit: &Unit, out: &mut [u8]) -> Result<()> {
+        let _ = out;
+        Err(Error::internal(format!(
+            "{} has no encoded unit {}",
+            self.data_structure(),
+            unit.id
+        )))
+    }
 
     /// The structure a stored range is, for errors (`qcow2 data cluster`).
     fn data_structure(&self) -> &'static str;
@@ -251,6 +262,14 @@ impl<D: MappedDisk> MappedReader<D> {
     }
 }
 
+/// File `file` of a format whose image is one file (`storage`): only file 0 exists.
+pub fn only_file(storage: &dyn Storage, file: usize) -> Result<&dyn Storage> {
+    match file {
+        0 => Ok(storage),
+        _ => Err(Error::internal(format!("the image has no file {file}"))),
+    }
+}
+
 /// `buf[at..at + len]`, or an error rather than a panic should a walk disagree with the buffer.
 fn part(buf: &mut [u8], at: usize, len: usize) -> Result<&mut [u8]> {
     at.checked_add(len)
@@ -373,7 +392,7 @@ impl<D: MappedDisk> BlockReader for MappedReader<D> {
                 compressed,
             };
             match &mut pending {
-                Some(p) if p.file == file && continues(&p.extent, &e) => {
+                Some(p) if p.file == file && p.extent.continues_with(&e) => {
                     p.extent.length += e.length
                 }
                 _ => {
@@ -393,18 +412,6 @@ impl<D: MappedDisk> BlockReader for MappedReader<D> {
     fn info(&self) -> Option<FormatInfo> {
         self.disk.info()
     }
-}
-
-/// Whether extent `b` continues `a` with nothing to tell them apart.
-fn continues(a: &Extent, b: &Extent) -> bool {
-    a.end() == b.start
-        && a.state == b.state
-        && a.compressed == b.compressed
-        && match (a.host_offset, b.host_offset) {
-            (None, None) => true,
-            (Some(x), Some(y)) => x.checked_add(a.length) == Some(y),
-            _ => false,
-        }
 }
 
 #[cfg(test)]
@@ -468,13 +475,7 @@ mod tests {
             Ok(())
         }
         fn file(&self, file: usize) -> Result<&dyn Storage> {
-            match file {
-                0 => Ok(&self.file),
-                _ => Err(Error::internal("no such file")),
-            }
-        }
-        fn stored_ranges(&self, _file: usize) -> StoredRanges {
-            StoredRanges::Located
+            only_file(&self.file, file)
         }
         fn decode(&self, unit: &Unit, out: &mut [u8]) -> Result<()> {
             out.fill(unit.id as u8);

@@ -21,7 +21,7 @@ use crate::error::{Error, ReferenceKind, Result};
 use crate::limits::{
     L2_CACHE_BYTES, L2_CACHE_MAX_TABLES, L2_CACHE_MIN_TABLES, QCOW2_ZSTD_WINDOW_LOG_MAX,
 };
-use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, Unit};
+use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, Unit, only_file};
 use crate::storage::{Storage, read_exact_at};
 
 use super::header::{CompressionType, Qcow2Header, compatible, incompatible};
@@ -255,10 +255,7 @@ impl MappedDisk for Qcow2Disk {
     }
 
     fn file(&self, file: usize) -> Result<&dyn Storage> {
-        match file {
-            0 => Ok(&*self.storage),
-            _ => Err(Error::internal(format!("qcow2 has no file {file}"))),
-        }
+        only_file(&*self.storage, file)
     }
 
     fn stored_ranges(&self, _file: usize) -> StoredRanges {

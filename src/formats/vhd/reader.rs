@@ -14,7 +14,7 @@ use crate::cache::Lru;
 use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::info::FormatInfo;
 use crate::limits::{MAX_LOCATOR_BYTES, VHD_BITMAP_CACHE};
-use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, Unit};
+use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, only_file};
 use crate::storage::{Storage, read_exact_at};
 
 /// A VHD's structures, read and checked, before any parent is attached.
@@ -366,10 +366,7 @@ impl MappedDisk for VhdDisk {
     }
 
     fn file(&self, file: usize) -> Result<&dyn Storage> {
-        match file {
-            0 => Ok(&*self.image.storage),
-            _ => Err(Error::internal(format!("vhd has no file {file}"))),
-        }
+        only_file(&*self.image.storage, file)
     }
 
     fn stored_ranges(&self, _file: usize) -> StoredRanges {
@@ -380,10 +377,6 @@ impl MappedDisk for VhdDisk {
         } else {
             StoredRanges::Located
         }
-    }
-
-    fn decode(&self, _unit: &Unit, _out: &mut [u8]) -> Result<()> {
-        Err(Error::internal("vhd has no encoded units"))
     }
 
     fn data_structure(&self) -> &'static str {

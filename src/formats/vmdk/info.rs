@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use super::descriptor::Descriptor;
+
 /// The `format-specific` data of a VMDK image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -12,6 +14,19 @@ pub struct VmdkInfo {
     pub create_type: Option<String>,
     pub parent_file_name_hint: Option<String>,
     pub extents: Vec<VmdkExtentInfo>,
+}
+
+impl VmdkInfo {
+    /// What the descriptor says (none for an extent opened without one), with the extents.
+    pub fn new(descriptor: Option<&Descriptor>, extents: Vec<VmdkExtentInfo>) -> VmdkInfo {
+        VmdkInfo {
+            cid: descriptor.map(|d| d.cid),
+            parent_cid: descriptor.map(|d| d.parent_cid),
+            create_type: descriptor.and_then(|d| d.create_type.clone()),
+            parent_file_name_hint: descriptor.and_then(|d| d.parent_file_name_hint.clone()),
+            extents,
+        }
+    }
 }
 
 /// One extent of a VMDK.

@@ -217,13 +217,9 @@ impl MappedDisk for VmdkDisk {
                 }
             })
             .collect();
-        let d = self.descriptor.as_ref();
-        Some(FormatInfo::Vmdk(VmdkInfo {
-            cid: d.map(|d| d.cid),
-            parent_cid: d.map(|d| d.parent_cid),
-            create_type: d.and_then(|d| d.create_type.clone()),
-            parent_file_name_hint: d.and_then(|d| d.parent_file_name_hint.clone()),
+        Some(FormatInfo::Vmdk(VmdkInfo::new(
+            self.descriptor.as_ref(),
             extents,
-        }))
+        )))
     }
 }

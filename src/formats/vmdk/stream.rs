@@ -323,22 +323,17 @@ impl<R: Read + Send> ChunkStream for StreamReader<R> {
 
     fn info(&self) -> Option<FormatInfo> {
         let d = self.descriptor.as_ref();
-        Some(FormatInfo::Vmdk(VmdkInfo {
-            cid: d.map(|d| d.cid),
-            parent_cid: d.map(|d| d.parent_cid),
-            create_type: d.and_then(|d| d.create_type.clone()),
-            parent_file_name_hint: d.and_then(|d| d.parent_file_name_hint.clone()),
-            extents: vec![VmdkExtentInfo {
-                filename: d
-                    .and_then(|d| d.extents.first())
-                    .and_then(|e| e.file_name.clone())
-                    .unwrap_or_default(),
-                virtual_size: self.size,
-                format: "SPARSE".into(),
-                cluster_size: Some(self.header.grain_bytes()),
-                compressed: Some(true),
-            }],
-        }))
+        let extent = VmdkExtentInfo {
+            filename: d
+                .and_then(|d| d.extents.first())
+                .and_then(|e| e.file_name.clone())
+                .unwrap_or_default(),
+            virtual_size: self.size,
+            format: "SPARSE".into(),
+            cluster_size: Some(self.header.grain_bytes()),
+            compressed: Some(true),
+        };
+        Some(FormatInfo::Vmdk(VmdkInfo::new(d, vec![extent])))
     }
 }
 

@@ -18,7 +18,7 @@ use crate::block::{BlockWriter, Piece, UnitEncoder};
 use crate::error::{Error, Result};
 use crate::formats::info::FormatInfo;
 use crate::io::AppendSink;
-use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, Unit};
+use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, Unit, only_file};
 use crate::storage::{MemoryStorage, Storage, read_exact_at};
 
 use super::header::{
@@ -344,14 +344,7 @@ impl MappedDisk for Zvhd2Disk {
     }
 
     fn file(&self, file: usize) -> Result<&dyn Storage> {
-        match file {
-            0 => Ok(&*self.storage),
-            _ => Err(Error::internal(format!("zvhd2 has no file {file}"))),
-        }
-    }
-
-    fn stored_ranges(&self, _file: usize) -> StoredRanges {
-        StoredRanges::Located
+        only_file(&*self.storage, file)
     }
 
     fn decode(&self, unit: &Unit, out: &mut [u8]) -> Result<()> {
