@@ -511,3 +511,10 @@ pub fn inspect_image(image: &crate::Image) -> Result<Inspection> {
     })?;
     inspect(reader)
 }
+
+/// Inspects an image from any [`crate::Input`] (a path, a storage, a stream). Inspection needs
+/// random access: a format that can only be read front to back, or a stream, is refused with an
+/// error that says to convert or spool it first.
+pub fn inspect_input(input: crate::Input, options: &crate::OpenOptions) -> Result<Inspection> {
+    inspect_image(&crate::open_input(input, options)?)
+}
