@@ -15,10 +15,12 @@
 //!   process become `killed`, and their files are removed.
 
 pub mod catalog;
+mod hash;
 pub mod record;
 #[allow(clippy::module_inception)]
 pub mod register;
 pub mod replicate;
+mod resized;
 pub mod rules;
 pub mod sharing;
 pub mod store;

@@ -13,23 +13,23 @@
 //! reading the finished file back before it is renamed into place.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256, Sha512};
 
 use crate::cancel::CancelToken;
 use crate::convert::Source;
 use crate::error::{Error, Result};
 use crate::formats::Format;
 use crate::inspect::{Inspection, OsType};
-use crate::io::{AppendSink, FileSink};
+use crate::io::FileSink;
+use crate::storage::FileStorage;
 use crate::{CreateOptions, OpenOptions, PipelineOptions, Progress, Target};
 
-use super::record::{Checksum, Features, ImageRecord, ImageType, Status};
-use super::replicate::Resized;
+use super::hash::{Hashes, HashingSink, hash_storage};
+use super::record::{Features, ImageRecord, ImageType, Status};
+use super::resized::Resized;
 use super::rules;
 use super::{Ims, Scope};
 
@@ -98,6 +98,13 @@ fn crash_point(point: &str) {
     }
 }
 
+/// The `mid-write` crash point: after the first MiB is stored.
+fn mid_write(position: u64) {
+    if position >= 1 << 20 {
+        crash_point("mid-write");
+    }
+}
+
 /// Whether a crash point is set, so that the sink checks its position for `mid-write`.
 #[cfg(feature = "fault-injection")]
 fn crash_armed() -> bool {
@@ -110,85 +117,6 @@ fn crash_point(_point: &str) {}
 #[cfg(not(feature = "fault-injection"))]
 fn crash_armed() -> bool {
     false
-}
-
-/// The SHA-256 and SHA-512 of bytes as they go by.
-#[derive(Clone, Default)]
-struct Hashes(Arc<Mutex<(Sha256, Sha512)>>);
-
-impl Hashes {
-    fn update(&self, data: &[u8]) {
-        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        h.0.update(data);
-        h.1.update(data);
-    }
-
-    fn finish(&self) -> Checksum {
-        let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        Checksum {
-            sha256: hex(&h.0.clone().finalize()),
-            sha512: hex(&h.1.clone().finalize()),
-        }
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A file sink that hashes what it appends.
-struct HashingSink {
-    inner: FileSink,
-    hashes: Hashes,
-    crash_armed: bool,
-}
-
-impl AppendSink for HashingSink {
-    fn append(&mut self, data: &[u8]) -> Result<()> {
-        self.hashes.update(data);
-        self.inner.append(data)?;
-        if self.crash_armed && self.inner.position() >= 1 << 20 {
-            crash_point("mid-write");
-        }
-        Ok(())
-    }
-
-    fn append_zeros(&mut self, len: u64) -> Result<()> {
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(ZEROS.len() as u64);
-            self.hashes.update(&ZEROS[..n as usize]);
-            left -= n;
-        }
-        self.inner.append_zeros(len)
-    }
-
-    fn position(&self) -> u64 {
-        self.inner.position()
-    }
-
-    fn finish(&mut self) -> Result<()> {
-        self.inner.finish()
-    }
-}
-
-/// Hashes a whole file; stops with [`Error::Cancelled`] between reads once `cancel` is.
-pub(crate) fn hash_file(path: &Path, cancel: &CancelToken) -> Result<Checksum> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", e).in_file(path))?;
-    let hashes = Hashes::default();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        cancel.check()?;
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| Error::io("read", e).in_file(path))?;
-        if n == 0 {
-            break;
-        }
-        hashes.update(&buf[..n]);
-    }
-    Ok(hashes.finish())
 }
 
 /// The record's OS fields from what inspection found.
@@ -442,7 +370,7 @@ impl Ims {
             Target::Stream(Box::new(HashingSink {
                 inner: FileSink::from_file(file).durable(true),
                 hashes: hashes.clone(),
-                crash_armed: crash_armed(),
+                on_append: if crash_armed() { mid_write } else { |_| {} },
             }))
         } else {
             Target::File(upload.path.clone())
@@ -459,7 +387,7 @@ impl Ims {
         record.checksum = if streamed {
             hashes.finish()
         } else {
-            hash_file(&upload.path, cancel)?
+            hash_storage(&FileStorage::open(&upload.path)?, cancel)?
         };
         let mut warnings = Vec::new();
         if inspect_after {
