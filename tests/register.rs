@@ -8,6 +8,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Rng, elf64, have, have_qemu_img, put, qemu_compare, qemu_img, run, s};
@@ -650,7 +651,7 @@ fn limits_and_quota() {
     let a = ims
         .register(
             &owner(),
-            &disk,
+            disk.as_path(),
             &data_request("a"),
             &mut |_| {},
             &CancelToken::new(),
@@ -658,7 +659,7 @@ fn limits_and_quota() {
         .unwrap();
     ims.register(
         &owner(),
-        &disk,
+        disk.as_path(),
         &data_request("b"),
         &mut |_| {},
         &CancelToken::new(),
@@ -667,7 +668,7 @@ fn limits_and_quota() {
     assert_eq!(
         code(ims.register(
             &owner(),
-            &disk,
+            disk.as_path(),
             &data_request("c"),
             &mut |_| {},
             &CancelToken::new()
@@ -677,7 +678,7 @@ fn limits_and_quota() {
     // Another project has its own quota; a deleted image frees its place.
     ims.register(
         &Scope::new("other", "r1"),
-        &disk,
+        disk.as_path(),
         &data_request("c"),
         &mut |_| {},
         &CancelToken::new(),
@@ -686,7 +687,7 @@ fn limits_and_quota() {
     ims.delete(&owner(), &a.record.id).unwrap();
     ims.register(
         &owner(),
-        &disk,
+        disk.as_path(),
         &data_request("c"),
         &mut |_| {},
         &CancelToken::new(),
@@ -701,7 +702,7 @@ fn limits_and_quota() {
     assert_eq!(
         code(ims.register(
             &owner(),
-            &bigger,
+            bigger.as_path(),
             &data_request("f"),
             &mut |_| {},
             &CancelToken::new()
@@ -720,7 +721,7 @@ fn limits_and_quota() {
     assert_eq!(
         code(ims.register(
             &owner(),
-            &sparse,
+            sparse.as_path(),
             &data_request("v"),
             &mut |_| {},
             &CancelToken::new()
@@ -730,7 +731,7 @@ fn limits_and_quota() {
     ims.set_limits(Limits::default());
     ims.register(
         &owner(),
-        &sparse,
+        sparse.as_path(),
         &data_request("v"),
         &mut |_| {},
         &CancelToken::new(),
@@ -747,7 +748,7 @@ fn sharing_rules() {
     let img = ims
         .register(
             &owner(),
-            &disk,
+            disk.as_path(),
             &data_request("shared"),
             &mut |_| {},
             &CancelToken::new(),
@@ -830,7 +831,13 @@ fn sharing_rules() {
     let mut enc_req = data_request("enc");
     enc_req.kms_key_id = Some("key-1".into());
     let enc = ims
-        .register(&owner(), &disk, &enc_req, &mut |_| {}, &CancelToken::new())
+        .register(
+            &owner(),
+            disk.as_path(),
+            &enc_req,
+            &mut |_| {},
+            &CancelToken::new(),
+        )
         .unwrap()
         .record;
     assert!(enc.encrypted);
@@ -841,7 +848,7 @@ fn sharing_rules() {
     let mut market = ims
         .register(
             &owner(),
-            &disk,
+            disk.as_path(),
             &data_request("m"),
             &mut |_| {},
             &CancelToken::new(),
@@ -857,7 +864,7 @@ fn sharing_rules() {
     let mut ecs = ims
         .register(
             &owner(),
-            &disk,
+            disk.as_path(),
             &data_request("ecs"),
             &mut |_| {},
             &CancelToken::new(),
@@ -878,7 +885,7 @@ fn sharing_rules() {
     let mut public = ims
         .register(
             &owner(),
-            &disk,
+            disk.as_path(),
             &data_request("pub"),
             &mut |_| {},
             &CancelToken::new(),
@@ -924,7 +931,7 @@ fn update_changes_only_what_may_change() {
     let r = ims
         .register(
             &owner(),
-            &disk,
+            disk.as_path(),
             &data_request("a"),
             &mut |_| {},
             &CancelToken::new(),
@@ -999,10 +1006,16 @@ fn list_filters_sorting_and_pages() {
         let mut req = data_request(name);
         req.tags = vec![format!("n={i}"), format!("parity={}", i % 2)];
         ids.push(
-            ims.register(&owner(), &disk, &req, &mut |_| {}, &CancelToken::new())
-                .unwrap()
-                .record
-                .id,
+            ims.register(
+                &owner(),
+                disk.as_path(),
+                &req,
+                &mut |_| {},
+                &CancelToken::new(),
+            )
+            .unwrap()
+            .record
+            .id,
         );
     }
     let names = |q: ListQuery| -> Vec<String> {
@@ -1136,7 +1149,7 @@ fn replication_and_export_rules() {
     let r = ims
         .register(
             &owner(),
-            &disk,
+            disk.as_path(),
             &data_request("a"),
             &mut |_| {},
             &CancelToken::new(),
@@ -1163,16 +1176,26 @@ fn replication_and_export_rules() {
     let r2 = Scope::new("owner", "r2");
     assert_eq!(ims.show(&r2, &copy.id).unwrap().name, "a-copy");
     assert_eq!(code(ims.show(&owner(), &copy.id)), "image_not_found");
-    assert!(
-        ims.data_path(&copy)
-            .unwrap()
-            .starts_with(home.join("store").join("r2"))
-    );
+    // The copy is the source's bytes, stored under the target region.
+    assert!(copy.store_key.starts_with("r2/"), "{}", copy.store_key);
+    assert!(home.join("store").join(&copy.store_key).is_file());
+    let (a, b) = (ims.stored(&r).unwrap(), ims.stored(&copy).unwrap());
+    assert_eq!((a.len(), b.len()), (r.store_size, copy.store_size));
+    let (mut abuf, mut bbuf) = (vec![0u8; a.len() as usize], vec![0u8; b.len() as usize]);
+    a.read_at(&mut abuf, 0).unwrap();
+    b.read_at(&mut bbuf, 0).unwrap();
+    assert!(abuf == bbuf, "the copy's bytes differ");
 
     let mut req = data_request("enc");
     req.kms_key_id = Some("key-r1".into());
     let enc = ims
-        .register(&owner(), &disk, &req, &mut |_| {}, &CancelToken::new())
+        .register(
+            &owner(),
+            disk.as_path(),
+            &req,
+            &mut |_| {},
+            &CancelToken::new(),
+        )
         .unwrap()
         .record;
     assert_eq!(
@@ -1233,7 +1256,7 @@ fn two_registrations_at_once_both_succeed() {
                 let ims = Ims::open(&home).unwrap();
                 ims.register(
                     &owner(),
-                    &disk,
+                    disk.as_path(),
                     &data_request(&format!("img{i}")),
                     &mut |_| {},
                     &CancelToken::new(),
@@ -1495,6 +1518,150 @@ fn iso_images_register_as_iso_only() {
         ),
         "format_unsupported",
     );
+    // Given as a storage, the ISO is recognised through it.
+    let ims = Ims::open(&home).unwrap();
+    let from_memory = ims
+        .register(
+            &owner(),
+            ims::Input::Storage {
+                storage: Arc::new(ims::MemoryStorage::new(fs::read(&iso).unwrap())),
+                name: "install.iso".into(),
+            },
+            &RegisterRequest::new("in-memory", ImageType::Iso),
+            &mut |_| {},
+            &CancelToken::new(),
+        )
+        .unwrap()
+        .record;
+    assert_eq!(
+        (from_memory.status, from_memory.source_format.as_str()),
+        (Status::Active, "raw")
+    );
+}
+
+/// The disk an active image holds, read back from its stored bytes.
+fn stored_disk(ims: &Ims, r: &ims::register::ImageRecord) -> Vec<u8> {
+    let image = ims::open_storage(
+        ims.stored(r).unwrap(),
+        Path::new(&r.store_key),
+        &ims::OpenOptions {
+            format: Some(r.store_format.parse().unwrap()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let reader = image.reader().unwrap();
+    let mut disk = vec![0u8; r.virtual_size as usize];
+    reader.read_at(&mut disk, 0).unwrap();
+    disk
+}
+
+/// `register` takes the image from a storage or a stream as well as from a file; a stream of a
+/// format that needs random access is refused with a rule's code, a stream longer than the
+/// file-size limit too; QCOW2 is spooled and leaves no spool file.
+#[test]
+fn registration_from_a_storage_or_a_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let home = d.join("home");
+    let mut ims = Ims::open(&home).unwrap();
+    let disk = small_disk(d, "disk", 3 * MIB);
+    let bytes = fs::read(&disk).unwrap();
+    let never = CancelToken::new();
+    let memory = |name: &str| ims::Input::Storage {
+        storage: Arc::new(ims::MemoryStorage::new(bytes.clone())),
+        name: name.into(),
+    };
+    let stream = |data: Vec<u8>, format: ims::Format, size: Option<u64>| ims::Input::Stream {
+        reader: Box::new(std::io::Cursor::new(data)),
+        format,
+        name: "upload".into(),
+        size,
+    };
+
+    let r = ims
+        .register(
+            &owner(),
+            memory("mem.raw"),
+            &data_request("mem"),
+            &mut |_| {},
+            &never,
+        )
+        .unwrap()
+        .record;
+    assert_eq!((r.status, r.source_size), (Status::Active, 3 * MIB));
+    assert!(stored_disk(&ims, &r) == bytes, "the stored disk differs");
+
+    let r = ims
+        .register(
+            &owner(),
+            stream(bytes.clone(), ims::Format::Raw, Some(3 * MIB)),
+            &data_request("streamed"),
+            &mut |_| {},
+            &never,
+        )
+        .unwrap()
+        .record;
+    assert_eq!((r.status, r.source_size), (Status::Active, 3 * MIB));
+    assert_eq!(r.source_format, "raw");
+    assert!(stored_disk(&ims, &r) == bytes, "the stored disk differs");
+
+    // QCOW2 from a storage: spooled, hashed on its way into the store, no spool file left.
+    let mut req = data_request("as-qcow2");
+    req.store_format = ims::Format::Qcow2;
+    let q = ims
+        .register(&owner(), memory("mem.raw"), &req, &mut |_| {}, &never)
+        .unwrap()
+        .record;
+    let stored = home.join("store").join(&q.store_key);
+    assert_eq!(q.checksum.sha256, sha256_file(&stored));
+    assert_eq!(q.store_size, fs::metadata(&stored).unwrap().len());
+    assert!(stored_disk(&ims, &q) == bytes, "the stored disk differs");
+    assert_eq!(fs::read_dir(home.join("spool")).unwrap().count(), 0);
+
+    let before = statuses(&ims);
+    let qcow2 =
+        fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/sample.qcow2")).unwrap();
+    let e = ims
+        .register(
+            &owner(),
+            stream(qcow2, ims::Format::Qcow2, None),
+            &data_request("qcow2-stream"),
+            &mut |_| {},
+            &never,
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some("format_unsupported"), "{e}");
+    assert!(e.to_string().contains("spool"), "{e}");
+    assert_eq!(statuses(&ims), before, "a refused stream made a record");
+
+    ims.set_limits(Limits {
+        max_file_size: 2 * MIB,
+        ..Limits::default()
+    });
+    let e = ims
+        .register(
+            &owner(),
+            stream(bytes.clone(), ims::Format::Raw, Some(3 * MIB)),
+            &data_request("too-long"),
+            &mut |_| {},
+            &never,
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some("file_too_large"), "{e}");
+    let killed = statuses(&ims)
+        .into_iter()
+        .find(|r| r.0 == "too-long")
+        .unwrap();
+    assert_eq!(killed.1, Status::Killed);
+    assert!(killed.2.unwrap().starts_with("file_too_large"));
+    let active: Vec<String> = statuses(&ims)
+        .into_iter()
+        .filter(|r| r.1 == Status::Active)
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(active, ["as-qcow2", "mem", "streamed"]);
+    assert_eq!(stray_files(&home).len(), 3, "{:?}", stray_files(&home));
 }
 
 /// Everything `scope` sees, as (name, status, reason).
@@ -1526,7 +1693,7 @@ fn a_cancelled_registration_is_killed_and_leaves_no_stored_file() {
         let mut during = Vec::new();
         let result = ims.register(
             &owner(),
-            &disk,
+            disk.as_path(),
             &req,
             &mut |p| {
                 if at.is_none() && p.done * 2 >= p.total && p.done > 0 {
@@ -1556,7 +1723,7 @@ fn a_cancelled_registration_is_killed_and_leaves_no_stored_file() {
     let ok = ims
         .register(
             &owner(),
-            &disk,
+            disk.as_path(),
             &data_request("after"),
             &mut |_| {},
             &cancel,
@@ -1574,7 +1741,13 @@ fn a_cancelled_replication_or_export_leaves_nothing() {
     let disk = small_disk(d, "disk", 3 * MIB);
     let never = CancelToken::new();
     let r = ims
-        .register(&owner(), &disk, &data_request("a"), &mut |_| {}, &never)
+        .register(
+            &owner(),
+            disk.as_path(),
+            &data_request("a"),
+            &mut |_| {},
+            &never,
+        )
         .unwrap()
         .record;
     let stored = stray_files(&home);

@@ -11,8 +11,11 @@
 //!   validate, convert into the store format while hashing, make durable, record `active`.
 //! - [`Ims::list`], [`Ims::show`], [`Ims::update`], [`Ims::delete`]: search and manage.
 //! - [`sharing`]: members; [`replicate`]: copies to other regions and exports.
-//! - [`Ims::recover`] (run by [`Ims::open`]): records left `queued`/`saving` by a dead
-//!   process become `killed`, and their files are removed.
+//! - [`Ims::recover`] (run by [`Ims::open`] and [`Ims::with`]): records left `queued`/`saving`
+//!   by a dead process become `killed`, and their data is removed.
+//!
+//! A service brings its own catalog and store: [`Ims::with`] takes any [`Catalog`] and any
+//! [`ImageStore`] (see [`store`] for what a store implements).
 
 pub mod catalog;
 mod hash;
@@ -26,12 +29,14 @@ pub mod sharing;
 pub mod store;
 
 use std::cmp::Ordering;
-#[cfg(feature = "sqlite")]
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::storage::Storage;
 
 pub use catalog::Catalog;
 #[cfg(feature = "sqlite")]
@@ -41,16 +46,19 @@ pub use record::{
 };
 pub use register::{RegisterRequest, Registered};
 pub use rules::Limits;
-pub use store::{ImageStore, LocalStore};
+pub use store::{ImageStore, LocalStore, StoreWriter, UnfinishedWrite};
 
 /// Who asks, and where.
 #[derive(Debug, Clone)]
 pub struct Scope {
+    /// The project that asks.
     pub project: String,
+    /// The region it asks in.
     pub region: String,
 }
 
 impl Scope {
+    /// `project` asking in `region`.
     pub fn new(project: &str, region: &str) -> Scope {
         Scope {
             project: project.to_string(),
@@ -64,6 +72,8 @@ pub struct Ims {
     pub(crate) catalog: Box<dyn Catalog>,
     pub(crate) store: Box<dyn ImageStore>,
     pub(crate) limits: Limits,
+    /// Where a QCOW2 registration is written before it goes to the store.
+    pub(crate) spool_dir: PathBuf,
 }
 
 /// What recovery did.
@@ -76,6 +86,7 @@ pub struct Recovery {
 /// An image as a project sees it in a list.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listed {
+    /// The image.
     #[serde(flatten)]
     pub record: ImageRecord,
     /// The project's member status, for an image shared with it.
@@ -85,6 +96,7 @@ pub struct Listed {
 /// Filters, sorting and pagination of [`Ims::list`], as the IMS API offers them.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
+    /// The image id.
     pub id: Option<String>,
     /// The exact name.
     pub name: Option<String>,
@@ -94,8 +106,11 @@ pub struct ListQuery {
     pub os_type: Option<String>,
     /// `ubuntu`, `centos`, ... (any case).
     pub platform: Option<String>,
+    /// The image type.
     pub image_type: Option<ImageType>,
+    /// The visibility.
     pub visibility: Option<Visibility>,
+    /// The status.
     pub status: Option<Status>,
     /// `KEY` or `KEY=VALUE`.
     pub tag: Option<String>,
@@ -106,6 +121,7 @@ pub struct ListQuery {
     pub sort_key: Option<String>,
     /// Ascending instead of the default descending.
     pub ascending: bool,
+    /// At most this many images.
     pub limit: Option<usize>,
     /// The id of the last image of the previous page.
     pub marker: Option<String>,
@@ -129,10 +145,14 @@ impl Ims {
         };
         let catalog = SqliteCatalog::open(&home.join("catalog.db"))?;
         let store = LocalStore::new(&home.join("store"))?;
-        Ims::with(Box::new(catalog), Box::new(store), limits)
+        let mut ims = Ims::with(Box::new(catalog), Box::new(store), limits)?;
+        ims.set_spool_dir(&home.join("spool"));
+        Ok(ims)
     }
 
-    /// The service over any catalog and store; recovers from interrupted registrations.
+    /// The service over any catalog and store; recovers from interrupted registrations and
+    /// replications. QCOW2 registrations are spooled in the system's temporary directory
+    /// until [`Ims::set_spool_dir`] says otherwise.
     pub fn with(
         catalog: Box<dyn Catalog>,
         store: Box<dyn ImageStore>,
@@ -142,9 +162,18 @@ impl Ims {
             catalog,
             store,
             limits,
+            spool_dir: std::env::temp_dir(),
         };
         ims.recover()?;
         Ok(ims)
+    }
+
+    /// Where a registration stored as QCOW2 is written before it is appended to the store (its
+    /// writer seeks; a store's writer only appends): a local directory, created when needed,
+    /// with room for one QCOW2 image per registration running. `Ims::open(home)` uses
+    /// `HOME/spool`. Spool files are unlinked as soon as they are opened, so none is left.
+    pub fn set_spool_dir(&mut self, dir: &Path) {
+        self.spool_dir = dir.to_path_buf();
     }
 
     /// Changes the limits.
@@ -152,41 +181,60 @@ impl Ims {
         self.limits = limits;
     }
 
+    /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
-    /// Settles what dead processes left: each record in `queued`/`saving` whose writer no
-    /// longer lives becomes `killed` ("interrupted") and its data is removed; temporary files
-    /// nobody writes are removed. A live registration (another process) is left alone.
+    /// Settles what dead processes left, through [`ImageStore::unfinished`] only:
+    ///
+    /// - each record in `queued`/`saving` whose write no live process owns (dead, or none)
+    ///   becomes `killed` ("interrupted") and its data is removed;
+    /// - each dead write is discarded once its record is settled: a record made after the
+    ///   records were read is killed the same way; the data of a `killed` or `deleted` record,
+    ///   or of none, is removed; an `active` record keeps its data (its process died after
+    ///   recording it, before ending the write).
+    ///
+    /// The records are read before the writes are listed: a write begun after that belongs to
+    /// a record not in the list, and every record in it had its write begun already, so a
+    /// write that is absent or dead then has ended or will never end. The move to `killed`
+    /// only happens from `queued`/`saving`, so an image that became `active` meanwhile is
+    /// left alone. A live registration or replication (another process) is left alone.
     pub fn recover(&self) -> Result<Recovery> {
+        const REASON: &str =
+            "interrupted: the registering process stopped before the image was active";
         let mut out = Recovery::default();
-        let dead = self.store.sweep()?;
-        for r in self.catalog.unfinished()? {
-            if !self.store.is_live(&r.store_key) {
-                self.kill(
-                    &r,
-                    "interrupted: the registering process stopped before the image was active",
-                    &mut out,
-                )?;
+        let records = self.catalog.unfinished()?;
+        let writes: HashMap<String, bool> = self
+            .store
+            .unfinished()?
+            .into_iter()
+            .map(|w| (w.key, w.live))
+            .collect();
+        for r in &records {
+            if writes.get(&r.store_key) != Some(&true) {
+                self.kill(r, REASON, &mut out)?;
             }
         }
+        let mut dead: Vec<&String> = writes
+            .iter()
+            .filter(|(_, live)| !**live)
+            .map(|(key, _)| key)
+            .collect();
+        dead.sort();
         for key in dead {
-            let id = key
-                .rsplit('/')
-                .next()
-                .and_then(|n| n.split('.').next())
-                .unwrap_or_default()
-                .to_string();
-            match self.catalog.get(&id)? {
-                Some(r) if r.store_key == key => {
-                    if matches!(r.status, Status::Queued | Status::Saving) {
-                        self.kill(&r, "interrupted: the registering process stopped before the image was active", &mut out)?;
-                    }
+            if !records.iter().any(|r| &r.store_key == key) {
+                match id_of_key(key).map(|id| self.catalog.get(id)).transpose()? {
+                    Some(Some(r)) if &r.store_key == key => match r.status {
+                        Status::Queued | Status::Saving => self.kill(&r, REASON, &mut out)?,
+                        Status::Active => {}
+                        Status::Killed | Status::Deleted => self.store.remove(key)?,
+                    },
+                    // No record holds the key: nothing refers to its data.
+                    _ => self.store.remove(key)?,
                 }
-                _ => self.store.remove(&key)?,
             }
-            self.store.forget(&key);
+            self.store.discard(key)?;
         }
         Ok(out)
     }
@@ -204,6 +252,18 @@ impl Ims {
             out.killed.push(r.id.clone());
         }
         Ok(())
+    }
+
+    /// A registration or replication that failed: its record becomes `killed` with `reason`
+    /// and its data (committed or not) is removed, before its writer is dropped.
+    pub(crate) fn settle_failed(&self, r: &ImageRecord, reason: &str) {
+        let _ = self.catalog.transition(
+            &r.id,
+            &[Status::Queued, Status::Saving],
+            Status::Killed,
+            Some(reason),
+        );
+        let _ = self.store.remove(&r.store_key);
     }
 
     /// The record `id` if `scope` may see it: its own, public, or shared with it (in any
@@ -423,8 +483,31 @@ impl Ims {
         }
     }
 
-    /// The local file of an active image's data (for tests and tools).
-    pub fn data_path(&self, record: &ImageRecord) -> Result<std::path::PathBuf> {
-        self.store.path(&record.store_key)
+    /// The stored bytes of an image, for positional reads (for tests and tools): open them
+    /// with [`open_storage`](crate::open_storage) in the record's `store_format`.
+    pub fn stored(&self, record: &ImageRecord) -> Result<Arc<dyn Storage>> {
+        self.store.open(&record.store_key)
+    }
+}
+
+/// The store key of image `id` of `region` stored as `format`: `REGION/ID.FORMAT`.
+pub(crate) fn store_key(region: &str, id: &str, format: impl std::fmt::Display) -> String {
+    format!("{region}/{id}.{format}")
+}
+
+/// The image id in a key made by [`store_key`].
+fn id_of_key(key: &str) -> Option<&str> {
+    let name = key.rsplit_once('/')?.1;
+    Some(name.split_once('.').map_or(name, |(id, _)| id))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_name_their_image() {
+        let key = super::store_key("r1", "abc-1", crate::Format::Zvhd2);
+        assert_eq!(key, "r1/abc-1.zvhd2");
+        assert_eq!(super::id_of_key(&key), Some("abc-1"));
+        assert_eq!(super::id_of_key("nokey"), None);
     }
 }

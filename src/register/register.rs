@@ -1,43 +1,58 @@
-//! Registration: an uploaded image file becomes an active private image.
+//! Registration: an uploaded image becomes an active private image.
 //!
 //! probe → open with the strict policy (no reference to another file is followed) → inspect
-//! → validate ([`rules`](super::rules)) → record `queued` (quota checked in the same
-//! transaction) → `saving`: convert into the store format through the pipeline into an upload
-//! of the store, hashing (SHA-256 and SHA-512) the stored bytes → sync, rename into place →
-//! `active`. A failure makes the record `killed` with the reason and removes the data; a
-//! process killed at any point leaves an upload whose lock nobody holds, which
-//! [`Ims::recover`] settles the same way.
+//! → validate ([`rules`]) → record `queued` (quota checked in the same
+//! transaction) → `saving`: convert into the store format through the pipeline into a write of
+//! the [`ImageStore`](super::ImageStore), hashing (SHA-256 and SHA-512) the stored bytes →
+//! commit (durable, visible under its key) → `active`. A failure makes the record `killed` with
+//! the reason and removes the data; a process killed at any point leaves a write that no live
+//! process owns, which [`Ims::recover`] settles the same way.
 //!
-//! Hashing: ZVHD2 and raw are written front to back, so the stored bytes are hashed as they are
-//! appended. QCOW2 is written with seeks (tables are patched at the end), so it is hashed by
-//! reading the finished file back before it is renamed into place.
+//! The image comes as an [`Input`]: a local file, a [`Storage`] the caller brings, or a stream
+//! read once front to back (the formats that allow it; its length counts against the file-size
+//! limit as it is read). A stream-only source (ZVHD, a stream) is inspected from the stored copy
+//! after its commit, before it is recorded `active`.
+//!
+//! Hashing: ZVHD2 and raw are written front to back, straight into the store's writer, hashed
+//! as they are appended. QCOW2 is written with seeks (tables are patched at the end): into a
+//! local spool file first (unlinked as soon as it is made, so no path leaves it behind; at
+//! most the QCOW2 image of a disk the size limits allow), then appended into the store's writer
+//! and hashed on the way.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use crate::block::ExtentState;
 use crate::cancel::CancelToken;
 use crate::convert::Source;
 use crate::error::{Error, Result};
 use crate::formats::Format;
 use crate::inspect::{Inspection, OsType};
-use crate::io::FileSink;
-use crate::storage::FileStorage;
+use crate::io::AppendSink;
+use crate::open::{Image, Input};
+use crate::storage::{FileStorage, Storage, data_runs, read_exact_at};
 use crate::{CreateOptions, OpenOptions, PipelineOptions, Progress, Target};
 
-use super::hash::{Hashes, HashingSink, hash_storage};
+use super::hash::{Hashes, HashingSink};
 use super::record::{Features, ImageRecord, ImageType, Status};
 use super::resized::Resized;
 use super::rules;
+use super::store::StoreWriter;
 use super::{Ims, Scope};
 
 /// What to register.
 #[derive(Debug, Clone)]
 pub struct RegisterRequest {
+    /// The image's name (1 to 128 characters).
     pub name: String,
+    /// A description (at most 1024 characters).
     pub description: String,
+    /// What the image is: checked against what inspection finds.
     pub image_type: ImageType,
     /// Overrides the OS version inspection finds (as IMS's `--os-version`).
     pub os_version: Option<String>,
@@ -60,6 +75,7 @@ pub struct RegisterRequest {
 }
 
 impl RegisterRequest {
+    /// A request for the image `name` of `image_type`, everything else by default.
     pub fn new(name: &str, image_type: ImageType) -> RegisterRequest {
         RegisterRequest {
             name: name.to_string(),
@@ -81,6 +97,7 @@ impl RegisterRequest {
 /// A registered image.
 #[derive(Debug, Clone, Serialize)]
 pub struct Registered {
+    /// The image's record, `active`.
     #[serde(flatten)]
     pub record: ImageRecord,
     /// What was allowed but looks like a mistake.
@@ -169,14 +186,111 @@ fn describe(record: &mut ImageRecord, found: &Inspection, os_version: Option<&st
     record.features = Features::from_inspection(found);
 }
 
+/// A store's writer shared between the pipeline's sink and the registration, which commits
+/// it and keeps it until the record is settled.
+type SharedWriter = Arc<Mutex<Box<dyn StoreWriter>>>;
+
+fn lock(w: &SharedWriter) -> MutexGuard<'_, Box<dyn StoreWriter>> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The pipeline's end of a [`SharedWriter`].
+struct SharedSink(SharedWriter);
+
+impl AppendSink for SharedSink {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        lock(&self.0).append(data)
+    }
+
+    fn append_zeros(&mut self, len: u64) -> Result<()> {
+        lock(&self.0).append_zeros(len)
+    }
+
+    fn position(&self) -> u64 {
+        lock(&self.0).position()
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        lock(&self.0).finish()
+    }
+}
+
+/// A stream upload that counts what is read from it and fails once it is over the file-size
+/// limit.
+struct Counted {
+    inner: Box<dyn std::io::Read + Send>,
+    read: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl std::io::Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let total = self.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if total > self.limit {
+            return Err(std::io::Error::other(format!(
+                "the upload is over the limit of {} bytes",
+                self.limit
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// A local file QCOW2 is written to before it goes to the store: made under a fresh name in
+/// the spool directory and unlinked as soon as the writer has opened it, so that neither a
+/// failure nor a crash leaves it behind (removed when dropped, before that).
+struct Spool {
+    path: Option<PathBuf>,
+    file: File,
+}
+
+impl Spool {
+    fn create(dir: &Path) -> Result<Spool> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", e).in_file(dir))?;
+        let path = dir.join(format!(
+            ".ims-spool-{}-{}.qcow2",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("create", e).in_file(&path))?;
+        Ok(Spool {
+            path: Some(path),
+            file,
+        })
+    }
+
+    /// Removes the name; the open files keep the data until they are closed.
+    fn unlink(&mut self) -> Result<()> {
+        match self.path.take() {
+            Some(p) => std::fs::remove_file(&p).map_err(|e| Error::io("remove", e).in_file(&p)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = self.unlink();
+    }
+}
+
 impl Ims {
-    /// Registers the image file `file` as a private image of `scope` (see the module doc).
-    /// Cancelled through `cancel`, it fails with [`Error::Cancelled`] as a failed registration
-    /// does: a record already made is `killed`, and nothing is left in the store.
+    /// Registers the image `input` (a path, an [`Input::Storage`] or an [`Input::Stream`]) as
+    /// a private image of `scope` (see the module doc). An image that cannot be opened is
+    /// refused with a rule's code ([`rules::open_refusal`]): a stream of a format that needs
+    /// random access is `format_unsupported`. Cancelled through `cancel`, it fails with
+    /// [`Error::Cancelled`] as a failed registration does: a record already made is `killed`,
+    /// and nothing is left in the store.
     pub fn register(
         &self,
         scope: &Scope,
-        file: &Path,
+        input: impl Into<Input>,
         request: &RegisterRequest,
         progress: &mut dyn FnMut(Progress),
         cancel: &CancelToken,
@@ -195,15 +309,16 @@ impl Ims {
             )));
         }
 
-        // Probe and open with the strict policy: any reference to another file is refused. An
-        // ISO 9660 image, which the probe refuses as a disk format, is what an ISO registration
-        // asks for: it is read as the raw disk it is.
-        let options = OpenOptions {
-            format: (request.image_type == ImageType::Iso && looks_like_iso(file))
-                .then_some(Format::Raw),
-            ..OpenOptions::default()
-        };
-        let image = crate::open(file, &options).map_err(rules::open_refusal)?;
+        // Bytes read from a stream upload (none for a file or a storage).
+        let streamed = Arc::new(AtomicU64::new(0));
+        let image = self
+            .open_upload(
+                input.into(),
+                request.image_type == ImageType::Iso,
+                &streamed,
+            )
+            .map_err(|e| self.over_limit(&streamed, e))
+            .map_err(rules::open_refusal)?;
         // ZVHD and ZVHD2 report their size rounded up to a GiB; the disk uploaded is
         // `orig-size`, and a random-access source is cut to it.
         let virtual_size = image
@@ -225,7 +340,7 @@ impl Ims {
                 }) as Arc<dyn crate::BlockReader>
             }
         });
-        // A stream-only source (ZVHD) is stored at the size it reports.
+        // A stream-only source (ZVHD, a stream) is stored at the size it reports.
         let (source, stored_size) = match reader.clone() {
             Some(r) => (Source::Random(r), virtual_size),
             None => {
@@ -234,7 +349,7 @@ impl Ims {
             }
         };
 
-        // Inspect now where the format allows random access; a stream-only source (ZVHD) is
+        // Inspect now where the source allows random access; a stream-only source is
         // inspected from the stored copy.
         let found = match reader {
             Some(reader) => Some(crate::inspect::inspect(reader).map_err(rules::open_refusal)?),
@@ -264,62 +379,100 @@ impl Ims {
         record.source_size = source_size;
         record.virtual_size = virtual_size;
         record.store_format = request.store_format.name().into();
-        record.store_key = format!(
-            "{}/{}.{}",
-            scope.region,
-            record.id,
-            request.store_format.name()
-        );
+        record.store_key = super::store_key(&scope.region, &record.id, request.store_format);
         record.encrypted = request.kms_key_id.is_some();
         record.kms_key_id = request.kms_key_id.clone();
         if let Some(found) = &found {
             describe(&mut record, found, request.os_version.as_deref());
         }
 
-        let upload = self.store.begin(&record.store_key)?;
+        // Begun before the record exists, so that recovery never sees the record without a
+        // live write; kept until the record is settled.
+        let writer: SharedWriter = Arc::new(Mutex::new(self.store.begin(&record.store_key)?));
         let limits = self.limits.clone();
-        if let Err(e) = self
-            .catalog
-            .insert(&record, &|count| rules::check_quota(count, &limits))
-        {
-            self.store.end(upload);
-            return Err(e);
-        }
+        self.catalog
+            .insert(&record, &|count| rules::check_quota(count, &limits))?;
         crash_point("after-insert");
 
-        let result = self.save(
-            &mut record,
-            (source, stored_size),
-            &upload,
-            request,
-            progress,
-            found.is_none(),
-            cancel,
-        );
-        let result = result.and_then(|extra| {
-            warnings.extend(extra);
-            crash_point("after-commit");
-            record.status = Status::Active;
-            record.updated_at = super::record::now();
-            self.catalog.update(&record)
-        });
+        let result = self
+            .save(
+                &mut record,
+                (source, stored_size),
+                &writer,
+                request,
+                progress,
+                found.is_none(),
+                cancel,
+            )
+            .map_err(|e| self.over_limit(&streamed, e))
+            .and_then(|extra| {
+                warnings.extend(extra);
+                if record.source_size == 0 {
+                    record.source_size = streamed.load(Ordering::Relaxed);
+                }
+                record.status = Status::Active;
+                record.updated_at = super::record::now();
+                self.catalog.update(&record)
+            });
         match result {
             Ok(()) => {
-                self.store.end(upload);
+                drop(writer);
                 Ok(Registered { record, warnings })
             }
             Err(e) => {
-                let reason = e.to_string();
-                let _ = self.catalog.transition(
-                    &record.id,
-                    &[Status::Queued, Status::Saving],
-                    Status::Killed,
-                    Some(&reason),
-                );
-                let _ = self.store.remove(&record.store_key);
-                self.store.end(upload);
+                self.settle_failed(&record, &e.to_string());
+                drop(writer);
                 Err(e)
             }
+        }
+    }
+
+    /// Opens the upload with the strict policy (any reference to another file is refused). An
+    /// ISO 9660 image, which the probe refuses as a disk format, is what an ISO registration
+    /// asks for: it is read as the raw disk it is. A stream is counted into `streamed` and
+    /// stopped past the file-size limit.
+    fn open_upload(&self, input: Input, iso: bool, streamed: &Arc<AtomicU64>) -> Result<Image> {
+        let options = |storage: &dyn Storage| OpenOptions {
+            format: (iso && looks_like_iso(storage)).then_some(Format::Raw),
+            ..OpenOptions::default()
+        };
+        match input {
+            Input::Path(path) => {
+                let storage: Arc<dyn Storage> = Arc::new(FileStorage::open(&path)?);
+                let options = options(&*storage);
+                crate::open_storage(storage, &path, &options)
+            }
+            Input::Storage { storage, name } => {
+                let options = options(&*storage);
+                crate::open_storage(storage, Path::new(&name), &options)
+            }
+            Input::Stream {
+                reader,
+                format,
+                name,
+                size,
+            } => crate::open_input(
+                Input::Stream {
+                    reader: Box::new(Counted {
+                        inner: reader,
+                        read: streamed.clone(),
+                        limit: self.limits.max_file_size,
+                    }),
+                    format,
+                    name,
+                    size,
+                },
+                &OpenOptions::default(),
+            ),
+        }
+    }
+
+    /// `e`, or the file-size rule's refusal when a stream upload went over the limit.
+    fn over_limit(&self, streamed: &AtomicU64, e: Error) -> Error {
+        let read = streamed.load(Ordering::Relaxed);
+        match rules::check_sizes(read, 0, &self.limits) {
+            Err(refusal) => refusal,
+            Ok(()) => e,
         }
     }
 
@@ -336,15 +489,16 @@ impl Ims {
         Ok(warnings)
     }
 
-    /// Writes the data into the upload, hashing it, and commits it; fills the record's stored
-    /// fields. `inspect_after`: the source could not be inspected before (stream-only), so the
-    /// stored copy is inspected and validated before it is committed.
+    /// Writes the data into the store's writer, hashing it, and commits it; fills the record's
+    /// stored fields. `inspect_after`: the source could not be inspected before (stream-only),
+    /// so the stored copy is inspected and validated after its commit (the record is not yet
+    /// `active`: a refusal kills it and removes the copy).
     #[allow(clippy::too_many_arguments)]
     fn save(
         &self,
         record: &mut ImageRecord,
         (source, stored_size): (Source, u64),
-        upload: &super::store::Upload,
+        writer: &SharedWriter,
         request: &RegisterRequest,
         progress: &mut dyn FnMut(Progress),
         inspect_after: bool,
@@ -354,45 +508,35 @@ impl Ims {
             .transition(&record.id, &[Status::Queued], Status::Saving, None)?;
         record.status = Status::Saving;
         let format = request.store_format;
-        let create = CreateOptions {
-            durable: true,
-            ..Default::default()
-        };
         let hashes = Hashes::default();
-        let streamed = matches!(format, Format::Zvhd2 | Format::Raw);
-        let target = if streamed {
-            let file = std::fs::File::options()
-                .read(true)
-                .write(true)
-                .truncate(true)
-                .open(&upload.path)
-                .map_err(|e| Error::io("open", e).in_file(&upload.path))?;
-            Target::Stream(Box::new(HashingSink {
-                inner: FileSink::from_file(file).durable(true),
-                hashes: hashes.clone(),
-                on_append: if crash_armed() { mid_write } else { |_| {} },
-            }))
-        } else {
-            Target::File(upload.path.clone())
+        let sink = HashingSink {
+            inner: SharedSink(writer.clone()),
+            hashes: hashes.clone(),
+            on_append: if crash_armed() { mid_write } else { |_| {} },
         };
-        // The upload is the store's temporary, which the store removes on failure.
-        let writer = crate::create_writer(format, target, stored_size, &create, false)?;
         let pipeline = PipelineOptions {
             threads: request.threads,
             cancel: cancel.clone(),
             ..Default::default()
         };
-        crate::convert::run(source, writer, &pipeline, progress)?;
-        crash_point("after-write");
-        record.checksum = if streamed {
-            hashes.finish()
+        if format == Format::Qcow2 {
+            self.write_spooled(source, stored_size, sink, &pipeline, progress)?;
         } else {
-            hash_storage(&FileStorage::open(&upload.path)?, cancel)?
-        };
+            let target = Target::Stream(Box::new(sink));
+            let out =
+                crate::create_writer(format, target, stored_size, &Default::default(), false)?;
+            crate::convert::run(source, out, &pipeline, progress)?;
+        }
+        crash_point("after-write");
+        record.checksum = hashes.finish();
+        cancel.check()?;
+        record.store_size = lock(writer).commit()?;
+        crash_point("after-commit");
         let mut warnings = Vec::new();
         if inspect_after {
-            let stored = crate::open(
-                &upload.path,
+            let stored = crate::open_storage(
+                self.store.open(&record.store_key)?,
+                Path::new(&record.store_key),
                 &OpenOptions {
                     format: Some(format),
                     ..Default::default()
@@ -401,18 +545,63 @@ impl Ims {
             let found = crate::inspect::inspect_image(&stored).map_err(rules::open_refusal)?;
             warnings = self.validate(request, &found)?;
             describe(record, &found, request.os_version.as_deref());
+            cancel.check()?;
         }
-        cancel.check()?;
-        record.store_size = self.store.commit(upload)?;
         Ok(warnings)
+    }
+
+    /// Converts `source` to QCOW2 in a local spool file (its writer seeks), then appends the
+    /// file to `sink`: holes as zero runs, data a MiB at a time, checking the pipeline's
+    /// cancel token between reads.
+    fn write_spooled(
+        &self,
+        source: Source,
+        stored_size: u64,
+        mut sink: impl AppendSink,
+        pipeline: &PipelineOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<()> {
+        let mut spool = Spool::create(&self.spool_dir)?;
+        let target = Target::File(spool.path.clone().unwrap_or_default());
+        let out = crate::create_writer(
+            Format::Qcow2,
+            target,
+            stored_size,
+            &CreateOptions::default(),
+            false,
+        )?;
+        spool.unlink()?;
+        crate::convert::run(source, out, pipeline, progress)?;
+        let file = spool
+            .file
+            .try_clone()
+            .map_err(|e| Error::io("reopen the spool file", e))?;
+        let spooled = FileStorage::new(file)?;
+        let mut buf = vec![0u8; 1 << 20];
+        for (start, length, state) in data_runs(&spooled, 0, spooled.len())? {
+            if state == ExtentState::Zero {
+                sink.append_zeros(length)?;
+                continue;
+            }
+            let mut at = start;
+            while at < start + length {
+                pipeline.cancel.check()?;
+                let n = buf
+                    .len()
+                    .min(usize::try_from(start + length - at).unwrap_or(usize::MAX));
+                read_exact_at(&spooled, &mut buf[..n], at, "spooled image")?;
+                sink.append(&buf[..n])?;
+                at += n as u64;
+            }
+        }
+        sink.finish()
     }
 }
 
-/// Whether `file` carries the ISO 9660 signature (`CD001` in the volume descriptor at 32 KiB).
-fn looks_like_iso(file: &Path) -> bool {
-    use std::os::unix::fs::FileExt;
+/// Whether the image carries the ISO 9660 signature (`CD001` in the volume descriptor at 32
+/// KiB).
+fn looks_like_iso(storage: &dyn Storage) -> bool {
     let mut magic = [0u8; 5];
-    std::fs::File::open(file)
-        .and_then(|f| f.read_exact_at(&mut magic, 0x8001))
+    read_exact_at(storage, &mut magic, 0x8001, "volume descriptor")
         .is_ok_and(|()| &magic == b"CD001")
 }

@@ -45,7 +45,7 @@ impl Ims {
             visibility: Visibility::Private,
             status: Status::Queued,
             status_reason: None,
-            store_key: format!("{target_region}/{}.{}", keep.id, src.store_format),
+            store_key: super::store_key(target_region, &keep.id, &src.store_format),
             kms_key_id: kms_key_id.map(str::to_string),
             marketplace: false,
             copied_from: Some(src.id.clone()),
@@ -53,20 +53,22 @@ impl Ims {
             updated_at: keep.updated_at,
             ..src.clone()
         };
-        let upload = self.store.begin(&r.store_key)?;
+        // A write begun on the key and never written to: it says "a live process owns this
+        // key" until the record is settled, so that recovery elsewhere leaves the copy alone.
+        let owner = self.store.begin(&r.store_key)?;
         let limits = self.limits.clone();
         if let Err(e) = self
             .catalog
             .insert(&r, &|count| rules::check_quota(count, &limits))
         {
-            self.store.end(upload);
+            owner.abort();
             return Err(e);
         }
         let result = (|| {
             self.catalog
                 .transition(&r.id, &[Status::Queued], Status::Saving, None)?;
-            self.store.copy(&src.store_key, &upload, cancel)?;
-            let sum = hash_storage(&crate::FileStorage::open(&upload.path)?, cancel)?;
+            r.store_size = self.store.copy(&src.store_key, &r.store_key, cancel)?;
+            let sum = hash_storage(&*self.store.open(&r.store_key)?, cancel)?;
             if sum.sha256 != src.checksum.sha256 {
                 return Err(Error::malformed(
                     "stored image",
@@ -75,25 +77,18 @@ impl Ims {
                 ));
             }
             cancel.check()?;
-            r.store_size = self.store.commit(&upload)?;
             r.status = Status::Active;
             r.updated_at = now();
             self.catalog.update(&r)
         })();
         match result {
             Ok(()) => {
-                self.store.end(upload);
+                drop(owner);
                 Ok(r)
             }
             Err(e) => {
-                let _ = self.catalog.transition(
-                    &r.id,
-                    &[Status::Queued, Status::Saving],
-                    Status::Killed,
-                    Some(&e.to_string()),
-                );
-                let _ = self.store.remove(&r.store_key);
-                self.store.end(upload);
+                self.settle_failed(&r, &e.to_string());
+                owner.abort();
                 Err(e)
             }
         }
@@ -136,9 +131,9 @@ impl Ims {
             rules::check_export_size(&r, size)?;
         }
         let stored: Format = r.store_format.parse()?;
-        let path = self.store.path(&r.store_key)?;
-        let image = crate::open(
-            &path,
+        let image = crate::open_storage(
+            self.store.open(&r.store_key)?,
+            Path::new(&r.store_key),
             &OpenOptions {
                 format: Some(stored),
                 ..Default::default()

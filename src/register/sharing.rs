@@ -1,7 +1,7 @@
 //! Sharing: the owner adds and removes member projects; a member accepts or rejects. An
 //! accepted image appears in the member's list and the member may use it (export, copy).
 //!
-//! Rules (in [`rules`](super::rules)): members are projects of the image's region; at most
+//! Rules (in [`rules`]): members are projects of the image's region; at most
 //! [`Limits::max_members`](super::Limits) members; encrypted images, images on the marketplace
 //! and full-ECS images not made from a CBR backup cannot be shared. The owner may stop sharing
 //! or delete the image at any time without the members' consent.

@@ -248,7 +248,7 @@ pub fn register(args: RegisterArgs) -> ims::Result<()> {
     let mut reporter = Reporter::new(args.progress, total);
     let result = ims.register(
         &scope,
-        &args.file,
+        ims::Input::Path(args.file.clone()),
         &request,
         &mut |p| reporter.report(p),
         &super::cancel_on_signals(),

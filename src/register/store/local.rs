@@ -1,26 +1,33 @@
-//! The local-directory store: `ROOT/REGION/ID.FORMAT`, uploads in `ROOT/REGION/.tmp/`.
+//! The local-directory store: `ROOT/REGION/ID.FORMAT`, writes in progress in `ROOT/REGION/.tmp/`.
 //!
-//! An upload is `.tmp/KEY.lock` (locked with `flock` for as long as the writer lives; made
-//! under another name, locked, then renamed, so a visible lock file is always held by its
-//! writer while that lives) and `.tmp/KEY.part` (the data). Commit syncs the data, renames it
-//! into place and syncs the directory.
+//! A write is `.tmp/KEY.lock` (locked with `flock` for as long as the writer lives; made under
+//! another name, locked, then renamed, so a visible lock file is always held by its writer
+//! while that lives) and `.tmp/KEY.part` (the data). Commit syncs the data, renames it into
+//! place and syncs the directory; dropping the writer removes what is left of the data and the
+//! lock file, then releases the lock. A write whose lock file nobody holds belongs to a dead
+//! process. A copy is written to `.tmp/.new-PID-UUID`, locked while it is written, and renamed
+//! into place.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{FlockOperation, flock};
 
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
+use crate::io::{AppendSink, FileSink};
+use crate::storage::{FileStorage, Storage};
 
-use super::{ImageStore, Upload};
+use super::{ImageStore, StoreWriter, UnfinishedWrite};
 
-/// Image files in a local directory.
+/// Image files in a local directory: `ROOT/REGION/ID.FORMAT` for the key `REGION/ID.FORMAT`.
 pub struct LocalStore {
     root: PathBuf,
 }
 
 impl LocalStore {
+    /// The store under `root`, created when absent.
     pub fn new(root: &Path) -> Result<LocalStore> {
         std::fs::create_dir_all(root)
             .map_err(|e| Error::io("create directory", e).in_file(root))?;
@@ -55,6 +62,7 @@ impl LocalStore {
         self.root.join(region).join(".tmp")
     }
 
+    /// The data and lock files of a write of `key`.
     fn temp_paths(&self, key: &str) -> Result<(PathBuf, PathBuf)> {
         let (region, name) = self.split(key)?;
         let dir = self.tmp_dir(region);
@@ -63,10 +71,61 @@ impl LocalStore {
             dir.join(format!("{name}.lock")),
         ))
     }
+
+    /// A fresh file `.tmp/.new-PID-UUID` in `region`'s directory, created and locked.
+    fn new_locked(&self, region: &str) -> Result<(PathBuf, File)> {
+        let dir = self.tmp_dir(region);
+        std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+        let fresh = dir.join(format!(
+            ".new-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&fresh)
+            .map_err(io("create", &fresh))?;
+        let fresh = Removed(Some(fresh));
+        flock(&file, FlockOperation::LockExclusive)
+            .map_err(|e| Error::io("lock", e.into()).in_file(fresh.path()))?;
+        Ok((fresh.keep(), file))
+    }
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |e| Error::io(action, e).in_file(path)
+}
+
+/// A file removed when this is dropped, unless it was kept.
+struct Removed(Option<PathBuf>);
+
+impl Removed {
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    fn keep(mut self) -> PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Removes `path`; an absent file is no error.
+fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", e).in_file(path)),
+    }
 }
 
 /// Copies `input` (named `src`) into `output` a slice at a time, in the kernel where it can
@@ -107,6 +166,16 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io("sync directory", dir))
 }
 
+/// Syncs `file` (at `path`), renames it to `dest` and syncs `dest`'s directory.
+fn publish(file: &File, path: &Path, dest: &Path) -> Result<()> {
+    file.sync_all().map_err(io("sync", path))?;
+    std::fs::rename(path, dest).map_err(io("rename", path))?;
+    match dest.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
 /// Whether the lock file at `path` is held by a live process (false when it is absent).
 fn held(path: &Path) -> bool {
     match File::open(path) {
@@ -115,84 +184,130 @@ fn held(path: &Path) -> bool {
     }
 }
 
-impl ImageStore for LocalStore {
-    fn begin(&self, key: &str) -> Result<Upload> {
-        let (region, _) = self.split(key)?;
-        let dir = self.tmp_dir(region);
-        std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
-        let (part, lock_path) = self.temp_paths(key)?;
-        let fresh = dir.join(format!(
-            ".new-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        let lock = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&fresh)
-            .map_err(io("create", &fresh))?;
-        flock(&lock, FlockOperation::LockExclusive)
-            .map_err(|e| Error::io("lock", e.into()).in_file(&fresh))?;
-        std::fs::rename(&fresh, &lock_path).map_err(io("rename", &fresh))?;
-        File::create(&part).map_err(io("create", &part))?;
-        Ok(Upload {
-            key: key.to_string(),
-            path: part,
-            _lock: lock,
-            lock_path,
-        })
-    }
+/// A write of the local store: `.tmp/KEY.part` under the lock `.tmp/KEY.lock`.
+struct LocalWriter {
+    sink: FileSink,
+    part: PathBuf,
+    dest: PathBuf,
+    lock_path: PathBuf,
+    /// The held lock (released when dropped, or when the process dies).
+    _lock: File,
+    committed: bool,
+}
 
-    fn commit(&self, upload: &Upload) -> Result<u64> {
-        let dest = self.final_path(&upload.key)?;
-        let file = File::open(&upload.path).map_err(io("open", &upload.path))?;
-        file.sync_all().map_err(io("sync", &upload.path))?;
-        let len = file.metadata().map_err(io("stat", &upload.path))?.len();
-        std::fs::rename(&upload.path, &dest).map_err(io("rename", &upload.path))?;
-        if let Some(dir) = dest.parent() {
-            sync_dir(dir)?;
+impl LocalWriter {
+    fn open(&self) -> Result<()> {
+        if self.committed {
+            return Err(Error::Internal(format!(
+                "{}: appended to after its commit",
+                self.dest.display()
+            )));
         }
-        Ok(len)
+        Ok(())
+    }
+}
+
+impl AppendSink for LocalWriter {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.open()?;
+        self.sink.append(data)
     }
 
-    fn end(&self, upload: Upload) {
-        let _ = std::fs::remove_file(&upload.path);
-        let _ = std::fs::remove_file(&upload.lock_path);
-        drop(upload);
+    fn append_zeros(&mut self, len: u64) -> Result<()> {
+        self.open()?;
+        self.sink.append_zeros(len)
     }
 
-    fn path(&self, key: &str) -> Result<PathBuf> {
-        self.final_path(key)
+    fn position(&self) -> u64 {
+        self.sink.position()
     }
 
-    fn exists(&self, key: &str) -> bool {
-        self.final_path(key).is_ok_and(|p| p.exists())
+    fn finish(&mut self) -> Result<()> {
+        self.open()?;
+        self.sink.finish()
+    }
+}
+
+impl StoreWriter for LocalWriter {
+    fn commit(&mut self) -> Result<u64> {
+        self.open()?;
+        // Sets the length to what was appended (a zero run at the end is a hole).
+        self.sink.finish()?;
+        publish(self.sink.file(), &self.part, &self.dest)?;
+        self.committed = true;
+        Ok(self.sink.position())
+    }
+
+    fn abort(self: Box<Self>) {
+        drop(self);
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.part);
+        }
+        // The lock file goes while it is still held, so nobody takes it for a dead write's.
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+impl ImageStore for LocalStore {
+    fn begin(&self, key: &str) -> Result<Box<dyn StoreWriter>> {
+        let (region, _) = self.split(key)?;
+        let dest = self.final_path(key)?;
+        let (part, lock_path) = self.temp_paths(key)?;
+        let (fresh, lock) = self.new_locked(region)?;
+        let fresh = Removed(Some(fresh));
+        std::fs::rename(fresh.path(), &lock_path).map_err(io("rename", fresh.path()))?;
+        fresh.keep();
+        // Until the writer owns it, the lock file goes with any error.
+        let lock_file = Removed(Some(lock_path));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&part)
+            .map_err(io("create", &part))?;
+        Ok(Box::new(LocalWriter {
+            sink: FileSink::from_file(file).named(&part),
+            part,
+            dest,
+            lock_path: lock_file.keep(),
+            _lock: lock,
+            committed: false,
+        }))
+    }
+
+    fn open(&self, key: &str) -> Result<Arc<dyn Storage>> {
+        Ok(Arc::new(FileStorage::open(&self.final_path(key)?)?))
     }
 
     fn remove(&self, key: &str) -> Result<()> {
-        let path = self.final_path(key)?;
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", e).in_file(&path)),
-        }
+        remove_file(&self.final_path(key)?)
     }
 
-    fn copy(&self, from: &str, to: &Upload, cancel: &CancelToken) -> Result<()> {
+    fn copy(&self, from: &str, to: &str, cancel: &CancelToken) -> Result<u64> {
         let src = self.final_path(from)?;
+        let dest = self.final_path(to)?;
+        let (region, _) = self.split(to)?;
         let input = File::open(&src).map_err(io("open", &src))?;
-        let output = File::create(&to.path).map_err(io("create", &to.path))?;
-        copy_file(&input, &src, &output, cancel)
+        let (temp, output) = self.new_locked(region)?;
+        let temp = Removed(Some(temp));
+        copy_file(&input, &src, &output, cancel)?;
+        cancel.check()?;
+        let len = output.metadata().map_err(io("stat", temp.path()))?.len();
+        publish(&output, temp.path(), &dest)?;
+        temp.keep();
+        Ok(len)
     }
 
-    fn is_live(&self, key: &str) -> bool {
-        self.temp_paths(key).is_ok_and(|(_, lock)| held(&lock))
-    }
-
-    fn sweep(&self) -> Result<Vec<String>> {
-        let mut dead = Vec::new();
+    fn unfinished(&self) -> Result<Vec<UnfinishedWrite>> {
+        let mut out = Vec::new();
         let Ok(regions) = std::fs::read_dir(&self.root) else {
-            return Ok(dead);
+            return Ok(out);
         };
         for region in regions.flatten() {
             let region_name = region.file_name().to_string_lossy().into_owned();
@@ -204,30 +319,32 @@ impl ImageStore for LocalStore {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let path = entry.path();
                 if let Some(obj) = name.strip_suffix(".lock") {
-                    if !held(&path) {
-                        let _ = std::fs::remove_file(dir.join(format!("{obj}.part")));
-                        dead.push(format!("{region_name}/{obj}"));
-                    }
+                    out.push(UnfinishedWrite::new(
+                        &format!("{region_name}/{obj}"),
+                        held(&path),
+                    ));
                 } else if let Some(obj) = name.strip_suffix(".part") {
-                    // Data without a lock: its writer died before locking or after unlocking.
+                    // Data without a lock: its writer died after its lock file went.
                     if !dir.join(format!("{obj}.lock")).exists() {
                         let _ = std::fs::remove_file(&path);
                     }
                 } else if name.starts_with(".new-") && !held(&path) {
+                    // A lock never renamed into place, or a copy whose process died.
                     let _ = std::fs::remove_file(&path);
                 }
             }
         }
-        Ok(dead)
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
     }
 
-    fn forget(&self, key: &str) {
-        if let Ok((part, lock)) = self.temp_paths(key) {
-            let _ = std::fs::remove_file(part);
-            if !held(&lock) {
-                let _ = std::fs::remove_file(lock);
-            }
+    fn discard(&self, key: &str) -> Result<()> {
+        let (part, lock) = self.temp_paths(key)?;
+        if held(&lock) {
+            return Ok(());
         }
+        remove_file(&part)?;
+        remove_file(&lock)
     }
 }
 
@@ -235,32 +352,89 @@ impl ImageStore for LocalStore {
 mod tests {
     use super::*;
 
+    fn read_all(store: &LocalStore, key: &str) -> Vec<u8> {
+        let storage = store.open(key).unwrap();
+        let mut buf = vec![0u8; storage.len() as usize];
+        assert_eq!(storage.read_at(&mut buf, 0).unwrap(), buf.len());
+        buf
+    }
+
     #[test]
-    fn upload_commit_and_sweep() {
+    fn write_commit_copy_and_recover() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path()).unwrap();
-        let up = store.begin("r1/a.raw").unwrap();
-        std::fs::write(&up.path, b"data").unwrap();
-        assert!(store.is_live("r1/a.raw"));
-        assert!(store.sweep().unwrap().is_empty(), "a live upload is kept");
-        assert_eq!(store.commit(&up).unwrap(), 4);
-        store.end(up);
-        assert!(!store.is_live("r1/a.raw"));
+        let mut w = store.begin("r1/a.raw").unwrap();
+        w.append(b"data").unwrap();
+        w.append_zeros(3).unwrap();
+        w.finish().unwrap();
         assert_eq!(
-            std::fs::read(store.path("r1/a.raw").unwrap()).unwrap(),
-            b"data"
+            store.unfinished().unwrap(),
+            [UnfinishedWrite::new("r1/a.raw", true)]
+        );
+        store.discard("r1/a.raw").unwrap();
+        assert_eq!(store.unfinished().unwrap().len(), 1, "a live write is kept");
+        assert!(store.open("r1/a.raw").is_err(), "visible before its commit");
+        assert_eq!(w.commit().unwrap(), 7);
+        assert!(w.append(b"more").is_err());
+        assert_eq!(read_all(&store, "r1/a.raw"), b"data\0\0\0");
+        // Still owned until the writer goes; then nothing is left of the write.
+        assert!(store.unfinished().unwrap()[0].live);
+        drop(w);
+        assert!(store.unfinished().unwrap().is_empty());
+        assert_eq!(read_all(&store, "r1/a.raw"), b"data\0\0\0");
+
+        // A copy is committed under its key; a cancelled one leaves nothing.
+        assert_eq!(
+            store
+                .copy("r1/a.raw", "r2/a.raw", &CancelToken::new())
+                .unwrap(),
+            7
+        );
+        assert_eq!(read_all(&store, "r2/a.raw"), b"data\0\0\0");
+        let cancelled = CancelToken::new();
+        cancelled.cancel();
+        assert_eq!(
+            store
+                .copy("r1/a.raw", "r2/b.raw", &cancelled)
+                .unwrap_err()
+                .kind(),
+            "cancelled"
+        );
+        assert!(store.open("r2/b.raw").is_err());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("r2/.tmp"))
+                .unwrap()
+                .count(),
+            0
         );
 
-        // A writer that died: its lock is no longer held.
-        let up = store.begin("r1/b.raw").unwrap();
-        std::fs::write(&up.path, b"partial").unwrap();
-        let (part, lock) = (up.path.clone(), up.lock_path.clone());
-        drop(up);
-        assert_eq!(store.sweep().unwrap(), vec!["r1/b.raw".to_string()]);
-        assert!(!part.exists());
-        store.forget("r1/b.raw");
-        assert!(!lock.exists());
+        // An aborted write leaves nothing, and a committed object under its key stays.
+        let mut w = store.begin("r2/a.raw").unwrap();
+        w.append(b"x").unwrap();
+        w.abort();
+        assert_eq!(read_all(&store, "r2/a.raw"), b"data\0\0\0");
+        assert!(store.unfinished().unwrap().is_empty());
+        store.remove("r2/a.raw").unwrap();
+        store.remove("r2/a.raw").unwrap();
+        assert!(store.open("r2/a.raw").is_err());
+
+        // What a dead writer leaves: a lock file nobody holds and its data; and a lock file
+        // never renamed into place.
+        let tmp = dir.path().join("r1/.tmp");
+        std::fs::write(tmp.join("b.raw.lock"), b"").unwrap();
+        std::fs::write(tmp.join("b.raw.part"), b"partial").unwrap();
+        std::fs::write(tmp.join(".new-1-x"), b"").unwrap();
+        assert_eq!(
+            store.unfinished().unwrap(),
+            [UnfinishedWrite::new("r1/b.raw", false)]
+        );
+        assert!(!tmp.join(".new-1-x").exists());
+        store.discard("r1/b.raw").unwrap();
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+        assert!(store.unfinished().unwrap().is_empty());
+
         assert!(store.begin("../x").is_err());
         assert!(store.begin("r1/.hidden").is_err());
+        assert!(store.open("r1").is_err());
     }
 }

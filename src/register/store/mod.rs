@@ -1,64 +1,105 @@
-//! Where image files are kept: the [`ImageStore`] trait, and [`LocalStore`], the default (a
-//! local directory). An object store can implement the same trait.
+//! Where image data is kept: the [`ImageStore`] trait, and [`LocalStore`], the default (a
+//! local directory). A service brings its own store (an object store, a database of blobs) by
+//! implementing [`ImageStore`] and [`StoreWriter`]; everything it needs is public.
 //!
-//! An object is written through an [`Upload`]: a temporary file under a liveness lock. Only
-//! [`ImageStore::commit`] makes the data visible under its key, after it is durable; a process
-//! killed mid-upload leaves an upload whose lock nobody holds, which [`ImageStore::sweep`]
-//! finds and removes.
+//! The service uses a store this way:
+//!
+//! - **write**: [`ImageStore::begin`] a key, append the bytes to the [`StoreWriter`] (front to
+//!   back: an object store uploads them in parts), [`StoreWriter::commit`] it (durable and
+//!   visible under the key), and keep the writer until the record is settled (`active` or
+//!   `killed`); then drop it. Dropping an uncommitted writer aborts it: its data is dropped.
+//! - **read**: [`ImageStore::open`] gives a [`Storage`] (positional reads) over a committed
+//!   object, which the readers of every format take.
+//! - **copy**: [`ImageStore::copy`] makes a committed copy under another key (replication);
+//!   **remove** deletes an object.
+//! - **recover**: [`ImageStore::unfinished`] lists the writes begun and not yet ended, each
+//!   saying whether a live process still owns it; [`ImageStore::discard`] drops what a dead one
+//!   left. How a store knows liveness (the local store's lock files, an object store's lease or
+//!   its list of multipart uploads) is its own business.
 
 mod local;
 
 pub use local::LocalStore;
 
-use std::fs::File;
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::cancel::CancelToken;
 use crate::error::Result;
+use crate::io::AppendSink;
+use crate::storage::Storage;
 
-/// An object being written. Its lock is held while this value lives.
-pub struct Upload {
-    /// The key the data will have.
-    pub key: String,
-    /// Where to write the data.
-    pub path: PathBuf,
-    /// The held lock (released when dropped or when the process dies).
-    pub(crate) _lock: File,
-    pub(crate) lock_path: PathBuf,
+/// One object being written, front to back. What it appends (through [`AppendSink`]) becomes
+/// visible under its key only at [`commit`](StoreWriter::commit).
+///
+/// The writer stands for "a live process owns this key" until it is dropped: while it lives,
+/// [`ImageStore::unfinished`] reports the write with `live: true`. The service keeps it after
+/// the commit until the image's record is `active` or `killed`, so that recovery in another
+/// process never takes a committed but not yet recorded object for a dead one.
+///
+/// Dropping a writer that was not committed must abort it, as [`abort`](StoreWriter::abort)
+/// does. Dropping or aborting a committed writer ends the write and leaves the object.
+pub trait StoreWriter: AppendSink {
+    /// Makes the bytes appended durable and visible under the key, and returns their length.
+    /// Called once, after [`AppendSink::finish`]; nothing may be appended after it.
+    fn commit(&mut self) -> Result<u64>;
+
+    /// Ends the write, dropping the data appended and not committed (an object store aborts
+    /// the multipart upload). An object already committed under the key, by this writer or by
+    /// [`ImageStore::copy`], is left as it is: removing it is [`ImageStore::remove`]'s.
+    fn abort(self: Box<Self>);
 }
 
-/// Image files by key (`REGION/ID.FORMAT`).
+/// A write that was begun and has not ended, as [`ImageStore::unfinished`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnfinishedWrite {
+    /// The key being written.
+    pub key: String,
+    /// Whether a live process still owns the write (its [`StoreWriter`] has not been dropped).
+    /// `false`: its owner died, and the write will never end by itself.
+    pub live: bool,
+}
+
+impl UnfinishedWrite {
+    /// The write of `key`, owned by a live process or not.
+    pub fn new(key: &str, live: bool) -> UnfinishedWrite {
+        UnfinishedWrite {
+            key: key.to_string(),
+            live,
+        }
+    }
+}
+
+/// Image data by key. The service makes the keys (`REGION/ID.FORMAT`, a fresh id each time, so
+/// a key is never written twice); a store may refuse keys it cannot hold.
+///
+/// Every method may be called from several threads and several processes at once.
 pub trait ImageStore: Send + Sync {
-    /// Starts writing the object `key`.
-    fn begin(&self, key: &str) -> Result<Upload>;
+    /// Starts writing the object `key`. From now until the writer is dropped,
+    /// [`unfinished`](ImageStore::unfinished) reports the write as live.
+    fn begin(&self, key: &str) -> Result<Box<dyn StoreWriter>>;
 
-    /// Makes the upload's data durable and visible under its key; returns its length.
-    fn commit(&self, upload: &Upload) -> Result<u64>;
+    /// The bytes of the committed object `key`, for positional reads.
+    fn open(&self, key: &str) -> Result<Arc<dyn Storage>>;
 
-    /// Ends an upload, committed or not: removes what is left of its temporary data, then its
-    /// lock.
-    fn end(&self, upload: Upload);
-
-    /// A local file holding the object's bytes, to read.
-    fn path(&self, key: &str) -> Result<PathBuf>;
-
-    /// Whether the object exists.
-    fn exists(&self, key: &str) -> bool;
-
-    /// Removes an object (no error when it is absent).
+    /// Removes the committed object `key` (no error when it is absent).
     fn remove(&self, key: &str) -> Result<()>;
 
-    /// Copies the object `from` into an upload; stops with
-    /// [`Error::Cancelled`](crate::Error::Cancelled) soon after `cancel` is cancelled.
-    fn copy(&self, from: &str, to: &Upload, cancel: &CancelToken) -> Result<()>;
+    /// Copies the committed object `from` to `to` and commits the copy (durable and visible
+    /// under `to`); returns its length. A failed or cancelled copy leaves nothing under `to`.
+    /// Stops with [`Error::Cancelled`](crate::Error::Cancelled) soon after `cancel` is
+    /// cancelled. The service holds a [`StoreWriter`] begun on `to` (and never written to)
+    /// while it copies, so that recovery sees the key owned; it then drops that writer, which
+    /// must leave the copy in place.
+    fn copy(&self, from: &str, to: &str, cancel: &CancelToken) -> Result<u64>;
 
-    /// Whether a live process is writing `key`.
-    fn is_live(&self, key: &str) -> bool;
+    /// The writes begun and not ended, live or not. A store may also clear here, by itself,
+    /// leftovers that belong to no key (the local store's orphaned temporary files).
+    fn unfinished(&self) -> Result<Vec<UnfinishedWrite>>;
 
-    /// The keys of uploads whose writer died; their temporary data is removed, their locks are
-    /// left for [`ImageStore::forget`] once the caller has settled the records.
-    fn sweep(&self) -> Result<Vec<String>>;
-
-    /// Removes the leftover lock of a dead upload.
-    fn forget(&self, key: &str);
+    /// Drops what the dead write of `key` left (its uncommitted data, its lock or lease),
+    /// after the service has settled the record. An object committed under `key` is left (it
+    /// is [`remove`](ImageStore::remove)d when its record is killed). Nothing happens if a
+    /// live process owns the write, or if there is no write of `key`.
+    fn discard(&self, key: &str) -> Result<()>;
 }
