@@ -128,10 +128,11 @@ pub struct ListQuery {
 }
 
 impl Ims {
-    /// Opens the service on a home directory: `HOME/catalog.db` and `HOME/store/`, created
-    /// when absent, with the limits of `HOME/limits.json` when it exists (for example
-    /// `{"max_file_size": 137438953472, "private_image_quota": 50}`); then recovers from
-    /// interrupted registrations.
+    /// Opens the service on a home directory: `HOME/catalog.db` and `HOME/store/` (a
+    /// [`LocalStore`]), created when absent, with the limits of `HOME/limits.json` when it
+    /// exists (for example `{"max_file_size": 137438953472, "private_image_quota": 50}`), and
+    /// QCOW2 registrations spooled in `HOME/spool/`; then recovers from interrupted
+    /// registrations.
     #[cfg(feature = "sqlite")]
     pub fn open(home: &Path) -> Result<Ims> {
         std::fs::create_dir_all(home)
