@@ -31,6 +31,7 @@ pub trait Catalog: Send + Sync {
         reason: Option<&str>,
     ) -> Result<bool>;
 
+    /// The record `id`, in any status, if there is one.
     fn get(&self, id: &str) -> Result<Option<ImageRecord>>;
 
     /// The records of `region` that `project` may see: its own (not deleted), public ones, and
@@ -53,6 +54,7 @@ pub trait Catalog: Send + Sync {
     /// Removes a member; says whether it was one.
     fn remove_member(&self, image_id: &str, project: &str) -> Result<bool>;
 
+    /// The members of an image, in any member status.
     fn members(&self, image_id: &str) -> Result<Vec<Member>>;
 
     /// Removes every member of an image.
