@@ -29,8 +29,11 @@ pub enum ExtentState {
 /// A run of the virtual disk in one state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
+    /// First byte of the run, in the virtual disk.
     pub start: u64,
+    /// Bytes in the run.
     pub length: u64,
+    /// What the run holds.
     pub state: ExtentState,
     /// Where the bytes lie in the image file when they are stored there uncompressed and
     /// contiguously (qemu-img map's `offset`).
@@ -176,13 +179,16 @@ impl BlockReader for MemoryDisk {
 /// A piece of the disk in an ordered stream: data, or a run of zeros.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
+    /// Where the chunk starts in the virtual disk.
     pub offset: u64,
+    /// Bytes the chunk covers.
     pub length: u64,
     /// The bytes (`length` of them), or `None` for zeros.
     pub data: Option<Bytes>,
 }
 
 impl Chunk {
+    /// A run of `length` zero bytes at `offset`.
     pub fn zero(offset: u64, length: u64) -> Self {
         Chunk {
             offset,
@@ -191,6 +197,7 @@ impl Chunk {
         }
     }
 
+    /// The bytes `data` at `offset`.
     pub fn data(offset: u64, data: Bytes) -> Self {
         Chunk {
             offset,
@@ -199,6 +206,7 @@ impl Chunk {
         }
     }
 
+    /// One past the last byte.
     pub fn end(&self) -> u64 {
         self.offset + self.length
     }
@@ -206,6 +214,7 @@ impl Chunk {
 
 /// A disk read front to back as chunks that cover `[0, virtual_size)` in ascending order.
 pub trait ChunkStream: Send {
+    /// The disk's size in bytes: the chunks end there.
     fn virtual_size(&self) -> u64;
 
     /// The next chunk, or `None` once the whole disk has been given.
@@ -270,6 +279,7 @@ pub struct ReaderChunks {
 }
 
 impl ReaderChunks {
+    /// Streams `reader` in data chunks of at most `piece_size` bytes (at least 512).
     pub fn new(reader: Arc<dyn BlockReader>, piece_size: usize) -> Self {
         ReaderChunks {
             reader,
@@ -358,18 +368,32 @@ pub fn usize_len(len: u64) -> Result<usize> {
 #[non_exhaustive]
 pub enum Piece {
     /// Bytes to store.
-    Data { offset: u64, data: Bytes },
+    Data {
+        /// Where the bytes go in the virtual disk.
+        offset: u64,
+        /// The bytes.
+        data: Bytes,
+    },
     /// A run that reads as zeros.
-    Zero { offset: u64, length: u64 },
+    Zero {
+        /// Where the run starts in the virtual disk.
+        offset: u64,
+        /// Bytes in the run.
+        length: u64,
+    },
     /// One unit, already encoded by the writer's [`UnitEncoder`] on a worker thread.
     Encoded {
+        /// Where the unit starts in the virtual disk.
         offset: u64,
+        /// Bytes of disk the unit covers (before encoding).
         length: u64,
+        /// What [`UnitEncoder::encode`] made of it.
         payload: Vec<u8>,
     },
 }
 
 impl Piece {
+    /// Where the piece starts in the virtual disk.
     pub fn offset(&self) -> u64 {
         match self {
             Piece::Data { offset, .. }
@@ -378,6 +402,7 @@ impl Piece {
         }
     }
 
+    /// Bytes of disk the piece covers.
     pub fn length(&self) -> u64 {
         match self {
             Piece::Data { data, .. } => data.len() as u64,
@@ -445,7 +470,7 @@ pub fn is_zero(buf: &[u8]) -> bool {
 /// Re-cuts an ordered stream of chunks so that every data chunk starts and ends on a multiple
 /// of `unit` (or at the end of the disk) and no zero chunk leaves a unit partly covered: a unit
 /// that is partly data and partly zero becomes one data chunk with the zeros filled in.
-pub struct UnitAligner<S> {
+pub(crate) struct UnitAligner<S> {
     inner: S,
     unit: u64,
     size: u64,

@@ -13,9 +13,15 @@ use crate::error::{Error, Result};
 #[non_exhaustive]
 pub enum Comparison {
     /// Same content (and, when the sizes differ, the larger disk's extra bytes are all zeros).
-    Identical { size_mismatch: bool },
+    Identical {
+        /// The disks differ in size (the extra bytes being zeros).
+        size_mismatch: bool,
+    },
     /// The first byte that differs; qemu-img reports the 512-byte sector holding it.
-    Differ { offset: u64 },
+    Differ {
+        /// Offset of that byte in the virtual disk.
+        offset: u64,
+    },
     /// Strict mode only: the sizes differ.
     SizeMismatch,
 }

@@ -20,9 +20,9 @@ use crate::error::{Error, Result};
 /// (`deflateTune`) applied over the level's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeflateParams {
-    pub level: i32,
-    pub window_bits: i32,
-    pub mem_level: i32,
+    pub(crate) level: i32,
+    pub(crate) window_bits: i32,
+    pub(crate) mem_level: i32,
     /// good_length, max_lazy, nice_length, max_chain.
     pub tuning: Option<[i32; 4]>,
 }

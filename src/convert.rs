@@ -62,7 +62,9 @@ impl PipelineOptions {
 /// How far the conversion has got, in bytes of the virtual disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
+    /// Bytes of the virtual disk written so far.
     pub done: u64,
+    /// The virtual disk's size.
     pub total: u64,
 }
 

@@ -56,8 +56,11 @@ pub enum Error {
     /// An operating-system error while doing `action` on a file.
     #[error("{file}{action}: {source}")]
     Io {
+        /// The file, when known.
         file: FileName,
+        /// What ims was doing ("read", "create output", ...).
         action: &'static str,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
@@ -65,9 +68,13 @@ pub enum Error {
     /// The image is malformed: a structure at an offset holds a value that cannot be right.
     #[error("{file}malformed {structure} at offset {offset:#x}: {problem}")]
     Malformed {
+        /// The file, when known.
         file: FileName,
+        /// The on-disk structure ("qcow2 header", "vhd footer", ...).
         structure: &'static str,
+        /// Where the structure (or the bad value) is in the file.
         offset: u64,
+        /// What is wrong with it.
         problem: String,
     },
 
@@ -76,33 +83,50 @@ pub enum Error {
         "{file}truncated: {structure} at offset {offset:#x} needs {needed} bytes, the file has {available}"
     )]
     Truncated {
+        /// The file, when known.
         file: FileName,
+        /// The structure that does not fit.
         structure: &'static str,
+        /// Where the structure starts in the file.
         offset: u64,
+        /// Bytes the structure needs.
         needed: u64,
+        /// The file's length.
         available: u64,
     },
 
     /// The image is recognised but uses something ims does not do (a format, an encryption, a feature).
     #[error("{file}unsupported: {what}")]
-    Unsupported { file: FileName, what: String },
+    Unsupported {
+        /// The file, when known.
+        file: FileName,
+        /// The format, feature or value that ims does not handle.
+        what: String,
+    },
 
     /// The image refers to another file, which the open options do not allow.
     #[error(
         "{file}{kind} reference {reference:?} refused (other files are opened only when references are allowed inside a named directory)"
     )]
     ExternalReference {
+        /// The file that holds the reference, when known.
         file: FileName,
+        /// What the other file would have been.
         kind: ReferenceKind,
+        /// The name the image gives, as written in it.
         reference: String,
     },
 
     /// A structure exceeds one of ims's safety limits (a table, a descriptor, a decompressed unit too large).
     #[error("{file}{structure} at offset {offset:#x} exceeds a limit: {problem}")]
     LimitExceeded {
+        /// The file, when known.
         file: FileName,
+        /// The structure that is too large.
         structure: &'static str,
+        /// Where the structure is in the file.
         offset: u64,
+        /// Which limit, and by how much.
         problem: String,
     },
 
@@ -111,8 +135,11 @@ pub enum Error {
         "{file}ambiguous format: the file looks like {first} and like {second}; name the format with -f"
     )]
     Ambiguous {
+        /// The file, when known.
         file: FileName,
+        /// One format it matches.
         first: &'static str,
+        /// Another format it matches.
         second: &'static str,
     },
 
@@ -128,7 +155,12 @@ pub enum Error {
     /// A request that a rule of the image service refuses (registration, catalog, sharing):
     /// `code` is stable (see `register::rules`), `message` says what to change.
     #[error("{code}: {message}")]
-    Rule { code: &'static str, message: String },
+    Rule {
+        /// The rule's stable code.
+        code: &'static str,
+        /// What to change for the request to pass.
+        message: String,
+    },
 
     /// The caller cancelled the work through its [`CancelToken`](crate::CancelToken).
     #[error("cancelled")]

@@ -241,6 +241,7 @@ pub struct PipeSink<W: Write + Send> {
 }
 
 impl<W: Write + Send> PipeSink<W> {
+    /// Appends to `out` through a 1 MiB buffer.
     pub fn new(out: W) -> Self {
         PipeSink {
             out: io::BufWriter::with_capacity(1 << 20, out),
@@ -291,7 +292,9 @@ impl<W: Write + Send> AppendSink for PipeSink<W> {
 /// Either kind of sink behind one type, for writers that only append.
 #[non_exhaustive]
 pub enum Output {
+    /// A local file.
     File(FileSink),
+    /// Any other append-only sink.
     Stream(Box<dyn AppendSink>),
 }
 

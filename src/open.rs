@@ -36,14 +36,17 @@ pub struct Image {
 }
 
 impl Image {
+    /// The path, or the name given with a storage or stream, the image was opened under.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The image's format, probed or as named in the open options.
     pub fn format(&self) -> Format {
         self.format
     }
 
+    /// The size of the disk the image holds, in bytes.
     pub fn virtual_size(&self) -> u64 {
         self.source.virtual_size()
     }
@@ -91,24 +94,32 @@ impl Image {
 /// `ims info`'s answer; the field names are qemu-img's.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageInfo {
+    /// The disk's size in bytes.
     #[serde(rename = "virtual-size")]
     pub virtual_size: u64,
+    /// The path or name the image was opened under.
     pub filename: String,
+    /// The format's name, as [`Format::name`] gives it.
     pub format: &'static str,
     /// Bytes the file occupies on disk.
     #[serde(rename = "actual-size")]
     pub actual_size: u64,
+    /// The unit of allocation, for formats that have one.
     #[serde(rename = "cluster-size", skip_serializing_if = "Option::is_none")]
     pub cluster_size: Option<u64>,
+    /// The backing file or parent the image names (not opened, not checked).
     #[serde(rename = "backing-filename", skip_serializing_if = "Option::is_none")]
     pub backing_filename: Option<String>,
+    /// The backing file's format, when the image records it.
     #[serde(
         rename = "backing-filename-format",
         skip_serializing_if = "Option::is_none"
     )]
     pub backing_filename_format: Option<String>,
+    /// What only this format records.
     #[serde(rename = "format-specific", skip_serializing_if = "Option::is_none")]
     pub format_specific: Option<FormatInfo>,
+    /// The image was not closed cleanly (QCOW2's dirty bit); false for the other formats.
     #[serde(rename = "dirty-flag")]
     pub dirty_flag: bool,
 }

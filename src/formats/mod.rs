@@ -17,8 +17,11 @@ use crate::error::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Format {
+    /// The disk's bytes as they are, nothing else.
     Raw,
+    /// QEMU's copy-on-write format, version 2 or 3.
     Qcow2,
+    /// VMware's format: a text descriptor with sparse, stream-optimized or flat extents.
     Vmdk,
     /// Microsoft's Virtual Hard Disk (qemu-img calls it `vpc`).
     Vhd,
@@ -29,7 +32,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 6] = [
+    pub(crate) const ALL: [Format; 6] = [
         Format::Raw,
         Format::Qcow2,
         Format::Vmdk,
