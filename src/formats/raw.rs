@@ -107,7 +107,7 @@ pub struct RawWriter<S: AppendSink> {
 }
 
 impl<S: AppendSink> RawWriter<S> {
-    pub fn new(sink: S, size: u64) -> Self {
+    pub(crate) fn new(sink: S, size: u64) -> Self {
         RawWriter { sink, size }
     }
 }

@@ -20,20 +20,29 @@ use crate::storage::{Storage, read_exact_at};
 /// What a check found, with qemu-img check's JSON keys (zero counts left out, as qemu-img does).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CheckReport {
+    /// One past the last cluster with a refcount: where the file could end.
     #[serde(rename = "image-end-offset")]
     pub image_end_offset: u64,
+    /// Clusters the virtual disk spans.
     #[serde(rename = "total-clusters")]
     pub total_clusters: u64,
+    /// Problems that kept part of the image from being checked (qemu-img's count).
     #[serde(rename = "check-errors")]
     pub check_errors: u64,
+    /// Clusters of the virtual disk that are allocated.
     #[serde(rename = "allocated-clusters", skip_serializing_if = "is_zero")]
     pub allocated_clusters: u64,
+    /// Allocated clusters that do not follow the previous one in the file.
     #[serde(rename = "fragmented-clusters", skip_serializing_if = "is_zero")]
     pub fragmented_clusters: u64,
+    /// Allocated clusters stored compressed.
     #[serde(rename = "compressed-clusters", skip_serializing_if = "is_zero")]
     pub compressed_clusters: u64,
+    /// Metadata errors: a refcount that differs from the references to its cluster, a
+    /// misaligned table, a reference outside the file.
     #[serde(skip_serializing_if = "is_zero")]
     pub corruptions: u64,
+    /// Clusters with a refcount that nothing uses.
     #[serde(skip_serializing_if = "is_zero")]
     pub leaks: u64,
     /// One line per problem, as qemu-img prints them.

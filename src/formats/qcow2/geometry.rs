@@ -59,10 +59,12 @@ impl Geometry {
         })
     }
 
+    /// log2 of the cluster size.
     pub fn cluster_bits(&self) -> u32 {
         self.cluster_bits
     }
 
+    /// Bytes per cluster.
     pub fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
     }
@@ -77,6 +79,7 @@ impl Geometry {
         offset & !(self.cluster_size() - 1)
     }
 
+    /// L2 entries are 128 bits wide, with a subcluster bitmap.
     pub fn extended_l2(&self) -> bool {
         self.extended_l2
     }
@@ -134,6 +137,7 @@ impl Geometry {
         }
     }
 
+    /// log2 of the refcount width in bits.
     pub fn refcount_order(&self) -> u32 {
         self.refcount_order
     }

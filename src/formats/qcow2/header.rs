@@ -26,8 +26,8 @@ pub const COMPRESSION_TYPE_OFFSET: u32 = 104;
 
 /// `crypt_method` values.
 pub const CRYPT_NONE: u32 = 0;
-pub const CRYPT_AES: u32 = 1;
-pub const CRYPT_LUKS: u32 = 2;
+pub(crate) const CRYPT_AES: u32 = 1;
+pub(crate) const CRYPT_LUKS: u32 = 2;
 
 /// Incompatible feature bits: an image with an unknown one must not be opened.
 pub mod incompatible {
@@ -47,7 +47,7 @@ pub mod incompatible {
 
 /// Compatible feature bits: unknown ones may be ignored.
 pub mod compatible {
-    pub const LAZY_REFCOUNTS: u64 = 1 << 0;
+    pub(crate) const LAZY_REFCOUNTS: u64 = 1 << 0;
 }
 
 /// Auto-clear feature bits: a writer clears the unknown ones.
@@ -60,12 +60,12 @@ pub mod autoclear {
 
 /// Header extension types.
 pub mod extension {
-    pub const END: u32 = 0;
-    pub const BACKING_FORMAT: u32 = 0xe279_2aca;
-    pub const FEATURE_NAME_TABLE: u32 = 0x6803_f857;
-    pub const BITMAPS: u32 = 0x2385_2875;
-    pub const FULL_DISK_ENCRYPTION: u32 = 0x0537_be77;
-    pub const DATA_FILE: u32 = 0x4441_5441;
+    pub(crate) const END: u32 = 0;
+    pub(crate) const BACKING_FORMAT: u32 = 0xe279_2aca;
+    pub(crate) const FEATURE_NAME_TABLE: u32 = 0x6803_f857;
+    pub(crate) const BITMAPS: u32 = 0x2385_2875;
+    pub(crate) const FULL_DISK_ENCRYPTION: u32 = 0x0537_be77;
+    pub(crate) const DATA_FILE: u32 = 0x4441_5441;
 }
 
 /// Size of one feature name table entry.
@@ -105,7 +105,7 @@ impl CompressionType {
 /// The fixed header fields, named as the specification names them. Version 2 images get the
 /// version 3 fields' defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     pub version: u32,
     pub backing_file_offset: u64,
     pub backing_file_size: u32,
@@ -350,7 +350,7 @@ impl Header {
 /// Which feature bitmap a feature name table entry is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum FeatureKind {
+pub(crate) enum FeatureKind {
     Incompatible,
     Compatible,
     Autoclear,
@@ -360,7 +360,7 @@ pub enum FeatureKind {
 
 /// One entry of the feature name table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeatureName {
+pub(crate) struct FeatureName {
     pub kind: FeatureKind,
     pub bit: u8,
     pub name: String,
@@ -387,7 +387,7 @@ impl FeatureName {
 
 /// The bitmaps extension (persistent dirty bitmaps; ims does not read the bitmaps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BitmapsExtension {
+pub(crate) struct BitmapsExtension {
     pub nb_bitmaps: u32,
     pub bitmap_directory_size: u64,
     pub bitmap_directory_offset: u64,
@@ -395,14 +395,14 @@ pub struct BitmapsExtension {
 
 /// The full disk encryption header pointer (LUKS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EncryptionHeaderPointer {
+pub(crate) struct EncryptionHeaderPointer {
     pub offset: u64,
     pub length: u64,
 }
 
 /// The header extensions ims understands, and the types of those it skipped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Extensions {
+pub(crate) struct Extensions {
     pub backing_format: Option<String>,
     pub feature_names: Vec<FeatureName>,
     pub bitmaps: Option<BitmapsExtension>,
@@ -524,8 +524,8 @@ impl Extensions {
 /// Everything in the first cluster: the header, its extensions and the backing file name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Qcow2Header {
-    pub header: Header,
-    pub extensions: Extensions,
+    pub(crate) header: Header,
+    pub(crate) extensions: Extensions,
     backing_file: Option<String>,
 }
 
@@ -611,7 +611,7 @@ impl Qcow2Header {
         Some(self.extensions.data_file.as_deref().unwrap_or(""))
     }
 
-    pub fn has(&self, incompatible_bit: u64) -> bool {
+    pub(crate) fn has(&self, incompatible_bit: u64) -> bool {
         self.header.incompatible_features & incompatible_bit != 0
     }
 

@@ -130,10 +130,12 @@ impl Qcow2Disk {
         self.header.backing_format()
     }
 
+    /// Bytes per cluster.
     pub fn cluster_size(&self) -> u64 {
         self.geometry.cluster_size()
     }
 
+    /// The sizes and shifts that follow from the header.
     pub fn geometry(&self) -> Geometry {
         self.geometry
     }

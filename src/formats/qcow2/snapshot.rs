@@ -11,7 +11,7 @@ pub const SNAPSHOT_HEADER_SIZE: u64 = 40;
 
 /// The fixed 40 bytes that open a snapshot table entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SnapshotEntryHeader {
+pub(crate) struct SnapshotEntryHeader {
     pub l1_table_offset: u64,
     pub l1_size: u32,
     pub id_str_size: u16,
@@ -49,18 +49,25 @@ impl SnapshotEntryHeader {
 /// An internal snapshot, as listed by `info`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
+    /// id_str: the snapshot's unique id.
     pub id: String,
+    /// name: the snapshot's name.
     pub name: String,
     /// Size of the saved VM state (the 64-bit extra-data field when present).
     pub vm_state_size: u64,
+    /// date_sec: when the snapshot was taken, in seconds since the Unix epoch.
     pub date_sec: u32,
+    /// date_nsec: the nanoseconds part of that time.
     pub date_nsec: u32,
+    /// vm_clock_nsec: the guest's clock at the snapshot, in nanoseconds.
     pub vm_clock_nsec: u64,
     /// Guest instructions executed, when recorded.
     pub icount: Option<u64>,
     /// Virtual disk size when the snapshot was taken, when recorded.
     pub disk_size: Option<u64>,
+    /// l1_table_offset: where the snapshot's L1 table starts.
     pub l1_table_offset: u64,
+    /// l1_size: entries in the snapshot's L1 table.
     pub l1_size: u32,
 }
 

@@ -38,6 +38,7 @@ impl L1Entry {
         self.0 & L1E_OFFSET_MASK
     }
 
+    /// The COPIED flag: the L2 table's refcount is exactly 1, so it may be written in place.
     pub fn copied(self) -> bool {
         self.0 & OFLAG_COPIED != 0
     }
@@ -52,15 +53,19 @@ impl L1Entry {
 /// subcluster bitmap (0 otherwise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L2Entry {
+    /// The cluster descriptor: host offset or compressed location, and the flag bits.
     pub descriptor: u64,
+    /// The subcluster allocation and zero bits (extended L2 entries only).
     pub bitmap: u64,
 }
 
 impl L2Entry {
+    /// The cluster is stored compressed (bit 62).
     pub fn is_compressed(self) -> bool {
         self.descriptor & OFLAG_COMPRESSED != 0
     }
 
+    /// The COPIED flag: the cluster's refcount is exactly 1, so it may be written in place.
     pub fn copied(self) -> bool {
         self.descriptor & OFLAG_COPIED != 0
     }
@@ -88,14 +93,20 @@ pub enum ClusterType {
     /// Nothing stored: read from the backing file, or zeros.
     Unallocated,
     /// Reads as zeros; `host` is a preallocated host cluster, if any.
-    Zero { host: Option<u64> },
+    Zero {
+        /// The preallocated host cluster.
+        host: Option<u64>,
+    },
     /// Stored uncompressed at `host`.
-    Normal { host: u64 },
+    Normal {
+        /// Where the cluster is in the image file.
+        host: u64,
+    },
 }
 
 /// Classifies a standard entry (not compressed, no subclusters) of an image of `version`.
 /// Fails with the problem when the entry cannot be right.
-pub fn classify_standard(
+pub(crate) fn classify_standard(
     entry: L2Entry,
     version: u32,
     cluster_size: u64,

@@ -26,9 +26,12 @@ pub use super::header::CompressionType as Compression;
 /// What `-o` and `-c` chose for a new image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Qcow2CreateOptions {
+    /// log2 of the cluster size (`cluster_size=64k` is 16).
     pub cluster_bits: u32,
     /// 2 (`compat=0.10`) or 3 (`compat=1.1`).
     pub version: u32,
+    /// Clusters are compressed (`-c`) with this algorithm (`compression_type`); `None`
+    /// stores them plain.
     pub compression: Option<Compression>,
     /// `lazy_refcounts=on`: the compatible feature bit qemu sets. ims always writes exact
     /// refcounts, so the bit only tells later writers they may defer their updates.

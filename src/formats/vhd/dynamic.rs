@@ -7,8 +7,9 @@ use super::footer::checksum;
 use crate::error::{Error, Result};
 use crate::limits::MAX_VHD_BLOCK_SIZE;
 
-pub const HEADER_SIZE: usize = 1024;
-pub const COOKIE: &[u8; 8] = b"cxsparse";
+pub(crate) const HEADER_SIZE: usize = 1024;
+pub(crate) const COOKIE: &[u8; 8] = b"cxsparse";
+/// `header_version`: 1.0, the only version.
 pub const HEADER_VERSION: u32 = 0x0001_0000;
 /// A BAT entry for a block that is not allocated.
 pub const UNALLOCATED: u32 = u32::MAX;
@@ -23,24 +24,37 @@ pub struct ParentLocator {
     /// `W2ru` (relative Windows path, UTF-16LE), `W2ku` (absolute), `Wi2r`/`Wi2k` (deprecated),
     /// `Mac `, `MacX` (file URL, UTF-8).
     pub platform_code: [u8; 4],
+    /// platform_data_space: room reserved for the locator data (sectors, per the
+    /// specification; some writers count bytes). Not used by ims.
     pub platform_data_space: u32,
+    /// platform_data_length: bytes of locator data.
     pub platform_data_length: u32,
+    /// platform_data_offset: where the locator data is in the file.
     pub platform_data_offset: u64,
 }
 
 /// The dynamic disk header's fields, named as the VHD specification names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DynamicHeader {
+    /// data_offset: the next structure; unused, always all ones.
     pub data_offset: u64,
+    /// table_offset: where the BAT starts.
     pub table_offset: u64,
+    /// header_version: [`HEADER_VERSION`].
     pub header_version: u32,
+    /// max_table_entries: BAT entries, one per block of the disk.
     pub max_table_entries: u32,
+    /// block_size: bytes of disk per block (a power of two; 2 MiB by default).
     pub block_size: u32,
+    /// checksum: one's complement of the header's byte sum.
     pub checksum: u32,
+    /// parent_unique_id: the parent footer's `unique_id` (differencing disks).
     pub parent_unique_id: [u8; 16],
+    /// parent_time_stamp: the parent's modification time, in seconds since 2000-01-01 UTC.
     pub parent_time_stamp: u32,
     /// The parent's file name (UTF-16BE in the file).
     pub parent_unicode_name: String,
+    /// parent_locator_entries: the eight locator slots.
     pub parent_locators: Vec<ParentLocator>,
 }
 

@@ -5,10 +5,11 @@ use byteorder::{BigEndian, ByteOrder};
 
 use crate::error::{Error, Result};
 
-pub const FOOTER_SIZE: usize = 512;
-pub const COOKIE: &[u8; 8] = b"conectix";
+pub(crate) const FOOTER_SIZE: usize = 512;
+pub(crate) const COOKIE: &[u8; 8] = b"conectix";
 /// `features`: bit 1 is reserved and always set.
 pub const FEATURES_RESERVED: u32 = 0x2;
+/// `file_format_version`: 1.0, the only version.
 pub const FILE_FORMAT_VERSION: u32 = 0x0001_0000;
 /// `data_offset` of a fixed disk: no dynamic header.
 pub const NO_DATA_OFFSET: u64 = u64::MAX;
@@ -21,13 +22,16 @@ pub const MAX_GEOMETRY_SECTORS: u64 = 65535 * 16 * 255;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DiskType {
+    /// 2: the disk's bytes, then the footer.
     Fixed,
+    /// 3: blocks allocated on write, found through the BAT.
     Dynamic,
+    /// 4: a dynamic disk whose unallocated blocks read from a parent.
     Differencing,
 }
 
 impl DiskType {
-    pub fn code(self) -> u32 {
+    pub(crate) fn code(self) -> u32 {
         match self {
             DiskType::Fixed => 2,
             DiskType::Dynamic => 3,
@@ -35,7 +39,7 @@ impl DiskType {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             DiskType::Fixed => "fixed",
             DiskType::Dynamic => "dynamic",
@@ -47,8 +51,11 @@ impl DiskType {
 /// `disk_geometry`: cylinders, heads, sectors per track.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
+    /// Cylinders (at most 65535).
     pub cylinders: u16,
+    /// Heads (at most 16).
     pub heads: u8,
+    /// Sectors per track (at most 255).
     pub sectors_per_track: u8,
 }
 
@@ -105,7 +112,7 @@ pub enum SizeSource {
 }
 
 impl SizeSource {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             SizeSource::Geometry => "geometry",
             SizeSource::CurrentSize => "current_size",
@@ -116,19 +123,33 @@ impl SizeSource {
 /// The footer's fields, named as the VHD specification names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Footer {
+    /// features: flag bits; [`FEATURES_RESERVED`] is always set.
     pub features: u32,
+    /// file_format_version: [`FILE_FORMAT_VERSION`].
     pub file_format_version: u32,
+    /// data_offset: where the dynamic header is; [`NO_DATA_OFFSET`] for a fixed disk.
     pub data_offset: u64,
+    /// time_stamp: creation time, in seconds since 2000-01-01 UTC ([`VHD_EPOCH`]).
     pub time_stamp: u32,
+    /// creator_application: the tool that made the file (`vpc `, `qemu`, `win `, ...).
     pub creator_application: [u8; 4],
+    /// creator_version: that tool's version.
     pub creator_version: u32,
+    /// creator_host_os: the host it ran on (`Wi2k`, `Mac `).
     pub creator_host_os: [u8; 4],
+    /// original_size: the disk's size in bytes when it was created.
     pub original_size: u64,
+    /// current_size: the disk's size in bytes now.
     pub current_size: u64,
+    /// disk_geometry: the CHS geometry, which some creators size the disk by.
     pub disk_geometry: Geometry,
+    /// disk_type: fixed, dynamic or differencing.
     pub disk_type: DiskType,
+    /// checksum: one's complement of the footer's byte sum.
     pub checksum: u32,
+    /// unique_id: identifies the disk; a child names its parent by it.
     pub unique_id: [u8; 16],
+    /// saved_state: 1 when the disk is in a saved state (a suspended VM).
     pub saved_state: u8,
 }
 

@@ -20,17 +20,18 @@ use crate::storage::{Storage, read_exact_at};
 /// A VHD's structures, read and checked, before any parent is attached.
 pub struct VhdImage {
     storage: Arc<dyn Storage>,
-    pub footer: Footer,
+    pub(crate) footer: Footer,
     /// The footer copy at offset 0 was used because the one at the end is missing or damaged.
     pub footer_from_copy: bool,
+    /// The disk's size in bytes, from the field the creator sizes disks by.
     pub size: u64,
-    pub size_source: SizeSource,
+    pub(crate) size_source: SizeSource,
     /// The dynamic header and BAT of dynamic and differencing disks.
-    pub sparse: Option<Sparse>,
+    pub(crate) sparse: Option<Sparse>,
 }
 
 /// The parts of a dynamic or differencing disk.
-pub struct Sparse {
+pub(crate) struct Sparse {
     pub header: DynamicHeader,
     /// BAT entries for the blocks of the disk (entries past the disk are not kept).
     pub bat: Vec<u32>,

@@ -18,6 +18,7 @@ const MIB: u64 = 1 << 20;
 /// What `-o` chose for a new VHD.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VhdCreateOptions {
+    /// `subformat`: fixed or dynamic (a differencing disk cannot be created).
     pub disk_type: DiskType,
     /// Keep the exact size instead of rounding it up to a CHS geometry.
     pub force_size: bool,
@@ -25,6 +26,7 @@ pub struct VhdCreateOptions {
     pub azure: bool,
     /// Pinned footer fields, for reproducible files (tests); normally the time and a random id.
     pub time_stamp: Option<u32>,
+    /// Pinned `unique_id`, like `time_stamp`.
     pub unique_id: Option<[u8; 16]>,
 }
 
@@ -75,7 +77,7 @@ impl VhdCreateOptions {
     /// chooses them: without `force_size` the size grows to the first CHS geometry that holds
     /// it (creator `qemu`, read by geometry); with it, or past what CHS can describe, the
     /// geometry is the largest one and the footer's size is exact (creator `qem2`).
-    pub fn plan(&self, source_size: u64) -> Result<Plan> {
+    pub(crate) fn plan(&self, source_size: u64) -> Result<Plan> {
         let exact = if self.azure {
             source_size.next_multiple_of(MIB)
         } else {
@@ -145,7 +147,7 @@ impl VhdCreateOptions {
 
 /// The size, geometry and creator chosen for a new disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub size: u64,
     pub geometry: Geometry,
     pub creator: [u8; 4],
@@ -159,7 +161,7 @@ pub struct FixedWriter<S: AppendSink> {
 }
 
 impl<S: AppendSink> FixedWriter<S> {
-    pub fn new(sink: S, source_size: u64, options: &VhdCreateOptions) -> Result<Self> {
+    pub(crate) fn new(sink: S, source_size: u64, options: &VhdCreateOptions) -> Result<Self> {
         let plan = options.plan(source_size)?;
         Ok(FixedWriter {
             sink,
@@ -211,7 +213,11 @@ pub struct DynamicWriter {
 const TABLE_OFFSET: u64 = (FOOTER_SIZE + HEADER_SIZE) as u64;
 
 impl DynamicWriter {
-    pub fn new(sink: FileSink, source_size: u64, options: &VhdCreateOptions) -> Result<Self> {
+    pub(crate) fn new(
+        sink: FileSink,
+        source_size: u64,
+        options: &VhdCreateOptions,
+    ) -> Result<Self> {
         let plan = options.plan(source_size)?;
         let block_size = DEFAULT_BLOCK_SIZE;
         let blocks = plan.size.div_ceil(u64::from(block_size));

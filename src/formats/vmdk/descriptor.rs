@@ -18,13 +18,16 @@ const S: &str = "vmdk descriptor";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Access {
+    /// `RW`: read and write.
     Rw,
+    /// `RDONLY`: read only.
     RdOnly,
+    /// `NOACCESS`: neither; the extent's sectors cannot be used.
     NoAccess,
 }
 
 impl Access {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Access::Rw => "RW",
             Access::RdOnly => "RDONLY",
@@ -49,11 +52,12 @@ pub enum ExtentType {
     VmfsSparse,
     /// Raw device mappings: refused, they name devices.
     VmfsRdm,
+    /// Raw device access (`VMFSRAW`): refused like `VMFSRDM`.
     VmfsRaw,
 }
 
 impl ExtentType {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ExtentType::Sparse => "SPARSE",
             ExtentType::Flat => "FLAT",
@@ -82,9 +86,11 @@ impl ExtentType {
 /// One extent line: `ACCESS SECTORS TYPE ["FILENAME" [OFFSET]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtentLine {
+    /// Whether the extent may be read and written.
     pub access: Access,
     /// Sectors of the disk this extent holds.
     pub sectors: u64,
+    /// How the extent stores its sectors.
     pub kind: ExtentType,
     /// The extent's file, as written (relative to the descriptor's directory); `None` for ZERO.
     pub file_name: Option<String>,
@@ -97,11 +103,17 @@ pub struct ExtentLine {
 /// A parsed descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
+    /// `version`: the descriptor format's version (1, 2 or 3).
     pub version: u32,
+    /// `CID`: content id, changed when the disk is written; a child records its parent's.
     pub cid: u32,
+    /// `parentCID`: the parent's content id, or [`NO_PARENT_CID`].
     pub parent_cid: u32,
+    /// `createType`: the layout (`monolithicSparse`, `streamOptimized`, `twoGbMaxExtentFlat`, ...).
     pub create_type: Option<String>,
+    /// `parentFileNameHint`: the parent's file name, for a child disk.
     pub parent_file_name_hint: Option<String>,
+    /// The extent lines, in file order.
     pub extents: Vec<ExtentLine>,
     /// The disk database (`ddb.*` keys) in file order.
     pub ddb: Vec<(String, String)>,

@@ -10,9 +10,13 @@ use super::descriptor::Descriptor;
 pub struct VmdkInfo {
     /// The descriptor's content id (none for an extent opened without a descriptor).
     pub cid: Option<u32>,
+    /// The parent's content id (`parentCID`).
     pub parent_cid: Option<u32>,
+    /// The descriptor's `createType`.
     pub create_type: Option<String>,
+    /// The parent's file name, for a child disk.
     pub parent_file_name_hint: Option<String>,
+    /// The extents, in disk order.
     pub extents: Vec<VmdkExtentInfo>,
 }
 
@@ -33,7 +37,9 @@ impl VmdkInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct VmdkExtentInfo {
+    /// The extent's file, as the descriptor names it.
     pub filename: String,
+    /// Bytes of the disk the extent holds.
     pub virtual_size: u64,
     /// `SPARSE`, `FLAT`, `ZERO`, or the descriptor's type of an extent that was not opened.
     pub format: String,

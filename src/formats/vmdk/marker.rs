@@ -11,15 +11,20 @@ const SECTOR: usize = 512;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MarkerType {
+    /// 0: the stream ends here.
     EndOfStream,
+    /// 1: a grain table follows.
     GrainTable,
+    /// 2: the grain directory follows.
     GrainDirectory,
+    /// 3: the footer (a copy of the header) follows.
     Footer,
+    /// A type the format does not define.
     Other(u32),
 }
 
 impl MarkerType {
-    pub fn code(self) -> u32 {
+    pub(crate) fn code(self) -> u32 {
         match self {
             MarkerType::EndOfStream => 0,
             MarkerType::GrainTable => 1,
@@ -45,9 +50,19 @@ impl MarkerType {
 #[non_exhaustive]
 pub enum Marker {
     /// A compressed grain of `size` bytes for the sectors from `lba`; the data follows the head.
-    Grain { lba: u64, size: u32 },
+    Grain {
+        /// The grain's first sector in the virtual disk.
+        lba: u64,
+        /// Bytes of compressed data.
+        size: u32,
+    },
     /// Metadata of `num_sectors` sectors follows this marker's sector.
-    Metadata { num_sectors: u64, kind: MarkerType },
+    Metadata {
+        /// Sectors of metadata after the marker.
+        num_sectors: u64,
+        /// What the metadata is.
+        kind: MarkerType,
+    },
 }
 
 impl Marker {

@@ -17,21 +17,31 @@ use crate::storage::Storage;
 #[non_exhaustive]
 pub enum ExtentData {
     /// Plain sectors in `file` from byte `offset`.
-    Flat { file: Arc<dyn Storage>, offset: u64 },
+    Flat {
+        /// The file holding the sectors.
+        file: Arc<dyn Storage>,
+        /// Where the extent's first sector is in `file`.
+        offset: u64,
+    },
     /// Sectors that read as zeros.
     Zero,
     /// A hosted sparse extent.
     Sparse(Box<SparseExtent>),
     /// An extent in a file the open options do not let ims open (`kind` is its type): every
     /// read or map of it fails with the reference error.
-    Refused { kind: &'static str },
+    Refused {
+        /// The extent's type, as the descriptor gives it.
+        kind: &'static str,
+    },
 }
 
 /// One extent of the disk.
 pub struct VmdkExtent {
     /// Where the extent starts on the disk, in bytes, and its length.
     pub start: u64,
+    /// Bytes of the disk the extent holds.
     pub length: u64,
+    /// Where the extent's sectors are.
     pub data: ExtentData,
     /// The extent's file name as the descriptor gives it (the image's own for embedded ones).
     pub file_name: String,
@@ -59,7 +69,7 @@ pub struct VmdkDisk {
 
 impl VmdkDisk {
     /// A reader over `extents`, which must be in order, without gaps, and cover `size` bytes.
-    pub fn reader(
+    pub(crate) fn reader(
         size: u64,
         extents: Vec<VmdkExtent>,
         descriptor: Option<Descriptor>,

@@ -16,9 +16,9 @@ use crate::limits::{
 };
 use crate::storage::{Storage, read_exact_at};
 
-pub const SECTOR: u64 = 512;
-pub const HEADER_SIZE: usize = 512;
-pub const MAGIC: &[u8; 4] = b"KDMV";
+pub(crate) const SECTOR: u64 = 512;
+pub(crate) const HEADER_SIZE: usize = 512;
+pub(crate) const MAGIC: &[u8; 4] = b"KDMV";
 /// `flags` bit 0: the four newline characters are valid (detects text-mode transfers).
 pub const FLAG_NEWLINE_TEST: u32 = 1 << 0;
 /// Bit 1: a redundant GD and GTs exist (ims reads only the primary ones).
@@ -52,21 +52,31 @@ const S: &str = "vmdk sparse header";
 /// The sparse extent header, its fields named as VMware's specification names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SparseHeader {
+    /// version: 1, 2 (zeroed-grain entries) or 3 (stream-optimized).
     pub version: u32,
+    /// flags: the `FLAG_*` bits.
     pub flags: u32,
     /// The extent's size in sectors.
     pub capacity: u64,
     /// Sectors per grain.
     pub grain_size: u64,
+    /// descriptorOffset: sector of the embedded descriptor (0 when there is none).
     pub descriptor_offset: u64,
+    /// descriptorSize: sectors reserved for the embedded descriptor.
     pub descriptor_size: u64,
+    /// numGTEsPerGT: entries per grain table (512 in every known writer).
     pub num_gtes_per_gt: u32,
+    /// rgdOffset: sector of the redundant grain directory.
     pub rgd_offset: u64,
+    /// gdOffset: sector of the grain directory, or [`GD_AT_END`].
     pub gd_offset: u64,
     /// Sectors of metadata before the first grain.
     pub over_head: u64,
+    /// uncleanShutdown: the extent was not closed cleanly.
     pub unclean_shutdown: u8,
+    /// singleEndLineChar, nonEndLineChar, doubleEndLineChar1 and 2: [`NEWLINE_CHARS`].
     pub newline_chars: [u8; 4],
+    /// compressAlgorithm: 0 (none) or [`COMPRESSION_DEFLATE`].
     pub compress_algorithm: u16,
 }
 
@@ -182,14 +192,17 @@ impl SparseHeader {
         b
     }
 
+    /// Grains are compressed ([`FLAG_COMPRESSED`]).
     pub fn compressed(&self) -> bool {
         self.flags & FLAG_COMPRESSED != 0
     }
 
+    /// Grains and metadata open with markers ([`FLAG_MARKERS`]).
     pub fn has_markers(&self) -> bool {
         self.flags & FLAG_MARKERS != 0
     }
 
+    /// A grain table entry of 1 means a zeroed grain ([`FLAG_ZEROED_GRAIN`]).
     pub fn zeroed_grain(&self) -> bool {
         self.flags & FLAG_ZEROED_GRAIN != 0
     }
@@ -238,7 +251,7 @@ pub enum Grain {
 pub struct SparseExtent {
     file: Arc<dyn Storage>,
     file_len: u64,
-    pub header: SparseHeader,
+    pub(crate) header: SparseHeader,
     /// The GD entries (sector offsets of GTs; 0 for none), each checked against the file.
     gd: Vec<u32>,
     /// Where the GD is, for errors.
@@ -247,7 +260,7 @@ pub struct SparseExtent {
 }
 
 /// Reads the header at offset 0 of a file of `file_len` bytes.
-pub fn read_header(file: &dyn Storage, file_len: u64) -> Result<SparseHeader> {
+pub(crate) fn read_header(file: &dyn Storage, file_len: u64) -> Result<SparseHeader> {
     if file_len < HEADER_SIZE as u64 {
         return Err(Error::truncated(S, 0, HEADER_SIZE as u64, file_len));
     }
@@ -258,7 +271,7 @@ pub fn read_header(file: &dyn Storage, file_len: u64) -> Result<SparseHeader> {
 
 /// Reads the embedded descriptor's bytes, if the header has one, after checking that it lies in
 /// the file and under the descriptor cap.
-pub fn read_embedded_descriptor(
+pub(crate) fn read_embedded_descriptor(
     file: &dyn Storage,
     file_len: u64,
     header: &SparseHeader,
@@ -297,7 +310,7 @@ pub fn read_embedded_descriptor(
 /// Reads the footer of a streamOptimized extent whose header says [`GD_AT_END`]: a footer
 /// marker, the footer (a header copy with the real `gdOffset`) and the end-of-stream marker,
 /// in the file's last three sectors.
-pub fn read_footer(
+pub(crate) fn read_footer(
     file: &dyn Storage,
     file_len: u64,
     header: &SparseHeader,

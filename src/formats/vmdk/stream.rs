@@ -339,7 +339,7 @@ impl<R: Read + Send> ChunkStream for StreamReader<R> {
 
 /// Compresses one grain on the pipeline's workers into its whole on-disk form: grain marker
 /// (LBA, size), zlib stream, zeros to the end of the sector.
-pub struct GrainCompressor {
+pub(crate) struct GrainCompressor {
     pub grain_bytes: usize,
 }
 

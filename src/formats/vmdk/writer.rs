@@ -16,13 +16,16 @@ use crate::limits::{MAX_HW_VERSION, MAX_VMDK_DISK_BYTES};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Subformat {
+    /// One file: a sparse extent with its descriptor embedded.
     MonolithicSparse,
+    /// One file of compressed grains with markers, written front to back.
     StreamOptimized,
+    /// A descriptor file and one flat extent file beside it.
     MonolithicFlat,
 }
 
 impl Subformat {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Subformat::MonolithicSparse => "monolithicSparse",
             Subformat::StreamOptimized => "streamOptimized",
@@ -35,14 +38,18 @@ impl Subformat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Adapter {
+    /// `ide` (the default).
     Ide,
+    /// `lsilogic`: LSI Logic SCSI.
     LsiLogic,
+    /// `buslogic`: BusLogic SCSI.
     BusLogic,
+    /// `legacyESX`: ESX's legacy SCSI.
     LegacyEsx,
 }
 
 impl Adapter {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Adapter::Ide => "ide",
             Adapter::LsiLogic => "lsilogic",
@@ -70,9 +77,13 @@ pub const DEFAULT_HW_VERSION: u32 = 4;
 /// What `-o` chose for a new VMDK.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmdkCreateOptions {
+    /// `subformat`: the layout to write.
     pub subformat: Subformat,
+    /// `adapter_type`: recorded as `ddb.adapterType`; sets the geometry's heads.
     pub adapter: Adapter,
+    /// `hwversion` (`compat6` sets 6): recorded as `ddb.virtualHWVersion`.
     pub hw_version: u32,
+    /// `toolsversion`: recorded as `ddb.toolsVersion`.
     pub tools_version: u32,
     /// Mark the sparse extent as knowing zeroed-grain entries (version 2, flag bit 2).
     pub zeroed_grain: bool,
@@ -247,7 +258,12 @@ pub struct SparseWriter {
 }
 
 impl SparseWriter {
-    pub fn new(sink: FileSink, size: u64, descriptor: &str, zeroed_grain: bool) -> Result<Self> {
+    pub(crate) fn new(
+        sink: FileSink,
+        size: u64,
+        descriptor: &str,
+        zeroed_grain: bool,
+    ) -> Result<Self> {
         let capacity = capacity_for(size)?;
         let desc_sectors = (descriptor.len() as u64)
             .div_ceil(SECTOR)

@@ -80,7 +80,7 @@ pub const NON_ZERO_BLK_NUM_OFFSET: usize = off::NON_ZERO_BLK_NUM;
 /// Which of the two formats a record belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Kind {
+pub(crate) enum Kind {
     Zvhd,
     Zvhd2,
 }
@@ -98,46 +98,75 @@ impl Kind {
 /// fields zero.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZvhdHeader {
+    /// cookie: `stream\0\0` (ZVHD) or `z2strm\0\0` (ZVHD2).
     pub cookie: [u8; 8],
+    /// features: VHD feature bits (2: the reserved bit).
     pub features: u32,
+    /// ff_version: file format version, 0x00010000.
     pub ff_version: u32,
+    /// data_offset: unused, all ones.
     pub data_offset: u64,
     /// Seconds since 2000-01-01 00:00:00 UTC.
     pub timestamp: u32,
+    /// crtr_app: the creator application (`tap\0`).
     pub crtr_app: [u8; 4],
+    /// crtr_ver: the creator's version.
     pub crtr_ver: u32,
+    /// crtr_os: the creator's host OS (0).
     pub crtr_os: u32,
     /// The disk's real size in bytes (a multiple of 512).
     pub orig_size: u64,
     /// `orig_size` rounded up to a whole GiB: the size the reference reports.
     pub curr_size: u64,
+    /// geometry: VHD CHS geometry of `orig_size` (cylinders << 16, heads << 8, sectors);
+    /// informational.
     pub geometry: u32,
+    /// type: the VHD disk type (4).
     pub disk_type: u32,
+    /// checksum: complement of the byte sum of the 512 field bytes.
     pub checksum: u32,
+    /// uuid: random, identifies the image.
     pub uuid: [u8; 16],
+    /// saved: VHD saved state (0).
     pub saved: u8,
+    /// hidden: 0; set only by blktap's old checksum rule.
     pub hidden: u8,
+    /// align_64: 0.
     pub align_64: u8,
+    /// zvhd2_version: 1 in ZVHD2, 0 in ZVHD.
     pub zvhd2_version: u8,
+    /// block_size: bytes of disk per block (2 MiB).
     pub block_size: u32,
+    /// max_blk_num: blocks in `orig_size`, rounded up.
     pub max_blk_num: u32,
+    /// index_lba: where the index starts, in bytes (final footer only).
     pub index_lba: u64,
+    /// bitmap_lba: where the bitmap starts, in bytes (final footer only).
     pub bitmap_lba: u64,
+    /// index_size: bytes of index (`index_seg_num` segments).
     pub index_size: u32,
+    /// bitmap_size: bytes of bitmap (`bitmap_seg_num` segments).
     pub bitmap_size: u32,
+    /// index_seg_size: bytes per index segment.
     pub index_seg_size: u32,
+    /// bitmap_seg_size: bytes per bitmap segment.
     pub bitmap_seg_size: u32,
+    /// index_seg_num: index segments.
     pub index_seg_num: u32,
+    /// bitmap_seg_num: bitmap segments.
     pub bitmap_seg_num: u32,
+    /// non_zero_blk_num: blocks with a record (data blocks).
     pub non_zero_blk_num: u32,
+    /// index_contains_zero_blk: 0 (the index lists data blocks only).
     pub index_contains_zero_blk: u8,
+    /// compress_method: 0 zlib, 1 zstd.
     pub compress_method: u8,
 }
 
 impl ZvhdHeader {
     /// A fresh header as the reference writer makes it at creation (ZVHD2's index fields 0).
     /// `orig_size` must be a non-zero multiple of 512 (see [`orig_size_for`]).
-    pub fn new(
+    pub(crate) fn new(
         kind: Kind,
         orig_size: u64,
         timestamp: u32,
@@ -291,12 +320,17 @@ impl ZvhdHeader {
     }
 
     /// Whether the first 6 bytes of the cookie are `kind`'s.
-    pub fn has_cookie(&self, kind: Kind) -> bool {
+    pub(crate) fn has_cookie(&self, kind: Kind) -> bool {
         self.cookie[..COOKIE_COMPARED] == kind.cookie()[..COOKIE_COMPARED]
     }
 
     /// Checks the cookie against `kind`.
-    pub fn check_cookie(&self, kind: Kind, structure: &'static str, offset: u64) -> Result<()> {
+    pub(crate) fn check_cookie(
+        &self,
+        kind: Kind,
+        structure: &'static str,
+        offset: u64,
+    ) -> Result<()> {
         if self.has_cookie(kind) {
             return Ok(());
         }

@@ -25,7 +25,7 @@ pub const BLOCKS_PER_BITMAP_SEG: u64 = BITMAP_SEG_SIZE as u64 * 8;
 
 /// One index entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IndexEntry {
+pub(crate) struct IndexEntry {
     /// File offset of the record.
     pub blk_offset: u64,
     /// The block the record holds.

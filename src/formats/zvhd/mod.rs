@@ -65,7 +65,7 @@ impl Zvhd2Compression {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Zvhd2Compression::Zlib => "zlib",
             Zvhd2Compression::Zstd => "zstd",

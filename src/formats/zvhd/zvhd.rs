@@ -331,6 +331,7 @@ fn read_full(
 /// What [`scan_records`] finds without inflating anything.
 #[derive(Debug, Clone)]
 pub struct RecordScan {
+    /// The header at the start of the file.
     pub header: ZvhdHeader,
     /// How many records (non-zero blocks) there are.
     pub data_blocks: u64,
