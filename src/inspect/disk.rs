@@ -35,6 +35,7 @@ pub struct Disk {
 }
 
 impl Disk {
+    /// Inspects the disk `reader` reads, through a small page cache.
     pub fn new(reader: Arc<dyn BlockReader>) -> Arc<Disk> {
         let size = reader.virtual_size();
         Arc::new(Disk {
@@ -51,6 +52,7 @@ impl Disk {
         })
     }
 
+    /// The disk's size in bytes.
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -157,7 +159,7 @@ impl Disk {
 
 /// A run of a volume stored contiguously on the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span {
+pub(crate) struct Span {
     /// Offset in the volume.
     pub offset: u64,
     /// Offset on the disk.
@@ -169,7 +171,7 @@ pub struct Span {
 /// made of several runs.
 #[derive(Clone)]
 pub struct Volume {
-    pub disk: Arc<Disk>,
+    pub(crate) disk: Arc<Disk>,
     /// Its length in bytes.
     pub len: u64,
     /// The runs, in volume order, covering `[0, len)` without gaps; each lies on the disk.
@@ -190,7 +192,7 @@ impl Volume {
     }
 
     /// A volume of `spans` (in order, without gaps from 0), each inside the disk.
-    pub fn mapped(disk: Arc<Disk>, spans: Vec<Span>) -> Result<Volume> {
+    pub(crate) fn mapped(disk: Arc<Disk>, spans: Vec<Span>) -> Result<Volume> {
         let mut len = 0u64;
         for s in &spans {
             if s.offset != len

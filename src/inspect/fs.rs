@@ -34,6 +34,7 @@ pub trait GuestFs {
 pub trait ReadAt {
     /// The data's length.
     fn len(&self) -> u64;
+    /// Whether the data is empty.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -229,6 +230,7 @@ type FatDir<'a> = fatfs::Dir<'a, VolumeCursor>;
 type FatEntry<'a> = fatfs::DirEntry<'a, VolumeCursor>;
 
 impl FatFs {
+    /// Opens the FAT file system on `vol`.
     pub fn open(vol: &Volume) -> Result<FatFs> {
         let fs = guarded("fat file system", || {
             fatfs::FileSystem::new(vol.cursor(), fatfs::FsOptions::new()).map_err(fat_error)

@@ -10,17 +10,18 @@ use crate::limits::MAX_GPT_ARRAY_BYTES;
 
 use super::disk::Disk;
 
-pub const SIGNATURE: &[u8; 8] = b"EFI PART";
-pub const MIN_HEADER_SIZE: u32 = 92;
-pub const MIN_ENTRY_SIZE: u32 = 128;
+pub(crate) const SIGNATURE: &[u8; 8] = b"EFI PART";
+pub(crate) const MIN_HEADER_SIZE: u32 = 92;
+pub(crate) const MIN_ENTRY_SIZE: u32 = 128;
 
-pub const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+pub(crate) const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 /// A GUID as the 16 bytes stored on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Guid(pub [u8; 16]);
 
 impl Guid {
+    /// All zeros: an unused entry's type, or no GUID.
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 16]
     }
@@ -47,7 +48,7 @@ impl Guid {
 
 /// The GPT header's fields, named as the UEFI specification names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GptHeader {
+pub(crate) struct GptHeader {
     pub revision: u32,
     pub header_size: u32,
     pub header_crc32: u32,
@@ -137,7 +138,7 @@ impl GptHeader {
 
 /// One partition entry, with the name decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GptEntry {
+pub(crate) struct GptEntry {
     /// 1-based index in the array.
     pub index: u32,
     pub partition_type_guid: Guid,
@@ -150,7 +151,7 @@ pub struct GptEntry {
 
 /// The table read from one header and its array.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Gpt {
+pub(crate) struct Gpt {
     pub header: GptHeader,
     pub entries: Vec<GptEntry>,
     /// The logical block size the table was found with.
@@ -158,7 +159,7 @@ pub struct Gpt {
 }
 
 /// Reads the header at `lba` and its entry array, checking both CRCs.
-pub fn read_at_lba(disk: &Disk, lba: u64, block_size: u64) -> Result<Gpt> {
+pub(crate) fn read_at_lba(disk: &Disk, lba: u64, block_size: u64) -> Result<Gpt> {
     let offset = lba
         .checked_mul(block_size)
         .ok_or_else(|| Error::malformed("gpt header", lba, "lba overflows"))?;
@@ -246,7 +247,7 @@ pub fn has_signature(disk: &Disk, lba: u64, block_size: u64) -> bool {
 
 /// The table: the primary when it is sound, else the backup (at the primary's alternate LBA,
 /// or the disk's last block), with a note saying the primary was damaged.
-pub fn read(disk: &Disk, block_size: u64) -> Result<(Gpt, Option<String>)> {
+pub(crate) fn read(disk: &Disk, block_size: u64) -> Result<(Gpt, Option<String>)> {
     let primary = read_at_lba(disk, 1, block_size);
     let primary_err = match primary {
         Ok(g) => return Ok((g, None)),

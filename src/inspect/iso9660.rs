@@ -16,7 +16,9 @@ const PLATFORM_EFI: u8 = 0xef;
 /// Whether the disc boots on BIOS and on UEFI machines.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BootPlatforms {
+    /// The boot catalog has an x86 (BIOS) entry.
     pub bios: bool,
+    /// The boot catalog has an EFI entry.
     pub uefi: bool,
 }
 

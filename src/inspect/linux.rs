@@ -10,13 +10,21 @@ use crate::limits::{MAX_FILE_READ, MAX_MODULE_DIRS};
 /// What a Linux root file system says about the guest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinuxFacts {
+    /// The distribution's id, normalised (`ubuntu`, `centos`, `rhel`, ...).
     pub distro: Option<String>,
+    /// The distribution's version (os-release's `VERSION_ID`).
     pub os_version: Option<String>,
+    /// The distribution's full name (os-release's `PRETTY_NAME`).
     pub product_name: Option<String>,
+    /// The architecture of the system's executables (`x86_64`, `aarch64`, ...).
     pub arch: Option<&'static str>,
+    /// The configured host name (/etc/hostname).
     pub hostname: Option<String>,
+    /// Kernel versions found in /boot.
     pub kernels: Vec<String>,
+    /// cloud-init is installed.
     pub cloud_init: bool,
+    /// The virtio drivers found, as modules or built in.
     pub virtio_drivers: Vec<String>,
     /// Facts that could not be read, and why.
     pub notes: Vec<String>,

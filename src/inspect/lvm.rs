@@ -14,9 +14,9 @@ use crate::limits::{MAX_LVM_AREAS, MAX_LVM_DEPTH, MAX_LVM_METADATA, MAX_LVM_SEGM
 
 use super::disk::{Span, Volume};
 
-pub const LABEL_ID: &[u8; 8] = b"LABELONE";
-pub const LVM2_TYPE: &[u8; 8] = b"LVM2 001";
-pub const FMTT_MAGIC: &[u8; 16] = b" LVM2 x[5A%r0N*>";
+pub(crate) const LABEL_ID: &[u8; 8] = b"LABELONE";
+pub(crate) const LVM2_TYPE: &[u8; 8] = b"LVM2 001";
+pub(crate) const FMTT_MAGIC: &[u8; 16] = b" LVM2 x[5A%r0N*>";
 const SECTOR: u64 = 512;
 
 const S: &str = "lvm2 physical volume";
@@ -131,7 +131,7 @@ fn metadata_text(vol: &Volume, mda_offset: u64, mda_size: u64) -> Result<Option<
 /// A value of the metadata text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ConfigValue {
+pub(crate) enum ConfigValue {
     Number(i64),
     String(String),
     List(Vec<ConfigValue>),
@@ -166,7 +166,7 @@ impl ConfigValue {
 }
 
 /// Parses LVM's configuration syntax into a section.
-pub fn parse_config(text: &str) -> Result<ConfigValue> {
+pub(crate) fn parse_config(text: &str) -> Result<ConfigValue> {
     let mut p = Parser {
         b: text.as_bytes(),
         pos: 0,
@@ -310,7 +310,9 @@ impl Parser<'_> {
 /// A linear logical volume's place: runs of its physical volumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogicalVolume {
+    /// The volume group's name.
     pub vg: String,
+    /// The logical volume's name.
     pub name: String,
     /// (offset in the LV, PV UUID without dashes, offset in the PV, length), in LV order.
     pub runs: Vec<(u64, String, u64, u64)>,

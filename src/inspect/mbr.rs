@@ -9,7 +9,7 @@ use crate::limits::MAX_MBR_LOGICAL;
 
 use super::disk::Disk;
 
-pub const SECTOR: u64 = 512;
+pub(crate) const SECTOR: u64 = 512;
 /// Bytes of boot code before the disk signature.
 pub const BOOT_CODE_SIZE: usize = 440;
 const ENTRIES_AT: usize = 446;
@@ -21,7 +21,7 @@ pub const TYPE_EFI_SYSTEM: u8 = 0xef;
 
 /// One 16-byte partition entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MbrEntry {
+pub(crate) struct MbrEntry {
     pub boot_indicator: u8,
     pub partition_type: u8,
     pub starting_lba: u32,
@@ -49,7 +49,7 @@ impl MbrEntry {
 
 /// A parsed boot record (the MBR or one EBR).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootRecord {
+pub(crate) struct BootRecord {
     pub unique_mbr_disk_signature: u32,
     pub entries: [MbrEntry; 4],
 }
@@ -93,7 +93,7 @@ pub fn has_boot_code(sector: &[u8; 512]) -> bool {
 
 /// A partition found in the MBR or the EBR chain, in sectors from the start of the disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MbrPartition {
+pub(crate) struct MbrPartition {
     /// 1-4 for primary partitions, 5 on for logical ones.
     pub number: u32,
     pub partition_type: u8,
@@ -105,7 +105,7 @@ pub struct MbrPartition {
 /// Walks the EBR chain of the extended partition starting at `extended_lba` with
 /// `extended_sectors` sectors. Returns the logical partitions, numbered from 5, and a note for
 /// each problem that ended the walk early.
-pub fn read_logical(
+pub(crate) fn read_logical(
     disk: &Disk,
     extended_lba: u64,
     extended_sectors: u64,

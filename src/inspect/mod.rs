@@ -62,8 +62,11 @@ pub enum ImageKind {
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum OsType {
+    /// A Linux distribution (an os-release or release file was found).
     Linux,
+    /// Windows (a SOFTWARE registry hive was found).
     Windows,
+    /// No operating system was recognised.
     Unknown,
 }
 
@@ -78,6 +81,7 @@ pub enum Firmware {
     Bios,
     /// Both of the above.
     Both,
+    /// Neither was found.
     Unknown,
 }
 
@@ -87,15 +91,19 @@ pub struct VolumeFacts {
     /// The file system (`ext4`, `xfs`, `fat32`, `ntfs`, `swap`, `lvm2_member`, ...), or
     /// `null` when nothing was recognised.
     pub filesystem: Option<FsKind>,
+    /// The file system's label.
     pub label: Option<String>,
+    /// The file system's UUID, or its volume serial number.
     pub uuid: Option<String>,
 }
 
 /// A partition and what it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartitionFacts {
+    /// The partition table's entry.
     #[serde(flatten)]
     pub partition: Partition,
+    /// What the partition holds.
     #[serde(flatten)]
     pub volume: VolumeFacts,
 }
@@ -105,7 +113,9 @@ pub struct PartitionFacts {
 pub struct LogicalVolumeFacts {
     /// `VG/LV`, as `centos/root`.
     pub name: String,
+    /// The volume's size in bytes.
     pub size: u64,
+    /// What the volume holds.
     #[serde(flatten)]
     pub volume: VolumeFacts,
 }
@@ -117,24 +127,32 @@ pub struct RootFilesystem {
     pub partition: Option<u32>,
     /// The LVM2 logical volume (`VG/LV`) it is on.
     pub logical_volume: Option<String>,
+    /// Its file system.
     pub filesystem: FsKind,
+    /// The file system's UUID.
     pub uuid: Option<String>,
+    /// The file system's label.
     pub label: Option<String>,
 }
 
 /// Everything inspection found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Inspection {
+    /// The disk's size in bytes.
     pub virtual_size: u64,
+    /// GPT, MBR, or none.
     pub partition_table: TableKind,
     /// The GPT disk GUID, or the MBR disk signature.
     pub disk_id: Option<String>,
+    /// The partitions, in table order.
     pub partitions: Vec<PartitionFacts>,
     /// The file system on the whole disk, when there is no partition table.
     pub whole_disk: Option<VolumeFacts>,
     /// Linear LVM2 logical volumes found on the physical volumes.
     pub logical_volumes: Vec<LogicalVolumeFacts>,
+    /// System disk, data disk or ISO.
     pub image_kind: ImageKind,
+    /// The operating system family.
     pub os_type: OsType,
     /// `ubuntu`, `debian`, `centos`, `rhel`, `rocky`, `almalinux`, `opensuse`, `sles`,
     /// `openeuler`, `euleros`, `fedora`, `alpine`, `windows`, ... (os-release's `ID`).
@@ -143,11 +161,15 @@ pub struct Inspection {
     pub os_version: Option<String>,
     /// Windows' build number.
     pub os_build: Option<String>,
+    /// The name the system gives itself (os-release's `PRETTY_NAME`, Windows' `ProductName`).
     pub product_name: Option<String>,
     /// `x86_64`, `aarch64`, `i686`, ..., or `unknown`.
     pub arch: String,
+    /// How the guest boots.
     pub firmware: Firmware,
+    /// Where the operating system's root is, when one was found.
     pub root_filesystem: Option<RootFilesystem>,
+    /// The guest's configured host name.
     pub hostname: Option<String>,
     /// Kernel versions found in /boot.
     pub kernels: Vec<String>,
@@ -157,6 +179,7 @@ pub struct Inspection {
     pub cloud_init_agent: Option<String>,
     /// Whether a virtio block driver is there (virtio_blk or virtio_scsi; viostor or vioscsi).
     pub virtio: bool,
+    /// The virtio drivers found (`virtio_blk`, `virtio_net`, ...; `viostor`, `netkvm`, ...).
     pub virtio_drivers: Vec<String>,
     /// EFI loaders found on EFI system partitions (`EFI/BOOT/BOOTX64.EFI`).
     pub efi_loaders: Vec<String>,

@@ -84,6 +84,7 @@ impl<R: Read + Seek> ReadAt for Attached<R> {
 }
 
 impl NtfsFs {
+    /// Opens the NTFS file system on `vol`.
     pub fn open(vol: &Volume) -> Result<NtfsFs> {
         check_length(vol)?;
         guarded(S, || {

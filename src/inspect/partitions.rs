@@ -13,13 +13,16 @@ use super::mbr::{self, BootRecord, MbrPartition, SECTOR};
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum TableKind {
+    /// A GUID partition table (a protective MBR before it).
     Gpt,
+    /// A DOS partition table, with logical partitions in extended ones.
     Mbr,
     /// No table: the disk is empty or holds one file system from its first byte.
     None,
 }
 
 impl TableKind {
+    /// `gpt`, `mbr` or `none`.
     pub fn name(self) -> &'static str {
         match self {
             TableKind::Gpt => "gpt",
@@ -47,6 +50,7 @@ pub struct Partition {
     pub start: u64,
     /// Length in bytes.
     pub size: u64,
+    /// What the entry's type field says.
     #[serde(rename = "type")]
     pub partition_type: PartitionType,
     /// The GPT partition name.
@@ -66,10 +70,10 @@ pub struct Partition {
 }
 
 impl Partition {
-    pub fn is_esp(&self) -> bool {
+    pub(crate) fn is_esp(&self) -> bool {
         self.partition_type.name == "EFI System"
     }
-    pub fn is_bios_boot(&self) -> bool {
+    pub(crate) fn is_bios_boot(&self) -> bool {
         self.partition_type.name == "BIOS boot"
     }
     /// Whether the entry may be read as a volume.
@@ -81,9 +85,11 @@ impl Partition {
 /// The disk's partition table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
+    /// GPT, MBR or none.
     pub kind: TableKind,
     /// GPT disk GUID, or the MBR disk signature as 8 hex digits.
     pub disk_id: Option<String>,
+    /// The entries, by partition number (MBR logical partitions after the primary ones).
     pub partitions: Vec<Partition>,
     /// Whether the first sector holds boot code (a BIOS boot loader) before the table.
     pub mbr_boot_code: bool,

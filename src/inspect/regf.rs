@@ -16,8 +16,8 @@ use crate::limits::{MAX_REGF_CELL, MAX_REGF_CELLS};
 
 use super::fs::ReadAt;
 
-pub const REGF_SIGNATURE: &[u8; 4] = b"regf";
-pub const BASE_BLOCK_SIZE: u64 = 4096;
+pub(crate) const REGF_SIGNATURE: &[u8; 4] = b"regf";
+pub(crate) const BASE_BLOCK_SIZE: u64 = 4096;
 /// `nk` flags: the key name is stored in Latin-1, not UTF-16LE.
 pub const KEY_COMP_NAME: u16 = 0x0020;
 /// `vk` flags: the value name is stored in Latin-1.
@@ -30,11 +30,17 @@ const S: &str = "registry hive";
 /// A key node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
+    /// Where the `nk` cell is, relative to the end of the base block (4096 bytes).
     pub offset: u32,
+    /// Key name: the key's name.
     pub name: String,
+    /// Number of subkeys: how many subkeys the key has.
     pub number_of_subkeys: u32,
+    /// Subkeys list offset: the cell listing the subkeys.
     pub subkeys_list_offset: u32,
+    /// Number of key values: how many values the key has.
     pub number_of_values: u32,
+    /// Key values list offset: the cell listing the values.
     pub values_list_offset: u32,
 }
 
@@ -66,7 +72,7 @@ impl Value {
         }
     }
 
-    pub fn as_u32(&self) -> Option<u32> {
+    pub(crate) fn as_u32(&self) -> Option<u32> {
         match self {
             Value::Dword(d) => Some(*d),
             Value::String(s) => s.trim().parse().ok(),

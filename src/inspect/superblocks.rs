@@ -14,24 +14,38 @@ use super::disk::Volume;
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum FsKind {
+    /// ext2: no journal, no ext4 features.
     Ext2,
+    /// ext3: a journal, no ext4 features.
     Ext3,
+    /// ext4: extents, 64-bit block numbers, flex_bg or a newer feature.
     Ext4,
+    /// XFS.
     Xfs,
+    /// FAT with 12-bit entries.
     Fat12,
+    /// FAT with 16-bit entries.
     Fat16,
+    /// FAT with 32-bit entries.
     Fat32,
+    /// NTFS.
     Ntfs,
+    /// Btrfs (recognised, not read).
     Btrfs,
+    /// A Linux swap area.
     Swap,
+    /// An LVM2 physical volume.
     #[serde(rename = "lvm2_member")]
     Lvm2Member,
+    /// An ISO 9660 file system.
     Iso9660,
+    /// A LUKS-encrypted volume (not read).
     #[serde(rename = "crypto_luks")]
     CryptoLuks,
 }
 
 impl FsKind {
+    /// The lowercase name, as the JSON output spells it (`ext4`, `fat32`, `lvm2_member`, ...).
     pub fn name(self) -> &'static str {
         match self {
             FsKind::Ext2 => "ext2",
@@ -50,11 +64,11 @@ impl FsKind {
         }
     }
 
-    pub fn is_ext(self) -> bool {
+    pub(crate) fn is_ext(self) -> bool {
         matches!(self, FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4)
     }
 
-    pub fn is_fat(self) -> bool {
+    pub(crate) fn is_fat(self) -> bool {
         matches!(self, FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32)
     }
 }
@@ -62,8 +76,11 @@ impl FsKind {
 /// A file system found on a volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsId {
+    /// Which file system.
     pub kind: FsKind,
+    /// Its label.
     pub label: Option<String>,
+    /// Its UUID, or the volume serial number where the file system has no UUID.
     pub uuid: Option<String>,
 }
 

@@ -9,8 +9,8 @@ use super::ntfs::NtfsFs;
 use super::regf::Hive;
 use crate::error::Result;
 
-pub const SOFTWARE_HIVE: &str = "/Windows/System32/config/SOFTWARE";
-pub const SYSTEM_HIVE: &str = "/Windows/System32/config/SYSTEM";
+pub(crate) const SOFTWARE_HIVE: &str = "/Windows/System32/config/SOFTWARE";
+pub(crate) const SYSTEM_HIVE: &str = "/Windows/System32/config/SYSTEM";
 
 /// Files whose PE header gives the architecture.
 const SYSTEM_BINARIES: &[&str] = &[
@@ -30,17 +30,25 @@ const CLOUDBASE_INIT: &[&str] = &[
 /// What a Windows system volume says about the guest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WindowsFacts {
+    /// `ProductName` from the SOFTWARE hive (`Windows Server 2019 Datacenter`).
     pub product_name: Option<String>,
     /// `10.0`, `6.3`: the NT version.
     pub os_version: Option<String>,
+    /// The build number (`CurrentBuildNumber`, else `CurrentBuild`).
     pub build: Option<String>,
     /// `Server` or `Client`.
     pub installation_type: Option<String>,
+    /// `EditionID` (`ServerDatacenter`, `Professional`, ...).
     pub edition_id: Option<String>,
+    /// The architecture of the system's DLLs (`x86_64`, `i686`, ...).
     pub arch: Option<&'static str>,
+    /// The computer name from the SYSTEM hive.
     pub hostname: Option<String>,
+    /// Cloudbase-Init is installed.
     pub cloud_init: bool,
+    /// The virtio drivers installed (`viostor`, `vioscsi`, `netkvm`).
     pub virtio_drivers: Vec<String>,
+    /// Facts that could not be read, and why.
     pub notes: Vec<String>,
 }
 

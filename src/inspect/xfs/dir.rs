@@ -107,7 +107,7 @@ pub fn parse_data_block(
 
 /// Every entry of a directory (including `.` and `..` for block directories), at most
 /// [`MAX_XFS_DIR_BLOCKS`] blocks of them.
-pub fn read_entries(vol: &Volume, sb: &XfsSuperblock, dir: &XfsInode) -> Result<Vec<Entry>> {
+pub(crate) fn read_entries(vol: &Volume, sb: &XfsSuperblock, dir: &XfsInode) -> Result<Vec<Entry>> {
     match &dir.fork {
         DataFork::Local(b) => parse_shortform(b, sb.has_ftype()),
         DataFork::None => Err(Error::malformed(S, 0, "directory without data")),

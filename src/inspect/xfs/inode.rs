@@ -10,11 +10,11 @@ use crate::limits::{MAX_XFS_BTREE_LEVEL, MAX_XFS_EXTENTS};
 use super::super::disk::Volume;
 use super::superblock::XfsSuperblock;
 
-pub const XFS_DINODE_MAGIC: &[u8; 2] = b"IN";
-pub const S_IFMT: u16 = 0o170000;
-pub const S_IFDIR: u16 = 0o040000;
-pub const S_IFREG: u16 = 0o100000;
-pub const S_IFLNK: u16 = 0o120000;
+pub(crate) const XFS_DINODE_MAGIC: &[u8; 2] = b"IN";
+pub(crate) const S_IFMT: u16 = 0o170000;
+pub(crate) const S_IFDIR: u16 = 0o040000;
+pub(crate) const S_IFREG: u16 = 0o100000;
+pub(crate) const S_IFLNK: u16 = 0o120000;
 /// `di_flags2`: the extent counters are 64 bits wide (`di_big_nextents`).
 pub const XFS_DIFLAG2_NREXT64: u64 = 1 << 4;
 
@@ -23,7 +23,7 @@ const S: &str = "xfs inode";
 /// One mapping of the data fork: `blockcount` file blocks from `startoff` lie at file-system
 /// block `startblock`. Unwritten extents read as zeros.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BmbtRec {
+pub(crate) struct BmbtRec {
     pub startoff: u64,
     pub startblock: u64,
     pub blockcount: u64,
@@ -47,7 +47,7 @@ impl BmbtRec {
 /// The data fork.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum DataFork {
+pub(crate) enum DataFork {
     /// Device files: no data.
     None,
     /// Data stored in the inode (short directories, short symlink targets).
@@ -58,7 +58,7 @@ pub enum DataFork {
 
 /// The parts of an inode inspection uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct XfsInode {
+pub(crate) struct XfsInode {
     pub di_mode: u16,
     pub di_size: u64,
     pub fork: DataFork,
@@ -273,7 +273,7 @@ fn btree_block(
 
 /// Reads `buf.len()` bytes of the file at byte `offset` through its extents; holes and
 /// unwritten extents read as zeros.
-pub fn read_file(
+pub(crate) fn read_file(
     vol: &Volume,
     sb: &XfsSuperblock,
     inode: &XfsInode,

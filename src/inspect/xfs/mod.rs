@@ -24,6 +24,7 @@ pub struct XfsFs {
 }
 
 impl XfsFs {
+    /// Opens the XFS file system on `vol`: reads and checks its superblock.
     pub fn open(vol: &Volume) -> Result<XfsFs> {
         let mut b = [0u8; 512];
         vol.read_at(&mut b, 0)?;
@@ -45,6 +46,7 @@ impl XfsFs {
         })
     }
 
+    /// The superblock, as read and checked.
     pub fn superblock(&self) -> &XfsSuperblock {
         &self.sb
     }

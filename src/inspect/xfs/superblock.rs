@@ -5,7 +5,7 @@ use byteorder::{BigEndian, ByteOrder};
 
 use crate::error::{Error, Result};
 
-pub const XFS_SB_MAGIC: &[u8; 4] = b"XFSB";
+pub(crate) const XFS_SB_MAGIC: &[u8; 4] = b"XFSB";
 /// `sb_features_incompat`: directory entries carry a file type byte (v5).
 pub const XFS_SB_FEAT_INCOMPAT_FTYPE: u32 = 0x1;
 /// `sb_features2`: directory entries carry a file type byte (v4).
@@ -14,22 +14,39 @@ pub const XFS_SB_VERSION2_FTYPE: u32 = 0x200;
 /// The fields inspection uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XfsSuperblock {
+    /// sb_blocksize: bytes per file system block.
     pub sb_blocksize: u32,
+    /// sb_dblocks: blocks in the data device.
     pub sb_dblocks: u64,
+    /// sb_uuid: the file system's UUID.
     pub sb_uuid: [u8; 16],
+    /// sb_rootino: the root directory's inode number.
     pub sb_rootino: u64,
+    /// sb_agblocks: blocks per allocation group.
     pub sb_agblocks: u32,
+    /// sb_agcount: allocation groups.
     pub sb_agcount: u32,
+    /// sb_versionnum: version (low 4 bits) and feature bits.
     pub sb_versionnum: u16,
+    /// sb_inodesize: bytes per inode.
     pub sb_inodesize: u16,
+    /// sb_inopblock: inodes per block.
     pub sb_inopblock: u16,
+    /// sb_fname: the file system's label.
     pub sb_fname: [u8; 12],
+    /// sb_blocklog: log2 of `sb_blocksize`.
     pub sb_blocklog: u8,
+    /// sb_inodelog: log2 of `sb_inodesize`.
     pub sb_inodelog: u8,
+    /// sb_inopblog: log2 of `sb_inopblock`.
     pub sb_inopblog: u8,
+    /// sb_agblklog: log2 of `sb_agblocks`, rounded up.
     pub sb_agblklog: u8,
+    /// sb_dirblklog: log2 of file system blocks per directory block.
     pub sb_dirblklog: u8,
+    /// sb_features2: more feature bits (v4).
     pub sb_features2: u32,
+    /// sb_features_incompat: incompatible feature bits (v5).
     pub sb_features_incompat: u32,
 }
 
@@ -107,6 +124,7 @@ impl XfsSuperblock {
         self.sb_versionnum & 0xf
     }
 
+    /// A version 5 superblock.
     pub fn is_v5(&self) -> bool {
         self.version() == 5
     }
