@@ -97,7 +97,7 @@ pub fn convert(
     run(image.into_source(), writer, options, progress)
 }
 
-/// [`create`](crate::create) for a file.
+/// [`create`](fn@crate::create) for a file.
 pub fn run(
     source: Source,
     writer: Box<dyn BlockWriter>,

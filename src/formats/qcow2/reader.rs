@@ -36,7 +36,7 @@ use crate::formats::info::FormatInfo;
 /// What the caller resolved for the image before opening it.
 #[derive(Clone, Default)]
 pub struct Qcow2OpenOptions {
-    /// The backing image's disk, opened by the caller (see [`crate::open`]) for an image that
+    /// The backing image's disk, opened by the caller (see [`crate::open()`]) for an image that
     /// names a backing file. Without it such an image is refused with
     /// [`Error::ExternalReference`]. Ignored for an image without a backing file.
     pub backing: Option<Arc<dyn BlockReader>>,
