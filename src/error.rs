@@ -152,16 +152,6 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
 
-    /// A request that a rule of the image service refuses (registration, catalog, sharing):
-    /// `code` is stable (see `register::rules`), `message` says what to change.
-    #[error("{code}: {message}")]
-    Rule {
-        /// The rule's stable code.
-        code: &'static str,
-        /// What to change for the request to pass.
-        message: String,
-    },
-
     /// The caller cancelled the work through its [`CancelToken`](crate::CancelToken).
     #[error("cancelled")]
     Cancelled,
@@ -178,10 +168,7 @@ impl Error {
             | Error::ExternalReference { file, .. }
             | Error::LimitExceeded { file, .. }
             | Error::Ambiguous { file, .. } => file,
-            Error::InvalidArgument(_)
-            | Error::Internal(_)
-            | Error::Rule { .. }
-            | Error::Cancelled => {
+            Error::InvalidArgument(_) | Error::Internal(_) | Error::Cancelled => {
                 return self;
             }
         };
@@ -253,22 +240,6 @@ impl Error {
         Error::Internal(problem.into())
     }
 
-    /// A refusal by a rule of the image service.
-    pub fn rule(code: &'static str, message: impl Into<String>) -> Self {
-        Error::Rule {
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// The rule's code, when this is a refusal by a rule.
-    pub fn code(&self) -> Option<&'static str> {
-        match self {
-            Error::Rule { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-
     /// A short, stable name of the variant, for JSON output and tests.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -281,7 +252,6 @@ impl Error {
             Error::Ambiguous { .. } => "ambiguous",
             Error::InvalidArgument(_) => "invalid-argument",
             Error::Internal(_) => "internal",
-            Error::Rule { code, .. } => code,
             Error::Cancelled => "cancelled",
         }
     }

@@ -160,18 +160,7 @@ pub use open::{
     CheckOutcome, Image, ImageInfo, Input, OpenOptions, check, open, open_input, open_storage,
     open_stream,
 };
+#[cfg(feature = "sqlite")]
+pub use register::register_file as register;
 pub use resolve::References;
 pub use storage::{FileStorage, MemoryStorage, Storage};
-
-/// Registers the image file `file` as a private image of `scope` in the catalog under `home`
-/// (an SQLite file and a store directory, made when absent) and returns its active record; see
-/// [`register`](mod@register) for the flow, the rules and the rest of the catalog.
-#[cfg(feature = "sqlite")]
-pub fn register(
-    home: &std::path::Path,
-    scope: &register::Scope,
-    file: &std::path::Path,
-    request: &register::RegisterRequest,
-) -> Result<register::Registered> {
-    register::Ims::open(home)?.register(scope, file, request, &mut |_| {}, &CancelToken::new())
-}

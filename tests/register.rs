@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{Rng, elf64, have, have_qemu_img, put, qemu_compare, qemu_img, run, s};
 use ims::CancelToken;
 use ims::register::{
-    ImageType, Ims, Limits, ListQuery, MemberStatus, RegisterRequest, Scope, Status,
+    ImageType, Ims, Limits, ListQuery, MemberStatus, RegisterRequest, RuleCode, Scope, Status,
 };
 use serde_json::Value;
 
@@ -624,8 +624,9 @@ fn small_disk(dir: &Path, name: &str, size: u64) -> PathBuf {
     p
 }
 
-fn code<T: std::fmt::Debug>(r: ims::Result<T>) -> &'static str {
-    r.unwrap_err().code().expect("a rule's refusal")
+/// The code string of a rule's refusal (the strings are the contract, so the tests match them).
+fn code<T: std::fmt::Debug>(r: ims::register::Result<T>) -> &'static str {
+    r.unwrap_err().code().expect("a rule's refusal").as_str()
 }
 
 fn owner() -> Scope {
@@ -1631,7 +1632,7 @@ fn registration_from_a_storage_or_a_stream() {
             &never,
         )
         .unwrap_err();
-    assert_eq!(e.code(), Some("format_unsupported"), "{e}");
+    assert_eq!(e.code(), Some(RuleCode::FormatUnsupported), "{e}");
     assert!(e.to_string().contains("spool"), "{e}");
     assert_eq!(statuses(&ims), before, "a refused stream made a record");
 
@@ -1648,7 +1649,7 @@ fn registration_from_a_storage_or_a_stream() {
             &never,
         )
         .unwrap_err();
-    assert_eq!(e.code(), Some("file_too_large"), "{e}");
+    assert_eq!(e.code(), Some(RuleCode::FileTooLarge), "{e}");
     let killed = statuses(&ims)
         .into_iter()
         .find(|r| r.0 == "too-long")

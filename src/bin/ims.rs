@@ -188,13 +188,20 @@ fn main() -> ExitCode {
             output,
             file,
         } => check(input, output, file),
-        other => match run(other) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("ims: {e}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Register(args) => exit_code(catalog::register(args)),
+        Command::Images(args) => exit_code(catalog::images(args)),
+        other => exit_code(run(other)),
+    }
+}
+
+/// 0, or 1 with the error on stderr as `ims: ERROR` (a rule's refusal is `ims: CODE: message`).
+fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ims: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -414,10 +421,11 @@ fn run(command: Command) -> ims::Result<()> {
             }
             Ok(())
         }
-        Command::Register(args) => catalog::register(args),
-        Command::Images(args) => catalog::images(args),
-        Command::Compare { .. } | Command::Check { .. } => Err(Error::InvalidArgument(
-            "compare and check are run by main".into(),
+        Command::Compare { .. }
+        | Command::Check { .. }
+        | Command::Register(_)
+        | Command::Images(_) => Err(Error::InvalidArgument(
+            "compare, check, register and images are run by main".into(),
         )),
     }
 }

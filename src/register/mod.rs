@@ -7,10 +7,13 @@
 //! [`ImageStore`] (by default an SQLite file and a local directory under one home directory,
 //! so a fresh machine needs no server). Every request names its [`Scope`]: the project that
 //! asks and the region it asks in. The rules are in [`rules`], one function and one error code
-//! each ([`rules::CODES`]); a refusal is [`Error::Rule`].
+//! each; a refusal is [`ServiceError::Rule`] with a [`RuleCode`] (the list of codes, with what
+//! each means). Every call returns [`Result`]: a refusal, or the image layers' [`crate::Error`]
+//! inside [`ServiceError::Image`].
 //!
 //! - [`Ims::register`] (in [`register`](mod@register)): probe, open strictly, inspect,
-//!   validate, convert into the store format while hashing, make durable, record `active`.
+//!   validate, convert into the store format while hashing, make durable, record `active`;
+//!   [`register_file`] does it once on a home directory.
 //! - [`Ims::list`], [`Ims::show`], [`Ims::update`], [`Ims::delete`]: search and manage.
 //! - [`sharing`]: members; [`replicate`]: copies to other regions and exports.
 //! - [`Ims::recover`] (run by [`Ims::open`] and [`Ims::with`]): records left `queued`/`saving`
@@ -20,6 +23,7 @@
 //! [`ImageStore`] (see [`store`] for what a store implements).
 
 pub mod catalog;
+mod error;
 mod hash;
 pub mod record;
 #[allow(clippy::module_inception)]
@@ -37,12 +41,13 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::storage::Storage;
 
 pub use catalog::Catalog;
 #[cfg(feature = "sqlite")]
 pub use catalog::SqliteCatalog;
+pub use error::{Result, RuleCode, ServiceError};
 pub use record::{
     Checksum, Features, ImageRecord, ImageType, Member, MemberStatus, Status, Visibility,
 };
@@ -144,7 +149,7 @@ impl Ims {
             Ok(text) => serde_json::from_slice(&text)
                 .map_err(|e| Error::InvalidArgument(format!("{}: {e}", limits_path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Limits::default(),
-            Err(e) => return Err(Error::io("read", e).in_file(&limits_path)),
+            Err(e) => return Err(Error::io("read", e).in_file(&limits_path).into()),
         };
         let catalog = SqliteCatalog::open(&home.join("catalog.db"))?;
         let store = LocalStore::new(&home.join("store"))?;
@@ -371,7 +376,8 @@ impl Ims {
         {
             return Err(Error::InvalidArgument(format!(
                 "cannot sort by '{key}' (created_at, updated_at, name, min_disk, virtual_size, id)"
-            )));
+            ))
+            .into());
         }
         items.sort_by(|a, b| {
             let o = cmp(&a.record, &b.record);
@@ -465,8 +471,8 @@ impl Ims {
             Status::Deleted,
             None,
         )? {
-            return Err(Error::rule(
-                "image_not_active",
+            return Err(ServiceError::rule(
+                RuleCode::ImageNotActive,
                 format!("image {id} is being saved; delete it when registration ends"),
             ));
         }
@@ -489,8 +495,27 @@ impl Ims {
     /// The stored bytes of an image, for positional reads (for tests and tools): open them
     /// with [`open_storage`](crate::open_storage) in the record's `store_format`.
     pub fn stored(&self, record: &ImageRecord) -> Result<Arc<dyn Storage>> {
-        self.store.open(&record.store_key)
+        Ok(self.store.open(&record.store_key)?)
     }
+}
+
+/// Registers the image file `file` as a private image of `scope` in the catalog under `home`
+/// (an SQLite file and a store directory, made when absent: [`Ims::open`]) and returns its
+/// active record; the crate root re-exports it as `ims::register`.
+#[cfg(feature = "sqlite")]
+pub fn register_file(
+    home: &Path,
+    scope: &Scope,
+    file: &Path,
+    request: &RegisterRequest,
+) -> Result<Registered> {
+    Ims::open(home)?.register(
+        scope,
+        file,
+        request,
+        &mut |_| {},
+        &crate::cancel::CancelToken::new(),
+    )
 }
 
 /// The store key of image `id` of `region` stored as `format`: `REGION/ID.FORMAT`.

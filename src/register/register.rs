@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::block::ExtentState;
 use crate::cancel::CancelToken;
 use crate::convert::Source;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::formats::Format;
 use crate::inspect::{Inspection, OsType};
 use crate::io::AppendSink;
@@ -38,6 +38,7 @@ use crate::open::{Image, Input};
 use crate::storage::{FileStorage, Storage, data_runs, read_exact_at};
 use crate::{CreateOptions, OpenOptions, PipelineOptions, Progress, Target};
 
+use super::error::{Result, ServiceError};
 use super::hash::{Hashes, HashingSink};
 use super::record::{Features, ImageRecord, ImageType, Status};
 use super::resized::Resized;
@@ -198,11 +199,11 @@ fn lock(w: &SharedWriter) -> MutexGuard<'_, Box<dyn StoreWriter>> {
 struct SharedSink(SharedWriter);
 
 impl AppendSink for SharedSink {
-    fn append(&mut self, data: &[u8]) -> Result<()> {
+    fn append(&mut self, data: &[u8]) -> crate::Result<()> {
         lock(&self.0).append(data)
     }
 
-    fn append_zeros(&mut self, len: u64) -> Result<()> {
+    fn append_zeros(&mut self, len: u64) -> crate::Result<()> {
         lock(&self.0).append_zeros(len)
     }
 
@@ -210,7 +211,7 @@ impl AppendSink for SharedSink {
         lock(&self.0).position()
     }
 
-    fn finish(&mut self) -> Result<()> {
+    fn finish(&mut self) -> crate::Result<()> {
         lock(&self.0).finish()
     }
 }
@@ -246,7 +247,7 @@ struct Spool {
 }
 
 impl Spool {
-    fn create(dir: &Path) -> Result<Spool> {
+    fn create(dir: &Path) -> crate::Result<Spool> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", e).in_file(dir))?;
         let path = dir.join(format!(
             ".ims-spool-{}-{}.qcow2",
@@ -266,7 +267,7 @@ impl Spool {
     }
 
     /// Removes the name; the open files keep the data until they are closed.
-    fn unlink(&mut self) -> Result<()> {
+    fn unlink(&mut self) -> crate::Result<()> {
         match self.path.take() {
             Some(p) => std::fs::remove_file(&p).map_err(|e| Error::io("remove", e).in_file(&p)),
             None => Ok(()),
@@ -285,8 +286,8 @@ impl Ims {
     /// a private image of `scope` (see the module doc). An image that cannot be opened is
     /// refused with a rule's code ([`rules::open_refusal`]): a stream of a format that needs
     /// random access is `format_unsupported`. Cancelled through `cancel`, it fails with
-    /// [`Error::Cancelled`] as a failed registration does: a record already made is `killed`,
-    /// and nothing is left in the store.
+    /// [`Error::Cancelled`] (in [`ServiceError::Image`]) as a failed registration does: a
+    /// record already made is `killed`, and nothing is left in the store.
     pub fn register(
         &self,
         scope: &Scope,
@@ -306,7 +307,8 @@ impl Ims {
             return Err(Error::InvalidArgument(format!(
                 "images are stored as zvhd2, qcow2 or raw, not {}",
                 request.store_format
-            )));
+            ))
+            .into());
         }
 
         // Bytes read from a stream upload (none for a file or a storage).
@@ -317,8 +319,7 @@ impl Ims {
                 request.image_type == ImageType::Iso,
                 &streamed,
             )
-            .map_err(|e| self.over_limit(&streamed, e))
-            .map_err(rules::open_refusal)?;
+            .map_err(|e| self.over_limit(&streamed, rules::open_refusal(e)))?;
         // ZVHD and ZVHD2 report their size rounded up to a GiB; the disk uploaded is
         // `orig-size`, and a random-access source is cut to it.
         let virtual_size = image
@@ -431,7 +432,12 @@ impl Ims {
     /// ISO 9660 image, which the probe refuses as a disk format, is what an ISO registration
     /// asks for: it is read as the raw disk it is. A stream is counted into `streamed` and
     /// stopped past the file-size limit.
-    fn open_upload(&self, input: Input, iso: bool, streamed: &Arc<AtomicU64>) -> Result<Image> {
+    fn open_upload(
+        &self,
+        input: Input,
+        iso: bool,
+        streamed: &Arc<AtomicU64>,
+    ) -> crate::Result<Image> {
         let options = |storage: &dyn Storage| OpenOptions {
             format: (iso && looks_like_iso(storage)).then_some(Format::Raw),
             ..OpenOptions::default()
@@ -468,7 +474,7 @@ impl Ims {
     }
 
     /// `e`, or the file-size rule's refusal when a stream upload went over the limit.
-    fn over_limit(&self, streamed: &AtomicU64, e: Error) -> Error {
+    fn over_limit(&self, streamed: &AtomicU64, e: ServiceError) -> ServiceError {
         let read = streamed.load(Ordering::Relaxed);
         match rules::check_sizes(read, 0, &self.limits) {
             Err(refusal) => refusal,
@@ -560,7 +566,7 @@ impl Ims {
         mut sink: impl AppendSink,
         pipeline: &PipelineOptions,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<()> {
+    ) -> crate::Result<()> {
         let mut spool = Spool::create(&self.spool_dir)?;
         let target = Target::File(spool.path.clone().unwrap_or_default());
         let out = crate::create_writer(

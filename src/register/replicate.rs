@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use crate::cancel::CancelToken;
 use crate::convert::Source;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::formats::Format;
 use crate::{CreateOptions, OpenOptions, PipelineOptions, Progress, Target};
 
+use super::error::{Result, RuleCode, ServiceError};
 use super::hash::hash_storage;
 use super::record::{ImageRecord, Status, Visibility, now};
 use super::resized::Resized;
@@ -74,7 +75,8 @@ impl Ims {
                     "stored image",
                     0,
                     format!("the copy of {} does not match its checksum", src.id),
-                ));
+                )
+                .into());
             }
             cancel.check()?;
             r.status = Status::Active;
@@ -98,8 +100,8 @@ impl Ims {
     fn usable(&self, scope: &Scope, id: &str) -> Result<ImageRecord> {
         let r = self.show(scope, id)?;
         if !self.may_see(&r, &scope.project, true)? {
-            return Err(Error::rule(
-                "image_not_found",
+            return Err(ServiceError::rule(
+                RuleCode::ImageNotFound,
                 format!(
                     "image {id} is shared with project {} but not accepted; accept it first",
                     scope.project
@@ -155,6 +157,7 @@ impl Ims {
             cancel: cancel.clone(),
             ..Default::default()
         };
-        crate::convert::run(source, writer, &pipeline, progress).map(|()| r)
+        crate::convert::run(source, writer, &pipeline, progress)?;
+        Ok(r)
     }
 }

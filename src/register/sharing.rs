@@ -6,7 +6,7 @@
 //! and full-ECS images not made from a CBR backup cannot be shared. The owner may stop sharing
 //! or delete the image at any time without the members' consent.
 
-use crate::error::Result;
+use super::error::Result;
 
 use super::record::{Member, MemberStatus, Visibility, now};
 use super::{Ims, Scope, rules};

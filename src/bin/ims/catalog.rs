@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ims::register::{
-    ImageType, Ims, ListQuery, MemberStatus, RegisterRequest, Scope, Status, Visibility,
+    ImageType, Ims, ListQuery, MemberStatus, RegisterRequest, Result, Scope, Status, Visibility,
 };
 use ims::{CreateOptions, Error, Format};
 
@@ -39,7 +39,7 @@ impl ScopeArgs {
         )
     }
 
-    fn open(&self) -> ims::Result<Ims> {
+    fn open(&self) -> Result<Ims> {
         let home = self
             .home
             .clone()
@@ -229,7 +229,7 @@ fn parse<T: std::str::FromStr<Err = Error>>(v: &Option<String>) -> ims::Result<O
     v.as_deref().map(str::parse).transpose()
 }
 
-pub fn register(args: RegisterArgs) -> ims::Result<()> {
+pub fn register(args: RegisterArgs) -> Result<()> {
     let ims = args.scope.open()?;
     let scope = args.scope.scope();
     let request = RegisterRequest {
@@ -261,7 +261,7 @@ pub fn register(args: RegisterArgs) -> ims::Result<()> {
     print_record(args.scope.output, &done)
 }
 
-fn print_record(output: OutputKind, v: &impl serde::Serialize) -> ims::Result<()> {
+fn print_record(output: OutputKind, v: &impl serde::Serialize) -> Result<()> {
     match output {
         OutputKind::Json => println!("{}", to_json(v)?),
         OutputKind::Human => {
@@ -290,7 +290,7 @@ fn print_record(output: OutputKind, v: &impl serde::Serialize) -> ims::Result<()
     Ok(())
 }
 
-pub fn images(args: ImagesArgs) -> ims::Result<()> {
+pub fn images(args: ImagesArgs) -> Result<()> {
     let ims = args.scope.open()?;
     let scope = args.scope.scope();
     let output = args.scope.output;
@@ -317,7 +317,8 @@ pub fn images(args: ImagesArgs) -> ims::Result<()> {
                 other => {
                     return Err(Error::InvalidArgument(format!(
                         "--sort-dir is asc or desc, not '{other}'"
-                    )));
+                    ))
+                    .into());
                 }
             };
             let q = ListQuery {

@@ -8,12 +8,14 @@ mod sqlite;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteCatalog;
 
-use crate::error::Result;
-
+use super::error::Result;
 use super::record::{ImageRecord, Member, MemberStatus, Status};
 
 /// Records and members. Every method is atomic; the checks passed to `insert` and `add_member`
-/// run inside the same transaction as the write, so concurrent callers cannot both pass them.
+/// run inside the same transaction as the write, so concurrent callers cannot both pass them,
+/// and a check's refusal ([`ServiceError::Rule`](super::ServiceError::Rule)) is returned as it
+/// is. A catalog's own failures are [`ServiceError::Image`](super::ServiceError::Image) (an I/O
+/// error: `?` on a [`crate::Error`] makes one).
 pub trait Catalog: Send + Sync {
     /// Inserts a new record after `check(count)` passes, `count` being the records of the
     /// same owner and region that count against the quota.

@@ -11,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Error, Result};
 
+use super::super::error::Result as ServiceResult;
 use super::super::record::{ImageRecord, Member, MemberStatus, Status, now};
 use super::Catalog;
 
@@ -113,7 +114,11 @@ fn member_row(row: &rusqlite::Row) -> rusqlite::Result<(String, String, String, 
 }
 
 impl Catalog for SqliteCatalog {
-    fn insert(&self, record: &ImageRecord, check: &dyn Fn(u64) -> Result<()>) -> Result<()> {
+    fn insert(
+        &self,
+        record: &ImageRecord,
+        check: &dyn Fn(u64) -> ServiceResult<()>,
+    ) -> ServiceResult<()> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -136,11 +141,13 @@ impl Catalog for SqliteCatalog {
         }
         check(count)?;
         write(&tx, record, true)?;
-        tx.commit().map_err(db)
+        tx.commit().map_err(db)?;
+        Ok(())
     }
 
-    fn update(&self, record: &ImageRecord) -> Result<()> {
-        write(&self.conn(), record, false).map(|_| ())
+    fn update(&self, record: &ImageRecord) -> ServiceResult<()> {
+        write(&self.conn(), record, false)?;
+        Ok(())
     }
 
     fn transition(
@@ -149,7 +156,7 @@ impl Catalog for SqliteCatalog {
         from: &[Status],
         to: Status,
         reason: Option<&str>,
-    ) -> Result<bool> {
+    ) -> ServiceResult<bool> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -175,7 +182,7 @@ impl Catalog for SqliteCatalog {
         Ok(true)
     }
 
-    fn get(&self, id: &str) -> Result<Option<ImageRecord>> {
+    fn get(&self, id: &str) -> ServiceResult<Option<ImageRecord>> {
         let text: Option<String> = self
             .conn()
             .query_row("SELECT record FROM images WHERE id = ?1", [id], |r| {
@@ -183,14 +190,14 @@ impl Catalog for SqliteCatalog {
             })
             .optional()
             .map_err(db)?;
-        text.as_deref().map(decode).transpose()
+        Ok(text.as_deref().map(decode).transpose()?)
     }
 
     fn visible(
         &self,
         region: &str,
         project: &str,
-    ) -> Result<Vec<(ImageRecord, Option<MemberStatus>)>> {
+    ) -> ServiceResult<Vec<(ImageRecord, Option<MemberStatus>)>> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
@@ -215,7 +222,7 @@ impl Catalog for SqliteCatalog {
         Ok(out)
     }
 
-    fn unfinished(&self) -> Result<Vec<ImageRecord>> {
+    fn unfinished(&self) -> ServiceResult<Vec<ImageRecord>> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare("SELECT record FROM images WHERE status IN ('queued', 'saving')")
@@ -228,7 +235,11 @@ impl Catalog for SqliteCatalog {
         Ok(out)
     }
 
-    fn add_member(&self, member: &Member, check: &dyn Fn(u64) -> Result<()>) -> Result<()> {
+    fn add_member(
+        &self,
+        member: &Member,
+        check: &dyn Fn(u64) -> ServiceResult<()>,
+    ) -> ServiceResult<()> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -264,10 +275,16 @@ impl Catalog for SqliteCatalog {
             ],
         )
         .map_err(db)?;
-        tx.commit().map_err(db)
+        tx.commit().map_err(db)?;
+        Ok(())
     }
 
-    fn set_member(&self, image_id: &str, project: &str, status: MemberStatus) -> Result<bool> {
+    fn set_member(
+        &self,
+        image_id: &str,
+        project: &str,
+        status: MemberStatus,
+    ) -> ServiceResult<bool> {
         let n = self
             .conn()
             .execute(
@@ -278,7 +295,7 @@ impl Catalog for SqliteCatalog {
         Ok(n > 0)
     }
 
-    fn remove_member(&self, image_id: &str, project: &str) -> Result<bool> {
+    fn remove_member(&self, image_id: &str, project: &str) -> ServiceResult<bool> {
         let n = self
             .conn()
             .execute(
@@ -289,7 +306,7 @@ impl Catalog for SqliteCatalog {
         Ok(n > 0)
     }
 
-    fn members(&self, image_id: &str) -> Result<Vec<Member>> {
+    fn members(&self, image_id: &str) -> ServiceResult<Vec<Member>> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare("SELECT image_id, project, status, created_at, updated_at FROM members WHERE image_id = ?1 ORDER BY created_at, project")
@@ -309,10 +326,10 @@ impl Catalog for SqliteCatalog {
         Ok(out)
     }
 
-    fn remove_members(&self, image_id: &str) -> Result<()> {
+    fn remove_members(&self, image_id: &str) -> ServiceResult<()> {
         self.conn()
             .execute("DELETE FROM members WHERE image_id = ?1", [image_id])
-            .map_err(db)
-            .map(|_| ())
+            .map_err(db)?;
+        Ok(())
     }
 }
