@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{Rng, elf64, have, have_qemu_img, put, qemu_compare, qemu_img, run, s};
 use ims::CancelToken;
 use ims::register::{
-    ImageType, Ims, Limits, ListQuery, MemberStatus, RegisterRequest, RuleCode, Scope, Status,
+    ImageType, Ims, Limits, ListQuery, MemberStatus, RegisterRequest, RuleCode, Scope, Status, Tag,
 };
 use serde_json::Value;
 
@@ -1005,7 +1005,10 @@ fn list_filters_sorting_and_pages() {
         .enumerate()
     {
         let mut req = data_request(name);
-        req.tags = vec![format!("n={i}"), format!("parity={}", i % 2)];
+        req.tags = vec![
+            Tag::new("n", i.to_string()).unwrap(),
+            format!("parity={}", i % 2).parse().unwrap(),
+        ];
         ids.push(
             ims.register(
                 &owner(),

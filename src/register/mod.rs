@@ -33,6 +33,7 @@ mod resized;
 pub mod rules;
 pub mod sharing;
 pub mod store;
+mod tag;
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -54,6 +55,7 @@ pub use record::{
 pub use register::{RegisterRequest, Registered};
 pub use rules::Limits;
 pub use store::{ImageStore, LocalStore, StoreWriter, UnfinishedWrite};
+pub use tag::Tag;
 
 /// Who asks, and where.
 #[derive(Debug, Clone)]
@@ -399,7 +401,7 @@ impl Ims {
     }
 
     /// Changes the fields an owner may change: `name`, `description`, `min_disk`, `min_ram`,
-    /// `tags` (`K=V,K=V`, replacing all), `support_user_data`, `support_disk_hotswap`
+    /// `tags` (`K=V,K=V` as [`Tag`]s parse them, replacing all), `support_user_data`, `support_disk_hotswap`
     /// (`true`/`false`). Any other field is refused with `field_immutable`.
     pub fn update(
         &self,
@@ -443,12 +445,12 @@ impl Ims {
                     r.min_ram = u32::try_from(n).unwrap_or(u32::MAX);
                 }
                 "tags" => {
-                    let specs: Vec<String> = value
+                    let tags: Vec<Tag> = value
                         .split(',')
                         .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .collect();
-                    r.tags = rules::parse_tags(&specs)?;
+                        .map(str::parse)
+                        .collect::<Result<_>>()?;
+                    r.tags = tag::tag_map(&tags)?;
                 }
                 "support_user_data" => r.features.support_user_data = flag(value)?,
                 "support_disk_hotswap" => r.features.support_disk_hotswap = flag(value)?,

@@ -44,6 +44,7 @@ use super::record::{Features, ImageRecord, ImageType, Status};
 use super::resized::Resized;
 use super::rules;
 use super::store::StoreWriter;
+use super::tag::{Tag, tag_map};
 use super::{Ims, Scope};
 
 /// What to register.
@@ -65,8 +66,9 @@ pub struct RegisterRequest {
     pub min_disk: Option<u64>,
     /// MiB.
     pub min_ram: u64,
-    /// `KEY=VALUE`.
-    pub tags: Vec<String>,
+    /// Tags; a later tag of a key replaces an earlier one, and at most 10 keys remain
+    /// (`too_many_tags`).
+    pub tags: Vec<Tag>,
     /// ZVHD2 (default), QCOW2 or raw.
     pub store_format: Format,
     /// Record the image as encrypted with this key.
@@ -298,7 +300,7 @@ impl Ims {
     ) -> Result<Registered> {
         rules::check_name(&request.name)?;
         rules::check_description(&request.description)?;
-        let tags: BTreeMap<String, String> = rules::parse_tags(&request.tags)?;
+        let tags: BTreeMap<String, String> = tag_map(&request.tags)?;
         rules::check_min_ram(request.min_ram)?;
         if !matches!(
             request.store_format,

@@ -4,8 +4,6 @@
 //! means) and a message that says what to change. The rules know nothing of where records and
 //! files are kept.
 
-use std::collections::BTreeMap;
-
 use crate::error::Error;
 use crate::inspect::{Firmware, ImageKind, Inspection};
 
@@ -74,51 +72,39 @@ pub fn check_description(description: &str) -> Result<()> {
     Ok(())
 }
 
-/// Parses `KEY=VALUE` tags (a later value of a key replaces an earlier one) and checks them.
-pub fn parse_tags(specs: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut tags = BTreeMap::new();
-    for spec in specs {
-        let Some((k, v)) = spec.split_once('=') else {
-            return refuse(
-                RuleCode::TagInvalid,
-                format!("tag '{spec}' is not KEY=VALUE"),
-            );
-        };
-        tags.insert(k.trim().to_string(), v.trim().to_string());
-    }
-    check_tags(&tags)?;
-    Ok(tags)
-}
-
-/// Tags: at most 10; keys of 1 to 36 characters, values of at most 43.
-pub fn check_tags(tags: &BTreeMap<String, String>) -> Result<()> {
-    if tags.len() > 10 {
+/// One tag: a key of 1 to 36 characters and a value of at most 43, neither holding control
+/// characters ([`Tag::new`](super::Tag::new) checks it).
+pub fn check_tag(key: &str, value: &str) -> Result<()> {
+    if key.is_empty() || key.chars().any(char::is_control) {
         return refuse(
-            RuleCode::TooManyTags,
-            format!("{} tags given; an image has at most 10", tags.len()),
+            RuleCode::TagInvalid,
+            format!("tag key {key:?} is empty or holds control characters"),
         );
     }
-    for (k, v) in tags {
-        if k.is_empty() || k.chars().any(char::is_control) {
-            return refuse(
-                RuleCode::TagInvalid,
-                format!("tag key {k:?} is empty or holds control characters"),
-            );
-        }
-        if k.chars().count() > 36 {
-            return refuse(
-                RuleCode::TagKeyTooLong,
-                format!("tag key '{k}' is longer than 36 characters"),
-            );
-        }
-        if v.chars().count() > 43 || v.chars().any(char::is_control) {
-            return refuse(
-                RuleCode::TagValueTooLong,
-                format!(
-                    "the value of tag '{k}' is longer than 43 characters or holds control characters"
-                ),
-            );
-        }
+    if key.chars().count() > 36 {
+        return refuse(
+            RuleCode::TagKeyTooLong,
+            format!("tag key '{key}' is longer than 36 characters"),
+        );
+    }
+    if value.chars().count() > 43 || value.chars().any(char::is_control) {
+        return refuse(
+            RuleCode::TagValueTooLong,
+            format!(
+                "the value of tag '{key}' is longer than 43 characters or holds control characters"
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// An image's tags: at most 10 (`count` keys, once each).
+pub fn check_tag_count(count: usize) -> Result<()> {
+    if count > 10 {
+        return refuse(
+            RuleCode::TooManyTags,
+            format!("{count} tags given; an image has at most 10"),
+        );
     }
     Ok(())
 }
@@ -524,22 +510,15 @@ mod tests {
 
     #[test]
     fn tags() {
-        let ten: Vec<String> = (0..10).map(|i| format!("k{i}=v")).collect();
-        assert_eq!(parse_tags(&ten).unwrap().len(), 10);
-        let eleven: Vec<String> = (0..11).map(|i| format!("k{i}=v")).collect();
-        assert_eq!(code(parse_tags(&eleven)), "too_many_tags");
-        assert_eq!(code(parse_tags(&["novalue".into()])), "tag_invalid");
-        assert_eq!(code(parse_tags(&["=v".into()])), "tag_invalid");
-        assert!(parse_tags(&[format!("{}={}", "k".repeat(36), "v".repeat(43))]).is_ok());
-        assert_eq!(
-            code(parse_tags(&[format!("{}=v", "k".repeat(37))])),
-            "tag_key_too_long"
-        );
-        assert_eq!(
-            code(parse_tags(&[format!("k={}", "v".repeat(44))])),
-            "tag_value_too_long"
-        );
-        assert!(parse_tags(&["k=".into()]).is_ok());
+        assert!(check_tag(&"k".repeat(36), &"v".repeat(43)).is_ok());
+        assert!(check_tag("k", "").is_ok());
+        assert_eq!(code(check_tag("", "v")), "tag_invalid");
+        assert_eq!(code(check_tag("a\tb", "v")), "tag_invalid");
+        assert_eq!(code(check_tag(&"k".repeat(37), "v")), "tag_key_too_long");
+        assert_eq!(code(check_tag("k", &"v".repeat(44))), "tag_value_too_long");
+        assert_eq!(code(check_tag("k", "a\nb")), "tag_value_too_long");
+        assert!(check_tag_count(10).is_ok());
+        assert_eq!(code(check_tag_count(11)), "too_many_tags");
     }
 
     #[test]

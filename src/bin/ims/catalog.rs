@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ims::register::{
-    ImageType, Ims, ListQuery, MemberStatus, RegisterRequest, Result, Scope, Status, Visibility,
+    ImageType, Ims, ListQuery, MemberStatus, RegisterRequest, Result, Scope, Status, Tag,
+    Visibility,
 };
 use ims::{CreateOptions, Error, Format};
 
@@ -232,18 +233,23 @@ fn parse<T: std::str::FromStr<Err = Error>>(v: &Option<String>) -> ims::Result<O
 pub fn register(args: RegisterArgs) -> Result<()> {
     let ims = args.scope.open()?;
     let scope = args.scope.scope();
-    let request = RegisterRequest {
+    let mut request = RegisterRequest {
         description: args.description,
         os_version: args.os_version,
         architecture: args.architecture,
         firmware: args.firmware,
         min_disk: args.min_disk,
         min_ram: args.min_ram,
-        tags: args.tags,
         store_format: args.store_format.parse()?,
         kms_key_id: args.kms_key,
         ..RegisterRequest::new(&args.name, args.image_type.parse()?)
     };
+    // `--tag K=V` as a Tag: the tag rules are checked as it is parsed.
+    request.tags = args
+        .tags
+        .iter()
+        .map(|t| t.parse())
+        .collect::<Result<Vec<Tag>>>()?;
     let total = ims::open(&args.file, &Default::default()).map_or(0, |i| i.virtual_size());
     let mut reporter = Reporter::new(args.progress, total);
     let result = ims.register(
