@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use common::{Rng, elf64, have, have_qemu_img, put, qemu_compare, qemu_img, run, s};
 use ims::CancelToken;
 use ims::register::{
-    ImageType, Ims, Limits, ListQuery, MemberStatus, RegisterRequest, RuleCode, Scope, Status, Tag,
+    ImageType, Ims, Limits, ListQuery, MemberStatus, RecordUpdate, RegisterRequest, RuleCode,
+    Scope, Status, Tag,
 };
 use serde_json::Value;
 
@@ -796,7 +797,14 @@ fn sharing_rules() {
     assert_eq!(code(ims.delete(&member, id)), "not_owner");
     assert_eq!(code(ims.share(&member, id, "x", "r1")), "not_owner");
     assert_eq!(
-        code(ims.update(&member, id, &[("name".into(), "x".into())])),
+        code(ims.update(
+            &member,
+            id,
+            &RecordUpdate {
+                name: Some("x".into()),
+                ..Default::default()
+            }
+        )),
         "not_owner"
     );
     assert_eq!(ims.members(&member, id).unwrap().len(), 1);
@@ -939,26 +947,33 @@ fn update_changes_only_what_may_change() {
         )
         .unwrap()
         .record;
-    let set = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    let tag = |k: &str, v: &str| Tag::new(k, v).unwrap();
     let u = ims
         .update(
             &owner(),
             &r.id,
-            &[
-                ("name".into(), "b".into()),
-                ("description".into(), "about b".into()),
-                ("min_disk".into(), "20".into()),
-                ("min_ram".into(), "1024".into()),
-                ("tags".into(), "env=prod,team=x".into()),
-                ("support_user_data".into(), "true".into()),
-                ("support_disk_hotswap".into(), "true".into()),
-            ],
+            &RecordUpdate {
+                name: Some("b".into()),
+                description: Some("about b".into()),
+                min_disk: Some(20),
+                min_ram: Some(1024),
+                tags: Some(vec![tag("env", "prod"), tag("team", "x")]),
+                support_user_data: Some(true),
+                support_disk_hotswap: Some(true),
+            },
         )
         .unwrap();
     assert_eq!((u.name.as_str(), u.min_disk, u.min_ram), ("b", 20, 1024));
     assert_eq!(u.tags.len(), 2);
     assert!(u.features.support_user_data && u.features.support_disk_hotswap);
     assert_eq!(ims.show(&owner(), &r.id).unwrap(), u);
+    // Nothing given changes nothing but `updated_at`.
+    let same = ims
+        .update(&owner(), &r.id, &RecordUpdate::default())
+        .unwrap();
+    assert_eq!((same.name.as_str(), &same.tags), ("b", &u.tags));
+    // The fields that describe the stored data cannot be named by the CLI's --set.
+    let home = d.join("home");
     for field in [
         "checksum",
         "virtual_size",
@@ -968,29 +983,46 @@ fn update_changes_only_what_may_change() {
         "owner",
         "id",
     ] {
-        assert_eq!(
-            code(ims.update(&owner(), &r.id, &set(field, "x"))),
-            "field_immutable"
+        let set = format!("{field}=x");
+        refused(
+            &cli(&home, "owner", &["images", "update", &r.id, "--set", &set]),
+            "field_immutable",
         );
     }
+    let refuse = |update: RecordUpdate| code(ims.update(&owner(), &r.id, &update));
     assert_eq!(
-        code(ims.update(&owner(), &r.id, &set("name", &"n".repeat(129)))),
+        refuse(RecordUpdate {
+            name: Some("n".repeat(129)),
+            ..Default::default()
+        }),
         "name_too_long"
     );
     assert_eq!(
-        code(ims.update(&owner(), &r.id, &set("min_disk", "0"))),
+        refuse(RecordUpdate {
+            min_disk: Some(0),
+            ..Default::default()
+        }),
         "min_disk_out_of_range"
     );
-    let tags = (0..11)
-        .map(|i| format!("k{i}=v"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let eleven = (0..11).map(|i| tag(&format!("k{i}"), "v")).collect();
     assert_eq!(
-        code(ims.update(&owner(), &r.id, &set("tags", &tags))),
+        refuse(RecordUpdate {
+            tags: Some(eleven),
+            ..Default::default()
+        }),
         "too_many_tags"
     );
+    // A later rule's refusal keeps an earlier change from being written.
+    assert_eq!(
+        refuse(RecordUpdate {
+            name: Some("c".into()),
+            min_ram: Some((1 << 20) + 1),
+            ..Default::default()
+        }),
+        "min_ram_out_of_range"
+    );
     // A refused update changes nothing.
-    assert_eq!(ims.show(&owner(), &r.id).unwrap(), u);
+    assert_eq!(ims.show(&owner(), &r.id).unwrap(), same);
 }
 
 #[test]

@@ -14,7 +14,8 @@
 //! - [`Ims::register`] (in [`register`](mod@register)): probe, open strictly, inspect,
 //!   validate, convert into the store format while hashing, make durable, record `active`;
 //!   [`register_file`] does it once on a home directory.
-//! - [`Ims::list`], [`Ims::show`], [`Ims::update`], [`Ims::delete`]: search and manage.
+//! - [`Ims::list`], [`Ims::show`], [`Ims::update`] (a typed [`RecordUpdate`]; tags are
+//!   [`Tag`]s), [`Ims::delete`]: search and manage.
 //! - [`sharing`]: members; [`replicate`]: copies to other regions and exports.
 //! - [`Ims::recover`] (run by [`Ims::open`] and [`Ims::with`]): records left `queued`/`saving`
 //!   by a dead process become `killed`, and their data is removed.
@@ -34,6 +35,7 @@ pub mod rules;
 pub mod sharing;
 pub mod store;
 mod tag;
+mod update;
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -56,6 +58,7 @@ pub use register::{RegisterRequest, Registered};
 pub use rules::Limits;
 pub use store::{ImageStore, LocalStore, StoreWriter, UnfinishedWrite};
 pub use tag::Tag;
+pub use update::RecordUpdate;
 
 /// Who asks, and where.
 #[derive(Debug, Clone)]
@@ -398,68 +401,6 @@ impl Ims {
             items.truncate(limit);
         }
         Ok(items)
-    }
-
-    /// Changes the fields an owner may change: `name`, `description`, `min_disk`, `min_ram`,
-    /// `tags` (`K=V,K=V` as [`Tag`]s parse them, replacing all), `support_user_data`, `support_disk_hotswap`
-    /// (`true`/`false`). Any other field is refused with `field_immutable`.
-    pub fn update(
-        &self,
-        scope: &Scope,
-        id: &str,
-        changes: &[(String, String)],
-    ) -> Result<ImageRecord> {
-        let mut r = self.show(scope, id)?;
-        rules::check_owner(&r, &scope.project)?;
-        for (field, value) in changes {
-            rules::check_mutable(field)?;
-            let number = |v: &str| {
-                v.parse::<u64>().map_err(|_| {
-                    Error::InvalidArgument(format!("{field} must be a whole number, not '{v}'"))
-                })
-            };
-            let flag = |v: &str| match v {
-                "true" => Ok(true),
-                "false" => Ok(false),
-                _ => Err(Error::InvalidArgument(format!(
-                    "{field} must be true or false, not '{v}'"
-                ))),
-            };
-            match field.as_str() {
-                "name" => {
-                    rules::check_name(value)?;
-                    r.name = value.clone();
-                }
-                "description" => {
-                    rules::check_description(value)?;
-                    r.description = value.clone();
-                }
-                "min_disk" => {
-                    let n = number(value)?;
-                    rules::check_min_disk(n, r.virtual_size)?;
-                    r.min_disk = u32::try_from(n).unwrap_or(u32::MAX);
-                }
-                "min_ram" => {
-                    let n = number(value)?;
-                    rules::check_min_ram(n)?;
-                    r.min_ram = u32::try_from(n).unwrap_or(u32::MAX);
-                }
-                "tags" => {
-                    let tags: Vec<Tag> = value
-                        .split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(str::parse)
-                        .collect::<Result<_>>()?;
-                    r.tags = tag::tag_map(&tags)?;
-                }
-                "support_user_data" => r.features.support_user_data = flag(value)?,
-                "support_disk_hotswap" => r.features.support_disk_hotswap = flag(value)?,
-                _ => unreachable!("check_mutable lets only these through"),
-            }
-        }
-        r.updated_at = record::now();
-        self.catalog.update(&r)?;
-        Ok(r)
     }
 
     /// Deletes an image: the record becomes `deleted`, its members go (they need not agree)

@@ -349,7 +349,8 @@ pub fn check_active(record: &ImageRecord) -> Result<()> {
     Ok(())
 }
 
-/// Fields that describe the stored data cannot be changed by an update.
+/// Fields that describe the stored data cannot be changed by an update: a field named by a
+/// request (the CLI's `--set FIELD=VALUE`) must be one of [`RecordUpdate`](super::RecordUpdate)'s.
 pub fn check_mutable(field: &str) -> Result<()> {
     const MUTABLE: &[&str] = &[
         "name",

@@ -1,11 +1,13 @@
 //! `ims register` and `ims images ...`: the image catalog's commands over `ims::register`.
+//! This is the CLI adapter of the service's types: `--tag K=V` becomes a [`Tag`], and
+//! `images update`'s flags and `--set FIELD=VALUE` a [`RecordUpdate`].
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ims::register::{
-    ImageType, Ims, ListQuery, MemberStatus, RegisterRequest, Result, Scope, Status, Tag,
-    Visibility,
+    ImageType, Ims, ListQuery, MemberStatus, RecordUpdate, RegisterRequest, Result, Scope, Status,
+    Tag, Visibility, rules,
 };
 use ims::{CreateOptions, Error, Format};
 
@@ -267,6 +269,49 @@ pub fn register(args: RegisterArgs) -> Result<()> {
     print_record(args.scope.output, &done)
 }
 
+/// `K=V,K=V` as tags (empty items skipped).
+fn parse_tag_list(value: &str) -> Result<Vec<Tag>> {
+    value
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect()
+}
+
+/// `--set FIELD=VALUE` into `update` (a later value of a field replaces an earlier one): a
+/// field that cannot change is refused with `field_immutable`.
+fn set_field(update: &mut RecordUpdate, field: &str, value: &str) -> Result<()> {
+    rules::check_mutable(field)?;
+    let number = |v: &str| {
+        v.parse::<u64>().map_err(|_| {
+            Error::InvalidArgument(format!("{field} must be a whole number, not '{v}'"))
+        })
+    };
+    let flag = |v: &str| match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Error::InvalidArgument(format!(
+            "{field} must be true or false, not '{v}'"
+        ))),
+    };
+    match field {
+        "name" => update.name = Some(value.to_string()),
+        "description" => update.description = Some(value.to_string()),
+        "min_disk" => update.min_disk = Some(number(value)?),
+        "min_ram" => update.min_ram = Some(number(value)?),
+        "tags" => update.tags = Some(parse_tag_list(value)?),
+        "support_user_data" => update.support_user_data = Some(flag(value)?),
+        "support_disk_hotswap" => update.support_disk_hotswap = Some(flag(value)?),
+        other => {
+            return Err(Error::internal(format!(
+                "--set {other}: a changeable field this command does not know"
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
 fn print_record(output: OutputKind, v: &impl serde::Serialize) -> Result<()> {
     match output {
         OutputKind::Json => println!("{}", to_json(v)?),
@@ -382,35 +427,30 @@ pub fn images(args: ImagesArgs) -> Result<()> {
             support_disk_hotswap,
             set,
         } => {
-            let mut changes: Vec<(String, String)> = Vec::new();
-            let mut add = |k: &str, v: Option<String>| {
-                if let Some(v) = v {
-                    changes.push((k.to_string(), v));
-                }
+            let mut update = RecordUpdate {
+                name,
+                description,
+                min_disk,
+                min_ram,
+                // As `--set tags=K=V,K=V`: each value may hold several tags.
+                tags: (clear_tags || !tags.is_empty())
+                    .then(|| parse_tag_list(&tags.join(",")))
+                    .transpose()?,
+                support_user_data,
+                support_disk_hotswap,
             };
-            add("name", name);
-            add("description", description);
-            add("min_disk", min_disk.map(|v| v.to_string()));
-            add("min_ram", min_ram.map(|v| v.to_string()));
-            add(
-                "tags",
-                (clear_tags || !tags.is_empty()).then(|| tags.join(",")),
-            );
-            add(
-                "support_user_data",
-                support_user_data.map(|v| v.to_string()),
-            );
-            add(
-                "support_disk_hotswap",
-                support_disk_hotswap.map(|v| v.to_string()),
-            );
-            for s in set {
-                let (k, v) = s.split_once('=').ok_or_else(|| {
-                    Error::InvalidArgument(format!("--set '{s}' is not FIELD=VALUE"))
-                })?;
-                changes.push((k.to_string(), v.to_string()));
+            let set = set
+                .iter()
+                .map(|s| {
+                    s.split_once('=').ok_or_else(|| {
+                        Error::InvalidArgument(format!("--set '{s}' is not FIELD=VALUE"))
+                    })
+                })
+                .collect::<ims::Result<Vec<_>>>()?;
+            for (field, value) in set {
+                set_field(&mut update, field, value)?;
             }
-            print_record(output, &ims.update(&scope, &id, &changes)?)
+            print_record(output, &ims.update(&scope, &id, &update)?)
         }
         ImagesCommand::Delete { id } => {
             ims.delete(&scope, &id)?;
