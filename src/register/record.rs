@@ -58,14 +58,18 @@ pub enum Status {
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum MemberStatus {
+    /// Shared, not yet answered: the member may see the image but not use it.
     Pending,
+    /// Accepted: the image is in the member's list and the member may use it.
     Accepted,
+    /// Rejected: the image leaves the member's list.
     Rejected,
 }
 
 macro_rules! names {
     ($t:ty, $what:literal, $($v:ident = $s:literal),+) => {
         impl $t {
+            /// The name as the record, the API and the CLI write it.
             pub fn name(self) -> &'static str {
                 match self { $(Self::$v => $s),+ }
             }
@@ -146,60 +150,78 @@ impl Features {
     }
 }
 
-/// The image's data as stored.
+/// The image's data as stored: digests of the stored file's bytes, in lowercase hex.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checksum {
-    /// Of the stored file's bytes, hex.
+    /// SHA-256 of the stored file's bytes, hex.
     pub sha256: String,
+    /// SHA-512 of the stored file's bytes, hex.
     pub sha512: String,
 }
 
-/// One image.
+/// One image. The fields IMS also has carry its names (`id`, `name`, `owner`, `visibility`,
+/// `status`, `min_disk`, `min_ram`, `virtual_size`, `tags`, `checksum`, `created_at`,
+/// `updated_at`) or say which IMS attribute they are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
+    /// The image id (a UUID).
     pub id: String,
+    /// The image name, 1 to 128 characters.
     pub name: String,
+    /// The description, at most 1024 characters (IMS: `__description`).
     pub description: String,
     /// The owner project.
     pub owner: String,
+    /// The region the image lives in.
     pub region: String,
+    /// Who may see it.
     pub visibility: Visibility,
+    /// What the image is: system disk, data disk, full-ECS or ISO.
     pub image_type: ImageType,
+    /// Where the record is in its life.
     pub status: Status,
     /// Why the record was killed.
     pub status_reason: Option<String>,
-    /// `Linux`, `Windows` or `Other`.
+    /// `Linux`, `Windows` or `Other` (IMS: `__os_type`).
     pub os_type: String,
-    /// As IMS writes it: `Ubuntu 22.04 64bit`.
+    /// As IMS writes it: `Ubuntu 22.04 64bit` (IMS: `__os_version`).
     pub os_version: String,
-    /// The distribution family: `Ubuntu`, `CentOS`, `Windows`, `Other`.
+    /// The distribution family: `Ubuntu`, `CentOS`, `Windows`, `Other` (IMS: `__platform`).
     pub platform: String,
-    /// 32 or 64, where known.
+    /// 32 or 64, where known (IMS: `__os_bit`).
     pub os_bit: Option<u32>,
     /// `x86_64`, `aarch64`, or `unknown`.
     pub architecture: String,
-    /// `bios`, `uefi` (UEFI and BIOS both found counts as `uefi`), or `unknown`.
+    /// `bios`, `uefi` (UEFI and BIOS both found counts as `uefi`), or `unknown` (IMS:
+    /// `hw_firmware_type`).
     pub firmware: String,
     /// The smallest disk, in GiB, a server may boot it from.
     pub min_disk: u32,
     /// The smallest memory, in MiB (0: no minimum).
     pub min_ram: u32,
-    /// The uploaded file's format and length.
+    /// The uploaded file's format (`qcow2`, `vmdk`, ...).
     pub source_format: String,
+    /// The uploaded file's length, bytes.
     pub source_size: u64,
-    /// The stored file's format and length.
+    /// The stored file's format: `zvhd2`, `qcow2` or `raw` (IMS: `disk_format`).
     pub store_format: String,
+    /// The stored file's length, bytes.
     pub store_size: u64,
     /// The store's key of the data (`REGION/ID.FORMAT`).
     pub store_key: String,
+    /// The disk's size, bytes.
     pub virtual_size: u64,
+    /// Digests of the stored file.
     pub checksum: Checksum,
+    /// What the image supports.
     pub features: Features,
+    /// Whether the image is encrypted (then it cannot be shared, and a replica needs a key).
     pub encrypted: bool,
-    /// The key that encrypts the image, when `encrypted`.
+    /// The key that encrypts the image, when `encrypted` (IMS: `__system__cmkid`).
     pub kms_key_id: Option<String>,
+    /// The tags, key to value.
     pub tags: BTreeMap<String, String>,
-    /// For a full-ECS image: the CBR backup it was made from.
+    /// For a full-ECS image: the CBR backup it was made from (IMS: `__backup_id`).
     pub backup_id: Option<String>,
     /// For a full-ECS image: its data disks' image ids.
     pub data_images: Vec<String>,
@@ -207,8 +229,9 @@ pub struct ImageRecord {
     pub marketplace: bool,
     /// The image this one was replicated from.
     pub copied_from: Option<String>,
-    /// RFC 3339, UTC.
+    /// When the record was made, RFC 3339, UTC.
     pub created_at: String,
+    /// When the record last changed, RFC 3339, UTC.
     pub updated_at: String,
 }
 
@@ -264,10 +287,15 @@ impl ImageRecord {
 /// A member project of a shared image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
+    /// The shared image.
     pub image_id: String,
+    /// The member project (IMS: `member_id`).
     pub project: String,
+    /// Its answer.
     pub status: MemberStatus,
+    /// When the image was shared with it, RFC 3339, UTC.
     pub created_at: String,
+    /// When its status last changed, RFC 3339, UTC.
     pub updated_at: String,
 }
 
