@@ -1,5 +1,3 @@
-// Documented with the store rework (issue 16, point 3).
-#![allow(missing_docs)]
 //! Registration and the image catalog: private images from external files, with the rules of
 //! an Image Management Service (IMS).
 //!
