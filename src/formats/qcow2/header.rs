@@ -622,6 +622,15 @@ impl Qcow2Header {
         let geometry = h.geometry()?;
         let cluster_size = geometry.cluster_size();
 
+        // The disk is whole sectors (qemu refuses any other size).
+        if !h.size.is_multiple_of(512) {
+            return Err(Error::malformed(
+                HEADER,
+                24,
+                format!("virtual size {} is not a multiple of 512", h.size),
+            ));
+        }
+
         // The refcount table: present, small enough, aligned, after the header, in the file.
         if h.refcount_table_clusters == 0 {
             return Err(Error::malformed(
@@ -991,6 +1000,14 @@ pub(crate) mod tests {
                 .map_err(|e| e.kind())
         };
         assert_eq!(layout(&|_| {}, 0x40000), Ok(()));
+        // A virtual size that is not whole sectors.
+        assert_eq!(
+            layout(
+                &|b| b[24..32].copy_from_slice(&((1u64 << 30) - 100).to_be_bytes()),
+                0x40000
+            ),
+            Err("malformed")
+        );
         // L1 past the end of the file.
         assert_eq!(layout(&|_| {}, 0x30008), Err("truncated"));
         assert_eq!(
