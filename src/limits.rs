@@ -85,6 +85,16 @@ pub const UNIT_CACHE_ENTRIES: usize = 4;
 /// cluster (at most 2 MiB) per frame, which zstd encodes with a window of at most 2 MiB. This
 /// bounds what a hostile frame can allocate.
 pub const QCOW2_ZSTD_WINDOW_LOG_MAX: u32 = 22;
+/// Most host clusters the QCOW2 reader's open-time consistency pass follows (two bits each in a
+/// map of the file, so at most 64 MiB): 256 Mi clusters, a file of 16 TiB of 64 KiB clusters or
+/// 128 GiB of 512-byte ones (the largest disk a 32 MiB L1 table maps with 512-byte clusters). A
+/// larger file is refused. Each L2 table and data cluster the pass visits is a distinct cluster
+/// of the map, so this also bounds the pass's work.
+pub const MAX_QCOW2_MAP_CLUSTERS: u64 = 256 << 20;
+/// Most compressed clusters of the active image whose byte ranges the consistency pass sorts and
+/// compares (8 bytes each, so at most 64 MiB): 8 Mi clusters, 512 GiB of 64 KiB clusters written
+/// compressed.
+pub const MAX_QCOW2_COMPRESSED_CLUSTERS: u64 = 8 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // VHD

@@ -667,6 +667,236 @@ fn qcow2_cases(b: &Bases, outside: &str) -> Vec<Case> {
             }),
         ),
     ]);
+    // Issue 20: inconsistent structure. Amplification through shared clusters, entries pointing
+    // at metadata, reserved bits and impossible flags, sizes, snapshot tables: all refused when
+    // the image opens (so `ims info` fails too).
+    {
+        /// A qcow2 image with an internal snapshot table appended: `entries(copy0, copy1)` gives
+        /// each snapshot's (L1 table offset, L1 size, id), where `copy0` and `copy1` are two
+        /// appended clusters holding copies of the active L1 table.
+        fn q_snapshots(
+            base: &[u8],
+            entries: impl Fn(u64, u64) -> Vec<(u64, u32, &'static str)>,
+        ) -> Vec<u8> {
+            let mut b = base.to_vec();
+            let table = (b.len() as u64).next_multiple_of(1 << 16);
+            let copies = [table + (1 << 16), table + (2 << 16)];
+            b.resize(table as usize + (3 << 16), 0);
+            let l1 = q_l1(base);
+            let l1_len = 8 * BigEndian::read_u32(&base[Q_L1_SIZE..]) as usize;
+            for c in copies {
+                b.copy_within(l1..l1 + l1_len, c as usize);
+            }
+            let list = entries(copies[0], copies[1]);
+            let mut at = table as usize;
+            for (l1_offset, l1_size, id) in &list {
+                be64(&mut b, at, *l1_offset);
+                be32(&mut b, at + 8, *l1_size);
+                b[at + 12..at + 14].copy_from_slice(&(id.len() as u16).to_be_bytes());
+                b[at + 14..at + 16].copy_from_slice(&1u16.to_be_bytes());
+                b[at + 40..at + 40 + id.len()].copy_from_slice(id.as_bytes());
+                b[at + 40 + id.len()] = b's';
+                at += (40 + id.len() + 1).next_multiple_of(8);
+            }
+            be32(&mut b, Q_NB_SNAPSHOTS, list.len() as u32);
+            be64(&mut b, Q_SNAPSHOTS_OFFSET, table);
+            b
+        }
+
+        const COPIED: u64 = 1 << 63;
+        const COMPRESSED: u64 = 1 << 62;
+        let x = 62 - (16 - 8); // compressed descriptor offset bits, 64 KiB clusters
+        let l1 = q_l1(q) as u64;
+        let rc = q_rc(q) as u64;
+        let l2 = q_l2(q) as u64;
+        let block = BigEndian::read_u64(&q[q_rc(q)..]) & !0x1ff;
+        let data_entries: Vec<(usize, u64)> = (0..16)
+            .map(|i| l2 as usize + 8 * i)
+            .map(|at| (at, BigEndian::read_u64(&q[at..])))
+            .filter(|(_, v)| *v & 0x00ff_ffff_ffff_fe00 != 0)
+            .collect();
+        let (second_at, _) = data_entries[1];
+        let c_entries: Vec<(usize, u64)> = (0..DISK as usize >> 16)
+            .map(|i| q_l2(qc) + 8 * i)
+            .map(|at| (at, BigEndian::read_u64(&qc[at..])))
+            .filter(|(_, v)| v & COMPRESSED != 0)
+            .collect();
+        let (c2_at, _) = c_entries[1];
+        let c_host = c_entry & ((1u64 << x) - 1);
+        // The compressed cluster spanning the most sectors, and another one.
+        let (_, wide) = *c_entries.iter().max_by_key(|(_, v)| v >> x & 0xff).unwrap();
+        assert!(
+            wide >> x & 0xff >= 1,
+            "a compressed cluster spans two sectors"
+        );
+        let (other_at, _) = *c_entries.iter().find(|(_, v)| *v != wide).unwrap();
+        v.extend([
+            // 1. Amplification: one host cluster behind several guest clusters.
+            case(
+                "qcow2 two L2 entries share a data cluster",
+                "malformed",
+                edit(q, |b| be64(b, second_at, entry)),
+            ),
+            case(
+                "qcow2 every L2 entry maps the same data cluster",
+                "malformed",
+                edit(q, |b| {
+                    for i in 0..DISK as usize >> 16 {
+                        be64(b, l2 as usize + 8 * i, entry);
+                    }
+                }),
+            ),
+            case(
+                "qcow2 preallocated zero cluster shares a data cluster",
+                "malformed",
+                edit(q, |b| be64(b, second_at, (entry & !COPIED) | 1)),
+            ),
+            case(
+                "qcow2 two compressed entries repeat one range",
+                "malformed",
+                edit(qc, |b| be64(b, c2_at, c_entry)),
+            ),
+            case(
+                "qcow2 compressed ranges overlap",
+                "malformed",
+                edit(qc, |b| be64(b, other_at, wide + 1)),
+            ),
+            // 2. Entries pointing at metadata.
+            case(
+                "qcow2 L1 entry points at the L1 table",
+                "malformed",
+                edit(q, |b| be64(b, l1 as usize, COPIED | l1)),
+            ),
+            case(
+                "qcow2 L1 entry points at the refcount table",
+                "malformed",
+                edit(q, |b| be64(b, l1 as usize, COPIED | rc)),
+            ),
+            case(
+                "qcow2 L2 entry points at its own L2 table",
+                "malformed",
+                edit(q, |b| be64(b, entry_at, COPIED | l2)),
+            ),
+            case(
+                "qcow2 L2 entry points at the L1 table",
+                "malformed",
+                edit(q, |b| be64(b, entry_at, COPIED | l1)),
+            ),
+            case(
+                "qcow2 L2 entry points at a refcount block",
+                "malformed",
+                edit(q, |b| be64(b, entry_at, COPIED | block)),
+            ),
+            case(
+                "qcow2 preallocated zero cluster on the refcount table",
+                "malformed",
+                edit(q, |b| be64(b, entry_at, rc | 1)),
+            ),
+            case(
+                "qcow2 compressed cluster inside the header",
+                "malformed",
+                edit(qc, |b| {
+                    be64(b, c_at, (c_entry & !((1u64 << x) - 1)) | 0x200)
+                }),
+            ),
+            case(
+                "qcow2 compressed cluster inside the L2 table",
+                "malformed",
+                edit(qc, |b| {
+                    let l2 = q_l2(b) as u64;
+                    be64(b, c_at, (c_entry & !((1u64 << x) - 1)) | (l2 + 0x100));
+                }),
+            ),
+            case(
+                "qcow2 data cluster inside compressed data",
+                "malformed",
+                edit(qc, |b| be64(b, c2_at, COPIED | (c_host & !0xffff))),
+            ),
+            // 3. Reserved bits and impossible flags.
+            case(
+                "qcow2 L1 entry with reserved bit 0",
+                "malformed",
+                edit(q, |b| be64(b, l1 as usize, COPIED | l2 | 1)),
+            ),
+            case(
+                "qcow2 L1 entry with reserved bit 56",
+                "malformed",
+                edit(q, |b| be64(b, l1 as usize, COPIED | l2 | 1 << 56)),
+            ),
+            case(
+                "qcow2 L2 entry with reserved bit 1",
+                "malformed",
+                edit(q, |b| be64(b, entry_at, entry | 2)),
+            ),
+            case(
+                "qcow2 L2 entry with reserved bit 61",
+                "malformed",
+                edit(q, |b| be64(b, entry_at, entry | 1 << 61)),
+            ),
+            case(
+                "qcow2 L2 entry COPIED with offset 0",
+                "malformed",
+                edit(q, |b| be64(b, entry_at, COPIED)),
+            ),
+            case(
+                "qcow2 compressed entry with COPIED",
+                "malformed",
+                edit(qc, |b| be64(b, c_at, c_entry | COPIED)),
+            ),
+            // 4. Sizes.
+            case(
+                "qcow2 virtual size not a multiple of 512",
+                "malformed",
+                edit(q, |b| be64(b, Q_SIZE, DISK - 100)),
+            ),
+            case(
+                "qcow2 virtual size one past whole sectors",
+                "malformed",
+                edit(q, |b| be64(b, Q_SIZE, DISK + 1)),
+            ),
+            // 5. Snapshot tables (a valid one first, so the checks are seen to let it through).
+            case(
+                "qcow2 snapshot, valid",
+                "ok",
+                q_snapshots(q, |a, b| vec![(a, 1, "1"), (b, 1, "2")]),
+            ),
+            case(
+                "qcow2 snapshot L1 table unaligned",
+                "malformed",
+                q_snapshots(q, |a, _| vec![(a + 8, 1, "1")]),
+            ),
+            case(
+                "qcow2 snapshot L1 table past EOF",
+                "truncated",
+                q_snapshots(q, |a, _| vec![(a + (1 << 30), 1, "1")]),
+            ),
+            case(
+                "qcow2 snapshot L1 table of 2^31 entries",
+                "limit-exceeded",
+                q_snapshots(q, |a, _| vec![(a, 0x7fff_ffff, "1")]),
+            ),
+            case(
+                "qcow2 snapshot L1 table is the active L1 table",
+                "malformed",
+                q_snapshots(q, move |_, _| vec![(l1, 1, "1")]),
+            ),
+            case(
+                "qcow2 snapshot L1 table on the refcount table",
+                "malformed",
+                q_snapshots(q, move |_, _| vec![(rc, 1, "1")]),
+            ),
+            case(
+                "qcow2 two snapshots share an L1 table",
+                "malformed",
+                q_snapshots(q, |a, _| vec![(a, 1, "1"), (a, 1, "2")]),
+            ),
+            case(
+                "qcow2 duplicate snapshot ids",
+                "malformed",
+                q_snapshots(q, |a, b| vec![(a, 1, "1"), (b, 1, "1")]),
+            ),
+        ]);
+    }
     // Truncation at each structure boundary.
     let l2 = q_l2(q);
     let data = (entry & 0x00ff_ffff_ffff_fe00) as usize;

@@ -10,6 +10,7 @@
 //! The format, in this project's words, is in `formats/qcow2.md`.
 
 pub mod check;
+mod consistency;
 pub mod geometry;
 pub mod header;
 pub mod info;

@@ -24,14 +24,17 @@ use crate::limits::{
 use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, Unit, only_file};
 use crate::storage::{Storage, read_exact_at};
 
+use super::consistency::{ClusterMap, CompressedRanges};
 use super::header::{CompressionType, Qcow2Header, compatible, incompatible};
 use super::info::{Qcow2Info, Qcow2SnapshotInfo};
+use super::snapshot::{SnapshotTable, read_snapshot_entries};
 use super::tables::{
-    COMPRESSED_SECTOR_SIZE, ClusterType, CompressedDescriptor, Geometry, L1Entry, L2Entry,
-    Snapshot, SubclusterState, TABLE_ENTRY_SIZE, classify_standard, decode_table,
-    read_snapshot_table, subcluster_state,
+    COMPRESSED_SECTOR_SIZE, ClusterType, CompressedDescriptor, Geometry, L1Entry,
+    L2E_STD_RESERVED_MASK, L2Entry, OFLAG_ZERO, Snapshot, SubclusterState, TABLE_ENTRY_SIZE,
+    classify_standard, decode_table, refcount_block_offset, subcluster_state,
 };
 use crate::formats::info::FormatInfo;
+use crate::limits::MAX_L1_TABLE_SIZE;
 
 /// What the caller resolved for the image before opening it.
 #[derive(Clone, Default)]
@@ -99,20 +102,234 @@ impl Qcow2Disk {
         )?;
         let l1 = decode_table(&l1_bytes);
 
-        let snapshots =
-            read_snapshot_table(&*storage, h.snapshots_offset, h.nb_snapshots, file_len)?;
+        let table = read_snapshot_entries(&*storage, h.snapshots_offset, h.nb_snapshots, file_len)?;
         let tables = usize::try_from(L2_CACHE_BYTES >> geometry.cluster_bits())
             .unwrap_or(L2_CACHE_MAX_TABLES)
             .clamp(L2_CACHE_MIN_TABLES, L2_CACHE_MAX_TABLES);
-        Ok(Qcow2Disk {
+        let disk = Qcow2Disk {
             storage,
             file_len,
             header,
             geometry,
             l1,
-            snapshots,
+            snapshots: Vec::new(),
             l2_cache: Lru::new(tables),
+        };
+        disk.check_consistency(&table)?;
+        Ok(Qcow2Disk {
+            snapshots: table.entries.into_iter().map(|(_, s)| s).collect(),
+            ..disk
         })
+    }
+
+    /// The open-time consistency pass (issue 20; `formats/qcow2.md`, "Consistency"): marks the
+    /// clusters of the header, the L1, refcount and snapshot tables, the refcount blocks and
+    /// the snapshots' L1 tables, then every L2 table the active L1 table references and every
+    /// host cluster and compressed range their entries use. Refuses a cluster used twice
+    /// (shared data, or an entry pointing at metadata), reserved bits, impossible flags,
+    /// snapshot L1 tables that are misaligned, too large or outside the file, and duplicate
+    /// snapshot ids. Reads each table once; bounded by [`crate::limits::MAX_QCOW2_MAP_CLUSTERS`]
+    /// and [`crate::limits::MAX_QCOW2_COMPRESSED_CLUSTERS`].
+    fn check_consistency(&self, snapshots: &SnapshotTable) -> Result<()> {
+        const HEADER: &str = "qcow2 header";
+        const SNAPSHOTS: &str = "qcow2 snapshot table";
+        let h = &self.header.header;
+        let g = self.geometry;
+        let cluster_size = g.cluster_size();
+        let mut map = ClusterMap::new(self.file_len, g.cluster_bits())?;
+
+        // The fixed metadata (check_layout has checked each lies in the file, aligned).
+        let overlap = |at: u64| move |problem: String| Error::malformed(HEADER, at, problem);
+        map.metadata(0, cluster_size, "header")
+            .map_err(overlap(0))?;
+        map.metadata(
+            h.refcount_table_offset,
+            u64::from(h.refcount_table_clusters) << g.cluster_bits(),
+            "refcount table",
+        )
+        .map_err(overlap(48))?;
+        map.metadata(
+            h.l1_table_offset,
+            u64::from(h.l1_size) * TABLE_ENTRY_SIZE,
+            "active L1 table",
+        )
+        .map_err(overlap(40))?;
+        if !snapshots.entries.is_empty() {
+            map.metadata(
+                h.snapshots_offset,
+                snapshots.end.saturating_sub(h.snapshots_offset),
+                "snapshot table",
+            )
+            .map_err(overlap(64))?;
+        }
+
+        // Refcount blocks: reading does not use them, so only those that can be one are marked
+        // (ims check reports the others).
+        let reftable_len = u64::from(h.refcount_table_clusters) << g.cluster_bits();
+        let mut reftable = vec![0u8; usize_len(reftable_len)?];
+        read_exact_at(
+            &*self.storage,
+            &mut reftable,
+            h.refcount_table_offset,
+            "qcow2 refcount table",
+        )?;
+        for (i, entry) in decode_table(&reftable).into_iter().enumerate() {
+            let block = refcount_block_offset(entry);
+            if block == 0 || !block.is_multiple_of(cluster_size) || block >= self.file_len {
+                continue;
+            }
+            let at = h.refcount_table_offset + i as u64 * TABLE_ENTRY_SIZE;
+            map.metadata(block, cluster_size, "refcount block")
+                .map_err(|p| Error::malformed("qcow2 refcount table", at, p))?;
+        }
+
+        // Snapshots: unique ids; each L1 table aligned, bounded, in the file, apart.
+        let mut ids = std::collections::HashSet::new();
+        for (at, s) in &snapshots.entries {
+            let at = *at;
+            if !ids.insert(s.id.as_str()) {
+                return Err(Error::malformed(
+                    SNAPSHOTS,
+                    at,
+                    format!("snapshot id {:?} is used by an earlier snapshot", s.id),
+                ));
+            }
+            let len = u64::from(s.l1_size) * TABLE_ENTRY_SIZE;
+            if len == 0 {
+                continue;
+            }
+            if len > MAX_L1_TABLE_SIZE {
+                return Err(Error::limit(
+                    SNAPSHOTS,
+                    at,
+                    format!(
+                        "snapshot {:?} has an L1 table of {len} bytes, more than {MAX_L1_TABLE_SIZE}",
+                        s.id
+                    ),
+                ));
+            }
+            let offset = s.l1_table_offset;
+            if offset == 0 || !offset.is_multiple_of(cluster_size) {
+                return Err(Error::malformed(
+                    SNAPSHOTS,
+                    at,
+                    format!(
+                        "snapshot {:?} has its L1 table at {offset:#x}, not a cluster after the \
+                         header",
+                        s.id
+                    ),
+                ));
+            }
+            if offset
+                .checked_add(len)
+                .is_none_or(|end| end > self.file_len)
+            {
+                return Err(Error::truncated(
+                    "qcow2 snapshot L1 table",
+                    offset,
+                    len,
+                    self.file_len,
+                ));
+            }
+            map.metadata(offset, len, format!("L1 table of snapshot {:?}", s.id))
+                .map_err(|p| Error::malformed(SNAPSHOTS, at, p))?;
+        }
+
+        // The active L2 tables, all marked before any entry is looked at.
+        let mut with_tables = Vec::new();
+        for l1_index in 0..self.l1.len() as u64 {
+            let Some((offset, entry_pos)) = self.l2_offset(l1_index)? else {
+                continue;
+            };
+            map.table(offset, "L2 table")
+                .map_err(|p| Error::malformed("qcow2 L1 table", entry_pos, p))?;
+            with_tables.push(l1_index);
+        }
+
+        // Their entries.
+        let mut compressed = CompressedRanges::default();
+        for l1_index in with_tables {
+            let Some(table) = self.l2_table(l1_index)? else {
+                continue;
+            };
+            for index in 0..g.l2_entries() {
+                let (entry, at) = table.entry(index)?;
+                self.check_l2_entry(entry, at, &mut map, &mut compressed)?;
+            }
+        }
+        compressed.check(&g)
+    }
+
+    /// One L2 entry of the pass: its bits, then the host cluster or compressed bytes it uses.
+    fn check_l2_entry(
+        &self,
+        entry: L2Entry,
+        at: u64,
+        map: &mut ClusterMap,
+        compressed: &mut CompressedRanges,
+    ) -> Result<()> {
+        let g = self.geometry;
+        let bad = |problem: String| Error::malformed("qcow2 L2 entry", at, problem);
+        let d = entry.descriptor;
+        if entry.is_compressed() {
+            if entry.copied() {
+                return Err(bad(format!(
+                    "compressed entry {d:#x} has the COPIED flag set"
+                )));
+            }
+            if entry.bitmap != 0 {
+                return Err(bad(format!(
+                    "compressed entry has a subcluster bitmap {:#x}",
+                    entry.bitmap
+                )));
+            }
+            let (host, len) = self.compressed_range(d)?;
+            map.compressed(host, len).map_err(bad)?;
+            return compressed.push(d & !(OFLAG_COMPRESSED_AND_COPIED), at);
+        }
+        let reserved = if g.extended_l2() {
+            L2E_STD_RESERVED_MASK | OFLAG_ZERO
+        } else {
+            L2E_STD_RESERVED_MASK
+        };
+        if d & reserved != 0 {
+            return Err(bad(format!(
+                "entry {d:#x} has reserved bits {:#x} set",
+                d & reserved
+            )));
+        }
+        let host = entry.host_offset();
+        if host == 0 && entry.copied() {
+            return Err(bad(format!(
+                "entry {d:#x} has the COPIED flag set without a host cluster"
+            )));
+        }
+        if g.extended_l2() {
+            let alloc = entry.bitmap & 0xffff_ffff;
+            let zero = entry.bitmap >> 32;
+            if alloc & zero != 0 {
+                return Err(bad(format!(
+                    "subclusters {:#x} are both allocated and zero",
+                    alloc & zero
+                )));
+            }
+            if alloc != 0 && host == 0 {
+                return Err(bad(
+                    "subclusters are allocated without a host cluster".into()
+                ));
+            }
+            if !host.is_multiple_of(g.cluster_size()) {
+                return Err(bad(format!(
+                    "host cluster offset {host:#x} is not aligned to a cluster"
+                )));
+            }
+        } else {
+            classify_standard(entry, self.header.header.version, g.cluster_size()).map_err(bad)?;
+        }
+        if host != 0 {
+            map.data(host).map_err(bad)?;
+        }
+        Ok(())
     }
 
     /// The parsed header, extensions and backing file name.
@@ -147,6 +364,27 @@ impl Qcow2Disk {
 
     /// The L2 table of L1 entry `l1_index`, or `None` when that entry is unallocated.
     fn l2_table(&self, l1_index: u64) -> Result<Option<Arc<L2Table>>> {
+        let Some((offset, _)) = self.l2_offset(l1_index)? else {
+            return Ok(None);
+        };
+        if let Some(t) = self.l2_cache.get(&offset) {
+            return Ok(Some(t));
+        }
+        let cluster_size = self.geometry.cluster_size();
+        let mut bytes = vec![0u8; usize_len(cluster_size)?];
+        read_exact_at(&*self.storage, &mut bytes, offset, "qcow2 L2 table")?;
+        let table = Arc::new(L2Table {
+            offset,
+            words: decode_table(&bytes),
+            extended: self.geometry.extended_l2(),
+        });
+        self.l2_cache.insert(offset, table.clone());
+        Ok(Some(table))
+    }
+
+    /// Where the L2 table of L1 entry `l1_index` is, checked (no reserved bits, aligned, inside
+    /// the file), with the entry's own offset; `None` when the entry is unallocated.
+    fn l2_offset(&self, l1_index: u64) -> Result<Option<(u64, u64)>> {
         let h = &self.header.header;
         let entry_pos = h
             .l1_table_offset
@@ -161,7 +399,18 @@ impl Qcow2Disk {
                     "lookup past the end of the table",
                 )
             })?;
-        let offset = L1Entry(*raw).l2_offset();
+        let entry = L1Entry(*raw);
+        if entry.reserved_bits() != 0 {
+            return Err(Error::malformed(
+                "qcow2 L1 table",
+                entry_pos,
+                format!(
+                    "entry {raw:#x} has reserved bits {:#x} set",
+                    entry.reserved_bits()
+                ),
+            ));
+        }
+        let offset = entry.l2_offset();
         if offset == 0 {
             return Ok(None);
         }
@@ -184,18 +433,7 @@ impl Qcow2Disk {
                 self.file_len,
             ));
         }
-        if let Some(t) = self.l2_cache.get(&offset) {
-            return Ok(Some(t));
-        }
-        let mut bytes = vec![0u8; usize_len(cluster_size)?];
-        read_exact_at(&*self.storage, &mut bytes, offset, "qcow2 L2 table")?;
-        let table = Arc::new(L2Table {
-            offset,
-            words: decode_table(&bytes),
-            extended: self.geometry.extended_l2(),
-        });
-        self.l2_cache.insert(offset, table.clone());
-        Ok(Some(table))
+        Ok(Some((offset, entry_pos)))
     }
 
     /// Where a compressed cluster's bytes are: (host offset, bytes to read). The descriptor's
@@ -305,6 +543,9 @@ impl MappedDisk for Qcow2Disk {
         }))
     }
 }
+
+/// The flag bits of a compressed L2 entry, outside its descriptor.
+const OFLAG_COMPRESSED_AND_COPIED: u64 = 3 << 62;
 
 /// One L2 table, decoded.
 struct L2Table {

@@ -80,10 +80,34 @@ pub fn read_snapshot_table(
     nb_snapshots: u32,
     file_len: u64,
 ) -> Result<Vec<Snapshot>> {
+    read_snapshot_entries(storage, snapshots_offset, nb_snapshots, file_len)
+        .map(|t| t.entries.into_iter().map(|(_, s)| s).collect())
+}
+
+/// The snapshot table as it lies in the file: each entry with its offset, and where the table
+/// ends (for the consistency checks of the reader).
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotTable {
+    /// (file offset of the entry, the snapshot), in table order.
+    pub entries: Vec<(u64, Snapshot)>,
+    /// One past the last byte of the last entry (the table's start when it is empty).
+    pub end: u64,
+}
+
+/// [`read_snapshot_table`], keeping where each entry and the table lie.
+pub(crate) fn read_snapshot_entries(
+    storage: &dyn Storage,
+    snapshots_offset: u64,
+    nb_snapshots: u32,
+    file_len: u64,
+) -> Result<SnapshotTable> {
     const STRUCTURE: &str = "qcow2 snapshot table";
     let count = nb_snapshots;
     if count == 0 {
-        return Ok(Vec::new());
+        return Ok(SnapshotTable {
+            entries: Vec::new(),
+            end: snapshots_offset,
+        });
     }
     if count > MAX_SNAPSHOTS {
         return Err(Error::limit(
@@ -147,22 +171,28 @@ pub fn read_snapshot_table(
             let b: [u8; 8] = extra_bytes.get(at..at + 8)?.try_into().ok()?;
             Some(u64::from_be_bytes(b))
         };
-        out.push(Snapshot {
-            id: String::from_utf8_lossy(id).into_owned(),
-            name: String::from_utf8_lossy(name).into_owned(),
-            vm_state_size: extra_u64(0).unwrap_or(u64::from(h.vm_state_size)),
-            date_sec: h.date_sec,
-            date_nsec: h.date_nsec,
-            vm_clock_nsec: h.vm_clock_nsec,
-            // All ones means "not recorded".
-            icount: extra_u64(16).filter(|&v| v != u64::MAX),
-            disk_size: extra_u64(8),
-            l1_table_offset: h.l1_table_offset,
-            l1_size: h.l1_size,
-        });
+        out.push((
+            pos,
+            Snapshot {
+                id: String::from_utf8_lossy(id).into_owned(),
+                name: String::from_utf8_lossy(name).into_owned(),
+                vm_state_size: extra_u64(0).unwrap_or(u64::from(h.vm_state_size)),
+                date_sec: h.date_sec,
+                date_nsec: h.date_nsec,
+                vm_clock_nsec: h.vm_clock_nsec,
+                // All ones means "not recorded".
+                icount: extra_u64(16).filter(|&v| v != u64::MAX),
+                disk_size: extra_u64(8),
+                l1_table_offset: h.l1_table_offset,
+                l1_size: h.l1_size,
+            },
+        ));
         pos = entry_end;
     }
-    Ok(out)
+    Ok(SnapshotTable {
+        entries: out,
+        end: pos,
+    })
 }
 
 #[cfg(test)]
