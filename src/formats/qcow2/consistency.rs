@@ -165,6 +165,10 @@ impl ClusterMap {
                 self.set(c, Use::Data);
                 Ok(())
             }
+            Some(Use::Data) => Err(format!(
+                "host cluster {offset:#x} is also the data of another guest cluster (data \
+                 shared between guest clusters)"
+            )),
             Some(u) => Err(format!(
                 "host cluster {offset:#x} overlaps {}",
                 self.describe(c, u)

@@ -236,19 +236,16 @@ impl Qcow2Disk {
         }
 
         // The active L2 tables, all marked before any entry is looked at.
-        let mut with_tables = Vec::new();
         for l1_index in 0..self.l1.len() as u64 {
-            let Some((offset, entry_pos)) = self.l2_offset(l1_index)? else {
-                continue;
-            };
-            map.table(offset, "L2 table")
-                .map_err(|p| Error::malformed("qcow2 L1 table", entry_pos, p))?;
-            with_tables.push(l1_index);
+            if let Some((offset, entry_pos)) = self.l2_offset(l1_index)? {
+                map.table(offset, "L2 table")
+                    .map_err(|p| Error::malformed("qcow2 L1 table", entry_pos, p))?;
+            }
         }
 
         // Their entries.
         let mut compressed = CompressedRanges::default();
-        for l1_index in with_tables {
+        for l1_index in 0..self.l1.len() as u64 {
             let Some(table) = self.l2_table(l1_index)? else {
                 continue;
             };
