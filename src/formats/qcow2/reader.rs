@@ -859,6 +859,91 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// Opens a 16 MiB disk of 64 KiB clusters (version 3, `extended` L2 entries or not):
+    /// refcount table at 0x10000, refcount block at 0x20000, L1 at 0x30000, its one L2 table at
+    /// 0x40000, then four free clusters; `entries` are (index, descriptor, bitmap) of the L2
+    /// table. Returns the error kind and message of the open, if any.
+    fn open_with(extended: bool, entries: &[(usize, u64, u64)]) -> std::result::Result<(), String> {
+        let mut b = super::super::header::tests::v3_header(16 << 20);
+        if extended {
+            b[72..80].copy_from_slice(&incompatible::EXTENDED_L2.to_be_bytes());
+        }
+        b.resize(9 << 16, 0);
+        b[0x10000..0x10008].copy_from_slice(&0x20000u64.to_be_bytes());
+        b[0x30000..0x30008].copy_from_slice(&(OFLAG_COPIED_BIT | 0x40000u64).to_be_bytes());
+        let size = if extended { 16 } else { 8 };
+        for &(i, d, bitmap) in entries {
+            let at = 0x40000 + i * size;
+            b[at..at + 8].copy_from_slice(&d.to_be_bytes());
+            if extended {
+                b[at + 8..at + 16].copy_from_slice(&bitmap.to_be_bytes());
+            }
+        }
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::MemoryStorage::new(b));
+        Qcow2Reader::open(storage, &Qcow2OpenOptions::default())
+            .map(|_| ())
+            .map_err(|e| format!("{}: {e}", e.kind()))
+    }
+
+    const OFLAG_COPIED_BIT: u64 = 1 << 63;
+    use crate::formats::qcow2::tables::OFLAG_COMPRESSED;
+
+    #[test]
+    fn consistency_of_standard_entries() {
+        let c = OFLAG_COPIED_BIT;
+        open_with(
+            false,
+            &[
+                (0, c | 0x50000, 0),
+                (1, c | 0x60000, 0),
+                (2, 0x70000 | 1, 0),
+            ],
+        )
+        .unwrap();
+        let err = |entries: &[(usize, u64, u64)]| open_with(false, entries).unwrap_err();
+        let e = err(&[(0, c | 0x50000, 0), (3, c | 0x50000, 0)]);
+        assert!(e.starts_with("malformed") && e.contains("shared"), "{e}");
+        let e = err(&[(0, c | 0x40000, 0)]);
+        assert!(e.contains("an L2 table at 0x40000"), "{e}");
+        let e = err(&[(0, c | 0x20000, 0)]);
+        assert!(e.contains("refcount block"), "{e}");
+        let e = err(&[(0, c, 0)]);
+        assert!(e.contains("COPIED"), "{e}");
+        let e = err(&[(0, c | 0x50000 | 1 << 57, 0)]);
+        assert!(e.contains("reserved bits 0x200000000000000"), "{e}");
+        // A compressed cluster may not be COPIED.
+        let e = err(&[(0, c | OFLAG_COMPRESSED | 0x50000, 0)]);
+        assert!(e.contains("COPIED"), "{e}");
+    }
+
+    #[test]
+    fn consistency_of_extended_entries() {
+        let c = OFLAG_COPIED_BIT;
+        // Allocated subclusters, zero subclusters, a compressed cluster.
+        open_with(
+            true,
+            &[
+                (0, c | 0x50000, 0x0000_0003),
+                (1, 0, 0xffff_ffff_0000_0000),
+                (2, OFLAG_COMPRESSED | 0x60000, 0),
+            ],
+        )
+        .unwrap();
+        let err = |entries: &[(usize, u64, u64)]| open_with(true, entries).unwrap_err();
+        // The zero flag is reserved with extended entries.
+        let e = err(&[(0, c | 0x50000 | 1, 1)]);
+        assert!(e.contains("reserved bits 0x1"), "{e}");
+        let e = err(&[(0, c | 0x50000, 1 | 1 << 32)]);
+        assert!(e.contains("both allocated and zero"), "{e}");
+        let e = err(&[(0, 0, 1)]);
+        assert!(e.contains("without a host cluster"), "{e}");
+        let e = err(&[(2, OFLAG_COMPRESSED | 0x60000, 1)]);
+        assert!(e.contains("subcluster bitmap"), "{e}");
+        // A host cluster with no allocated subcluster is still the guest cluster's own.
+        let e = err(&[(0, c | 0x50000, 0), (1, c | 0x50000, 1)]);
+        assert!(e.contains("shared"), "{e}");
+    }
+
     fn deflate_raw(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         e.write_all(data).unwrap();
