@@ -1001,6 +1001,157 @@ fn vhd_cases(b: &Bases, outside: &str) -> Vec<Case> {
         .allow()
         .with("b.vhd", vhd_child(d, "img", b"W2ru")),
     );
+    v.extend(vhd_inconsistent_cases(b));
+    v
+}
+
+// Issue 20: inconsistent structure (VHD: shared blocks, blocks on metadata, reserved bits,
+// sizes, disagreeing footers). Each refusal has a control beside it that must still read.
+
+/// The dynamic base re-cut into blocks of 512 KiB (1025 sectors each with the bitmap: five
+/// cover the disk, a little over 2 MiB), with `entries` as its BAT; the stored block's sector
+/// is `vhd_first_block`.
+fn vhd_quarters(d: &[u8], entries: [u32; 5]) -> Vec<u8> {
+    let b = vhd_header(d, |h| {
+        be32(h, 28, 5);
+        be32(h, 32, 512 * 1024);
+    });
+    edit(&b, |b| {
+        let bat = vhd_bat(b);
+        for (i, e) in entries.iter().enumerate() {
+            be32(b, bat + 4 * i, *e);
+        }
+    })
+}
+fn vhd_first_block(d: &[u8]) -> u32 {
+    BigEndian::read_u32(&d[vhd_bat(d)..])
+}
+/// Edits only the footer copy at offset 0 and reseals it.
+fn vhd_copy(base: &[u8], f: impl Fn(&mut [u8])) -> Vec<u8> {
+    edit(base, |b| {
+        let page = &mut b[..512];
+        f(page);
+        let sum = vhd_sum(page, 64);
+        be32(page, 64, sum);
+    })
+}
+
+fn vhd_inconsistent_cases(b: &Bases) -> Vec<Case> {
+    let d = &b.vhd_dynamic;
+    let e0 = vhd_first_block(d);
+    const NONE: u32 = u32::MAX;
+    let v = vec![
+        // 1. Amplification: one stored block read as several guest ranges.
+        case(
+            "vhd two BAT entries on one block",
+            "malformed",
+            vhd_quarters(d, [e0, e0, NONE, NONE, NONE]),
+        ),
+        case(
+            "vhd BAT entries on overlapping blocks",
+            "malformed",
+            vhd_quarters(d, [e0, e0 + 1024, NONE, NONE, NONE]),
+        ),
+        case(
+            "vhd BAT entries on blocks side by side",
+            "ok",
+            vhd_quarters(d, [e0, e0 + 1025, NONE, NONE, NONE]),
+        ),
+        // 2. Blocks on the image's own metadata.
+        case(
+            "vhd BAT entry on the footer copy",
+            "malformed",
+            edit(d, |b| be32(b, vhd_bat(d), 0)),
+        ),
+        case(
+            "vhd BAT entry on the dynamic header",
+            "malformed",
+            edit(d, |b| be32(b, vhd_bat(d), 1)),
+        ),
+        case(
+            "vhd BAT entry on the BAT",
+            "malformed",
+            edit(d, |b| be32(b, vhd_bat(d), vhd_bat(d) as u32 / 512)),
+        ),
+        case(
+            "vhd BAT entry on the footer at the end",
+            "malformed",
+            edit(d, |b| be32(b, vhd_bat(d), e0 + 2)),
+        ),
+        case("vhd BAT entry on a parent locator's data", "malformed", {
+            // The child's locator sector follows the block: move the block one sector on.
+            let c = vhd_child(d, "parent.vhd", b"W2ru");
+            edit(&c, |b| be32(b, vhd_bat(&c), e0 + 1))
+        })
+        .allow(),
+        case(
+            "vhd child with its block beside the locator",
+            "external-reference",
+            vhd_child(d, "parent.vhd", b"W2ru"),
+        ),
+        // 3. Reserved feature bits.
+        case(
+            "vhd footer features with a reserved bit set",
+            "malformed",
+            vhd_footer(d, |f| be32(f, 8, 0x0000_0102)),
+        ),
+        case(
+            "vhd footer features temporary",
+            "ok",
+            vhd_footer(d, |f| be32(f, 8, 0x3)),
+        ),
+        case(
+            "vhd footer features 0 (reserved bit clear, as old tools write)",
+            "ok",
+            vhd_footer(d, |f| be32(f, 8, 0)),
+        ),
+        // 4. Sizes.
+        case(
+            "vhd current_size not a whole sector",
+            "malformed",
+            vhd_footer(d, |f| {
+                f[28..32].copy_from_slice(b"win ");
+                be64(f, 48, DISK + 1);
+            }),
+        ),
+        case(
+            "vhd dynamic disk of 4 TiB",
+            "malformed",
+            vhd_footer(d, |f| {
+                f[28..32].copy_from_slice(b"win ");
+                be64(f, 48, 4 << 40);
+            }),
+        ),
+        case(
+            "vhd fixed current_size past the file (geometry creator)",
+            "truncated",
+            vhd_footer(&b.vhd_fixed, |f| be64(f, 48, 4 * MIB)),
+        ),
+        // 7. Two valid footers telling different disks.
+        case(
+            "vhd footer copy disagreeing on the size",
+            "malformed",
+            vhd_copy(d, |f| {
+                f[28..32].copy_from_slice(b"win ");
+                be64(f, 48, MIB);
+            }),
+        ),
+        case(
+            "vhd footer copy disagreeing on the disk type",
+            "malformed",
+            vhd_copy(d, |f| be32(f, 60, 4)),
+        ),
+        case(
+            "vhd footer copy with another time stamp",
+            "ok",
+            vhd_copy(d, |f| be32(f, 24, 12345)),
+        ),
+        case(
+            "vhd fixed disk whose data starts with a dynamic footer",
+            "malformed",
+            edit(&b.vhd_fixed, |b| b[..512].copy_from_slice(&d[..512])),
+        ),
+    ];
     v
 }
 

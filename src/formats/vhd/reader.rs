@@ -7,13 +7,13 @@ use byteorder::{BigEndian, ByteOrder};
 use super::dynamic::{
     DynamicHeader, HEADER_SIZE, LOCATOR_COUNT, UNALLOCATED, locator_path, sector_present,
 };
-use super::footer::{DiskType, FOOTER_SIZE, Footer, SizeSource, uuid_string};
+use super::footer::{DiskType, FOOTER_SIZE, Footer, Geometry, SizeSource, uuid_string};
 use super::info::{VhdInfo, VhdLocatorInfo};
 use crate::block::{BlockReader, usize_len};
 use crate::cache::Lru;
 use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::info::FormatInfo;
-use crate::limits::{MAX_LOCATOR_BYTES, VHD_BITMAP_CACHE};
+use crate::limits::{MAX_LOCATOR_BYTES, MAX_VHD_DISK_SIZE, VHD_BITMAP_CACHE};
 use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, only_file};
 use crate::storage::{Storage, read_exact_at};
 
@@ -60,6 +60,19 @@ impl VhdImage {
                 }
             }
         };
+        let footer_at = if footer_from_copy {
+            0
+        } else {
+            len - FOOTER_SIZE as u64
+        };
+        if !footer_from_copy && len >= 2 * FOOTER_SIZE as u64 {
+            // Both footers valid but telling different disks: which one a reader believes
+            // decides what it reads, so the image is ambiguous.
+            read_exact_at(&*storage, &mut buf, 0, "vhd footer copy")?;
+            if let Ok(copy) = Footer::parse(&buf, 0) {
+                check_copy_agrees(&footer, &copy)?;
+            }
+        }
         let (size, size_source) = footer.virtual_size();
         // Everything before the footer at the end (all of the file when the copy was used).
         let data_end = if footer_from_copy {
@@ -72,9 +85,33 @@ impl VhdImage {
                 if size > data_end {
                     return Err(Error::truncated("vhd fixed disk data", 0, size, data_end));
                 }
+                // current_size must fit too, unless the creator sizes by geometry and the file
+                // holds the disk rounded down to the geometry the specification's algorithm
+                // gives for current_size (as Virtual PC writes it).
+                let rounded = size_source == SizeSource::Geometry
+                    && footer.disk_geometry == Geometry::for_sectors(footer.current_size / 512);
+                if footer.current_size > data_end && !rounded {
+                    return Err(Error::truncated(
+                        "vhd fixed disk data",
+                        0,
+                        footer.current_size,
+                        data_end,
+                    ));
+                }
                 None
             }
             DiskType::Dynamic | DiskType::Differencing => {
+                if size > MAX_VHD_DISK_SIZE {
+                    return Err(Error::malformed(
+                        "vhd footer",
+                        footer_at + 48,
+                        format!(
+                            "a {} disk of {size} bytes is beyond the {MAX_VHD_DISK_SIZE} bytes \
+                             (2040 GiB) a VHD's BAT can address",
+                            footer.disk_type.name()
+                        ),
+                    ));
+                }
                 Some(read_sparse(&*storage, &footer, size, data_end)?)
             }
         };
@@ -147,6 +184,92 @@ impl VhdImage {
     }
 }
 
+/// Refuses a valid footer copy at offset 0 that describes another disk than the footer at the
+/// end: another type, dynamic header, size or identity. Fields that do not change what is read
+/// (time stamp, saved state, creator version) may differ.
+fn check_copy_agrees(footer: &Footer, copy: &Footer) -> Result<()> {
+    let differs = if copy.disk_type != footer.disk_type {
+        "disk type"
+    } else if copy.data_offset != footer.data_offset {
+        "data offset"
+    } else if copy.virtual_size() != footer.virtual_size()
+        || copy.current_size != footer.current_size
+    {
+        "disk size"
+    } else if copy.unique_id != footer.unique_id {
+        "unique id"
+    } else {
+        return Ok(());
+    };
+    Err(Error::malformed(
+        "vhd footer copy",
+        0,
+        format!(
+            "the copy at offset 0 and the footer at the end are both valid but differ in their \
+             {differs}: the image is ambiguous"
+        ),
+    ))
+}
+
+/// What occupies a range of the file, for the overlap check.
+#[derive(Clone, Copy)]
+enum Region {
+    /// The block of BAT entry `i`: its sector bitmap and its data.
+    Block(usize),
+    /// A metadata structure.
+    Metadata(&'static str),
+}
+
+/// Refuses a block that shares stored bytes with another block (one stored block read as many
+/// guest ranges: amplification) or with the image's metadata (metadata read as guest data).
+/// `regions` are (start, end, what); sorted by start, any overlap shows between an interval and
+/// the one seen so far that ends last.
+fn check_overlaps(mut regions: Vec<(u64, u64, Region)>, table_offset: u64) -> Result<()> {
+    regions.retain(|r| r.0 < r.1);
+    // Stable: at one offset, metadata (pushed first) comes before blocks, blocks in BAT order.
+    regions.sort_by_key(|r| (r.0, r.1));
+    let mut last: Option<(u64, u64, Region)> = None;
+    for cur in regions {
+        if let Some(prev) = last {
+            if cur.0 < prev.1 {
+                let name = |r: Region, at: u64| match r {
+                    Region::Block(i) => format!("block {i} at {at:#x}"),
+                    Region::Metadata(what) => format!("{what} at {at:#x}"),
+                };
+                let (block, other) = match (cur.2, prev.2) {
+                    (Region::Block(i), _) => ((i, cur.0), (prev.2, prev.0)),
+                    (_, Region::Block(i)) => ((i, prev.0), (cur.2, cur.0)),
+                    // Metadata against metadata: not a BAT entry's doing.
+                    _ => {
+                        if cur.1 > prev.1 {
+                            last = Some(cur);
+                        }
+                        continue;
+                    }
+                };
+                return Err(Error::malformed(
+                    "vhd BAT",
+                    table_offset + block.0 as u64 * 4,
+                    format!(
+                        "{} overlaps {}: stored bytes would be read as {}",
+                        name(Region::Block(block.0), block.1),
+                        name(other.0, other.1),
+                        match other.0 {
+                            Region::Block(_) => "two guest ranges",
+                            Region::Metadata(_) => "guest data",
+                        }
+                    ),
+                ));
+            }
+            if cur.1 <= prev.1 {
+                continue;
+            }
+        }
+        last = Some(cur);
+    }
+    Ok(())
+}
+
 /// Reads the dynamic header, parent locators and BAT, checking each against the file.
 fn read_sparse(storage: &dyn Storage, footer: &Footer, size: u64, data_end: u64) -> Result<Sparse> {
     let at = footer.data_offset;
@@ -197,6 +320,19 @@ fn read_sparse(storage: &dyn Storage, footer: &Footer, size: u64, data_end: u64)
     read_exact_at(storage, &mut raw, header.table_offset, "vhd BAT")?;
     let bat: Vec<u32> = raw.chunks_exact(4).map(BigEndian::read_u32).collect();
     let bitmap_size = header.bitmap_size();
+    let mut regions = vec![
+        (0, FOOTER_SIZE as u64, Region::Metadata("the footer copy")),
+        (
+            at,
+            at + HEADER_SIZE as u64,
+            Region::Metadata("the dynamic header"),
+        ),
+        (
+            header.table_offset,
+            header.table_offset + declared,
+            Region::Metadata("the BAT"),
+        ),
+    ];
     for (i, &entry) in bat.iter().enumerate() {
         if entry == UNALLOCATED {
             continue;
@@ -212,6 +348,8 @@ fn read_sparse(storage: &dyn Storage, footer: &Footer, size: u64, data_end: u64)
                 format!("block {i} at {start:#x} runs past the end of the file"),
             ));
         }
+        // (The footer at the end lies past every block: each ends by `data_end`.)
+        regions.push((start, start + needed, Region::Block(i)));
     }
     let mut locators = Vec::new();
     if footer.disk_type == DiskType::Differencing {
@@ -244,6 +382,11 @@ fn read_sparse(storage: &dyn Storage, footer: &Footer, size: u64, data_end: u64)
                 loc.platform_data_offset,
                 "vhd parent locator",
             )?;
+            regions.push((
+                loc.platform_data_offset,
+                loc.platform_data_offset + u64::from(loc.platform_data_length),
+                Region::Metadata("a parent locator's data"),
+            ));
             if let Some(path) = locator_path(loc, &data) {
                 locators.push((
                     String::from_utf8_lossy(&loc.platform_code).to_string(),
@@ -252,6 +395,7 @@ fn read_sparse(storage: &dyn Storage, footer: &Footer, size: u64, data_end: u64)
             }
         }
     }
+    check_overlaps(regions, header.table_offset)?;
     Ok(Sparse {
         header,
         bat,
@@ -412,5 +556,202 @@ impl MappedDisk for VhdDisk {
                     .collect()
             }),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::vhd::dynamic::{HEADER_VERSION, ParentLocator};
+    use crate::formats::vhd::footer::{FEATURES_RESERVED, FILE_FORMAT_VERSION, NO_DATA_OFFSET};
+    use crate::storage::MemoryStorage;
+
+    const BLOCK: u32 = 4096;
+    const BAT_AT: u64 = 1536;
+
+    fn footer(disk_type: DiskType, size: u64) -> Footer {
+        Footer {
+            features: FEATURES_RESERVED,
+            file_format_version: FILE_FORMAT_VERSION,
+            data_offset: if disk_type == DiskType::Fixed {
+                NO_DATA_OFFSET
+            } else {
+                512
+            },
+            time_stamp: 0,
+            creator_application: *b"win ",
+            creator_version: 0x000a_0000,
+            creator_host_os: *b"Wi2k",
+            original_size: size,
+            current_size: size,
+            disk_geometry: Geometry::for_sectors(size / 512),
+            disk_type,
+            checksum: 0,
+            unique_id: [7; 16],
+            saved_state: 0,
+        }
+    }
+
+    /// A dynamic disk of `blocks` blocks of 4 KiB: footer copy, header at 512, BAT at 1536
+    /// (one sector), then `stored` blocks of bitmap and data from sector 4, then the footer;
+    /// the BAT holds `bat`.
+    fn dynamic(bat: &[u32], stored: u64) -> Vec<u8> {
+        let size = bat.len() as u64 * u64::from(BLOCK);
+        let f = footer(DiskType::Dynamic, size).to_bytes();
+        let h = DynamicHeader {
+            data_offset: u64::MAX,
+            table_offset: BAT_AT,
+            header_version: HEADER_VERSION,
+            max_table_entries: bat.len() as u32,
+            block_size: BLOCK,
+            checksum: 0,
+            parent_unique_id: [0; 16],
+            parent_time_stamp: 0,
+            parent_unicode_name: String::new(),
+            parent_locators: vec![
+                ParentLocator {
+                    platform_code: [0; 4],
+                    platform_data_space: 0,
+                    platform_data_length: 0,
+                    platform_data_offset: 0,
+                };
+                LOCATOR_COUNT
+            ],
+        };
+        let mut b = f.to_vec();
+        b.extend_from_slice(&h.to_bytes());
+        let mut table = vec![0xffu8; 512];
+        for (i, e) in bat.iter().enumerate() {
+            BigEndian::write_u32(&mut table[4 * i..], *e);
+        }
+        b.extend_from_slice(&table);
+        b.resize(2048 + stored as usize * (512 + BLOCK as usize), 0x11);
+        b.extend_from_slice(&f);
+        b
+    }
+
+    fn open(bytes: Vec<u8>) -> Result<VhdImage> {
+        VhdImage::open(Arc::new(MemoryStorage::new(bytes)))
+    }
+
+    fn reseal(f: &mut [u8]) {
+        let sum = super::super::footer::checksum(f, 64);
+        BigEndian::write_u32(&mut f[64..68], sum);
+    }
+
+    /// Blocks are 9 sectors (bitmap and 4 KiB): sector 4 and 13 are the first two.
+    #[test]
+    fn blocks_side_by_side_read_and_shared_or_overlapping_blocks_are_refused() {
+        assert!(open(dynamic(&[4, 13, UNALLOCATED], 2)).is_ok());
+        for (bat, needle) in [
+            (
+                &[4, 4, UNALLOCATED][..],
+                "block 1 at 0x800 overlaps block 0 at 0x800",
+            ),
+            (
+                &[4, 12, UNALLOCATED][..],
+                "block 1 at 0x1800 overlaps block 0",
+            ),
+            (
+                &[13, 5, UNALLOCATED][..],
+                "block 0 at 0x1a00 overlaps block 1 at 0xa00",
+            ),
+            (
+                &[UNALLOCATED, 4, 4][..],
+                "block 2 at 0x800 overlaps block 1 at 0x800",
+            ),
+        ] {
+            let e = open(dynamic(bat, 2)).map(|_| ()).unwrap_err();
+            assert_eq!(e.kind(), "malformed");
+            let text = e.to_string();
+            assert!(text.contains("vhd BAT"), "{text}");
+            assert!(text.contains(needle), "{bat:?}: {text}");
+            assert!(text.contains("two guest ranges"), "{text}");
+        }
+    }
+
+    #[test]
+    fn blocks_on_metadata_are_refused() {
+        for (entry, what) in [
+            (0, "the footer copy"),
+            (1, "the dynamic header"),
+            (2, "the dynamic header"),
+            (3, "the BAT"),
+        ] {
+            let e = open(dynamic(&[entry, UNALLOCATED], 2))
+                .map(|_| ())
+                .unwrap_err();
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("overlaps {what}")),
+                "{entry}: {text}"
+            );
+            assert!(text.contains("read as guest data"), "{text}");
+        }
+    }
+
+    #[test]
+    fn disagreeing_footer_copies_are_refused() {
+        let base = dynamic(&[4], 1);
+        let n = base.len();
+        // Same disk, another time stamp: fine.
+        let mut b = base.clone();
+        BigEndian::write_u32(&mut b[24..28], 99);
+        reseal(&mut b[..512]);
+        assert!(open(b).is_ok());
+        for (at, value, what) in [
+            (48usize, 8192u64, "disk size"),
+            (16, 1024, "data offset"),
+            (68, 0x0102_0304_0506_0708, "unique id"),
+        ] {
+            let mut b = base.clone();
+            BigEndian::write_u64(&mut b[at..at + 8], value);
+            reseal(&mut b[..512]);
+            let e = open(b).map(|_| ()).unwrap_err();
+            assert!(e.to_string().contains(what), "{e}");
+            assert!(e.to_string().contains("ambiguous"), "{e}");
+        }
+        // A damaged copy is not a second opinion.
+        let mut b = base.clone();
+        b[100] ^= 1;
+        assert!(open(b).is_ok());
+        // Nor is the copy when the footer at the end is the one damaged.
+        let mut b = base;
+        b[n - 400] ^= 1;
+        assert!(open(b).unwrap().footer_from_copy);
+    }
+
+    #[test]
+    fn sizes_beyond_the_format_or_the_file_are_refused() {
+        // A dynamic disk past 2040 GiB: the size check, not the BAT's.
+        let mut b = dynamic(&[4], 1);
+        let n = b.len();
+        for at in [0, n - 512] {
+            BigEndian::write_u64(&mut b[at + 48..at + 56], MAX_VHD_DISK_SIZE + 512);
+            reseal(&mut b[at..at + 512]);
+        }
+        let e = open(b).map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains("2040 GiB"), "{e}");
+        // A fixed disk whose geometry fits but whose current_size does not.
+        let size = 64 * 512;
+        let mut f = footer(DiskType::Fixed, size);
+        f.creator_application = *b"qemu";
+        f.disk_geometry = Geometry {
+            cylinders: 1,
+            heads: 4,
+            sectors_per_track: 16,
+        };
+        let fixed = |f: &Footer| [vec![0u8; size as usize], f.to_bytes().to_vec()].concat();
+        assert!(open(fixed(&f)).is_ok());
+        f.current_size = size * 2;
+        assert_eq!(open(fixed(&f)).map(|_| ()).unwrap_err().kind(), "truncated");
+        // Virtual PC's rounding: current_size larger, the file holding the geometry's disk.
+        f.creator_application = *b"vpc ";
+        f.current_size = 20480 * 512;
+        f.disk_geometry = Geometry::for_sectors(20480);
+        let g = f.disk_geometry.sectors() * 512;
+        assert!(g < f.current_size);
+        let file = [vec![0u8; g as usize], f.to_bytes().to_vec()].concat();
+        assert_eq!(open(file).unwrap().size, g);
     }
 }
