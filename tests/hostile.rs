@@ -1549,15 +1549,16 @@ fn polyglot_cases(b: &Bases) -> Vec<Case> {
     vhdx[..8].copy_from_slice(b"vhdxfile");
     let mut qcow2_in_vhd = b.vhd_fixed.clone();
     qcow2_in_vhd[..104].copy_from_slice(&b.qcow2[..104]);
-    vec![
+    let mut v = vec![
         case(
             "polyglot qcow2 with a VHD footer",
             "ambiguous",
             with_vhd_footer(&b.qcow2),
         ),
+        // Issue 20: naming the format no longer lifts the ambiguity.
         case(
             "polyglot qcow2 with a VHD footer, named qcow2",
-            "ok",
+            "ambiguous",
             with_vhd_footer(&b.qcow2),
         )
         .format(Format::Qcow2),
@@ -1586,10 +1587,12 @@ fn polyglot_cases(b: &Bases) -> Vec<Case> {
             "ambiguous",
             with_vhd_footer(&vdi),
         ),
-        // One strong signature wins over a weak one: a qcow2 carrying an ISO 9660 descriptor.
+        // Issue 20: at 32 KiB of a qcow2 with 64 KiB clusters the descriptor lies in the header
+        // cluster, where no guest data is: the file is an ISO and a qcow2 at once. (A qcow2 whose
+        // guest holds an ISO reads: see polyglot_named_cases.)
         case(
             "polyglot qcow2 with an ISO 9660 descriptor",
-            "ok",
+            "ambiguous",
             iso_qcow2,
         ),
         // KDMV at offset 0 of a GPT disk: the one strong signature is VMDK's, whose header is junk.
@@ -1603,6 +1606,153 @@ fn polyglot_cases(b: &Bases) -> Vec<Case> {
         case("recognised and refused: VDI", "unsupported", vdi),
         case("recognised and refused: LUKS", "unsupported", luks),
         case("recognised and refused: VHDX", "unsupported", vhdx),
+    ];
+    v.extend(polyglot_named_cases(b));
+    v
+}
+
+// Issue 20: inconsistent structure (polyglots refused even with -f; cloop and DMG named).
+
+/// `raw` (DISK bytes) converted by ims into `format` with `opts`.
+fn made_from(raw: &[u8], format: Format, opts: &[(&str, &str)]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    std::fs::write(&src, raw).unwrap();
+    let out = dir.path().join("out.img");
+    let options = OpenOptions {
+        format: Some(Format::Raw),
+        ..Default::default()
+    };
+    let image = ims::open(&src, &options).unwrap();
+    let pairs: Vec<(String, String)> = opts
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let create = CreateOptions::from_pairs(format, &pairs, false).unwrap();
+    let w = ims::create(format, Target::File(out.clone()), DISK, &create).unwrap();
+    ims::convert(image, w, &Default::default(), &mut |_| {}).unwrap();
+    std::fs::read(&out).unwrap()
+}
+
+fn polyglot_named_cases(b: &Bases) -> Vec<Case> {
+    let vhd_tail = &b.vhd_fixed[b.vhd_fixed.len() - 512..];
+    let zvhd2_tail = &b.zvhd2[b.zvhd2.len() - 4096..];
+    let with = |base: &[u8], tail: &[u8]| [base, tail].concat();
+    let starting = |base: &[u8], head: &[u8]| edit(base, |b| b[..head.len()].copy_from_slice(head));
+    // An ISO 9660 image (the primary volume descriptor at 32 KiB).
+    let mut iso = vec![0u8; DISK as usize];
+    iso[0x8000] = 1;
+    iso[0x8001..0x8006].copy_from_slice(b"CD001");
+    let qcow2_iso = starting(&iso, &b.qcow2[..104]);
+    let mbr_gpt_qcow2 = edit(&b.qcow2, |q| {
+        q[446 + 4] = 0xee;
+        q[510] = 0x55;
+        q[511] = 0xaa;
+    });
+    let mut cloop = b"#!/bin/sh\n#V2.0 Format: cloop\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\nexit $?\n".to_vec();
+    cloop.resize(1 << 16, 0);
+    let mut dmg = vec![0u8; 1 << 16];
+    dmg[(1 << 16) - 512..(1 << 16) - 508].copy_from_slice(b"koly");
+    vec![
+        // A second format's signature at its own place, the first format named.
+        case(
+            "polyglot fixed VHD whose data starts with a qcow2 header, named vhd",
+            "ambiguous",
+            starting(&b.vhd_fixed, &b.qcow2[..104]),
+        )
+        .format(Format::Vhd),
+        case(
+            "polyglot fixed VHD whose data starts with KDMV, named vhd",
+            "ambiguous",
+            starting(&b.vhd_fixed, &b.vmdk_sparse[..512]),
+        )
+        .format(Format::Vhd),
+        case(
+            "polyglot fixed VHD whose data starts with a VMDK descriptor, named vhd",
+            "ambiguous",
+            starting(&b.vhd_fixed, &flat("x")),
+        )
+        .format(Format::Vhd),
+        case(
+            "polyglot VMDK sparse with a VHD footer, named vmdk",
+            "ambiguous",
+            with(&b.vmdk_sparse, vhd_tail),
+        )
+        .format(Format::Vmdk),
+        case(
+            "polyglot qcow2 with a ZVHD2 footer",
+            "ambiguous",
+            with(&b.qcow2, zvhd2_tail),
+        ),
+        case(
+            "polyglot qcow2 with a ZVHD2 footer, named qcow2",
+            "ambiguous",
+            with(&b.qcow2, zvhd2_tail),
+        )
+        .format(Format::Qcow2),
+        case(
+            "polyglot VMDK sparse with a ZVHD2 footer, named vmdk",
+            "ambiguous",
+            with(&b.vmdk_sparse, zvhd2_tail),
+        )
+        .format(Format::Vmdk),
+        // Signatures inside the qcow2 header cluster.
+        case(
+            "polyglot ISO with a qcow2 header at 0",
+            "ambiguous",
+            qcow2_iso.clone(),
+        ),
+        case(
+            "polyglot ISO with a qcow2 header at 0, named qcow2",
+            "ambiguous",
+            qcow2_iso.clone(),
+        )
+        .format(Format::Qcow2),
+        case(
+            "polyglot ISO with a qcow2 header at 0, named raw",
+            "ok",
+            qcow2_iso,
+        )
+        .format(Format::Raw),
+        case(
+            "polyglot qcow2 header sector with an MBR and a protective GPT entry",
+            "ambiguous",
+            mbr_gpt_qcow2.clone(),
+        ),
+        case(
+            "polyglot qcow2 header sector with an MBR and a protective GPT entry, named qcow2",
+            "ambiguous",
+            mbr_gpt_qcow2,
+        )
+        .format(Format::Qcow2),
+        // Legitimate: the other format's structure is the guest's data.
+        case("raw GPT disk", "ok", gpt_disk()),
+        case(
+            "qcow2 whose first guest sector is a protective MBR",
+            "ok",
+            made_from(&gpt_disk(), Format::Qcow2, &[]),
+        )
+        .format(Format::Qcow2),
+        case(
+            "qcow2 whose guest is an ISO",
+            "ok",
+            made_from(&iso, Format::Qcow2, &[]),
+        ),
+        case(
+            "fixed VHD of a GPT disk, named vhd",
+            "ok",
+            made_from(&gpt_disk(), Format::Vhd, &[("subformat", "fixed")]),
+        )
+        .format(Format::Vhd),
+        case(
+            "fixed VHD of an ISO, named vhd",
+            "ok",
+            made_from(&iso, Format::Vhd, &[("subformat", "fixed")]),
+        )
+        .format(Format::Vhd),
+        // Recognised and refused by name.
+        case("recognised and refused: cloop", "unsupported", cloop),
+        case("recognised and refused: DMG", "unsupported", dmg),
     ]
 }
 
