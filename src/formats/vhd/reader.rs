@@ -211,61 +211,72 @@ fn check_copy_agrees(footer: &Footer, copy: &Footer) -> Result<()> {
     ))
 }
 
-/// What occupies a range of the file, for the overlap check.
-#[derive(Clone, Copy)]
-enum Region {
-    /// The block of BAT entry `i`: its sector bitmap and its data.
-    Block(usize),
-    /// A metadata structure.
-    Metadata(&'static str),
-}
-
 /// Refuses a block that shares stored bytes with another block (one stored block read as many
 /// guest ranges: amplification) or with the image's metadata (metadata read as guest data).
-/// `regions` are (start, end, what); sorted by start, any overlap shows between an interval and
-/// the one seen so far that ends last.
-fn check_overlaps(mut regions: Vec<(u64, u64, Region)>, table_offset: u64) -> Result<()> {
-    regions.retain(|r| r.0 < r.1);
-    // Stable: at one offset, metadata (pushed first) comes before blocks, blocks in BAT order.
-    regions.sort_by_key(|r| (r.0, r.1));
-    let mut last: Option<(u64, u64, Region)> = None;
-    for cur in regions {
-        if let Some(prev) = last {
-            if cur.0 < prev.1 {
-                let name = |r: Region, at: u64| match r {
-                    Region::Block(i) => format!("block {i} at {at:#x}"),
-                    Region::Metadata(what) => format!("{what} at {at:#x}"),
-                };
-                let (block, other) = match (cur.2, prev.2) {
-                    (Region::Block(i), _) => ((i, cur.0), (prev.2, prev.0)),
-                    (_, Region::Block(i)) => ((i, prev.0), (cur.2, cur.0)),
-                    // Metadata against metadata: not a BAT entry's doing.
-                    _ => {
-                        if cur.1 > prev.1 {
-                            last = Some(cur);
-                        }
-                        continue;
-                    }
-                };
-                return Err(Error::malformed(
-                    "vhd BAT",
-                    table_offset + block.0 as u64 * 4,
-                    format!(
-                        "{} overlaps {}: stored bytes would be read as {}",
-                        name(Region::Block(block.0), block.1),
-                        name(other.0, other.1),
-                        match other.0 {
-                            Region::Block(_) => "two guest ranges",
-                            Region::Metadata(_) => "guest data",
-                        }
-                    ),
-                ));
-            }
-            if cur.1 <= prev.1 {
-                continue;
-            }
+/// A block is its bitmap and `block_bytes`, except the disk's last block, which is `last_bytes`
+/// (only the part inside the disk is stored). `metadata` are (start, end, name). Memory: one u32
+/// per allocated block (the sorted entries); indices are looked up only to name an error.
+fn check_overlaps(
+    bat: &[u32],
+    block_bytes: u64,
+    last_bytes: u64,
+    metadata: &[(u64, u64, &'static str)],
+    table_offset: u64,
+) -> Result<()> {
+    let last_entry = bat.last().copied().unwrap_or(UNALLOCATED);
+    let extent = |e: u32| {
+        let start = u64::from(e) * 512;
+        let len = if e == last_entry {
+            last_bytes
+        } else {
+            block_bytes
+        };
+        (start, start + len)
+    };
+    // The BAT index of `entry`: its `nth` occurrence (for naming only).
+    let index = |entry: u32, nth: usize| {
+        bat.iter()
+            .enumerate()
+            .filter(|(_, e)| **e == entry)
+            .nth(nth)
+            .map_or(0, |(i, _)| i)
+    };
+    let refuse = |entry: u32, nth: usize, other: String, shared: &str| {
+        let i = index(entry, nth);
+        Error::malformed(
+            "vhd BAT",
+            table_offset + i as u64 * 4,
+            format!(
+                "block {i} at {:#x} overlaps {other}: stored bytes would be read as {shared}",
+                extent(entry).0
+            ),
+        )
+    };
+    let mut sorted: Vec<u32> = bat.iter().copied().filter(|&e| e != UNALLOCATED).collect();
+    sorted.sort_unstable();
+    // Sorted by start, a block that overlaps any earlier one overlaps the one just before it
+    // (blocks before it do not overlap each other, or the check stopped there).
+    for pair in sorted.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if extent(b).0 < extent(a).1 {
+            let nth = usize::from(a == b);
+            let other = format!("block {} at {:#x}", index(a, 0), extent(a).0);
+            return Err(refuse(b, nth, other, "two guest ranges"));
         }
-        last = Some(cur);
+    }
+    for &(start, end, what) in metadata {
+        if start >= end {
+            continue;
+        }
+        // The first block starting at or after `start`, and the one before it.
+        let next = sorted.partition_point(|&e| extent(e).0 < start);
+        let before = next.checked_sub(1).map(|k| sorted[k]);
+        let hit = before
+            .filter(|&e| extent(e).1 > start)
+            .or_else(|| sorted.get(next).copied().filter(|&e| extent(e).0 < end));
+        if let Some(e) = hit {
+            return Err(refuse(e, 0, format!("{what} at {start:#x}"), "guest data"));
+        }
     }
     Ok(())
 }
@@ -320,17 +331,13 @@ fn read_sparse(storage: &dyn Storage, footer: &Footer, size: u64, data_end: u64)
     read_exact_at(storage, &mut raw, header.table_offset, "vhd BAT")?;
     let bat: Vec<u32> = raw.chunks_exact(4).map(BigEndian::read_u32).collect();
     let bitmap_size = header.bitmap_size();
-    let mut regions = vec![
-        (0, FOOTER_SIZE as u64, Region::Metadata("the footer copy")),
-        (
-            at,
-            at + HEADER_SIZE as u64,
-            Region::Metadata("the dynamic header"),
-        ),
+    let mut metadata = vec![
+        (0, FOOTER_SIZE as u64, "the footer copy"),
+        (at, at + HEADER_SIZE as u64, "the dynamic header"),
         (
             header.table_offset,
             header.table_offset + declared,
-            Region::Metadata("the BAT"),
+            "the BAT",
         ),
     ];
     for (i, &entry) in bat.iter().enumerate() {
@@ -348,8 +355,6 @@ fn read_sparse(storage: &dyn Storage, footer: &Footer, size: u64, data_end: u64)
                 format!("block {i} at {start:#x} runs past the end of the file"),
             ));
         }
-        // (The footer at the end lies past every block: each ends by `data_end`.)
-        regions.push((start, start + needed, Region::Block(i)));
     }
     let mut locators = Vec::new();
     if footer.disk_type == DiskType::Differencing {
@@ -382,10 +387,10 @@ fn read_sparse(storage: &dyn Storage, footer: &Footer, size: u64, data_end: u64)
                 loc.platform_data_offset,
                 "vhd parent locator",
             )?;
-            regions.push((
+            metadata.push((
                 loc.platform_data_offset,
                 loc.platform_data_offset + u64::from(loc.platform_data_length),
-                Region::Metadata("a parent locator's data"),
+                "a parent locator's data",
             ));
             if let Some(path) = locator_path(loc, &data) {
                 locators.push((
@@ -395,7 +400,19 @@ fn read_sparse(storage: &dyn Storage, footer: &Footer, size: u64, data_end: u64)
             }
         }
     }
-    check_overlaps(regions, header.table_offset)?;
+    // (The footer at the end lies past every block: each ends by `data_end`, checked above.)
+    let last_start = blocks.saturating_sub(1) * block_size;
+    let last_bytes = bitmap_size
+        + (size - last_start.min(size))
+            .min(block_size)
+            .next_multiple_of(512);
+    check_overlaps(
+        &bat,
+        bitmap_size + block_size,
+        last_bytes,
+        &metadata,
+        header.table_offset,
+    )?;
     Ok(Sparse {
         header,
         bat,
@@ -668,6 +685,30 @@ mod tests {
             assert!(text.contains(needle), "{bat:?}: {text}");
             assert!(text.contains("two guest ranges"), "{text}");
         }
+    }
+
+    /// The disk's last block, when partial, is only its bitmap and the sectors inside the disk:
+    /// a block may follow those.
+    #[test]
+    fn a_partial_last_block_is_only_what_the_disk_holds() {
+        let mut b = dynamic(&[6, 4], 2);
+        let n = b.len();
+        for at in [0, n - 512] {
+            BigEndian::write_u64(&mut b[at + 48..at + 56], u64::from(BLOCK) + 512);
+            reseal(&mut b[at..at + 512]);
+        }
+        assert!(open(b.clone()).is_ok());
+        // One sector more of the last block would be block 0's bitmap.
+        for at in [0, n - 512] {
+            BigEndian::write_u64(&mut b[at + 48..at + 56], u64::from(BLOCK) + 1024);
+            reseal(&mut b[at..at + 512]);
+        }
+        let e = open(b).map(|_| ()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("block 0 at 0xc00 overlaps block 1 at 0x800"),
+            "{e}"
+        );
     }
 
     #[test]
