@@ -84,7 +84,7 @@ pub fn check_named_storage(storage: &dyn Storage, format: Format) -> Result<()> 
 /// The polyglot rule for a file the caller says is `format`: refused as [`Error::Ambiguous`]
 /// when it carries another format's strong signature at that format's own place (a VHD footer
 /// at the end of a qcow2, a qcow2 header at the start of a fixed VHD), or a signature inside the
-/// named format's own header (see [`header_polyglot`]). Raw is never refused: it has no
+/// named format's own header (a qcow2 header cluster). Raw is never refused: it has no
 /// structure, and whatever its bytes hold is guest data.
 pub fn check_named(head: &[u8], tail: &[u8], format: Format) -> Result<()> {
     if format == Format::Raw {
