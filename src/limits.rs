@@ -110,8 +110,11 @@ pub const MAX_LOCATOR_BYTES: u32 = 64 * 1024;
 /// Sector bitmaps the reader keeps in memory at once (each is 512 bytes for 2 MiB blocks, at
 /// most 64 KiB for the largest block).
 pub const VHD_BITMAP_CACHE: usize = 256;
-/// The largest disk the VHD writers accept: 2040 GiB (0xff000000 sectors), the largest disk the
-/// VHD format describes (Microsoft's limit). A writer limit, not a parser one.
+/// The largest disk the VHD writers accept, and the largest dynamic or differencing disk the
+/// reader opens: 2040 GiB (0xff000000 sectors), the largest disk the VHD format describes
+/// (Microsoft's limit: a BAT entry is a 32-bit sector number, so blocks lie in the first 2 TiB
+/// of the file). qemu refuses larger disks of every type; a fixed disk is bounded by its file
+/// instead (Azure keeps larger fixed disks), so the reader does not apply it there.
 pub const MAX_VHD_DISK_SIZE: u64 = 0xff00_0000 * 512;
 
 // ---------------------------------------------------------------------------------------------

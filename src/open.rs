@@ -263,7 +263,11 @@ pub(crate) fn open_with(
     let file_length = storage.len();
     let allocated = storage.allocated().unwrap_or(0);
     let format = match format {
-        Some(f) => f,
+        // Naming the format does not make a polyglot safe to read (formats/probe.md).
+        Some(f) => {
+            probe::check_named_storage(&*storage, f).map_err(|e| e.in_file(path))?;
+            f
+        }
         None => probe::probe_storage(&*storage).map_err(|e| e.in_file(path))?,
     };
     let source = (driver(format).open)(storage, path, resolver).map_err(|e| e.in_file(path))?;

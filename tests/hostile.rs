@@ -1231,6 +1231,157 @@ fn vhd_cases(b: &Bases, outside: &str) -> Vec<Case> {
         .allow()
         .with("b.vhd", vhd_child(d, "img", b"W2ru")),
     );
+    v.extend(vhd_inconsistent_cases(b));
+    v
+}
+
+// Issue 20: inconsistent structure (VHD: shared blocks, blocks on metadata, reserved bits,
+// sizes, disagreeing footers). Each refusal has a control beside it that must still read.
+
+/// The dynamic base re-cut into blocks of 512 KiB (1025 sectors each with the bitmap: five
+/// cover the disk, a little over 2 MiB), with `entries` as its BAT; the stored block's sector
+/// is `vhd_first_block`.
+fn vhd_quarters(d: &[u8], entries: [u32; 5]) -> Vec<u8> {
+    let b = vhd_header(d, |h| {
+        be32(h, 28, 5);
+        be32(h, 32, 512 * 1024);
+    });
+    edit(&b, |b| {
+        let bat = vhd_bat(b);
+        for (i, e) in entries.iter().enumerate() {
+            be32(b, bat + 4 * i, *e);
+        }
+    })
+}
+fn vhd_first_block(d: &[u8]) -> u32 {
+    BigEndian::read_u32(&d[vhd_bat(d)..])
+}
+/// Edits only the footer copy at offset 0 and reseals it.
+fn vhd_copy(base: &[u8], f: impl Fn(&mut [u8])) -> Vec<u8> {
+    edit(base, |b| {
+        let page = &mut b[..512];
+        f(page);
+        let sum = vhd_sum(page, 64);
+        be32(page, 64, sum);
+    })
+}
+
+fn vhd_inconsistent_cases(b: &Bases) -> Vec<Case> {
+    let d = &b.vhd_dynamic;
+    let e0 = vhd_first_block(d);
+    const NONE: u32 = u32::MAX;
+    let v = vec![
+        // 1. Amplification: one stored block read as several guest ranges.
+        case(
+            "vhd two BAT entries on one block",
+            "malformed",
+            vhd_quarters(d, [e0, e0, NONE, NONE, NONE]),
+        ),
+        case(
+            "vhd BAT entries on overlapping blocks",
+            "malformed",
+            vhd_quarters(d, [e0, e0 + 1024, NONE, NONE, NONE]),
+        ),
+        case(
+            "vhd BAT entries on blocks side by side",
+            "ok",
+            vhd_quarters(d, [e0, e0 + 1025, NONE, NONE, NONE]),
+        ),
+        // 2. Blocks on the image's own metadata.
+        case(
+            "vhd BAT entry on the footer copy",
+            "malformed",
+            edit(d, |b| be32(b, vhd_bat(d), 0)),
+        ),
+        case(
+            "vhd BAT entry on the dynamic header",
+            "malformed",
+            edit(d, |b| be32(b, vhd_bat(d), 1)),
+        ),
+        case(
+            "vhd BAT entry on the BAT",
+            "malformed",
+            edit(d, |b| be32(b, vhd_bat(d), vhd_bat(d) as u32 / 512)),
+        ),
+        case(
+            "vhd BAT entry on the footer at the end",
+            "malformed",
+            edit(d, |b| be32(b, vhd_bat(d), e0 + 2)),
+        ),
+        case("vhd BAT entry on a parent locator's data", "malformed", {
+            // The child's locator sector follows the block: move the block one sector on.
+            let c = vhd_child(d, "parent.vhd", b"W2ru");
+            edit(&c, |b| be32(b, vhd_bat(&c), e0 + 1))
+        })
+        .allow(),
+        case(
+            "vhd child with its block beside the locator",
+            "external-reference",
+            vhd_child(d, "parent.vhd", b"W2ru"),
+        ),
+        // 3. Reserved feature bits.
+        case(
+            "vhd footer features with a reserved bit set",
+            "malformed",
+            vhd_footer(d, |f| be32(f, 8, 0x0000_0102)),
+        ),
+        case(
+            "vhd footer features temporary",
+            "ok",
+            vhd_footer(d, |f| be32(f, 8, 0x3)),
+        ),
+        case(
+            "vhd footer features 0 (reserved bit clear, as old tools write)",
+            "ok",
+            vhd_footer(d, |f| be32(f, 8, 0)),
+        ),
+        // 4. Sizes.
+        case(
+            "vhd current_size not a whole sector",
+            "malformed",
+            vhd_footer(d, |f| {
+                f[28..32].copy_from_slice(b"win ");
+                be64(f, 48, DISK + 1);
+            }),
+        ),
+        case(
+            "vhd dynamic disk of 4 TiB",
+            "malformed",
+            vhd_footer(d, |f| {
+                f[28..32].copy_from_slice(b"win ");
+                be64(f, 48, 4 << 40);
+            }),
+        ),
+        case(
+            "vhd fixed current_size past the file (geometry creator)",
+            "truncated",
+            vhd_footer(&b.vhd_fixed, |f| be64(f, 48, 4 * MIB)),
+        ),
+        // 7. Two valid footers telling different disks.
+        case(
+            "vhd footer copy disagreeing on the size",
+            "malformed",
+            vhd_copy(d, |f| {
+                f[28..32].copy_from_slice(b"win ");
+                be64(f, 48, MIB);
+            }),
+        ),
+        case(
+            "vhd footer copy disagreeing on the disk type",
+            "malformed",
+            vhd_copy(d, |f| be32(f, 60, 4)),
+        ),
+        case(
+            "vhd footer copy with another time stamp",
+            "ok",
+            vhd_copy(d, |f| be32(f, 24, 12345)),
+        ),
+        case(
+            "vhd fixed disk whose data starts with a dynamic footer",
+            "malformed",
+            edit(&b.vhd_fixed, |b| b[..512].copy_from_slice(&d[..512])),
+        ),
+    ];
     v
 }
 
@@ -1628,15 +1779,16 @@ fn polyglot_cases(b: &Bases) -> Vec<Case> {
     vhdx[..8].copy_from_slice(b"vhdxfile");
     let mut qcow2_in_vhd = b.vhd_fixed.clone();
     qcow2_in_vhd[..104].copy_from_slice(&b.qcow2[..104]);
-    vec![
+    let mut v = vec![
         case(
             "polyglot qcow2 with a VHD footer",
             "ambiguous",
             with_vhd_footer(&b.qcow2),
         ),
+        // Issue 20: naming the format no longer lifts the ambiguity.
         case(
             "polyglot qcow2 with a VHD footer, named qcow2",
-            "ok",
+            "ambiguous",
             with_vhd_footer(&b.qcow2),
         )
         .format(Format::Qcow2),
@@ -1665,10 +1817,12 @@ fn polyglot_cases(b: &Bases) -> Vec<Case> {
             "ambiguous",
             with_vhd_footer(&vdi),
         ),
-        // One strong signature wins over a weak one: a qcow2 carrying an ISO 9660 descriptor.
+        // Issue 20: at 32 KiB of a qcow2 with 64 KiB clusters the descriptor lies in the header
+        // cluster, where no guest data is: the file is an ISO and a qcow2 at once. (A qcow2 whose
+        // guest holds an ISO reads: see polyglot_named_cases.)
         case(
             "polyglot qcow2 with an ISO 9660 descriptor",
-            "ok",
+            "ambiguous",
             iso_qcow2,
         ),
         // KDMV at offset 0 of a GPT disk: the one strong signature is VMDK's, whose header is junk.
@@ -1682,6 +1836,153 @@ fn polyglot_cases(b: &Bases) -> Vec<Case> {
         case("recognised and refused: VDI", "unsupported", vdi),
         case("recognised and refused: LUKS", "unsupported", luks),
         case("recognised and refused: VHDX", "unsupported", vhdx),
+    ];
+    v.extend(polyglot_named_cases(b));
+    v
+}
+
+// Issue 20: inconsistent structure (polyglots refused even with -f; cloop and DMG named).
+
+/// `raw` (DISK bytes) converted by ims into `format` with `opts`.
+fn made_from(raw: &[u8], format: Format, opts: &[(&str, &str)]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    std::fs::write(&src, raw).unwrap();
+    let out = dir.path().join("out.img");
+    let options = OpenOptions {
+        format: Some(Format::Raw),
+        ..Default::default()
+    };
+    let image = ims::open(&src, &options).unwrap();
+    let pairs: Vec<(String, String)> = opts
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let create = CreateOptions::from_pairs(format, &pairs, false).unwrap();
+    let w = ims::create(format, Target::File(out.clone()), DISK, &create).unwrap();
+    ims::convert(image, w, &Default::default(), &mut |_| {}).unwrap();
+    std::fs::read(&out).unwrap()
+}
+
+fn polyglot_named_cases(b: &Bases) -> Vec<Case> {
+    let vhd_tail = &b.vhd_fixed[b.vhd_fixed.len() - 512..];
+    let zvhd2_tail = &b.zvhd2[b.zvhd2.len() - 4096..];
+    let with = |base: &[u8], tail: &[u8]| [base, tail].concat();
+    let starting = |base: &[u8], head: &[u8]| edit(base, |b| b[..head.len()].copy_from_slice(head));
+    // An ISO 9660 image (the primary volume descriptor at 32 KiB).
+    let mut iso = vec![0u8; DISK as usize];
+    iso[0x8000] = 1;
+    iso[0x8001..0x8006].copy_from_slice(b"CD001");
+    let qcow2_iso = starting(&iso, &b.qcow2[..104]);
+    let mbr_gpt_qcow2 = edit(&b.qcow2, |q| {
+        q[446 + 4] = 0xee;
+        q[510] = 0x55;
+        q[511] = 0xaa;
+    });
+    let mut cloop = b"#!/bin/sh\n#V2.0 Format: cloop\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\nexit $?\n".to_vec();
+    cloop.resize(1 << 16, 0);
+    let mut dmg = vec![0u8; 1 << 16];
+    dmg[(1 << 16) - 512..(1 << 16) - 508].copy_from_slice(b"koly");
+    vec![
+        // A second format's signature at its own place, the first format named.
+        case(
+            "polyglot fixed VHD whose data starts with a qcow2 header, named vhd",
+            "ambiguous",
+            starting(&b.vhd_fixed, &b.qcow2[..104]),
+        )
+        .format(Format::Vhd),
+        case(
+            "polyglot fixed VHD whose data starts with KDMV, named vhd",
+            "ambiguous",
+            starting(&b.vhd_fixed, &b.vmdk_sparse[..512]),
+        )
+        .format(Format::Vhd),
+        case(
+            "polyglot fixed VHD whose data starts with a VMDK descriptor, named vhd",
+            "ambiguous",
+            starting(&b.vhd_fixed, &flat("x")),
+        )
+        .format(Format::Vhd),
+        case(
+            "polyglot VMDK sparse with a VHD footer, named vmdk",
+            "ambiguous",
+            with(&b.vmdk_sparse, vhd_tail),
+        )
+        .format(Format::Vmdk),
+        case(
+            "polyglot qcow2 with a ZVHD2 footer",
+            "ambiguous",
+            with(&b.qcow2, zvhd2_tail),
+        ),
+        case(
+            "polyglot qcow2 with a ZVHD2 footer, named qcow2",
+            "ambiguous",
+            with(&b.qcow2, zvhd2_tail),
+        )
+        .format(Format::Qcow2),
+        case(
+            "polyglot VMDK sparse with a ZVHD2 footer, named vmdk",
+            "ambiguous",
+            with(&b.vmdk_sparse, zvhd2_tail),
+        )
+        .format(Format::Vmdk),
+        // Signatures inside the qcow2 header cluster.
+        case(
+            "polyglot ISO with a qcow2 header at 0",
+            "ambiguous",
+            qcow2_iso.clone(),
+        ),
+        case(
+            "polyglot ISO with a qcow2 header at 0, named qcow2",
+            "ambiguous",
+            qcow2_iso.clone(),
+        )
+        .format(Format::Qcow2),
+        case(
+            "polyglot ISO with a qcow2 header at 0, named raw",
+            "ok",
+            qcow2_iso,
+        )
+        .format(Format::Raw),
+        case(
+            "polyglot qcow2 header sector with an MBR and a protective GPT entry",
+            "ambiguous",
+            mbr_gpt_qcow2.clone(),
+        ),
+        case(
+            "polyglot qcow2 header sector with an MBR and a protective GPT entry, named qcow2",
+            "ambiguous",
+            mbr_gpt_qcow2,
+        )
+        .format(Format::Qcow2),
+        // Legitimate: the other format's structure is the guest's data.
+        case("raw GPT disk", "ok", gpt_disk()),
+        case(
+            "qcow2 whose first guest sector is a protective MBR",
+            "ok",
+            made_from(&gpt_disk(), Format::Qcow2, &[]),
+        )
+        .format(Format::Qcow2),
+        case(
+            "qcow2 whose guest is an ISO",
+            "ok",
+            made_from(&iso, Format::Qcow2, &[]),
+        ),
+        case(
+            "fixed VHD of a GPT disk, named vhd",
+            "ok",
+            made_from(&gpt_disk(), Format::Vhd, &[("subformat", "fixed")]),
+        )
+        .format(Format::Vhd),
+        case(
+            "fixed VHD of an ISO, named vhd",
+            "ok",
+            made_from(&iso, Format::Vhd, &[("subformat", "fixed")]),
+        )
+        .format(Format::Vhd),
+        // Recognised and refused by name.
+        case("recognised and refused: cloop", "unsupported", cloop),
+        case("recognised and refused: DMG", "unsupported", dmg),
     ]
 }
 

@@ -9,6 +9,11 @@ pub(crate) const FOOTER_SIZE: usize = 512;
 pub(crate) const COOKIE: &[u8; 8] = b"conectix";
 /// `features`: bit 1 is reserved and always set.
 pub const FEATURES_RESERVED: u32 = 0x2;
+/// `features`: bit 0, the disk is temporary (a candidate for deletion on shutdown).
+pub const FEATURES_TEMPORARY: u32 = 0x1;
+/// Every `features` bit the specification defines; the others "are also reserved and should be
+/// set to 0", and a footer with one set is refused.
+pub const FEATURES_KNOWN: u32 = FEATURES_RESERVED | FEATURES_TEMPORARY;
 /// `file_format_version`: 1.0, the only version.
 pub const FILE_FORMAT_VERSION: u32 = 0x0001_0000;
 /// `data_offset` of a fixed disk: no dynamic header.
@@ -167,7 +172,10 @@ pub fn checksum(record: &[u8], checksum_at: usize) -> u32 {
 }
 
 impl Footer {
-    /// Parses a footer read at file `offset`; the cookie, checksum and disk type must be right.
+    /// Parses a footer read at file `offset`; the cookie, checksum and disk type must be right,
+    /// no `features` bit outside [`FEATURES_KNOWN`] may be set (bit 1, which the specification
+    /// says is always set, may be clear: old tools leave it so), and `current_size` must be a
+    /// whole number of sectors.
     pub fn parse(buf: &[u8; FOOTER_SIZE], offset: u64) -> Result<Footer> {
         const S: &str = "vhd footer";
         if &buf[0..8] != COOKIE {
@@ -196,6 +204,25 @@ impl Footer {
                 ));
             }
         };
+        let features = BigEndian::read_u32(&buf[8..12]);
+        if features & !FEATURES_KNOWN != 0 {
+            return Err(Error::malformed(
+                S,
+                offset + 8,
+                format!(
+                    "features {features:#010x} sets bits the specification reserves as zero \
+                     (only {FEATURES_KNOWN:#x} are defined)"
+                ),
+            ));
+        }
+        let current_size = BigEndian::read_u64(&buf[48..56]);
+        if current_size % 512 != 0 {
+            return Err(Error::malformed(
+                S,
+                offset + 48,
+                format!("current size {current_size} is not a whole number of 512-byte sectors"),
+            ));
+        }
         let mut creator_application = [0u8; 4];
         creator_application.copy_from_slice(&buf[28..32]);
         let mut creator_host_os = [0u8; 4];
@@ -203,7 +230,7 @@ impl Footer {
         let mut unique_id = [0u8; 16];
         unique_id.copy_from_slice(&buf[68..84]);
         Ok(Footer {
-            features: BigEndian::read_u32(&buf[8..12]),
+            features,
             file_format_version: BigEndian::read_u32(&buf[12..16]),
             data_offset: BigEndian::read_u64(&buf[16..24]),
             time_stamp: BigEndian::read_u32(&buf[24..28]),
@@ -211,7 +238,7 @@ impl Footer {
             creator_version: BigEndian::read_u32(&buf[32..36]),
             creator_host_os,
             original_size: BigEndian::read_u64(&buf[40..48]),
-            current_size: BigEndian::read_u64(&buf[48..56]),
+            current_size,
             disk_geometry: Geometry {
                 cylinders: BigEndian::read_u16(&buf[56..58]),
                 heads: buf[58],
@@ -327,6 +354,35 @@ mod tests {
                 .to_string()
                 .contains("disk type 5")
         );
+    }
+
+    #[test]
+    fn reserved_feature_bits_and_partial_sectors_are_refused() {
+        let reseal = |f: &mut [u8; FOOTER_SIZE]| {
+            let sum = checksum(f, 64);
+            BigEndian::write_u32(&mut f[64..68], sum);
+        };
+        for (features, ok) in [
+            (0, true),
+            (FEATURES_RESERVED, true),
+            (FEATURES_RESERVED | FEATURES_TEMPORARY, true),
+            (0x4, false),
+            (0x8000_0002, false),
+        ] {
+            let mut b = sample().to_bytes();
+            BigEndian::write_u32(&mut b[8..12], features);
+            reseal(&mut b);
+            let r = Footer::parse(&b, 1024);
+            assert_eq!(r.is_ok(), ok, "features {features:#x}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("offset 0x408"), "{e}");
+            }
+        }
+        let mut b = sample().to_bytes();
+        BigEndian::write_u64(&mut b[48..56], (10 << 20) + 1);
+        reseal(&mut b);
+        let e = Footer::parse(&b, 0).unwrap_err();
+        assert!(e.to_string().contains("whole number"), "{e}");
     }
 
     #[test]
