@@ -207,30 +207,34 @@ impl Zvhd2Disk {
         let entry = IndexEntry::decode(&raw);
         entry.check(blk, self.data_end, at)?;
         let len = u64::from(entry.blk_disk_size).min(MAX_ZVHD_RECORD_LEN);
-        let mut rec = vec![0u8; usize::try_from(len).unwrap_or(0)];
         let offset = entry.blk_offset;
-        read_exact_at(&*self.storage, &mut rec, offset, "zvhd2 record")?;
-        let head = RecordHead::decode(&rec, offset)?;
-        if u64::from(head.blk) != blk {
-            return Err(Error::malformed(
-                "zvhd2 record",
-                offset,
-                format!("holds block {} where the index says block {blk}", head.blk),
-            ));
-        }
-        let payload = record::payload(&rec, &head, offset)?;
-        let mut block = record::block_buffer();
-        match self.compression {
-            Zvhd2Compression::Zstd => record::unzstd_block(payload, &mut block, offset)?,
-            Zvhd2Compression::Zlib => {
-                record::inflate_block(&mut Decompress::new(true), payload, &mut block, offset)?
+        // The record is read into this thread's scratch buffer: it is used at once.
+        crate::io::with_scratch(usize::try_from(len).unwrap_or(0), |rec| {
+            read_exact_at(&*self.storage, rec, offset, "zvhd2 record")?;
+            let head = RecordHead::decode(rec, offset)?;
+            if u64::from(head.blk) != blk {
+                return Err(Error::malformed(
+                    "zvhd2 record",
+                    offset,
+                    format!("holds block {} where the index says block {blk}", head.blk),
+                ));
             }
-        }
-        let block = block.get(..out.len()).ok_or_else(|| {
-            Error::internal(format!("a zvhd2 block read into {} bytes", out.len()))
-        })?;
-        out.copy_from_slice(block);
-        Ok(())
+            let payload = record::payload(rec, &head, offset)?;
+            match self.compression {
+                // zstd stops at the end of `out`: a payload that decodes to more is refused.
+                Zvhd2Compression::Zstd => record::unzstd_block(payload, out, offset),
+                // inflate needs a spare byte to notice a payload that inflates past a block.
+                Zvhd2Compression::Zlib => {
+                    let mut block = record::block_buffer();
+                    record::inflate_block(&mut Decompress::new(true), payload, &mut block, offset)?;
+                    let block = block.get(..out.len()).ok_or_else(|| {
+                        Error::internal(format!("a zvhd2 block read into {} bytes", out.len()))
+                    })?;
+                    out.copy_from_slice(block);
+                    Ok(())
+                }
+            }
+        })
     }
 }
 
