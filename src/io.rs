@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::block::{Extent, Piece, push_extent};
 use crate::error::{Error, Result};
@@ -31,6 +31,24 @@ pub fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
         // Re-entered on this thread: a buffer of its own.
         Err(_) => f(&mut vec![0u8; len]),
     })
+}
+
+/// Creates `dir` if needed and in it a new file `PREFIXPID-UUIDSUFFIX`, open for reading and
+/// writing: a name no other process or call can have taken.
+pub(crate) fn create_unique(dir: &Path, prefix: &str, suffix: &str) -> Result<(PathBuf, File)> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", e).in_file(dir))?;
+    let path = dir.join(format!(
+        "{prefix}{}-{}{suffix}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| Error::io("create", e).in_file(&path))?;
+    Ok((path, file))
 }
 
 /// An output that is written front to back.

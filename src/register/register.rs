@@ -250,18 +250,7 @@ struct Spool {
 
 impl Spool {
     fn create(dir: &Path) -> crate::Result<Spool> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", e).in_file(dir))?;
-        let path = dir.join(format!(
-            ".ims-spool-{}-{}.qcow2",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io("create", e).in_file(&path))?;
+        let (path, file) = crate::io::create_unique(dir, ".ims-spool-", ".qcow2")?;
         Ok(Spool {
             path: Some(path),
             file,

@@ -74,19 +74,7 @@ impl LocalStore {
 
     /// A fresh file `.tmp/.new-PID-UUID` in `region`'s directory, created and locked.
     fn new_locked(&self, region: &str) -> Result<(PathBuf, File)> {
-        let dir = self.tmp_dir(region);
-        std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
-        let fresh = dir.join(format!(
-            ".new-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&fresh)
-            .map_err(io("create", &fresh))?;
+        let (fresh, file) = crate::io::create_unique(&self.tmp_dir(region), ".new-", "")?;
         let fresh = Removed(Some(fresh));
         flock(&file, FlockOperation::LockExclusive)
             .map_err(|e| Error::io("lock", e.into()).in_file(fresh.path()))?;
