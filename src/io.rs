@@ -35,6 +35,7 @@ pub fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
 
 /// Creates `dir` if needed and in it a new file `PREFIXPID-UUIDSUFFIX`, open for reading and
 /// writing: a name no other process or call can have taken.
+#[cfg(feature = "inspect")]
 pub(crate) fn create_unique(dir: &Path, prefix: &str, suffix: &str) -> Result<(PathBuf, File)> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", e).in_file(dir))?;
     let path = dir.join(format!(
