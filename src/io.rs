@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::block::{Extent, Piece, push_extent};
 use crate::error::{Error, Result};
@@ -36,7 +36,11 @@ pub fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
 /// Creates `dir` if needed and in it a new file `PREFIXPID-UUIDSUFFIX`, open for reading and
 /// writing: a name no other process or call can have taken.
 #[cfg(feature = "inspect")]
-pub(crate) fn create_unique(dir: &Path, prefix: &str, suffix: &str) -> Result<(PathBuf, File)> {
+pub(crate) fn create_unique(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+) -> Result<(std::path::PathBuf, File)> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", e).in_file(dir))?;
     let path = dir.join(format!(
         "{prefix}{}-{}{suffix}",
