@@ -288,7 +288,7 @@ fn qemu_io(img: &Path, commands: &[&str]) -> bool {
             String::from_utf8_lossy(&out.stderr)
         ),
         Err(_) => {
-            eprintln!("skipping the qemu-io part: qemu-io is not installed");
+            common::skip("the qemu-io part", "qemu-io is not installed");
             false
         }
     }

@@ -564,8 +564,9 @@ fn libvhdi_reads_ims_output_when_installed() {
         .is_ok_and(|o| o.status.success());
     let vhdiinfo = Command::new("vhdiinfo").arg("-V").output().is_ok();
     if !pyvhdi && !vhdiinfo {
-        eprintln!(
-            "skipping libvhdi_reads_ims_output_when_installed: neither python3-libvhdi nor libvhdi-utils is installed"
+        common::skip(
+            "libvhdi_reads_ims_output_when_installed",
+            "neither python3-libvhdi nor libvhdi-utils is installed",
         );
         return;
     }

@@ -133,7 +133,10 @@ fn zeroed_grain_entries_read_as_zeros() {
     }
     let have_io = Command::new("qemu-io").arg("--version").output().is_ok();
     if !have_io {
-        eprintln!("skipping zeroed_grain_entries_read_as_zeros: qemu-io is not installed");
+        common::skip(
+            "zeroed_grain_entries_read_as_zeros",
+            "qemu-io is not installed",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -337,8 +340,9 @@ fn python_with(module: &str, test: &str, package: &str) -> Option<&'static str> 
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!(
-            "skipping {test}: python3 module {module} is not installed (apt-get install {package})"
+        common::skip(
+            test,
+            &format!("python3 module {module} is not installed (apt-get install {package})"),
         );
         return None;
     }
@@ -377,8 +381,9 @@ fn reads_what_vmdk_stream_converter_writes() {
 fn libvmdk_reads_what_ims_writes() {
     let have_info = Command::new("vmdkinfo").arg("-V").output().is_ok();
     if !have_info {
-        eprintln!(
-            "skipping libvmdk_reads_what_ims_writes: vmdkinfo is not installed (apt-get install libvmdk-utils)"
+        common::skip(
+            "libvmdk_reads_what_ims_writes",
+            "vmdkinfo is not installed (apt-get install libvmdk-utils)",
         );
         return;
     }

@@ -27,6 +27,15 @@ pub fn ims(args: &[&str]) -> Output {
         .expect("run ims")
 }
 
+/// Says why a test skips because a tool it needs is missing; under CI (`CI=true`), where
+/// .ci/run installs every tool the tests use, a missing tool fails the test instead.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test} needs a tool CI must have: {why}");
+    }
+    eprintln!("skipping {test}: {why}");
+}
+
 /// Whether qemu-img is installed; prints why a test is skipped when it is not.
 pub fn have_qemu_img(test: &str) -> bool {
     let ok = Command::new("qemu-img")
@@ -34,7 +43,10 @@ pub fn have_qemu_img(test: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipping {test}: qemu-img is not installed (apt-get install qemu-utils)");
+        skip(
+            test,
+            "qemu-img is not installed (apt-get install qemu-utils)",
+        );
     }
     ok
 }
@@ -150,8 +162,11 @@ pub fn have(test: &str, tools: &[&str]) -> bool {
             || Path::new("/usr/sbin").join(t).is_file()
             || Path::new("/sbin").join(t).is_file();
         if !found {
-            eprintln!(
-                "skipping {test}: {t} is not installed (.ci/run installs gdisk fdisk dosfstools mtools xfsprogs ntfs-3g genisoimage e2fsprogs lvm2)"
+            skip(
+                test,
+                &format!(
+                    "{t} is not installed (.ci/run installs gdisk fdisk dosfstools mtools xfsprogs ntfs-3g genisoimage e2fsprogs lvm2)"
+                ),
             );
             return false;
         }
