@@ -23,7 +23,7 @@ use crate::formats::vmdk::writer::{
 };
 use crate::formats::vmdk::{StreamReader, StreamWriter};
 use crate::formats::zvhd::{Zvhd2Reader, Zvhd2Writer, ZvhdCreateOptions, ZvhdStream, ZvhdWriter};
-use crate::formats::{vhd, vmdk};
+use crate::formats::{vhd, vhdx, vmdk};
 use crate::io::{self, AppendSink, FileSink, Output};
 use crate::partial::Staging;
 use crate::resolve::{Reference, Resolver};
@@ -149,7 +149,7 @@ pub(crate) struct Driver {
 }
 
 /// Every format, in [`Format::ALL`]'s order.
-pub(crate) const DRIVERS: [Driver; 6] = [
+pub(crate) const DRIVERS: [Driver; 7] = [
     Driver {
         format: Format::Raw,
         open: |storage, _, _| Ok(Source::Random(Arc::new(RawReader::new(storage)))),
@@ -177,6 +177,13 @@ pub(crate) const DRIVERS: [Driver; 6] = [
         open_stream: None,
         options: |_, pairs, compress| typed(VhdCreateOptions::parse(pairs, compress)),
         create: create_vhd,
+    },
+    Driver {
+        format: Format::Vhdx,
+        open: |storage, path, resolver| random(vhdx::open(storage, path, resolver)),
+        open_stream: None,
+        options: |_, _, _| Ok(None),
+        create: |_, _, _, _, _| Err(Error::unsupported("writing vhdx")),
     },
     Driver {
         format: Format::Zvhd,

@@ -22,7 +22,7 @@
 //! - Largest metadata table read into memory: [`MAX_METADATA_TABLE`] (64 MiB), the largest of
 //!   the QCOW2 L1 ([`MAX_L1_TABLE_SIZE`]), refcount ([`MAX_REFCOUNT_TABLE_SIZE`]) and snapshot
 //!   ([`MAX_SNAPSHOT_TABLE_SIZE`]) tables, the VMDK grain directory ([`MAX_GD_BYTES`]) and the
-//!   ZVHD2 block bitmap ([`MAX_ZVHD2_BITMAP_LEN`]). A VHD's BAT has no cap of its own: only the
+//!   ZVHD2 block bitmap ([`MAX_ZVHD2_BITMAP_LEN`]) and the VHDX BAT ([`MAX_VHDX_BAT_BYTES`]). A VHD's BAT has no cap of its own: only the
 //!   entries of the disk's blocks are read, and the table must lie inside the file. `ims check`
 //!   of a QCOW2 image also keeps two 2-byte counters per host cluster, at most
 //!   [`MAX_CHECK_CLUSTERS`] of them (256 MiB).
@@ -116,6 +116,19 @@ pub const VHD_BITMAP_CACHE: usize = 256;
 /// of the file). qemu refuses larger disks of every type; a fixed disk is bounded by its file
 /// instead (Azure keeps larger fixed disks), so the reader does not apply it there.
 pub const MAX_VHD_DISK_SIZE: u64 = 0xff00_0000 * 512;
+
+// ---------------------------------------------------------------------------------------------
+// VHDX
+// ---------------------------------------------------------------------------------------------
+
+/// The largest BAT ims reads into memory, in bytes: 64 MiB, 8 Mi entries. A disk of the
+/// format's largest size (64 TiB) needs 64 MiB with 8 MiB blocks (qemu-img's and Hyper-V's
+/// smallest default) and 512 MiB with 1 MiB blocks, so disks of 1 MiB blocks are read up to
+/// 8 TiB. Only the entries of the disk's blocks are read, whatever the BAT region's length.
+pub const MAX_VHDX_BAT_BYTES: u64 = 64 << 20;
+/// Sector bitmaps of partially present blocks the reader keeps in memory at once (a block's
+/// bits: 256 bytes for 1 MiB blocks of 4 KiB sectors, at most 64 KiB), so at most 16 MiB.
+pub const VHDX_BITMAP_CACHE: usize = 256;
 
 // ---------------------------------------------------------------------------------------------
 // VMDK
@@ -259,7 +272,7 @@ pub const MAX_METADATA_TABLE: u64 = max(
     max(MAX_L1_TABLE_SIZE, MAX_REFCOUNT_TABLE_SIZE),
     max(
         MAX_SNAPSHOT_TABLE_SIZE,
-        max(MAX_GD_BYTES, MAX_ZVHD2_BITMAP_LEN),
+        max(MAX_GD_BYTES, max(MAX_ZVHD2_BITMAP_LEN, MAX_VHDX_BAT_BYTES)),
     ),
 );
 

@@ -211,7 +211,7 @@ fn detect(head: &[u8], tail: &[u8]) -> Vec<(Detected, Strength)> {
     }
 
     if at(0, b"vhdxfile") {
-        found.push((Refused("vhdx"), Strong));
+        found.push((Supported(Format::Vhdx), Strong));
     }
     // VirtualBox: the signature 0xbeda107f (little-endian) at 0x40 after a text banner.
     if at(0x40, &[0x7f, 0x10, 0xda, 0xbe]) {
@@ -317,9 +317,17 @@ mod tests {
     }
 
     #[test]
+    fn recognises_vhdx_by_its_file_type_identifier() {
+        assert_eq!(
+            probe_head(&head_with(0, b"vhdxfile")).unwrap(),
+            Format::Vhdx
+        );
+        assert_eq!(probe_head(&head_with(8, b"vhdxfile")).unwrap(), Format::Raw);
+    }
+
+    #[test]
     fn refuses_known_unsupported_formats_by_name() {
         for (off, magic, name) in [
-            (0, &b"vhdxfile"[..], "vhdx"),
             (0x40, &[0x7f, 0x10, 0xda, 0xbe][..], "vdi"),
             (0, b"QED\0", "qed"),
             (0, b"QFI\xfb\0\0\0\x01", "qcow version 1"),

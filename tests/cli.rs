@@ -249,7 +249,7 @@ fn unsupported_formats_are_refused_by_name() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for (fmt, name) in [("vhdx", "vhdx"), ("vdi", "vdi"), ("qed", "qed")] {
+    for (fmt, name) in [("vdi", "vdi"), ("qed", "qed")] {
         let f = dir.path().join(format!("x.{fmt}"));
         qemu_img(&["create", "-q", "-f", fmt, s(&f), "64M"]);
         let out = ims(&["info", s(&f)]);

@@ -1835,7 +1835,7 @@ fn polyglot_cases(b: &Bases) -> Vec<Case> {
         .format(Format::Raw),
         case("recognised and refused: VDI", "unsupported", vdi),
         case("recognised and refused: LUKS", "unsupported", luks),
-        case("recognised and refused: VHDX", "unsupported", vhdx),
+        case("VHDX shorter than its header section", "truncated", vhdx),
     ];
     v.extend(polyglot_named_cases(b));
     v

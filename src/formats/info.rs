@@ -6,6 +6,7 @@ use serde::Serialize;
 
 pub use super::qcow2::info::{Qcow2Info, Qcow2SnapshotInfo};
 pub use super::vhd::info::{VhdInfo, VhdLocatorInfo};
+pub use super::vhdx::info::VhdxInfo;
 pub use super::vmdk::info::{VmdkExtentInfo, VmdkInfo};
 pub use super::zvhd::info::{Zvhd2Info, ZvhdInfo};
 
@@ -20,6 +21,8 @@ pub enum FormatInfo {
     Vmdk(VmdkInfo),
     /// A VHD image.
     Vhd(VhdInfo),
+    /// A VHDX image.
+    Vhdx(VhdxInfo),
     /// A ZVHD image.
     Zvhd(ZvhdInfo),
     /// A ZVHD2 image.
@@ -31,6 +34,8 @@ impl FormatInfo {
     pub fn cluster_size(&self) -> Option<u64> {
         match self {
             FormatInfo::Qcow2(q) => Some(q.cluster_size),
+            // qemu-img reports a VHDX's block size as its cluster size.
+            FormatInfo::Vhdx(v) => Some(u64::from(v.block_size)),
             _ => None,
         }
     }

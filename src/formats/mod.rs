@@ -5,6 +5,7 @@ pub mod info;
 pub mod qcow2;
 pub mod raw;
 pub mod vhd;
+pub mod vhdx;
 pub mod vmdk;
 pub mod zvhd;
 
@@ -25,6 +26,8 @@ pub enum Format {
     Vmdk,
     /// Microsoft's Virtual Hard Disk (qemu-img calls it `vpc`).
     Vhd,
+    /// Microsoft's Virtual Hard Disk v2 (Hyper-V since Windows 8).
+    Vhdx,
     /// Huawei Cloud's stream-compressed VHD.
     Zvhd,
     /// Huawei Cloud's block-compressed, indexed VHD.
@@ -32,11 +35,12 @@ pub enum Format {
 }
 
 impl Format {
-    pub(crate) const ALL: [Format; 6] = [
+    pub(crate) const ALL: [Format; 7] = [
         Format::Raw,
         Format::Qcow2,
         Format::Vmdk,
         Format::Vhd,
+        Format::Vhdx,
         Format::Zvhd,
         Format::Zvhd2,
     ];
@@ -48,6 +52,7 @@ impl Format {
             Format::Qcow2 => "qcow2",
             Format::Vmdk => "vmdk",
             Format::Vhd => "vhd",
+            Format::Vhdx => "vhdx",
             Format::Zvhd => "zvhd",
             Format::Zvhd2 => "zvhd2",
         }
@@ -68,7 +73,7 @@ impl FromStr for Format {
             "vpc" => Ok(Format::Vhd),
             _ => Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "unknown image format '{s}' (known: raw, qcow2, vmdk, vhd or vpc, zvhd, zvhd2)"
+                    "unknown image format '{s}' (known: raw, qcow2, vmdk, vhd or vpc, vhdx, zvhd, zvhd2)"
                 ))
             }),
         }
@@ -85,6 +90,6 @@ mod tests {
             assert_eq!(f.name().parse::<Format>().unwrap(), f);
         }
         assert_eq!("vpc".parse::<Format>().unwrap(), Format::Vhd);
-        assert!("vhdx".parse::<Format>().is_err());
+        assert!("vhdy".parse::<Format>().is_err());
     }
 }
