@@ -18,6 +18,9 @@ use crate::formats::qcow2::{Qcow2Header, Qcow2OpenOptions, Qcow2Reader};
 use crate::formats::raw::{RawReader, RawStream, RawWriter};
 use crate::formats::vhd::footer::DiskType;
 use crate::formats::vhd::writer::{DynamicWriter, FixedWriter, VhdCreateOptions};
+use crate::formats::vhdx::writer::{
+    DynamicWriter as VhdxDynamicWriter, FixedWriter as VhdxFixedWriter, VhdxCreateOptions,
+};
 use crate::formats::vmdk::writer::{
     self as vmdk_writer, FlatWriter, SparseWriter, Subformat, VmdkCreateOptions,
 };
@@ -52,6 +55,14 @@ pub enum FormatOptions {
     Vmdk(VmdkCreateOptions),
     /// ZVHD and ZVHD2: block compression, pinned time and id.
     Zvhd(ZvhdCreateOptions),
+    /// VHDX: fixed or dynamic, block and log sizes.
+    Vhdx(VhdxCreateOptions),
+}
+
+impl From<VhdxCreateOptions> for FormatOptions {
+    fn from(o: VhdxCreateOptions) -> Self {
+        FormatOptions::Vhdx(o)
+    }
 }
 
 impl From<Qcow2CreateOptions> for FormatOptions {
@@ -96,6 +107,7 @@ impl FormatOptions {
                 | (FormatOptions::Vhd(_), Format::Vhd)
                 | (FormatOptions::Vmdk(_), Format::Vmdk)
                 | (FormatOptions::Zvhd(_), Format::Zvhd | Format::Zvhd2)
+                | (FormatOptions::Vhdx(_), Format::Vhdx)
         )
     }
 }
@@ -182,8 +194,8 @@ pub(crate) const DRIVERS: [Driver; 7] = [
         format: Format::Vhdx,
         open: |storage, path, resolver| random(vhdx::open(storage, path, resolver)),
         open_stream: None,
-        options: |_, _, _| Ok(None),
-        create: |_, _, _, _, _| Err(Error::unsupported("writing vhdx")),
+        options: |_, pairs, compress| typed(VhdxCreateOptions::parse(pairs, compress)),
+        create: create_vhdx,
     },
     Driver {
         format: Format::Zvhd,
@@ -335,6 +347,28 @@ fn create_vhd(
     } else {
         let sink = seekable_sink(format, target, files)?;
         Ok(Box::new(DynamicWriter::new(sink, size, &opts)?))
+    }
+}
+
+fn create_vhdx(
+    format: Format,
+    target: Target,
+    size: u64,
+    options: Option<FormatOptions>,
+    files: &mut Staging,
+) -> Result<Box<dyn BlockWriter>> {
+    let Some(FormatOptions::Vhdx(opts)) = options else {
+        return Err(wrong_options(format, options));
+    };
+    if opts.fixed {
+        Ok(Box::new(VhdxFixedWriter::new(
+            append_sink(target, files)?,
+            size,
+            &opts,
+        )?))
+    } else {
+        let sink = seekable_sink(format, target, files)?;
+        Ok(Box::new(VhdxDynamicWriter::new(sink, size, &opts)?))
     }
 }
 

@@ -14,6 +14,7 @@ pub mod info;
 pub mod metadata;
 pub mod reader;
 pub mod region;
+pub mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
