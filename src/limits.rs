@@ -129,6 +129,18 @@ pub const MAX_VHDX_BAT_BYTES: u64 = 64 << 20;
 /// Sector bitmaps of partially present blocks the reader keeps in memory at once (a block's
 /// bits: 256 bytes for 1 MiB blocks of 4 KiB sectors, at most 64 KiB), so at most 16 MiB.
 pub const VHDX_BITMAP_CACHE: usize = 256;
+/// The largest log ims replays, in bytes: 16 MiB, read into memory once (twice, to read
+/// entries that wrap). Hyper-V and qemu-img make 1 MiB logs; a file with a larger log and
+/// entries to replay is refused. Finding the active sequence walks from each 4 KiB of the log,
+/// so its work grows with the square of the log's sectors (4096 here).
+pub const MAX_VHDX_LOG_BYTES: u64 = 16 << 20;
+/// Bytes ims checksums while looking for the log's active sequence: 256 MiB. A real log's
+/// entries are each checksummed once (at most the log's size); a log whose every sector claims
+/// to start an entry as long as the log would otherwise cost its size squared.
+pub const VHDX_LOG_CHECK_BUDGET: u64 = 256 << 20;
+/// The most 4 KiB sectors the replayed log may write (kept in memory over the file): 64 Ki,
+/// 256 MiB of data or zeros. A log carries metadata updates, a few sectors each.
+pub const MAX_VHDX_LOG_SECTORS: u64 = 64 << 10;
 
 // ---------------------------------------------------------------------------------------------
 // VMDK

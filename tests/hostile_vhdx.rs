@@ -309,6 +309,29 @@ fn cases() -> Vec<(&'static str, &'static str, &'static str, Edit)> {
             }),
         ),
         (
+            "a log GUID set over a log without entries",
+            "malformed",
+            "no valid sequence",
+            Box::new(|b| {
+                for at in HEADERS {
+                    b[at + 48] = 1;
+                }
+                reseal_headers(b);
+            }),
+        ),
+        (
+            "a log GUID set over a log that runs past the file",
+            "truncated",
+            "vhdx log",
+            Box::new(|b| {
+                for at in HEADERS {
+                    b[at + 48] = 1;
+                    LittleEndian::write_u32(&mut b[at + 68..], 64 << 20);
+                }
+                reseal_headers(b);
+            }),
+        ),
+        (
             "a differencing disk, its parent refused",
             "external-reference",
             "parent",

@@ -11,6 +11,7 @@ pub mod bat;
 pub mod header;
 pub mod identifier;
 pub mod info;
+pub mod log;
 pub mod metadata;
 pub mod reader;
 pub mod region;

@@ -14,6 +14,7 @@ use super::bat::{
 use super::header::{self, HEADER_OFFSETS, HEADER_SIZE, Header, MIB};
 use super::identifier::{FileIdentifier, IDENTIFIER_SIZE};
 use super::info::VhdxInfo;
+use super::log::Replayed;
 use super::metadata::Metadata;
 use super::region::{RegionTable, TABLE_OFFSETS, TABLE_SIZE};
 use crate::block::{BlockReader, usize_len};
@@ -83,12 +84,18 @@ impl VhdxImage {
                 len.saturating_sub(header.log_offset),
             ));
         }
-        if !header.log_guid.is_nil() {
-            return Err(Error::unsupported(
-                "vhdx images whose log holds entries to replay (not closed cleanly)",
-            ));
+        if header.log_guid.is_nil() {
+            return VhdxImage::open_replayed(storage, identifier, header, header_copy, 0);
         }
-        VhdxImage::open_replayed(storage, identifier, header, header_copy, 0)
+        // Not closed cleanly: the log's writes are applied in memory before anything else is
+        // read (the file is never written).
+        let (replayed, entries) = Replayed::open(
+            storage,
+            header.log_offset,
+            u64::from(header.log_length),
+            &header.log_guid,
+        )?;
+        VhdxImage::open_replayed(Arc::new(replayed), identifier, header, header_copy, entries)
     }
 
     /// The rest of [`open`](Self::open), once the log (if any) is applied to `storage`.
