@@ -87,6 +87,28 @@ fn open_and_read(dir: &Path, bytes: &[u8]) -> ims::Result<()> {
 
 type Edit = Box<dyn Fn(&mut Vec<u8>)>;
 
+/// Makes the base a differencing disk: HasParent, a parent locator item naming parent.vhdx
+/// with `linkage`, and room in the BAT for the chunk's sector bitmap entry.
+fn differencing(b: &mut [u8], linkage: &str) {
+    let item = ims::formats::vhdx::locator::ParentLocator::to_bytes(&[
+        ("parent_linkage", linkage),
+        ("relative_path", "parent.vhdx"),
+    ]);
+    b[METADATA + 0x10004] = 2;
+    let at = METADATA + 0x20000;
+    b[at..at + item.len()].copy_from_slice(&item);
+    // The table's sixth entry: the Parent Locator item, required.
+    let e = METADATA + 32 + 5 * 32;
+    b[e..e + 16].copy_from_slice(&[
+        0x2d, 0x5f, 0xd3, 0xa8, 0x0b, 0xb3, 0x4d, 0x45, 0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab,
+        0x0c,
+    ]);
+    LittleEndian::write_u32(&mut b[e + 16..], 0x20000);
+    LittleEndian::write_u32(&mut b[e + 20..], item.len() as u32);
+    LittleEndian::write_u32(&mut b[e + 24..], 4);
+    LittleEndian::write_u16(&mut b[METADATA + 10..], 6);
+}
+
 fn cases() -> Vec<(&'static str, &'static str, &'static str, Edit)> {
     vec![
         ("control: the base image", "ok", "", Box::new(|_| {})),
@@ -334,21 +356,19 @@ fn cases() -> Vec<(&'static str, &'static str, &'static str, Edit)> {
         (
             "a differencing disk, its parent refused",
             "external-reference",
-            "parent",
+            "parent.vhdx",
+            Box::new(|b| differencing(b, "{83ed0ec3-24c8-49a6-a959-5e4bf1288bfb}")),
+        ),
+        (
+            "a differencing disk whose locator has no parent_linkage",
+            "malformed",
+            "no parent_linkage",
             Box::new(|b| {
-                b[METADATA + 0x10004] = 2;
-                // A parent locator item (empty of keys) in the table's sixth entry.
-                let e = METADATA + 32 + 5 * 32;
-                b[e..e + 16].copy_from_slice(&[
-                    0x2d, 0x5f, 0xd3, 0xa8, 0x0b, 0xb3, 0x4d, 0x45, 0xab, 0xf7, 0xd3, 0xd8, 0x48,
-                    0x34, 0xab, 0x0c,
-                ]);
-                LittleEndian::write_u32(&mut b[e + 16..], 0x20000);
-                LittleEndian::write_u32(&mut b[e + 20..], 20);
-                LittleEndian::write_u32(&mut b[e + 24..], 4);
-                LittleEndian::write_u16(&mut b[METADATA + 10..], 6);
-                // A differencing disk's BAT holds the chunk's sector bitmap entry too.
-                bat(b, 4096, 0);
+                differencing(b, "x");
+                // Rename the key "parent_linkage" (after the header and two entries) to
+                // "parent_linkagf".
+                let at = METADATA + 0x20000 + 20 + 2 * 12 + 13 * 2;
+                b[at] = b'f';
             }),
         ),
     ]

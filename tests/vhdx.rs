@@ -438,3 +438,128 @@ fn a_vhdx_with_log_entries_reads_as_the_replayed_disk() {
         String::from_utf8_lossy(&r.stderr)
     );
 }
+
+/// Writes `disk` as a dynamic VHDX of 1 MiB blocks with ims.
+fn vhdx_of(dir: &Path, name: &str, disk: &[u8]) -> Vec<u8> {
+    let src = write(dir, &format!("{name}.raw"), disk);
+    let out = dir.join(name);
+    let r = ims(&[
+        "convert",
+        "-O",
+        "vhdx",
+        "-o",
+        "block_size=1M",
+        s(&src),
+        s(&out),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    std::fs::read(&out).unwrap()
+}
+
+/// A differencing VHDX built by the test over a parent ims wrote: block 0 fully present, block
+/// 1 partially present (its first half, per the sector bitmap), blocks 2 and 3 the parent's.
+/// Read only with references allowed, and only over the parent the child's parent_linkage
+/// names.
+#[test]
+fn a_differencing_vhdx_reads_through_its_parent() {
+    use byteorder::{ByteOrder, LittleEndian};
+    use ims::formats::vhdx::locator::ParentLocator;
+    const MIB: usize = 1 << 20;
+    const METADATA: usize = 3 * MIB;
+    let dir = tempfile::tempdir().unwrap();
+    let mut parent_disk = vec![0u8; 4 * MIB];
+    for (i, block) in parent_disk.chunks_mut(MIB).enumerate() {
+        block.fill(b'0' + i as u8);
+    }
+    let parent = vhdx_of(dir.path(), "parent.vhdx", &parent_disk);
+    let guid = info(&dir.path().join("parent.vhdx"))["format-specific"]["data"]["data-write-guid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut child_disk = vec![0u8; 4 * MIB];
+    child_disk[..MIB].fill(b'C');
+    child_disk[MIB..2 * MIB].fill(b'c');
+    let mut child = vhdx_of(dir.path(), "child-base.vhdx", &child_disk);
+    assert_eq!(child.len(), 6 * MIB);
+    let make = |child: &mut Vec<u8>, linkage: &str| {
+        let item = ParentLocator::to_bytes(&[
+            ("parent_linkage", linkage),
+            ("relative_path", ".\\parent.vhdx"),
+            ("absolute_win32_path", "\\\\?\\C:\\elsewhere\\parent.vhdx"),
+        ]);
+        child[METADATA + 0x10004] = 2; // HasParent
+        let at = METADATA + 0x20000;
+        child[at..at + item.len()].copy_from_slice(&item);
+        let e = METADATA + 32 + 5 * 32;
+        let id = uuid::uuid!("A8D35F2D-B30B-454D-ABF7-D3D84834AB0C");
+        child[e..e + 16].copy_from_slice(&id.to_bytes_le());
+        LittleEndian::write_u32(&mut child[e + 16..], 0x20000);
+        LittleEndian::write_u32(&mut child[e + 20..], item.len() as u32);
+        LittleEndian::write_u32(&mut child[e + 24..], 4);
+        LittleEndian::write_u16(&mut child[METADATA + 10..], 6);
+        // Block 1 partially present; the chunk's sector bitmap (BAT entry 4096, the chunk
+        // ratio of 1 MiB blocks of 512-byte sectors) at 6 MiB.
+        LittleEndian::write_u64(&mut child[2 * MIB + 8..], (5 << 20) | 7);
+        LittleEndian::write_u64(&mut child[2 * MIB + 4096 * 8..], (6 << 20) | 6);
+        child.resize(7 * MIB, 0);
+        // Block 1's bits start at byte 256 of the bitmap (2048 sectors a block, a bit each):
+        // its first 1024 sectors are present.
+        child[6 * MIB + 256..6 * MIB + 256 + 128].fill(0xff);
+    };
+    make(&mut child, &format!("{{{guid}}}"));
+    write(dir.path(), "parent.vhdx", &parent);
+    let child_path = write(dir.path(), "child.vhdx", &child);
+    let out = dir.path().join("out.raw");
+
+    // References refused by default, named in the error.
+    let r = ims(&["convert", "-O", "raw", s(&child_path), s(&out)]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("parent.vhdx"));
+
+    let allow = s(dir.path());
+    let r = ims(&[
+        "convert",
+        "--allow-references",
+        allow,
+        "-O",
+        "raw",
+        s(&child_path),
+        s(&out),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let got = std::fs::read(&out).unwrap();
+    let mut want = parent_disk.clone();
+    want[..MIB].fill(b'C');
+    want[MIB..MIB + MIB / 2].fill(b'c');
+    assert!(got == want, "the child over its parent reads other bytes");
+    let i = ims(&[
+        "info",
+        "--allow-references",
+        allow,
+        "--output",
+        "json",
+        s(&child_path),
+    ]);
+    let i: serde_json::Value = serde_json::from_slice(&i.stdout).unwrap();
+    assert_eq!(i["format-specific"]["data"]["subformat"], "differencing");
+
+    // A parent whose data changed since (another DataWriteGuid): refused.
+    let mut stale = std::fs::read(&child_path).unwrap();
+    make(&mut stale, "{00000000-1111-2222-3333-444444444444}");
+    let stale = write(dir.path(), "stale.vhdx", &stale);
+    let r = ims(&[
+        "convert",
+        "--allow-references",
+        allow,
+        "-O",
+        "raw",
+        s(&stale),
+        s(&out),
+    ]);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("DataWriteGuid"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}

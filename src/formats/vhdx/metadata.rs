@@ -6,6 +6,7 @@
 use byteorder::{ByteOrder, LittleEndian};
 use uuid::Uuid;
 
+use super::locator::ParentLocator;
 use super::{guid, put_guid};
 use crate::error::{Error, Result};
 use crate::storage::{Storage, read_exact_at};
@@ -83,8 +84,8 @@ pub struct Metadata {
     pub logical_sector_size: u32,
     /// `PhysicalSectorSize`: 512 or 4096.
     pub physical_sector_size: u32,
-    /// The parent locator item's bytes, when there is one.
-    pub parent_locator: Option<Vec<u8>>,
+    /// The parent locator (differencing disks).
+    pub parent_locator: Option<ParentLocator>,
 }
 
 /// Parses and checks the table (the region's first 64 KiB); `at` is the region's file offset
@@ -264,8 +265,12 @@ impl Metadata {
             ));
         }
         let (id, _) = required(VIRTUAL_DISK_ID, 16, "virtual disk id")?;
-        let parent_locator = item(PARENT_LOCATOR, 0)?.map(|(b, _)| b);
         let has_parent = bits & HAS_PARENT != 0;
+        // Only a differencing disk's locator means anything; another disk's is not read.
+        let parent_locator = match item(PARENT_LOCATOR, 0)? {
+            Some((b, where_)) if has_parent => Some(ParentLocator::parse(&b, where_)?),
+            _ => None,
+        };
         if has_parent && parent_locator.is_none() {
             return Err(Error::malformed(
                 "vhdx metadata table",

@@ -11,6 +11,7 @@ pub mod bat;
 pub mod header;
 pub mod identifier;
 pub mod info;
+pub mod locator;
 pub mod log;
 pub mod metadata;
 pub mod reader;
@@ -23,7 +24,9 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::error::{Error, ReferenceKind, Result};
-use crate::resolve::Resolver;
+use crate::formats::Format;
+use crate::formats::info::FormatInfo;
+use crate::resolve::{Reference, Resolver};
 use crate::storage::Storage;
 
 pub use reader::{VhdxDisk, VhdxImage, VhdxReader};
@@ -33,16 +36,67 @@ pub const BAT_REGION: Uuid = uuid::uuid!("2DC27766-F623-4200-9D64-115E9BFD4A08")
 /// The metadata region's GUID.
 pub const METADATA_REGION: Uuid = uuid::uuid!("8B7CA206-4790-4B9A-B8FE-575F050F886E");
 
-/// Opens a VHDX. A differencing disk's parent is a reference to another file, refused.
-pub fn open(storage: Arc<dyn Storage>, _path: &Path, _resolver: &Resolver) -> Result<VhdxReader> {
+/// Opens a VHDX. A differencing disk's parent is opened through `resolver`: a VHDX found by
+/// the locator's relative path, or by the file name of its other paths beside the child, whose
+/// current `DataWriteGuid` is one the child's `parent_linkage` names and whose logical sector
+/// size is the child's. Absolute paths are never followed.
+pub fn open(storage: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<VhdxReader> {
     let image = VhdxImage::open(storage)?;
-    if image.metadata.has_parent {
-        return Err(Error::reference(
-            ReferenceKind::ParentLocator,
-            "the parent of a differencing vhdx",
-        ));
+    let Some(locator) = image.metadata.parent_locator.clone() else {
+        return image.into_reader(None);
+    };
+    let size = image.metadata.virtual_disk_size;
+    let description = locator.description();
+    if !resolver.follows() {
+        let reference = Reference::new(ReferenceKind::ParentLocator, description);
+        let parent = resolver.open_disk(&reference, path, size)?;
+        return image.into_reader(Some(parent));
     }
-    image.into_reader(None)
+    let linkages = locator.linkages();
+    let mut last_error = Error::reference(ReferenceKind::ParentLocator, description);
+    for name in locator.names() {
+        let reference = Reference {
+            format: Some(Format::Vhdx),
+            ..Reference::new(ReferenceKind::ParentLocator, name.clone())
+        };
+        let parent = match resolver.open_disk(&reference, path, size) {
+            Ok(p) => p,
+            // Not there, or not allowed: the next name may be.
+            Err(e @ (Error::ExternalReference { .. } | Error::Io { .. })) => {
+                last_error = e;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(FormatInfo::Vhdx(info)) = parent.info() else {
+            return Err(Error::internal("a vhdx parent opened as another format"));
+        };
+        let guid = Uuid::parse_str(&info.data_write_guid).ok();
+        if !guid.is_some_and(|g| linkages.contains(&g)) {
+            last_error = Error::malformed(
+                "vhdx parent locator",
+                image.regions.metadata.file_offset,
+                format!(
+                    "parent {name:?} has DataWriteGuid {}, not the parent_linkage the child \
+                     records: it changed since the child was made",
+                    info.data_write_guid
+                ),
+            );
+            continue;
+        }
+        if info.logical_sector_size != image.metadata.logical_sector_size {
+            return Err(Error::malformed(
+                "vhdx parent locator",
+                image.regions.metadata.file_offset,
+                format!(
+                    "parent {name:?} has {}-byte sectors, the child {}-byte ones",
+                    info.logical_sector_size, image.metadata.logical_sector_size
+                ),
+            ));
+        }
+        return image.into_reader(Some(parent));
+    }
+    Err(last_error)
 }
 
 /// A GUID from its 16 bytes in Microsoft's binary form.

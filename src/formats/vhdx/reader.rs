@@ -560,7 +560,7 @@ impl MappedDisk for VhdxDisk {
             virtual_disk_id: m.virtual_disk_id.to_string(),
             data_write_guid: img.header.data_write_guid.to_string(),
             log_entries_replayed: img.log_entries_replayed,
-            parent_locator: None,
+            parent_locator: m.parent_locator.as_ref().map(|l| l.entries.clone()),
         }))
     }
 }
