@@ -206,13 +206,11 @@ mod tests {
         LittleEndian::write_u16(&mut b[30..], 3);
         assert!(ParentLocator::parse(&b, 0).is_err());
         let mut b = good.clone();
+        // More entries than the item holds: the table runs into the strings, then past the end.
         LittleEndian::write_u16(&mut b[18..], 9);
-        assert!(
-            ParentLocator::parse(&b, 0)
-                .unwrap_err()
-                .to_string()
-                .contains("past")
-        );
+        assert_eq!(ParentLocator::parse(&b, 0).unwrap_err().kind(), "malformed");
+        let e = ParentLocator::parse(&good[..30], 0).unwrap_err();
+        assert!(e.to_string().contains("past the item's end"), "{e}");
         let twice = ParentLocator::to_bytes(&[("parent_linkage", LINK), ("parent_linkage", LINK)]);
         assert!(
             ParentLocator::parse(&twice, 0)
