@@ -125,6 +125,12 @@ fn cases() -> Vec<(&'static str, &'static str, &'static str, Edit)> {
             Box::new(|b| b[REGIONS[0] + 2000] ^= 1),
         ),
         (
+            "control: 4096-byte logical sectors (a chunk ratio of 32768)",
+            "ok",
+            "",
+            Box::new(|b| LittleEndian::write_u32(&mut b[METADATA + 0x10020..], 4096)),
+        ),
+        (
             "both headers damaged",
             "malformed",
             "checksum",
