@@ -278,7 +278,9 @@ impl VhdxImage {
                     ));
                 }
             }
-            if !self.allocated(index, entry) {
+            // Entries of blocks past the disk (the tail of a differencing disk's last chunk)
+            // are never read.
+            if !self.allocated(index, entry) || self.extent_len(index) == 0 {
                 continue;
             }
             let start = entry.file_offset();
