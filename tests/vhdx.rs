@@ -563,3 +563,33 @@ fn a_differencing_vhdx_reads_through_its_parent() {
         String::from_utf8_lossy(&r.stderr)
     );
 }
+
+/// ZERO, UNMAPPED and UNDEFINED blocks of a dynamic disk read as zeros, even when their entry
+/// keeps the offset of the block they had (as the specification allows), and map as zeros.
+#[test]
+fn blocks_not_fully_present_read_as_zeros() {
+    use byteorder::{ByteOrder, LittleEndian};
+    const MIB: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut disk = vec![0u8; 4 * MIB];
+    for (i, block) in disk.chunks_mut(MIB).enumerate() {
+        block.fill(b'A' + i as u8);
+    }
+    let mut b = vhdx_of(dir.path(), "states.vhdx", &disk);
+    LittleEndian::write_u64(&mut b[2 * MIB + 8..], 2); // ZERO
+    LittleEndian::write_u64(&mut b[2 * MIB + 16..], (6 << 20) | 3); // UNMAPPED, old offset
+    LittleEndian::write_u64(&mut b[2 * MIB + 24..], (7 << 20) | 1); // UNDEFINED, old offset
+    let path = write(dir.path(), "states.vhdx", &b);
+    let out = dir.path().join("out.raw");
+    assert!(
+        ims(&["convert", "-O", "raw", s(&path), s(&out)])
+            .status
+            .success()
+    );
+    let got = std::fs::read(&out).unwrap();
+    assert!(got[..MIB].iter().all(|&x| x == b'A'));
+    assert!(got[MIB..].iter().all(|&x| x == 0));
+    let map = ims(&["map", "--output", "json", s(&path)]);
+    let map: Vec<serde_json::Value> = serde_json::from_slice(&map.stdout).unwrap();
+    assert_eq!(common::data_runs(&map), [(0, MIB as u64)]);
+}
