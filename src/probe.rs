@@ -114,6 +114,9 @@ fn ambiguous(first: &'static str, second: &'static str) -> Error {
 /// entry. Such a file is read as two different disks by a tool that sees the other format
 /// (a raw reader finds the partition table or the ISO, qemu the qcow2).
 fn header_polyglot(head: &[u8], format: Format) -> Result<()> {
+    if format == Format::Vhdx && head.starts_with(b"vhdxfile") {
+        return vhdx_header_polyglot(head);
+    }
     if format != Format::Qcow2 || !head.starts_with(b"QFI\xfb") {
         return Ok(());
     }
@@ -134,6 +137,27 @@ fn header_polyglot(head: &[u8], format: Format) -> Result<()> {
         return Err(ambiguous(
             "qcow2",
             "iso (an ISO 9660 descriptor in the qcow2 header cluster)",
+        ));
+    }
+    Ok(())
+}
+
+/// The same rule for a VHDX: its first MiB (identifier, headers, region tables) never holds
+/// guest data, so an MBR boot signature with a protective GPT entry in its first sector, or an
+/// ISO 9660 descriptor at 32 KiB (inside the identifier's 64 KiB), makes it a second disk.
+fn vhdx_header_polyglot(head: &[u8]) -> Result<()> {
+    if head.get(510..512) == Some(&[0x55, 0xaa][..])
+        && (0..4).any(|i| head.get(446 + 16 * i + 4) == Some(&0xee))
+    {
+        return Err(ambiguous(
+            "vhdx",
+            "gpt (a protective MBR in the vhdx file type identifier)",
+        ));
+    }
+    if head.get(0x8001..0x8006) == Some(&b"CD001"[..]) {
+        return Err(ambiguous(
+            "vhdx",
+            "iso (an ISO 9660 descriptor in the vhdx header section)",
         ));
     }
     Ok(())
@@ -323,6 +347,19 @@ mod tests {
             Format::Vhdx
         );
         assert_eq!(probe_head(&head_with(8, b"vhdxfile")).unwrap(), Format::Raw);
+    }
+
+    #[test]
+    fn a_vhdx_header_section_holding_an_iso_or_a_gpt_is_ambiguous() {
+        let mut h = head_with(0, b"vhdxfile");
+        h[0x8001..0x8006].copy_from_slice(b"CD001");
+        assert_eq!(probe_head(&h).unwrap_err().kind(), "ambiguous");
+        assert!(check_named(&h, &h[h.len() - 512..], Format::Vhdx).is_err());
+        let mut h = head_with(0, b"vhdxfile");
+        h[510] = 0x55;
+        h[511] = 0xaa;
+        h[446 + 4] = 0xee;
+        assert_eq!(probe_head(&h).unwrap_err().kind(), "ambiguous");
     }
 
     #[test]
