@@ -333,8 +333,10 @@ impl BlockWriter for DynamicWriter {
         self.source_size
     }
 
+    /// 1 MiB, which divides every block size: the pipeline's pieces (and its memory) stay
+    /// small whatever the block size, and a block is stored once a piece in it holds data.
     fn unit_size(&self) -> u64 {
-        self.layout.geometry.block_size
+        MIB
     }
 
     fn write_piece(&mut self, piece: Piece) -> Result<()> {
@@ -343,29 +345,40 @@ impl BlockWriter for DynamicWriter {
         advance(
             &mut self.next,
             &piece,
-            block_size,
+            MIB,
             self.source_size,
             "vhdx dynamic writer",
         )?;
         let data = match piece {
-            // A block never written reads as zeros in a dynamic disk.
+            // A block never written reads as zeros in a dynamic disk, and the unwritten parts
+            // of a stored block are holes of the fresh file.
             Piece::Zero { .. } => return Ok(()),
             Piece::Data { data, .. } => data,
             Piece::Encoded { .. } => return Err(Error::internal("vhdx holds no encoded units")),
         };
-        for (i, block) in data.chunks(block_size as usize).enumerate() {
-            let index = (offset / block_size) as usize + i;
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let index = usize::try_from(at / block_size)
+                .map_err(|_| Error::internal("vhdx dynamic writer: block index"))?;
+            let within = at % block_size;
+            let n = ((block_size - within) as usize).min(data.len() - done);
             let slot = self
                 .payload
                 .get_mut(index)
                 .ok_or_else(|| Error::internal("vhdx dynamic writer: block past the disk"))?;
-            self.sink.write_at_sparse(block, self.pos)?;
-            *slot = BatEntry {
-                state: PAYLOAD_BLOCK_FULLY_PRESENT,
-                file_offset_mb: self.pos >> 20,
-            };
-            // A partial last block still takes a whole block in the file.
-            self.pos += block_size;
+            if slot.state != PAYLOAD_BLOCK_FULLY_PRESENT {
+                // Pieces come in order: the block is stored where the file ends. A partial
+                // last block still takes a whole block in the file.
+                *slot = BatEntry {
+                    state: PAYLOAD_BLOCK_FULLY_PRESENT,
+                    file_offset_mb: self.pos >> 20,
+                };
+                self.pos += block_size;
+            }
+            self.sink
+                .write_at_sparse(&data[done..done + n], slot.file_offset() + within)?;
+            done += n;
         }
         Ok(())
     }
