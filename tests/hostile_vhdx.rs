@@ -360,6 +360,20 @@ fn cases() -> Vec<(&'static str, &'static str, &'static str, Edit)> {
             }),
         ),
         (
+            "a log of 32 MiB to replay, over the cap",
+            "limit-exceeded",
+            "replays up to",
+            Box::new(|b| {
+                b.resize(40 * MIB, 0);
+                for at in HEADERS {
+                    b[at + 48] = 1;
+                    LittleEndian::write_u32(&mut b[at + 68..], 32 << 20);
+                    LittleEndian::write_u64(&mut b[at + 72..], 8 << 20);
+                }
+                reseal_headers(b);
+            }),
+        ),
+        (
             "a differencing disk, its parent refused",
             "external-reference",
             "parent.vhdx",
