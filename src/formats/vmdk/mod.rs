@@ -6,6 +6,7 @@
 //! the descriptor gives it is never opened); extents in other files and the parent of a delta
 //! disk are opened only through the [`Resolver`], as the caller's policy allows.
 
+mod consistency;
 pub mod descriptor;
 pub mod info;
 pub mod marker;
@@ -32,15 +33,6 @@ use crate::storage::{Storage, read_exact_at};
 pub use reader::VmdkReader;
 pub use stream::{StreamReader, StreamWriter};
 
-/// createTypes whose extents are devices or raw device mappings: never opened.
-const DEVICE_TYPES: [&str; 5] = [
-    "fullDevice",
-    "partitionedDevice",
-    "vmfsRaw",
-    "vmfsRawDeviceMap",
-    "vmfsPassthroughRawDeviceMap",
-];
-
 /// Opens the VMDK in `file` (named `path`), with `resolver` deciding about other files.
 pub fn open(file: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<VmdkReader> {
     let file_len = file.len();
@@ -65,7 +57,7 @@ pub fn open(file: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<
     let mut text = vec![0u8; usize_len(file_len)?];
     read_exact_at(&*file, &mut text, 0, "vmdk descriptor")?;
     let d = Descriptor::parse(&text, 0)?;
-    check_create_type(&d)?;
+    descriptor::check_create_type(&d, &descriptor::DESCRIPTOR_TYPES)?;
     if d.extents.is_empty() {
         return Err(Error::malformed("vmdk descriptor", 0, "no extents"));
     }
@@ -169,28 +161,7 @@ fn open_sparse(
     };
     let mut parent = None;
     if let Some(d) = &descriptor {
-        check_create_type(d)?;
-        // The one extent is this file, whatever name the descriptor gives it.
-        match d.extents.as_slice() {
-            [] => return Err(Error::malformed("vmdk descriptor", 0, "no extents")),
-            [e] if matches!(e.kind, ExtentType::Sparse | ExtentType::VmfsSparse) => {
-                if e.sectors > header.capacity {
-                    return Err(Error::malformed(
-                        "vmdk descriptor extent",
-                        e.at,
-                        format!(
-                            "extent of {} sectors in a file of {} sectors",
-                            e.sectors, header.capacity
-                        ),
-                    ));
-                }
-            }
-            _ => {
-                return Err(Error::unsupported(
-                    "an embedded descriptor with other extents than its own file",
-                ));
-            }
-        }
+        descriptor::check_embedded(d, header.capacity)?;
         parent = open_parent(d, path, resolver)?;
     }
     let extent = SparseExtent::open(file, file_len)?;
@@ -212,16 +183,6 @@ fn open_sparse(
         embedded: true,
     }];
     Ok(reader::VmdkDisk::reader(size, extents, descriptor, parent))
-}
-
-/// Refuses createTypes that name devices.
-fn check_create_type(d: &Descriptor) -> Result<()> {
-    match d.create_type.as_deref() {
-        Some(t) if DEVICE_TYPES.contains(&t) => Err(Error::unsupported(format!(
-            "VMDK createType {t:?} (its extents are devices)"
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// The disk's size: the sum of the extents, at most [`MAX_VMDK_DISK_BYTES`].

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian};
 
+use super::consistency;
 use crate::block::usize_len;
 use crate::cache::Lru;
 use crate::error::{Error, Result};
@@ -29,6 +30,9 @@ pub const FLAG_ZEROED_GRAIN: u32 = 1 << 2;
 pub const FLAG_COMPRESSED: u32 = 1 << 16;
 /// Bit 17: grains and metadata carry markers (streamOptimized).
 pub const FLAG_MARKERS: u32 = 1 << 17;
+/// Every flag the format defines; the specification says the others are zero.
+pub const KNOWN_FLAGS: u32 =
+    FLAG_NEWLINE_TEST | FLAG_REDUNDANT_GT | FLAG_ZEROED_GRAIN | FLAG_COMPRESSED | FLAG_MARKERS;
 /// `gdOffset` of a streamOptimized header whose GD lies at the end (the footer gives it).
 pub const GD_AT_END: u64 = u64::MAX;
 /// `compressAlgorithm`: deflate in a zlib stream.
@@ -115,6 +119,17 @@ impl SparseHeader {
                 "vmdk sparse extent version {}",
                 h.version
             )));
+        }
+        if h.flags & !KNOWN_FLAGS != 0 {
+            return Err(Error::malformed(
+                S,
+                offset + 8,
+                format!(
+                    "flags {:#x} set bits the format does not define ({:#x})",
+                    h.flags,
+                    h.flags & !KNOWN_FLAGS
+                ),
+            ));
         }
         if h.grain_size == 0 || !h.grain_size.is_power_of_two() {
             return Err(Error::malformed(
@@ -257,6 +272,8 @@ pub struct SparseExtent {
     /// Where the GD is, for errors.
     gd_pos: u64,
     gts: Lru<usize, Arc<Vec<u32>>>,
+    /// Where compressed grains must end (compressed extents only).
+    layout: Option<consistency::Layout>,
 }
 
 /// Reads the header at offset 0 of a file of `file_len` bytes.
@@ -360,15 +377,25 @@ impl SparseExtent {
     /// at the end), then the GD, whose every GT must lie in the file.
     pub fn open(file: Arc<dyn Storage>, file_len: u64) -> Result<SparseExtent> {
         let mut header = read_header(&*file, file_len)?;
-        if header.gd_offset == GD_AT_END {
-            if !header.compressed() || !header.has_markers() {
-                return Err(Error::malformed(
-                    S,
-                    56,
-                    "grain directory at the end without compressed grains and markers",
-                ));
-            }
+        let gd_at_end = header.gd_offset == GD_AT_END;
+        if gd_at_end {
+            // VMware's stream layout, compressed (streamOptimized) or not (a monolithicSparse
+            // written front to back): the footer holds the real gdOffset.
             header = read_footer(&*file, file_len, &header)?;
+        }
+        if header
+            .over_head
+            .checked_mul(SECTOR)
+            .is_none_or(|end| end > file_len)
+        {
+            return Err(Error::malformed(
+                S,
+                64,
+                format!(
+                    "overHead of {} sectors lies past the end of the file of {file_len} bytes",
+                    header.over_head
+                ),
+            ));
         }
         let entries = header.gd_entries();
         let gd_bytes = entries * 4;
@@ -410,6 +437,14 @@ impl SparseExtent {
                 ));
             }
         }
+        let layout = consistency::check(&consistency::Extent {
+            file: &*file,
+            file_len,
+            header: &header,
+            gd_at_end,
+            gd: &gd,
+            gd_pos,
+        })?;
         Ok(SparseExtent {
             file,
             file_len,
@@ -417,6 +452,7 @@ impl SparseExtent {
             gd,
             gd_pos,
             gts: Lru::new(GT_CACHE),
+            layout,
         })
     }
 
@@ -490,8 +526,7 @@ impl SparseExtent {
     /// whole grain: what a read of whole grains (a conversion) does, without a copy.
     pub fn inflate_into(&self, index: u64, at: u64, out: &mut [u8]) -> Result<()> {
         let grain_bytes = self.header.grain_bytes();
-        let grain_start = index * grain_bytes;
-        let needed = (self.header.disk_bytes() - grain_start).min(grain_bytes);
+        let needed = least_inflated(&self.header, index);
         let (data_at, size) = if self.header.has_markers() {
             let mut head = [0u8; 12];
             read_exact_at(&*self.file, &mut head, at, "vmdk grain marker")?;
@@ -519,6 +554,17 @@ impl SparseExtent {
                 format!("compressed size {size} is zero, too large or past the end of the file"),
             ));
         }
+        if let Some(next) = self.layout.as_ref().map(|l| l.next_start(at))
+            && data_at + size > next
+        {
+            return Err(Error::malformed(
+                "vmdk grain marker",
+                at,
+                format!(
+                    "compressed grain of {size} bytes runs into the grain or metadata at byte {next:#x}"
+                ),
+            ));
+        }
         if out.len() as u64 != grain_bytes {
             return Err(Error::Internal(format!(
                 "a buffer of {} bytes for a grain of {grain_bytes}",
@@ -535,6 +581,23 @@ impl SparseExtent {
     /// Bytes per grain.
     pub fn grain_bytes(&self) -> u64 {
         self.header.grain_bytes()
+    }
+}
+
+/// The fewest bytes compressed grain `index` may inflate to: the part of the grain inside the
+/// disk, except that the last grain may stop short of the disk's last sector. A disk converted
+/// from a file whose size is not a whole number of sectors (vmdk-stream-converter does this) has
+/// a last grain holding just the file's remaining bytes; the rest of the sector reads as zeros.
+pub(crate) fn least_inflated(header: &SparseHeader, index: u64) -> u64 {
+    let start = index.saturating_mul(header.grain_bytes());
+    let inside = header
+        .disk_bytes()
+        .saturating_sub(start)
+        .min(header.grain_bytes());
+    if start.saturating_add(header.grain_bytes()) >= header.disk_bytes() {
+        inside.saturating_sub(SECTOR - 1)
+    } else {
+        inside
     }
 }
 
