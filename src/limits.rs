@@ -96,6 +96,14 @@ pub const MAX_QCOW2_MAP_CLUSTERS: u64 = 256 << 20;
 /// compressed.
 pub const MAX_QCOW2_COMPRESSED_CLUSTERS: u64 = 8 << 20;
 
+/// The largest persistent-bitmap directory read (the bitmaps extension's
+/// `bitmap_directory_size`): 64 MiB, qemu's own cap (1 KiB for each of 65535 bitmaps).
+pub const MAX_QCOW2_BITMAP_DIRECTORY_SIZE: u64 = 64 << 20;
+/// The largest bitmap table read (a directory entry's `bitmap_table_size` × 8 bytes): 8 MiB, a
+/// million clusters of bitmap data: with 64 KiB clusters, a bitmap of a 256 TiB disk at 512-byte
+/// granularity. Each of them must also be a distinct cluster of the file.
+pub const MAX_QCOW2_BITMAP_TABLE_SIZE: u64 = 8 << 20;
+
 // ---------------------------------------------------------------------------------------------
 // VHD
 // ---------------------------------------------------------------------------------------------

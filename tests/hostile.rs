@@ -2927,3 +2927,33 @@ fn cli_refuses_hostile_images() {
         }
     }
 }
+
+/// `ims check -f FMT` meets the polyglot rule as every other verb does, and the message does not
+/// send the user to `-f` when naming the format cannot help.
+#[test]
+fn check_with_a_named_format_refuses_polyglots() {
+    let root = tempfile::tempdir().unwrap();
+    let b = bases(root.path());
+    let mut checked = 0;
+    for c in polyglot_named_cases(&b) {
+        let (Some(format), "ambiguous") = (c.format, c.expect) else {
+            continue;
+        };
+        let img = root.path().join("polyglot.img");
+        c.place(&img);
+        let r = ims(&["check", "-f", format.name(), s(&img)]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success() && err.contains("ambiguous format") && err.contains("polyglot"),
+            "{}: {err}",
+            c.name
+        );
+        assert!(
+            !err.contains("name the format with -f"),
+            "{}: {err}",
+            c.name
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "{checked} named polyglots");
+}
