@@ -8,8 +8,10 @@
 
 use byteorder::{ByteOrder, LittleEndian};
 
+use super::header::{
+    FLAG_REDUNDANT_GT, GD_AT_END, GRAIN_MARKER_HEAD, GTE_ZEROED, SECTOR, SparseHeader,
+};
 use super::marker::{Marker, MarkerType};
-use super::sparse::{FLAG_REDUNDANT_GT, GD_AT_END, GTE_ZEROED, SECTOR, SparseHeader};
 use crate::block::usize_len;
 use crate::error::{Error, Result};
 use crate::limits::MAX_VMDK_MAP_GRAINS;
@@ -316,7 +318,7 @@ fn each_entry(e: &Extent, f: &mut dyn FnMut(u64, u64, u32) -> Result<()>) -> Res
 /// the disk for the last one; a compressed grain's marker head (its data is bounded when read).
 fn stored_len(h: &SparseHeader, index: u64) -> u64 {
     if h.compressed() {
-        return super::sparse::GRAIN_MARKER_HEAD;
+        return GRAIN_MARKER_HEAD;
     }
     let start = index * h.grain_bytes();
     (h.disk_bytes() - start).min(h.grain_bytes())
@@ -381,7 +383,7 @@ fn check_grains(
     let span = |sector: u32| -> u64 {
         match short_last {
             Some((s, len)) if s == sector => len,
-            _ if h.compressed() => super::sparse::GRAIN_MARKER_HEAD,
+            _ if h.compressed() => GRAIN_MARKER_HEAD,
             _ => h.grain_bytes(),
         }
         .min(e.file_len - u64::from(sector) * SECTOR)

@@ -8,6 +8,7 @@
 
 mod consistency;
 pub mod descriptor;
+pub mod header;
 pub mod info;
 pub mod marker;
 pub mod reader;
