@@ -701,7 +701,7 @@ fn sharing_rules() {
         code(ims.share(&owner(), &enc.id, "member", "r1")),
         "encrypted_not_shareable"
     );
-    let mut market = ims
+    let market = ims
         .register(
             &owner(),
             disk.as_path(),
@@ -745,7 +745,7 @@ fn sharing_rules() {
     ims.share(&owner(), &ecs.id, "member", "r1").unwrap();
 
     // A public image (seeded by an operator) is seen by every project, and not counted.
-    let mut public = ims
+    let public = ims
         .register(
             &owner(),
             disk.as_path(),

@@ -246,6 +246,15 @@ mod tests {
     }
 
     #[test]
+    fn the_catalog_spec_lists_every_code_with_its_meaning() {
+        let spec = include_str!("../../formats/catalog.md");
+        for c in RuleCode::ALL {
+            let row = format!("| `{}` | {} |", c.as_str(), c.meaning().replace('|', "\\|"));
+            assert!(spec.contains(&row), "formats/catalog.md lacks {row}");
+        }
+    }
+
+    #[test]
     fn a_refusal_shows_its_code_and_an_image_error_shows_itself() {
         let e = ServiceError::rule(RuleCode::QuotaExceeded, "delete some first");
         assert_eq!(e.to_string(), "quota_exceeded: delete some first");

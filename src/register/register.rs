@@ -15,8 +15,9 @@
 //!
 //! Several disks at once: a full-ECS image (a server's system disk and its data disks, one
 //! record) and a system image with its data-disk images (one record each) are registered in
-//! one call, all or nothing ([`group`](super::group): every disk is checked before anything is
-//! written, the records are inserted in one transaction and become `active` in one).
+//! one call, all or nothing ([`Ims::register_full_ecs`], [`Ims::register_with_data_images`]:
+//! every disk is checked before anything is written, the records are inserted in one
+//! transaction and become `active` in one).
 //!
 //! Hashing: ZVHD2 and raw are written front to back, straight into the store's writer, hashed
 //! as they are appended. QCOW2 is written with seeks (tables are patched at the end): into a

@@ -476,7 +476,7 @@ CREATE INDEX members_project ON members (project);
             .into_iter()
             .map(|(r, _)| r.id)
             .collect();
-        assert_eq!(seen, [market.0.clone()]);
+        assert_eq!(seen, [market.0]);
         drop(catalog);
         // Opening again changes nothing; a new record is written with its column.
         let catalog = SqliteCatalog::open(&path).unwrap();
