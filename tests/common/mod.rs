@@ -2,6 +2,8 @@
 //! deterministic test images.
 #![allow(dead_code)]
 
+pub mod catalog;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

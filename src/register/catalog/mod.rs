@@ -19,10 +19,22 @@ use super::record::{ImageRecord, Member, MemberStatus, Status};
 pub trait Catalog: Send + Sync {
     /// Inserts a new record after `check(count)` passes, `count` being the records of the
     /// same owner and region that count against the quota.
-    fn insert(&self, record: &ImageRecord, check: &dyn Fn(u64) -> Result<()>) -> Result<()>;
+    fn insert(&self, record: &ImageRecord, check: &dyn Fn(u64) -> Result<()>) -> Result<()> {
+        self.insert_all(std::slice::from_ref(record), check)
+    }
+
+    /// Inserts new records of one owner and region, all or none, after `check(count)` passes
+    /// (`count` as for [`insert`](Catalog::insert), before any of them), in one transaction.
+    fn insert_all(&self, records: &[ImageRecord], check: &dyn Fn(u64) -> Result<()>) -> Result<()>;
 
     /// Replaces a record (matched by id).
-    fn update(&self, record: &ImageRecord) -> Result<()>;
+    fn update(&self, record: &ImageRecord) -> Result<()> {
+        self.update_all(std::slice::from_ref(record))
+    }
+
+    /// Replaces records (matched by id), all or none, in one transaction: a system image and
+    /// its data-disk images become `active` together.
+    fn update_all(&self, records: &[ImageRecord]) -> Result<()>;
 
     /// Moves a record to `to` only if its status is one of `from`; says whether it moved.
     fn transition(
@@ -36,8 +48,8 @@ pub trait Catalog: Send + Sync {
     /// The record `id`, in any status, if there is one.
     fn get(&self, id: &str) -> Result<Option<ImageRecord>>;
 
-    /// The records of `region` that `project` may see: its own (not deleted), public ones, and
-    /// those it is a member of (with its member status).
+    /// The records of `region` that `project` may see: its own (not deleted), public ones,
+    /// those on the marketplace, and those it is a member of (with its member status).
     fn visible(
         &self,
         region: &str,
