@@ -567,6 +567,16 @@ fn postgres_schema_is_migrated_once_by_concurrent_starts() {
         .trim(),
         "0"
     );
+    // Another schema of the same database is another catalog (`search_path`, as the docs say).
+    db.psql("CREATE SCHEMA other");
+    let other = PostgresCatalog::open(&format!("{url}&options=-csearch_path%3Dother")).unwrap();
+    assert!(other.visible("r1", "owner").unwrap().is_empty());
+    other
+        .insert(&record("there", "owner", "r1"), &|_| Ok(()))
+        .unwrap();
+    assert_eq!(db.psql("SELECT COUNT(*) FROM other.images").trim(), "1");
+    assert_eq!(db.psql("SELECT COUNT(*) FROM public.images").trim(), "1");
+    drop(other);
     db.psql("INSERT INTO schema_version (version) VALUES (2)");
     let e = PostgresCatalog::open(&url).err().expect("a newer schema");
     assert!(e.to_string().contains("newer ims"), "{e}");
@@ -582,9 +592,13 @@ fn postgres_catalog_errors_are_clear() {
     );
     let e = PostgresCatalog::open(&url).err().expect("no server");
     assert!(e.to_string().contains("catalog database"), "{e}");
-    let e = PostgresCatalog::open("postgres://[bad").err().expect("bad url");
+    let e = PostgresCatalog::open("postgres://[bad")
+        .err()
+        .expect("bad url");
     assert!(e.to_string().contains("PostgreSQL address"), "{e}");
-    let e = catalog::open("mysql://host/db").err().expect("unknown scheme");
+    let e = catalog::open("mysql://host/db")
+        .err()
+        .expect("unknown scheme");
     assert!(e.to_string().contains("mysql://"), "{e}");
     // A path is an SQLite file.
     let path = dir.path().join("c.db");
@@ -610,8 +624,7 @@ fn register_in(home: &Path, catalog: &str, disk: &Path, name: &str) -> std::proc
 /// sees it through `--catalog` or `IMS_CATALOG`, and the SQLite file of neither home is made.
 #[test]
 fn cli_registers_into_postgres_and_another_process_lists_it() {
-    let Some(db) = Database::new("cli_registers_into_postgres_and_another_process_lists_it")
-    else {
+    let Some(db) = Database::new("cli_registers_into_postgres_and_another_process_lists_it") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

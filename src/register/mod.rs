@@ -178,10 +178,7 @@ impl Ims {
         Ims::open_home(home, || catalog::open(catalog))
     }
 
-    fn open_home(
-        home: &Path,
-        catalog: impl FnOnce() -> Result<Box<dyn Catalog>>,
-    ) -> Result<Ims> {
+    fn open_home(home: &Path, catalog: impl FnOnce() -> Result<Box<dyn Catalog>>) -> Result<Ims> {
         std::fs::create_dir_all(home)
             .map_err(|e| Error::io("create directory", e).in_file(home))?;
         let limits_path = home.join("limits.json");

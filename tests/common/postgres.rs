@@ -104,10 +104,7 @@ impl Server {
         } else {
             None
         };
-        let dir = tempfile::Builder::new()
-            .prefix("ims-pg")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("ims-pg").tempdir().unwrap();
         let server = Server { bin, user, dir };
         if let Some(user) = &server.user {
             let out = Command::new("chown")
