@@ -81,7 +81,7 @@ impl Server {
     }
 
     fn start(test: &str) -> Option<Server> {
-        let Some(bin) = bin_dir() else {
+        let Some(bin) = bin_dir().filter(|bin| bin.join("initdb").is_file()) else {
             skip(
                 test,
                 "PostgreSQL's server is not installed (apt-get install postgresql)",
