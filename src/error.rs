@@ -130,10 +130,9 @@ pub enum Error {
         problem: String,
     },
 
-    /// The file matches more than one format; the caller must name one.
-    #[error(
-        "{file}ambiguous format: the file looks like {first} and like {second}; name the format with -f"
-    )]
+    /// The file matches more than one format: the caller must name one, or (a polyglot, whose
+    /// signatures are both strong) it is refused whatever the caller names.
+    #[error("{file}ambiguous format: the file looks like {first} and like {second}{hint}")]
     Ambiguous {
         /// The file, when known.
         file: FileName,
@@ -141,6 +140,8 @@ pub enum Error {
         first: &'static str,
         /// Another format it matches.
         second: &'static str,
+        /// What the caller can do: "; name the format with -f", or why naming it does not help.
+        hint: &'static str,
     },
 
     /// The caller asked for something impossible (an unknown option, a bad value, a pipe for a

@@ -96,6 +96,14 @@ pub const MAX_QCOW2_MAP_CLUSTERS: u64 = 256 << 20;
 /// compressed.
 pub const MAX_QCOW2_COMPRESSED_CLUSTERS: u64 = 8 << 20;
 
+/// The largest persistent-bitmap directory read (the bitmaps extension's
+/// `bitmap_directory_size`): 64 MiB, qemu's own cap (1 KiB for each of 65535 bitmaps).
+pub const MAX_QCOW2_BITMAP_DIRECTORY_SIZE: u64 = 64 << 20;
+/// The largest bitmap table read (a directory entry's `bitmap_table_size` × 8 bytes): 8 MiB, a
+/// million clusters of bitmap data: with 64 KiB clusters, a bitmap of a 256 TiB disk at 512-byte
+/// granularity. Each of them must also be a distinct cluster of the file.
+pub const MAX_QCOW2_BITMAP_TABLE_SIZE: u64 = 8 << 20;
+
 // ---------------------------------------------------------------------------------------------
 // VHD
 // ---------------------------------------------------------------------------------------------
@@ -156,6 +164,10 @@ pub const MAX_GTES_PER_GT: u32 = 512;
 /// The largest grain directory read into memory, in bytes: 16 MiB. 64 TiB of 64 KiB grains
 /// needs 8 MiB; twice that is the cap.
 pub const MAX_GD_BYTES: u64 = 16 << 20;
+/// Most stored grains of one hosted sparse extent whose sectors the open-time consistency pass
+/// sorts and compares (4 bytes each, so at most 128 MiB): 32 Mi grains, the 2 TiB a grain table
+/// entry (a 32-bit sector number) can address, in 64 KiB grains. An extent with more is refused.
+pub const MAX_VMDK_MAP_GRAINS: u64 = 32 << 20;
 /// The largest disk ims opens or writes (`capacity`, and the sum of a descriptor's extents):
 /// 64 TiB. VMware's own limit is 62 TB.
 pub const MAX_VMDK_DISK_BYTES: u64 = 64 << 40;

@@ -311,7 +311,11 @@ pub enum CheckOutcome {
 pub fn check(path: &Path, options: &OpenOptions) -> Result<CheckOutcome> {
     let storage: Arc<dyn Storage> = Arc::new(FileStorage::open(path)?);
     let format = match options.format {
-        Some(f) => f,
+        // A named format meets the polyglot rule here too, as every other verb does.
+        Some(f) => {
+            probe::check_named_storage(&*storage, f).map_err(|e| e.in_file(path))?;
+            f
+        }
         None => probe::probe_storage(&*storage).map_err(|e| e.in_file(path))?,
     };
     match format {

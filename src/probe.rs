@@ -100,11 +100,16 @@ pub fn check_named(head: &[u8], tail: &[u8], format: Format) -> Result<()> {
     header_polyglot(head, format)
 }
 
+/// What naming the format cannot fix: two strong signatures, or one inside the other's header.
+const POLYGLOT: &str =
+    " at once (a polyglot, refused even when the format is named: see formats/probe.md)";
+
 fn ambiguous(first: &'static str, second: &'static str) -> Error {
     Error::Ambiguous {
         file: Default::default(),
         first,
         second,
+        hint: POLYGLOT,
     }
 }
 
@@ -187,6 +192,13 @@ pub fn probe(head: &[u8], tail: &[u8]) -> Result<Format> {
             file: Default::default(),
             first: first.name(),
             second: second.name(),
+            // Two weak signatures: the caller knows which the file is. Two strong ones: no
+            // name lifts the ambiguity (check_named refuses it too).
+            hint: if strongest == Some(Strength::Strong) {
+                POLYGLOT
+            } else {
+                "; name the format with -f"
+            },
         }),
     }
 }

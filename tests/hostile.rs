@@ -1593,6 +1593,316 @@ fn vmdk_cases(b: &Bases, outside: &str) -> Vec<Case> {
         )
         .into_bytes(),
     ).allow());
+    v.extend(vmdk_inconsistent_cases(b));
+    v
+}
+
+// Issue 20: inconsistent structure (VMDK: shared grains and tables, grains and tables on
+// metadata, undefined flags, sizes past the file, createType and embedded extents, stream
+// markers whose size is not their table's).
+
+/// The grain table entries of the first grain table of a sparse extent (ims's monolithicSparse
+/// has one primary directory and no redundant one).
+fn k_gte(b: &[u8], i: usize) -> u32 {
+    LittleEndian::read_u32(&b[k_gt(b) + 4 * i..])
+}
+/// Replaces `from` by `to` in an embedded descriptor (whose sectors are padded with zeros).
+fn k_descriptor(base: &[u8], from: &str, to: &str) -> Vec<u8> {
+    edit(base, |b| {
+        let at = LittleEndian::read_u64(&b[K_DESC_OFFSET..]) as usize * 512;
+        let len = LittleEndian::read_u64(&b[K_DESC_SIZE..]) as usize * 512;
+        let text = String::from_utf8_lossy(&b[at..at + len])
+            .trim_end_matches('\0')
+            .to_string();
+        assert!(text.contains(from), "{from:?} not in {text:?}");
+        let new = text.replacen(from, to, 1);
+        b[at..at + len].fill(0);
+        b[at..at + new.len()].copy_from_slice(new.as_bytes());
+    })
+}
+/// The stream layout's grain directory (from the footer) and its first grain table.
+fn ks_gd(st: &[u8]) -> usize {
+    LittleEndian::read_u64(&st[st.len() - 1024 + K_GD..]) as usize * 512
+}
+fn ks_gt(st: &[u8]) -> usize {
+    LittleEndian::read_u32(&st[ks_gd(st)..]) as usize * 512
+}
+/// A monolithicSparse extent rewritten in the stream layout VMware uses for a sparse file written
+/// front to back: `gdOffset` GD_AT_END in the header, the real one in a footer between a footer
+/// marker and an end-of-stream marker at the end of the file.
+fn k_gd_at_end(k: &[u8]) -> Vec<u8> {
+    let mut b = k.to_vec();
+    let footer = k[..512].to_vec();
+    le64(&mut b, K_GD, u64::MAX);
+    let mut marker = [0u8; 512];
+    le64(&mut marker, 0, 1);
+    le32(&mut marker, 12, 3);
+    b.extend_from_slice(&marker);
+    b.extend_from_slice(&footer);
+    b.extend_from_slice(&[0u8; 512]);
+    b
+}
+
+fn vmdk_inconsistent_cases(b: &Bases) -> Vec<Case> {
+    let k = &b.vmdk_sparse;
+    let gd = k_gd(k);
+    let gt = k_gt(k);
+    // mixed_raw: grain 1 is a hole, grains 0 and 2 are stored.
+    let (g0, g1, g2) = (k_gte(k, 0), k_gte(k, 1), k_gte(k, 2));
+    assert!(g0 != 0 && g1 == 0 && g2 != 0, "{g0} {g1} {g2}");
+    let set_gte = |i: usize, v: u32| edit(k, move |b| le32(b, gt + 4 * i, v));
+    let st = &b.vmdk_stream;
+    let (sgd, sgt) = (ks_gd(st), ks_gt(st));
+    let s_g0 = LittleEndian::read_u32(&st[sgt..]);
+    let flags = LittleEndian::read_u32(&k[8..]);
+    let sflags = LittleEndian::read_u32(&st[8..]);
+    let mut v = vec![
+        // 1. Amplification: one stored grain (or table) read as several guest ranges.
+        case(
+            "vmdk two grain table entries on one grain",
+            "malformed",
+            set_gte(1, g0),
+        ),
+        case(
+            "vmdk grain table entries on overlapping grains",
+            "malformed",
+            set_gte(1, g0 + 64),
+        ),
+        case("vmdk grains swapped, side by side", "ok", {
+            let b1 = set_gte(2, g0);
+            edit(&b1, |b| le32(b, gt, g2))
+        }),
+        case(
+            "vmdk two grain directory entries on one grain table",
+            "malformed",
+            edit(k, |b| {
+                // 16 entries per table: the directory now has two, both on the one table.
+                le32(b, K_GTES, 16);
+                le32(b, gd + 4, (gt / 512) as u32);
+            }),
+        ),
+        case(
+            "vmdk grain tables of 16 entries side by side",
+            "ok",
+            edit(k, |b| {
+                le32(b, K_GTES, 16);
+                // The second table is the first one's next 64 bytes, a sector on.
+                le32(b, gd + 4, (gt / 512) as u32 + 1);
+            }),
+        ),
+        case(
+            "vmdk stream two grain table entries on one compressed grain",
+            "malformed",
+            edit(st, |b| le32(b, sgt + 4, s_g0)),
+        ),
+        // 2. Grains and tables on the image's own metadata.
+        case(
+            "vmdk grain table entry on the descriptor",
+            "malformed",
+            set_gte(0, 1),
+        ),
+        case(
+            "vmdk grain table entry on the grain directory",
+            "malformed",
+            set_gte(0, (gd / 512) as u32),
+        ),
+        case(
+            "vmdk grain table entry on its grain table",
+            "malformed",
+            set_gte(0, (gt / 512) as u32),
+        ),
+        case(
+            "vmdk grain directory entry on the grain directory",
+            "malformed",
+            edit(k, |b| le32(b, gd, (gd / 512) as u32)),
+        ),
+        case(
+            "vmdk grain directory entry on the descriptor",
+            "malformed",
+            edit(k, |b| le32(b, gd, 1)),
+        ),
+        case(
+            "vmdk stream grain table entry on the grain directory",
+            "malformed",
+            edit(st, |b| le32(b, sgt, (sgd / 512) as u32)),
+        ),
+        case(
+            "vmdk stream grain table entry on the footer",
+            "malformed",
+            edit(st, |b| le32(b, sgt, (st.len() / 512 - 2) as u32)),
+        ),
+        case(
+            "vmdk stream compressed grain running into the next grain",
+            "malformed",
+            edit(st, |b| {
+                let at = s_g0 as usize * 512;
+                let next = LittleEndian::read_u32(&b[sgt + 8..]) as usize * 512;
+                le32(b, at + 8, (next - at) as u32);
+            }),
+        ),
+        // 3. Flag bits the specification leaves undefined (they must be zero).
+        case(
+            "vmdk sparse header flag bit 8",
+            "malformed",
+            edit(k, |b| le32(b, 8, flags | 1 << 8)),
+        ),
+        case(
+            "vmdk stream header flag bit 20",
+            "malformed",
+            edit(st, |b| le32(b, 8, sflags | 1 << 20)),
+        ),
+        case(
+            "vmdk sparse header with the zeroed-grain flag",
+            "ok",
+            edit(k, |b| le32(b, 8, flags | 1 << 2)),
+        ),
+        // 4. Sizes past the file.
+        case(
+            "vmdk overHead past the end of the file",
+            "malformed",
+            edit(k, |b| le64(b, K_OVERHEAD, (k.len() / 512 + 1) as u64)),
+        ),
+        case(
+            "vmdk overHead at the end of the file",
+            "ok",
+            edit(k, |b| le64(b, K_OVERHEAD, (k.len() / 512) as u64)),
+        ),
+        case(
+            "vmdk last grain past the end of the file",
+            "malformed",
+            set_gte(1, (k.len() / 512 - 64) as u32),
+        ),
+        // 6. Descriptors.
+        case(
+            "vmdk unknown createType",
+            "unsupported",
+            k_descriptor(k, "monolithicSparse", "monolithicSparse2"),
+        ),
+        case(
+            "vmdk embedded createType monolithicFlat",
+            "malformed",
+            k_descriptor(k, "monolithicSparse", "monolithicFlat"),
+        ),
+        case(
+            "vmdk embedded createType fullDevice",
+            "unsupported",
+            k_descriptor(k, "monolithicSparse", "fullDevice"),
+        ),
+        case(
+            "vmdk embedded extent renamed (a renamed file keeps its old name)",
+            "ok",
+            k_descriptor(k, "SPARSE \"", "SPARSE \"renamed-"),
+        ),
+        case(
+            "vmdk embedded FLAT extent",
+            "malformed",
+            k_descriptor(k, "SPARSE", "FLAT"),
+        ),
+        case(
+            "vmdk embedded descriptor with a second extent",
+            "malformed",
+            k_descriptor(
+                k,
+                "\n# The Disk Data Base",
+                "\nRW 100 ZERO\n# The Disk Data Base",
+            ),
+        ),
+        case(
+            "vmdk stream unknown createType",
+            "unsupported",
+            k_descriptor(st, "streamOptimized", "streamOptimised"),
+        ),
+        case(
+            "vmdk stream grain table marker of 8 sectors",
+            "malformed",
+            edit(st, |b| le64(b, sgt - 512, 8)),
+        ),
+        case(
+            "vmdk stream grain directory marker of 0 sectors",
+            "malformed",
+            edit(st, |b| le64(b, sgd - 512, 0)),
+        ),
+        case(
+            "vmdk stream grain table marker typed as a directory",
+            "malformed",
+            edit(st, |b| le32(b, sgt - 512 + 12, 2)),
+        ),
+        case(
+            "vmdk monolithicSparse with the directory at the end",
+            "ok",
+            k_gd_at_end(k),
+        ),
+        case(
+            "vmdk directory at the end with a footer that disagrees",
+            "malformed",
+            edit(&k_gd_at_end(k), |b| {
+                let f = b.len() - 1024;
+                le64(b, f + K_CAPACITY, 2048);
+            }),
+        ),
+    ];
+    // Extents of a descriptor file that read the same bytes (references allowed).
+    let two_mib = vec![b'D'; 2 * MIB as usize];
+    v.extend([
+        case(
+            "vmdk two FLAT extents on the same bytes",
+            "malformed",
+            descriptor("RW 2048 FLAT \"data.raw\" 0\nRW 2048 FLAT \"data.raw\" 1024\n"),
+        )
+        .with("data.raw", two_mib.clone())
+        .allow(),
+        case(
+            "vmdk two FLAT extents side by side in one file",
+            "ok",
+            descriptor("RW 2048 FLAT \"data.raw\" 2048\nRW 2048 FLAT \"data.raw\" 0\n"),
+        )
+        .with("data.raw", two_mib)
+        .allow(),
+        case(
+            "vmdk one SPARSE extent twice",
+            "malformed",
+            descriptor("RW 4096 SPARSE \"s.vmdk\"\nRW 4096 SPARSE \"s.vmdk\"\n"),
+        )
+        .with("s.vmdk", k.clone())
+        .allow(),
+    ]);
+    for name in [
+        "/etc/passwd",
+        "../outside.raw",
+        "sub/base.vmdk",
+        "C:\\disk.vmdk",
+    ] {
+        v.push(case(
+            format!("vmdk embedded extent names {name}"),
+            "malformed",
+            k_descriptor(k, "SPARSE \"", &format!("SPARSE \"{name}\" #")),
+        ));
+    }
+    // The front-to-back reader refuses the same stream markers and descriptors.
+    for (name, kind, bytes) in [
+        (
+            "grain table marker of 8 sectors",
+            "malformed",
+            edit(st, |b| le64(b, sgt - 512, 8)),
+        ),
+        (
+            "grain directory marker of 0 sectors",
+            "malformed",
+            edit(st, |b| le64(b, sgd - 512, 0)),
+        ),
+        (
+            "unknown createType",
+            "unsupported",
+            k_descriptor(st, "streamOptimized", "streamOptimised"),
+        ),
+        (
+            "extent naming /etc/passwd",
+            "malformed",
+            k_descriptor(st, "SPARSE \"", "SPARSE \"/etc/passwd\" #"),
+        ),
+    ] {
+        v.push(case(format!("stream vmdk {name}"), kind, bytes).stream(Format::Vmdk));
+    }
     v
 }
 
@@ -2641,4 +2951,34 @@ fn cli_refuses_hostile_images() {
             assert!(err.contains(needle), "{name}: expected {needle:?} in {err}");
         }
     }
+}
+
+/// `ims check -f FMT` meets the polyglot rule as every other verb does, and the message does not
+/// send the user to `-f` when naming the format cannot help.
+#[test]
+fn check_with_a_named_format_refuses_polyglots() {
+    let root = tempfile::tempdir().unwrap();
+    let b = bases(root.path());
+    let mut checked = 0;
+    for c in polyglot_named_cases(&b) {
+        let (Some(format), "ambiguous") = (c.format, c.expect) else {
+            continue;
+        };
+        let img = root.path().join("polyglot.img");
+        c.place(&img);
+        let r = ims(&["check", "-f", format.name(), s(&img)]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success() && err.contains("ambiguous format") && err.contains("polyglot"),
+            "{}: {err}",
+            c.name
+        );
+        assert!(
+            !err.contains("name the format with -f"),
+            "{}: {err}",
+            c.name
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "{checked} named polyglots");
 }

@@ -1064,3 +1064,72 @@ mod mutations {
         }
     }
 }
+
+/// Persistent dirty bitmaps made by qemu-img: the image reads as qemu-img reads it, and an L2
+/// entry pointing at the bitmap directory, a bitmap table or a cluster of bitmap data (metadata
+/// a reader would expose as guest data) is refused at open.
+#[test]
+fn bitmaps_are_metadata_no_guest_cluster_may_use() {
+    if !have_qemu_img("bitmaps_are_metadata_no_guest_cluster_may_use") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("bm.qcow2");
+    let ok = |o: std::process::Output| assert!(o.status.success(), "{o:?}");
+    ok(qemu_img(&["create", "-q", "-f", "qcow2", s(&img), "64M"]));
+    ok(qemu_img(&["bitmap", "--add", s(&img), "b0"]));
+    ok(qemu_img(&["bitmap", "--add", "-g", "512", s(&img), "b1"]));
+    assert!(qemu_io(&img, &["write -P 7 0 1M", "write -P 9 3M 64k"]));
+    let expected = qemu_read(&img, dir.path());
+    assert_eq!(read_all(&*open(&img).unwrap()).unwrap(), expected);
+
+    let b = std::fs::read(&img).unwrap();
+    let be64 = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+    let be32 = |at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+    // The bitmaps header extension (0x23852875), after the header's header_length bytes.
+    let mut at = be32(100) as usize;
+    let (directory, directory_size) = loop {
+        let (kind, len) = (be32(at), be32(at + 4) as usize);
+        assert_ne!(kind, 0, "no bitmaps extension");
+        if kind == 0x2385_2875 {
+            break (be64(at + 24) as usize, be64(at + 16));
+        }
+        at += 8 + len.next_multiple_of(8);
+    };
+    assert!(directory_size > 0);
+    let table = be64(directory) as usize;
+    // b1 (512-byte granularity) has data for the written ranges; find a data cluster.
+    let mut data = None;
+    let mut entry_at = directory;
+    for _ in 0..2 {
+        let (t, n) = (be64(entry_at) as usize, be32(entry_at + 8) as usize);
+        for i in 0..n {
+            let e = be64(t + 8 * i) & 0x00ff_ffff_ffff_fe00;
+            if e != 0 {
+                data = Some(e as usize);
+            }
+        }
+        let extra = be32(entry_at + 20) as usize;
+        let name = u16::from_be_bytes([b[entry_at + 18], b[entry_at + 19]]) as usize;
+        entry_at += (24 + extra + name).next_multiple_of(8);
+    }
+    let data = data.expect("a cluster of bitmap data");
+    // The L2 entry of guest cluster 0 (written, so allocated): the first entry of the first L2
+    // table, which the first L1 entry (l1_table_offset at byte 40) names.
+    let l1 = be64(40) as usize;
+    let l2 = (be64(l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    for (what, target) in [
+        ("bitmap directory", directory & !0xffff),
+        ("bitmap table", table),
+        ("bitmap data", data),
+    ] {
+        let mut bad = b.clone();
+        let entry = (1u64 << 63) | target as u64;
+        bad[l2..l2 + 8].copy_from_slice(&entry.to_be_bytes());
+        let p = dir.path().join("bad.qcow2");
+        std::fs::write(&p, &bad).unwrap();
+        let e = open(&p).err().unwrap_or_else(|| panic!("{what}: opened"));
+        assert_eq!(e.kind(), "malformed", "{what}: {e}");
+        assert!(e.to_string().contains("bitmap"), "{what}: {e}");
+    }
+}

@@ -63,7 +63,7 @@ rule_codes! {
     IsoTypeMismatch = "iso_type_mismatch":
         "an ISO file not registered as iso, or iso given for a disk",
     FullEcsNotRegistrable = "full_ecs_not_registrable":
-        "full-ECS images come from a server or a CBR backup, not a file",
+        "a full-ECS image is a system disk with its data disks, registered at once, not one file",
     ArchitectureMismatch = "architecture_mismatch":
         "the requested architecture differs from the guest's",
     FirmwareMismatch = "firmware_mismatch": "the requested boot firmware differs from the guest's",
@@ -88,6 +88,29 @@ rule_codes! {
     SameRegion = "same_region": "replication needs another region",
     KmsKeyRequired = "kms_key_required": "an encrypted image needs a key in the target region",
     ExportSizeTooSmall = "export_size_too_small": "the disk size is below min_disk or the image",
+    NotOperator = "not_operator":
+        "only an operator project (the limits' `operators`) may do this",
+    ImageProtected = "image_protected":
+        "the image is public and protected: only an operator may change or delete it",
+    PublicNotShareable = "public_not_shareable":
+        "a public image is every project's already and cannot be shared",
+    AlreadyPublished = "already_published":
+        "the image is published the other way (public or marketplace); withdraw it first",
+    NotPublished = "not_published": "the image is neither public nor on the marketplace",
+    SharedNotPublishable = "shared_not_publishable":
+        "an image shared with projects cannot be published; stop sharing it first",
+    FullEcsNotPublishable = "full_ecs_not_publishable":
+        "a full-ECS image cannot be made public or published to the marketplace",
+    PublisherInvalid = "publisher_invalid":
+        "the publisher's name is empty, longer than 128 characters or holds control characters",
+    PriceNoteTooLong = "price_note_too_long":
+        "the price note is longer than 256 characters or holds control characters",
+    FullEcsNotCopyable = "full_ecs_not_copyable":
+        "a full-ECS image cannot be copied within its region",
+    TooManyFullEcsMembers = "too_many_full_ecs_members": "a full-ECS image has at most 10 members",
+    TooManyDataImages = "too_many_data_images":
+        "at most 3 data-disk images are registered with a system disk",
+    TooManyDataDisks = "too_many_data_disks": "a full-ECS image has at most 23 data disks",
 }
 
 impl fmt::Display for RuleCode {
@@ -154,7 +177,8 @@ mod tests {
     use super::*;
 
     /// The code strings are a contract (CLI output, tests, an HTTP API's mapping): these are
-    /// the strings of `rules::CODES` before the codes became an enum, in its order.
+    /// the strings of `rules::CODES` before the codes became an enum, in its order, then the
+    /// codes added since, each at the end.
     const STRINGS: &[&str] = &[
         "name_invalid",
         "name_too_long",
@@ -192,6 +216,19 @@ mod tests {
         "same_region",
         "kms_key_required",
         "export_size_too_small",
+        "not_operator",
+        "image_protected",
+        "public_not_shareable",
+        "already_published",
+        "not_published",
+        "shared_not_publishable",
+        "full_ecs_not_publishable",
+        "publisher_invalid",
+        "price_note_too_long",
+        "full_ecs_not_copyable",
+        "too_many_full_ecs_members",
+        "too_many_data_images",
+        "too_many_data_disks",
     ];
 
     #[test]
@@ -205,6 +242,15 @@ mod tests {
             );
             assert_eq!(c.to_string(), c.as_str());
             assert!(!c.meaning().is_empty());
+        }
+    }
+
+    #[test]
+    fn the_catalog_spec_lists_every_code_with_its_meaning() {
+        let spec = include_str!("../../formats/catalog.md");
+        for c in RuleCode::ALL {
+            let row = format!("| `{}` | {} |", c.as_str(), c.meaning().replace('|', "\\|"));
+            assert!(spec.contains(&row), "formats/catalog.md lacks {row}");
         }
     }
 

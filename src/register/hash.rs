@@ -54,7 +54,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 pub(crate) struct HashingSink<S> {
     pub(crate) inner: S,
     pub(crate) hashes: Hashes,
-    pub(crate) on_append: fn(u64),
+    pub(crate) on_append: Box<dyn Fn(u64) + Send + Sync>,
 }
 
 impl<S: AppendSink> AppendSink for HashingSink<S> {
@@ -110,7 +110,7 @@ mod tests {
             let mut sink = HashingSink {
                 inner: crate::io::PipeSink::new(&mut out),
                 hashes: hashes.clone(),
-                on_append: |_| {},
+                on_append: Box::new(|_| {}),
             };
             sink.append(&data).unwrap();
             sink.append_zeros(100_000).unwrap();

@@ -23,7 +23,9 @@
 
 pub mod catalog;
 mod error;
+mod group;
 mod hash;
+pub mod publish;
 pub mod record;
 #[allow(clippy::module_inception)]
 pub mod register;
@@ -46,14 +48,17 @@ use crate::error::Error;
 use crate::storage::Storage;
 
 pub use catalog::Catalog;
+#[cfg(feature = "postgres")]
+pub use catalog::PostgresCatalog;
 #[cfg(feature = "sqlite")]
 pub use catalog::SqliteCatalog;
 pub use error::{Result, RuleCode, ServiceError};
 pub use record::{
-    Checksum, Features, ImageRecord, ImageType, Member, MemberStatus, Status, Visibility,
+    Checksum, Disk, Features, ImageClass, ImageRecord, ImageType, Member, MemberStatus, Status,
+    Visibility,
 };
-pub use register::{RegisterRequest, Registered};
-pub use rules::Limits;
+pub use register::{RegisterRequest, Registered, RegisteredGroup};
+pub use rules::{Limits, Publication};
 pub use store::{ImageStore, LocalStore, StoreWriter, UnfinishedWrite};
 pub use tag::Tag;
 pub use update::RecordUpdate;
@@ -65,15 +70,25 @@ pub struct Scope {
     pub project: String,
     /// The region it asks in.
     pub region: String,
+    /// The caller has operator rights whatever the limits' `operators` say (an HTTP server's
+    /// `admin` role); otherwise the project has them only when the limits name it.
+    pub operator: bool,
 }
 
 impl Scope {
-    /// `project` asking in `region`.
+    /// `project` asking in `region`, with operator rights only if the limits name it.
     pub fn new(project: &str, region: &str) -> Scope {
         Scope {
             project: project.to_string(),
             region: region.to_string(),
+            operator: false,
         }
+    }
+
+    /// The same caller with operator rights (an HTTP server's `admin` role).
+    pub fn operator(mut self) -> Scope {
+        self.operator = true;
+        self
     }
 }
 
@@ -120,6 +135,9 @@ pub struct ListQuery {
     pub image_type: Option<ImageType>,
     /// The visibility.
     pub visibility: Option<Visibility>,
+    /// The class, as IMS's `__imagetype` (`gold` for public images, `market` for the
+    /// marketplace's).
+    pub class: Option<ImageClass>,
     /// The status.
     pub status: Option<Status>,
     /// `KEY` or `KEY=VALUE`.
@@ -145,6 +163,22 @@ impl Ims {
     /// registrations.
     #[cfg(feature = "sqlite")]
     pub fn open(home: &Path) -> Result<Ims> {
+        Ims::open_home(home, || {
+            Ok(Box::new(SqliteCatalog::open(&home.join("catalog.db"))?))
+        })
+    }
+
+    /// Opens the service on a home directory as [`Ims::open`] does, with its records in the
+    /// catalog `catalog` names ([`catalog::open`]: `postgres://...` for a PostgreSQL database,
+    /// or an SQLite file's path) instead of `HOME/catalog.db`; the store, the limits and the
+    /// spool stay in the home directory. Processes that share a catalog must share the store
+    /// as well (today: the same home directory): recovery takes a queued or saving record whose
+    /// write its own store does not see as live for the record of a dead process.
+    pub fn open_with_catalog(home: &Path, catalog: &str) -> Result<Ims> {
+        Ims::open_home(home, || catalog::open(catalog))
+    }
+
+    fn open_home(home: &Path, catalog: impl FnOnce() -> Result<Box<dyn Catalog>>) -> Result<Ims> {
         std::fs::create_dir_all(home)
             .map_err(|e| Error::io("create directory", e).in_file(home))?;
         let limits_path = home.join("limits.json");
@@ -154,9 +188,9 @@ impl Ims {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Limits::default(),
             Err(e) => return Err(Error::io("read", e).in_file(&limits_path).into()),
         };
-        let catalog = SqliteCatalog::open(&home.join("catalog.db"))?;
+        let catalog = catalog()?;
         let store = LocalStore::new(&home.join("store"))?;
-        let mut ims = Ims::with(Box::new(catalog), Box::new(store), limits)?;
+        let mut ims = Ims::with(catalog, Box::new(store), limits)?;
         ims.set_spool_dir(&home.join("spool"));
         Ok(ims)
     }
@@ -223,7 +257,8 @@ impl Ims {
             .map(|w| (w.key, w.live))
             .collect();
         for r in &records {
-            if writes.get(&r.store_key) != Some(&true) {
+            // A record of several disks is live while any of its writes is.
+            if !r.store_keys().iter().any(|k| writes.get(*k) == Some(&true)) {
                 self.kill(r, REASON, &mut out)?;
             }
         }
@@ -234,9 +269,12 @@ impl Ims {
             .collect();
         dead.sort();
         for key in dead {
-            if !records.iter().any(|r| &r.store_key == key) {
+            if !records
+                .iter()
+                .any(|r| r.store_keys().contains(&key.as_str()))
+            {
                 match id_of_key(key).map(|id| self.catalog.get(id)).transpose()? {
-                    Some(Some(r)) if &r.store_key == key => match r.status {
+                    Some(Some(r)) if r.store_keys().contains(&key.as_str()) => match r.status {
                         Status::Queued | Status::Saving => self.kill(&r, REASON, &mut out)?,
                         Status::Active => {}
                         Status::Killed | Status::Deleted => self.store.remove(key)?,
@@ -257,8 +295,8 @@ impl Ims {
             Status::Killed,
             Some(reason),
         )? {
-            if !r.store_key.is_empty() {
-                self.store.remove(&r.store_key)?;
+            for key in r.store_keys() {
+                self.store.remove(key)?;
             }
             out.killed.push(r.id.clone());
         }
@@ -274,11 +312,18 @@ impl Ims {
             Status::Killed,
             Some(reason),
         );
-        let _ = self.store.remove(&r.store_key);
+        for key in r.store_keys() {
+            let _ = self.store.remove(key);
+        }
     }
 
-    /// The record `id` if `scope` may see it: its own, public, or shared with it (in any
-    /// member status).
+    /// Whether `scope` has operator rights: asked as one, or named by the limits.
+    pub fn is_operator(&self, scope: &Scope) -> bool {
+        scope.operator || self.limits.operators.contains(&scope.project)
+    }
+
+    /// The record `id` if `scope` may see it: its own, public or on the marketplace (once
+    /// active), or shared with it (in any member status).
     pub fn show(&self, scope: &Scope, id: &str) -> Result<ImageRecord> {
         let r = self.catalog.get(id)?;
         let visible = match &r {
@@ -289,12 +334,10 @@ impl Ims {
     }
 
     /// Whether `project` may see `r`; `use_it` asks for use (export, copy): members must have
-    /// accepted.
+    /// accepted. A public or marketplace image is every project's once active.
     pub(crate) fn may_see(&self, r: &ImageRecord, project: &str, use_it: bool) -> Result<bool> {
-        if r.owner == project || r.visibility == Visibility::Public {
-            return Ok(r.visibility != Visibility::Public
-                || r.status == Status::Active
-                || r.owner == project);
+        if r.owner == project || r.offered_to_all() {
+            return Ok(true);
         }
         Ok(self
             .catalog
@@ -316,8 +359,7 @@ impl Ims {
             .visible(&scope.region, &scope.project)?
             .into_iter()
             .filter(|(r, m)| {
-                let own_or_public = r.owner == scope.project
-                    || (r.visibility == Visibility::Public && r.status == Status::Active);
+                let own_or_public = r.owner == scope.project || r.offered_to_all();
                 match (q.member_status, m) {
                     (Some(want), Some(have)) => r.owner != scope.project && want == *have,
                     (Some(_), None) => false,
@@ -339,6 +381,7 @@ impl Ims {
                         .is_none_or(|v| &r.platform.to_lowercase() == v)
                     && q.image_type.is_none_or(|v| r.image_type == v)
                     && q.visibility.is_none_or(|v| r.visibility == v)
+                    && q.class.is_none_or(|v| r.class() == v)
                     && q.status.is_none_or(|v| r.status == v)
                     && tag.as_ref().is_none_or(|(k, v)| match (r.tags.get(k), v) {
                         (Some(have), Some(want)) => have == want,
@@ -402,10 +445,11 @@ impl Ims {
     }
 
     /// Deletes an image: the record becomes `deleted`, its members go (they need not agree)
-    /// and its file is removed.
+    /// and its files are removed. Only the owner may, and a protected (public) image only an
+    /// operator. Copies already made of it are images of their own and stay.
     pub fn delete(&self, scope: &Scope, id: &str) -> Result<()> {
         let r = self.show(scope, id)?;
-        rules::check_owner(&r, &scope.project)?;
+        self.check_may_change(&r, scope)?;
         if !self.catalog.transition(
             id,
             &[Status::Active, Status::Killed, Status::Queued],
@@ -418,14 +462,24 @@ impl Ims {
             ));
         }
         self.catalog.remove_members(id)?;
-        if !r.store_key.is_empty() {
-            self.store.remove(&r.store_key)?;
+        for key in r.store_keys() {
+            self.store.remove(key)?;
         }
         Ok(())
     }
 
-    /// An operator's change of any field (seeding public images, marking a marketplace
-    /// publication, a full-ECS image from a backup). No rule is applied.
+    /// Who may change or delete `r`: a protected image an operator only (any operator: the
+    /// platform's images are the operators'), any other image its owner.
+    pub(crate) fn check_may_change(&self, r: &ImageRecord, scope: &Scope) -> Result<()> {
+        if r.protected {
+            return rules::check_unprotected(r, self.is_operator(scope));
+        }
+        rules::check_owner(r, &scope.project)
+    }
+
+    /// A change of any field, with no rule applied (tests and tools that seed a catalog:
+    /// a full-ECS image from a backup). Publishing has its own calls
+    /// ([`Ims::publish`](Ims::publish)).
     pub fn operator_put(&self, record: &ImageRecord) -> Result<()> {
         match self.catalog.get(&record.id)? {
             Some(_) => self.catalog.update(record),

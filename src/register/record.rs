@@ -21,6 +21,22 @@ pub enum Visibility {
     Public,
 }
 
+/// The class of an image as IMS's `__imagetype` names it: what a list filter by "kind of
+/// offering" asks for. Derived from the record ([`ImageRecord::class`]), never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ImageClass {
+    /// A public image (IMS: `gold`).
+    Gold,
+    /// A private image, neither shared nor published.
+    Private,
+    /// A private image shared with member projects.
+    Shared,
+    /// An image published to the marketplace (IMS: `market`).
+    Market,
+}
+
 /// What the image is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,6 +119,14 @@ names!(
     Public = "public"
 );
 names!(
+    ImageClass,
+    "image class",
+    Gold = "gold",
+    Private = "private",
+    Shared = "shared",
+    Market = "market"
+);
+names!(
     ImageType,
     "image type",
     System = "system",
@@ -157,6 +181,31 @@ pub struct Checksum {
     pub sha256: String,
     /// SHA-512 of the stored file's bytes, hex.
     pub sha512: String,
+}
+
+/// One disk of a full-ECS image, as stored: each disk of a server is registered through the
+/// same probe, rules and conversion as a single image, and keeps its own facts here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// `system` for the server's system disk (the first), `data` for a data disk.
+    pub role: ImageType,
+    /// The uploaded file's format (`qcow2`, `vmdk`, ...).
+    pub source_format: String,
+    /// The uploaded file's length, bytes.
+    pub source_size: u64,
+    /// The disk's size, bytes.
+    pub virtual_size: u64,
+    /// The smallest disk, in GiB, this disk may be restored to.
+    pub min_disk: u32,
+    /// The stored file's format: `zvhd2`, `qcow2` or `raw`.
+    pub store_format: String,
+    /// The stored file's length, bytes.
+    pub store_size: u64,
+    /// The store's key of the disk's data (`REGION/ID.FORMAT` for the system disk,
+    /// `REGION/ID.dataN.FORMAT` for data disk N, counted from 1).
+    pub store_key: String,
+    /// Digests of the stored file.
+    pub checksum: Checksum,
 }
 
 /// One image. The fields IMS also has carry its names (`id`, `name`, `owner`, `visibility`,
@@ -223,10 +272,24 @@ pub struct ImageRecord {
     pub tags: BTreeMap<String, String>,
     /// For a full-ECS image: the CBR backup it was made from (IMS: `__backup_id`).
     pub backup_id: Option<String>,
-    /// For a full-ECS image: its data disks' image ids.
+    /// For a system image registered together with data-disk images (IMS's `data_images`):
+    /// their image ids.
     pub data_images: Vec<String>,
+    /// For a full-ECS image: every disk, the system disk first (its fields are also the
+    /// record's own: `store_key`, `checksum`, ...). Empty for other images.
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    /// Public and protected: only an operator may change or delete it (IMS: `protected`).
+    #[serde(default)]
+    pub protected: bool,
     /// Published to the marketplace (then it cannot be shared).
     pub marketplace: bool,
+    /// For a marketplace image: who publishes it.
+    #[serde(default)]
+    pub publisher: Option<String>,
+    /// For a marketplace image: the publisher's note on its price (free text).
+    #[serde(default)]
+    pub price_note: Option<String>,
     /// The image this one was replicated from.
     pub copied_from: Option<String>,
     /// When the record was made, RFC 3339, UTC.
@@ -270,11 +333,44 @@ impl ImageRecord {
             tags: BTreeMap::new(),
             backup_id: None,
             data_images: Vec::new(),
+            disks: Vec::new(),
+            protected: false,
             marketplace: false,
+            publisher: None,
+            price_note: None,
             copied_from: None,
             created_at: now.clone(),
             updated_at: now,
         }
+    }
+
+    /// Every store key holding the image's data: the record's own, and each full-ECS disk's.
+    pub fn store_keys(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = Vec::with_capacity(1 + self.disks.len());
+        if !self.store_key.is_empty() {
+            keys.push(&self.store_key);
+        }
+        for d in &self.disks {
+            if !d.store_key.is_empty() && !keys.contains(&d.store_key.as_str()) {
+                keys.push(&d.store_key);
+            }
+        }
+        keys
+    }
+
+    /// The image's class as IMS's `__imagetype` names it.
+    pub fn class(&self) -> ImageClass {
+        match self.visibility {
+            Visibility::Public => ImageClass::Gold,
+            _ if self.marketplace => ImageClass::Market,
+            Visibility::Shared => ImageClass::Shared,
+            Visibility::Private => ImageClass::Private,
+        }
+    }
+
+    /// Offered to every project of its region: public, or on the marketplace, and active.
+    pub fn offered_to_all(&self) -> bool {
+        (self.visibility == Visibility::Public || self.marketplace) && self.status == Status::Active
     }
 
     /// Counts against the owner's private-image quota: neither killed nor deleted, not public.
@@ -337,6 +433,47 @@ mod tests {
     fn dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_709_210_096), "2024-02-29T12:34:56Z");
+    }
+
+    #[test]
+    fn keys_and_classes() {
+        let mut r = ImageRecord::new("a", "o", "r1", ImageType::FullEcs);
+        assert!(r.store_keys().is_empty());
+        r.store_key = "r1/x.zvhd2".into();
+        let disk = |key: &str| Disk {
+            role: ImageType::Data,
+            source_format: "raw".into(),
+            source_size: 0,
+            virtual_size: 0,
+            min_disk: 1,
+            store_format: "zvhd2".into(),
+            store_size: 0,
+            store_key: key.into(),
+            checksum: Checksum::default(),
+        };
+        r.disks = vec![disk("r1/x.zvhd2"), disk("r1/x.data1.zvhd2")];
+        assert_eq!(r.store_keys(), ["r1/x.zvhd2", "r1/x.data1.zvhd2"]);
+        assert_eq!(r.class(), ImageClass::Private);
+        r.marketplace = true;
+        assert_eq!(r.class(), ImageClass::Market);
+        assert!(!r.offered_to_all(), "queued");
+        r.status = Status::Active;
+        assert!(r.offered_to_all());
+        r.marketplace = false;
+        r.visibility = Visibility::Public;
+        assert_eq!(r.class(), ImageClass::Gold);
+    }
+
+    #[test]
+    fn a_record_of_an_older_catalog_decodes() {
+        let mut v =
+            serde_json::to_value(ImageRecord::new("a", "o", "r1", ImageType::System)).unwrap();
+        let m = v.as_object_mut().unwrap();
+        for field in ["disks", "protected", "publisher", "price_note"] {
+            m.remove(field);
+        }
+        let r: ImageRecord = serde_json::from_value(v).unwrap();
+        assert!(r.disks.is_empty() && !r.protected && r.publisher.is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::inspect::{Firmware, ImageKind, Inspection};
 
 use super::error::{Result, RuleCode, ServiceError};
-use super::record::{ImageRecord, ImageType, Status};
+use super::record::{ImageRecord, ImageType, Status, Visibility};
 
 /// Limits of the service; every one configurable (`HOME/limits.json` for [`Ims::open`](super::Ims::open),
 /// any field left out keeping its default).
@@ -23,6 +23,16 @@ pub struct Limits {
     pub private_image_quota: u64,
     /// Members per image (128).
     pub max_members: u64,
+    /// Members per full-ECS image (10).
+    pub max_full_ecs_members: u64,
+    /// Data-disk images registered together with one system image (3, IMS's `data_images`).
+    pub max_data_images: u64,
+    /// Data disks of one full-ECS image (23).
+    pub max_full_ecs_data_disks: u64,
+    /// The projects with operator rights: they publish and withdraw public images, and change
+    /// or delete protected ones (an HTTP server maps its `admin` role to the same right through
+    /// [`Scope::operator`](super::Scope::operator)). None by default.
+    pub operators: Vec<String>,
 }
 
 impl Default for Limits {
@@ -32,6 +42,10 @@ impl Default for Limits {
             max_virtual_size: 1 << 40,
             private_image_quota: 50,
             max_members: 128,
+            max_full_ecs_members: 10,
+            max_data_images: 3,
+            max_full_ecs_data_disks: 23,
+            operators: Vec::new(),
         }
     }
 }
@@ -164,7 +178,7 @@ pub fn check_type(requested: ImageType, found: &Inspection) -> Result<Vec<String
         (ImageType::FullEcs, _) => {
             return refuse(
                 RuleCode::FullEcsNotRegistrable,
-                "a full-ECS image is made from a server or a CBR backup; register its disks as system and data images".into(),
+                "a full-ECS image is registered with all its disks at once (ims register SYSTEM_DISK --type full-ecs --data-disk FILE ...); a single disk is registered as --type system or data".into(),
             );
         }
         (ImageType::Iso, ImageKind::Iso) => {}
@@ -301,11 +315,17 @@ pub fn check_min_ram(min_ram: u64) -> Result<()> {
 
 /// The quota of private images: `count` are there already.
 pub fn check_quota(count: u64, limits: &Limits) -> Result<()> {
-    if count >= limits.private_image_quota {
+    check_quota_for(count, 1, limits)
+}
+
+/// The quota of private images when `adding` images are made at once (a system image with its
+/// data-disk images): `count` are there already.
+pub fn check_quota_for(count: u64, adding: u64, limits: &Limits) -> Result<()> {
+    if count.saturating_add(adding) > limits.private_image_quota {
         return refuse(
             RuleCode::QuotaExceeded,
             format!(
-                "the project has {count} private images, its quota is {}; delete some first",
+                "the project has {count} private images, its quota is {}; {adding} more do not fit, delete some first",
                 limits.private_image_quota
             ),
         );
@@ -373,8 +393,18 @@ pub fn check_mutable(field: &str) -> Result<()> {
     Ok(())
 }
 
-/// What may be shared: not encrypted, not on the marketplace, full-ECS only from a CBR backup.
+/// What may be shared: not public (it is everyone's), not encrypted, not on the marketplace,
+/// full-ECS only from a CBR backup.
 pub fn check_shareable(record: &ImageRecord) -> Result<()> {
+    if record.visibility == Visibility::Public {
+        return refuse(
+            RuleCode::PublicNotShareable,
+            format!(
+                "image {} is public: every project of its region sees it already",
+                record.id
+            ),
+        );
+    }
     if record.encrypted {
         return refuse(
             RuleCode::EncryptedNotShareable,
@@ -428,6 +458,15 @@ pub fn check_new_member(
             ),
         );
     }
+    if record.image_type == ImageType::FullEcs && count >= limits.max_full_ecs_members {
+        return refuse(
+            RuleCode::TooManyFullEcsMembers,
+            format!(
+                "full-ECS image {} has {count} members; the limit for full-ECS images is {}",
+                record.id, limits.max_full_ecs_members
+            ),
+        );
+    }
     if count >= limits.max_members {
         return refuse(
             RuleCode::TooManyMembers,
@@ -466,6 +505,180 @@ pub fn check_replication(
             format!(
                 "image {} is encrypted; give a key of region {target_region} with --kms-key",
                 record.id
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Operator rights: `operator` says whether the project has them.
+pub fn check_operator(operator: bool, project: &str, what: &str) -> Result<()> {
+    if !operator {
+        return refuse(
+            RuleCode::NotOperator,
+            format!(
+                "project {project} is not an operator; only an operator may {what} (the limits' operators list names them)"
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// A protected (public) image is changed or deleted only by an operator.
+pub fn check_unprotected(record: &ImageRecord, operator: bool) -> Result<()> {
+    if record.protected && !operator {
+        return refuse(
+            RuleCode::ImageProtected,
+            format!(
+                "image {} is public and protected; only an operator may change or delete it (copy it to have one of your own)",
+                record.id
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// How an image is offered to every project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Publication {
+    /// A public image of the platform (an operator's).
+    Public,
+    /// On the marketplace, by a publisher, with an optional note on its price.
+    Marketplace {
+        /// Who publishes it: 1 to 128 characters, no control characters.
+        publisher: String,
+        /// Free text on its price: at most 256 characters, no control characters.
+        price_note: Option<String>,
+    },
+}
+
+/// What may be published (made public, or put on the marketplace): an active image that is
+/// not full-ECS, not shared with members (`members` now) and not published the other way;
+/// a marketplace publication names its publisher and may carry a short price note.
+pub fn check_publishable(record: &ImageRecord, members: u64, how: &Publication) -> Result<()> {
+    check_active(record)?;
+    if record.image_type == ImageType::FullEcs {
+        return refuse(
+            RuleCode::FullEcsNotPublishable,
+            format!(
+                "image {} is a full-ECS image; publish its system disk as an image of its own",
+                record.id
+            ),
+        );
+    }
+    let other_way = match how {
+        Publication::Public => record.marketplace.then_some("on the marketplace"),
+        Publication::Marketplace { .. } => {
+            (record.visibility == Visibility::Public).then_some("public")
+        }
+    };
+    if let Some(now) = other_way {
+        return refuse(
+            RuleCode::AlreadyPublished,
+            format!(
+                "image {} is {now} already; withdraw it (ims images unpublish) first",
+                record.id
+            ),
+        );
+    }
+    if members > 0 {
+        return refuse(
+            RuleCode::SharedNotPublishable,
+            format!(
+                "image {} is shared with {members} projects; stop sharing it before publishing it",
+                record.id
+            ),
+        );
+    }
+    if let Publication::Marketplace {
+        publisher,
+        price_note,
+    } = how
+    {
+        let n = publisher.chars().count();
+        if n == 0
+            || n > 128
+            || publisher.trim().is_empty()
+            || publisher.chars().any(char::is_control)
+        {
+            return refuse(
+                RuleCode::PublisherInvalid,
+                "give the publisher's name: 1 to 128 characters without control characters".into(),
+            );
+        }
+        if let Some(note) = price_note
+            && (note.chars().count() > 256 || note.chars().any(char::is_control))
+        {
+            return refuse(
+                RuleCode::PriceNoteTooLong,
+                format!(
+                    "the price note has {} characters; use at most 256, without control characters",
+                    note.chars().count()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Withdrawing needs a publication.
+pub fn check_published(record: &ImageRecord) -> Result<()> {
+    if record.visibility != Visibility::Public && !record.marketplace {
+        return refuse(
+            RuleCode::NotPublished,
+            format!(
+                "image {} is neither public nor on the marketplace",
+                record.id
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// A copy within the region: not of a full-ECS image.
+pub fn check_copy_in_region(record: &ImageRecord) -> Result<()> {
+    if record.image_type == ImageType::FullEcs {
+        return refuse(
+            RuleCode::FullEcsNotCopyable,
+            format!(
+                "image {} is a full-ECS image; it cannot be copied within its region",
+                record.id
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Data-disk images registered with a system image: at most `max_data_images` (3).
+pub fn check_data_images(count: usize, limits: &Limits) -> Result<()> {
+    if count as u64 > limits.max_data_images {
+        return refuse(
+            RuleCode::TooManyDataImages,
+            format!(
+                "{count} data disks given; at most {} are registered with a system disk",
+                limits.max_data_images
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The data disks of a full-ECS image: at least one (a server with a system disk only is a
+/// system image), at most `max_full_ecs_data_disks` (23).
+pub fn check_data_disks(count: usize, limits: &Limits) -> Result<()> {
+    if count == 0 {
+        return refuse(
+            RuleCode::FullEcsNotRegistrable,
+            "a full-ECS image is a system disk with its data disks (--data-disk FILE); a single disk is registered as --type system".into(),
+        );
+    }
+    if count as u64 > limits.max_full_ecs_data_disks {
+        return refuse(
+            RuleCode::TooManyDataDisks,
+            format!(
+                "{count} data disks given; a full-ECS image has at most {}",
+                limits.max_full_ecs_data_disks
             ),
         );
     }
@@ -714,6 +927,96 @@ mod tests {
             code(check_new_member(&r, "owner", "r1", 0, &l)),
             "share_to_owner"
         );
+    }
+
+    #[test]
+    fn publishing() {
+        let l = Limits::default();
+        let market = Publication::Marketplace {
+            publisher: "ACME".into(),
+            price_note: Some("free for 30 days".into()),
+        };
+        let r = record();
+        assert!(check_publishable(&r, 0, &Publication::Public).is_ok());
+        assert!(check_publishable(&r, 0, &market).is_ok());
+        assert_eq!(
+            code(check_publishable(&r, 1, &market)),
+            "shared_not_publishable"
+        );
+        let mut queued = r.clone();
+        queued.status = Status::Queued;
+        assert_eq!(
+            code(check_publishable(&queued, 0, &market)),
+            "image_not_active"
+        );
+        let mut ecs = r.clone();
+        ecs.image_type = ImageType::FullEcs;
+        assert_eq!(
+            code(check_publishable(&ecs, 0, &Publication::Public)),
+            "full_ecs_not_publishable"
+        );
+        let mut public = r.clone();
+        public.visibility = Visibility::Public;
+        public.protected = true;
+        assert_eq!(
+            code(check_publishable(&public, 0, &market)),
+            "already_published"
+        );
+        assert!(check_publishable(&public, 0, &Publication::Public).is_ok());
+        let mut on_market = r.clone();
+        on_market.marketplace = true;
+        assert_eq!(
+            code(check_publishable(&on_market, 0, &Publication::Public)),
+            "already_published"
+        );
+        for bad in ["", " ", "a\nb"] {
+            let how = Publication::Marketplace {
+                publisher: bad.into(),
+                price_note: None,
+            };
+            assert_eq!(code(check_publishable(&r, 0, &how)), "publisher_invalid");
+        }
+        let how = Publication::Marketplace {
+            publisher: "p".repeat(129),
+            price_note: None,
+        };
+        assert_eq!(code(check_publishable(&r, 0, &how)), "publisher_invalid");
+        let how = Publication::Marketplace {
+            publisher: "p".into(),
+            price_note: Some("n".repeat(257)),
+        };
+        assert_eq!(code(check_publishable(&r, 0, &how)), "price_note_too_long");
+        assert_eq!(code(check_published(&r)), "not_published");
+        assert!(check_published(&public).is_ok());
+        assert!(check_published(&on_market).is_ok());
+        assert_eq!(code(check_shareable(&public)), "public_not_shareable");
+        assert!(check_unprotected(&r, false).is_ok());
+        assert!(check_unprotected(&public, true).is_ok());
+        assert_eq!(code(check_unprotected(&public, false)), "image_protected");
+        assert!(check_operator(true, "op", "publish").is_ok());
+        assert_eq!(code(check_operator(false, "p", "publish")), "not_operator");
+        assert!(check_quota_for(47, 3, &l).is_ok());
+        assert_eq!(code(check_quota_for(48, 3, &l)), "quota_exceeded");
+    }
+
+    #[test]
+    fn full_ecs_and_data_images() {
+        let l = Limits::default();
+        let mut ecs = record();
+        ecs.image_type = ImageType::FullEcs;
+        ecs.backup_id = Some("b".into());
+        assert!(check_new_member(&ecs, "m", "r1", 9, &l).is_ok());
+        assert_eq!(
+            code(check_new_member(&ecs, "m", "r1", 10, &l)),
+            "too_many_full_ecs_members"
+        );
+        assert_eq!(code(check_copy_in_region(&ecs)), "full_ecs_not_copyable");
+        assert!(check_copy_in_region(&record()).is_ok());
+        assert!(check_data_images(3, &l).is_ok());
+        assert_eq!(code(check_data_images(4, &l)), "too_many_data_images");
+        assert!(check_data_disks(23, &l).is_ok());
+        assert_eq!(code(check_data_disks(0, &l)), "full_ecs_not_registrable");
+        assert_eq!(code(check_data_disks(24, &l)), "too_many_data_disks");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! accepted image appears in the member's list and the member may use it (export, copy).
 //!
 //! Rules (in [`rules`]): members are projects of the image's region; at most
-//! [`Limits::max_members`](super::Limits) members; encrypted images, images on the marketplace
-//! and full-ECS images not made from a CBR backup cannot be shared. The owner may stop sharing
+//! [`Limits::max_members`](super::Limits) members (a full-ECS image:
+//! `max_full_ecs_members`, 10); public images, encrypted images, images on the marketplace and
+//! full-ECS images not made from a CBR backup cannot be shared. The owner may stop sharing
 //! or delete the image at any time without the members' consent.
 
 use super::error::Result;
@@ -22,9 +23,10 @@ impl Ims {
         project_region: &str,
     ) -> Result<Member> {
         let mut r = self.show(scope, id)?;
+        // What cannot be shared says so to anyone who sees it (a public image is everyone's).
+        rules::check_shareable(&r)?;
         rules::check_owner(&r, &scope.project)?;
         rules::check_active(&r)?;
-        rules::check_shareable(&r)?;
         let t = now();
         let member = Member {
             image_id: r.id.clone(),

@@ -40,12 +40,13 @@ pub struct RecordUpdate {
 }
 
 impl Ims {
-    /// Changes the fields of image `id` that `update` gives; only its owner may. Every rule is
+    /// Changes the fields of image `id` that `update` gives; only its owner may (a protected,
+    /// public image: only an operator). Every rule is
     /// checked before anything is written: a refused update changes nothing. `updated_at` is
     /// set; returns the record as stored.
     pub fn update(&self, scope: &Scope, id: &str, update: &RecordUpdate) -> Result<ImageRecord> {
         let mut r = self.show(scope, id)?;
-        rules::check_owner(&r, &scope.project)?;
+        self.check_may_change(&r, scope)?;
         if let Some(name) = &update.name {
             rules::check_name(name)?;
             r.name = name.clone();

@@ -2,6 +2,9 @@
 //! deterministic test images.
 #![allow(dead_code)]
 
+pub mod catalog;
+pub mod postgres;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

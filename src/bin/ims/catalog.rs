@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ims::register::{
-    ImageType, Ims, ListQuery, MemberStatus, RecordUpdate, RegisterRequest, Result, Scope, Status,
-    Tag, Visibility, rules,
+    ImageClass, ImageType, Ims, ListQuery, MemberStatus, Publication, RecordUpdate,
+    RegisterRequest, Result, Scope, Status, Tag, replicate, rules,
 };
 use ims::{CreateOptions, Error, Format};
 
@@ -25,6 +25,11 @@ pub struct ScopeArgs {
     /// The data directory: catalog and stored images (env IMS_HOME, default `./ims-data`).
     #[arg(long, global = true, value_name = "DIR")]
     home: Option<PathBuf>,
+    /// Where the records are kept instead of `HOME/catalog.db`: `postgres://USER@HOST/DB` for
+    /// a PostgreSQL database shared by several ims processes, or an SQLite file (env
+    /// IMS_CATALOG). The stored images stay under the home directory.
+    #[arg(long, global = true, value_name = "ADDRESS")]
+    catalog: Option<String>,
     #[arg(long, global = true, value_enum, default_value = "human")]
     output: OutputKind,
 }
@@ -48,20 +53,38 @@ impl ScopeArgs {
             .clone()
             .or_else(|| std::env::var_os("IMS_HOME").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("ims-data"));
-        Ims::open(&home)
+        match self
+            .catalog
+            .clone()
+            .or_else(|| std::env::var("IMS_CATALOG").ok().filter(|s| !s.is_empty()))
+        {
+            Some(catalog) => Ims::open_with_catalog(&home, &catalog),
+            None => Ims::open(&home),
+        }
     }
 }
 
 #[derive(Args)]
 pub struct RegisterArgs {
-    /// The image file (raw, qcow2, vmdk, vhd, zvhd, zvhd2).
+    /// The image file (raw, qcow2, vmdk, vhd, zvhd, zvhd2); for a full-ECS image, the
+    /// server's system disk.
     file: PathBuf,
     /// 1 to 128 characters.
     #[arg(long)]
     name: String,
-    /// system, data or iso.
+    /// system, data, iso or full-ecs.
     #[arg(long = "type", default_value = "system")]
     image_type: String,
+    /// A data disk of the full-ECS image (--type full-ecs), in the server's order; repeated.
+    #[arg(long = "data-disk", value_name = "FILE")]
+    data_disks: Vec<PathBuf>,
+    /// Also register FILE as a data-disk image, NAME-dataN, with the system image (--type
+    /// system), all or nothing; up to 3.
+    #[arg(long = "with-data-disk", value_name = "FILE")]
+    with_data_disks: Vec<PathBuf>,
+    /// The CBR backup the full-ECS image was made from (then it can be shared).
+    #[arg(long, value_name = "ID")]
+    backup_id: Option<String>,
     /// The OS version to record (default: what inspection finds).
     #[arg(long)]
     os_version: Option<String>,
@@ -124,9 +147,12 @@ enum ImagesCommand {
         /// system, data, full_ecs, iso.
         #[arg(long = "type")]
         image_type: Option<String>,
-        /// private, shared, public.
+        /// private, shared, public or marketplace.
         #[arg(long)]
         visibility: Option<String>,
+        /// As IMS's __imagetype: gold (public), private, shared, market.
+        #[arg(long)]
+        imagetype: Option<String>,
         /// queued, saving, active, killed.
         #[arg(long)]
         status: Option<String>,
@@ -175,8 +201,31 @@ enum ImagesCommand {
         #[arg(long = "set", value_name = "FIELD=VALUE")]
         set: Vec<String>,
     },
-    /// Delete an image (its members lose it at once).
+    /// Delete an image (its members lose it at once; copies made of it stay).
     Delete { id: String },
+    /// Offer an image to every project of the region: --public (operators only) or
+    /// --marketplace --publisher NAME.
+    Publish {
+        id: String,
+        /// A public image: visible to every project, protected, copyable (operators only).
+        #[arg(
+            long,
+            conflicts_with = "marketplace",
+            required_unless_present = "marketplace"
+        )]
+        public: bool,
+        /// On the marketplace, under --publisher.
+        #[arg(long, requires = "publisher")]
+        marketplace: bool,
+        /// The publisher's name (marketplace).
+        #[arg(long, value_name = "NAME", requires = "marketplace")]
+        publisher: Option<String>,
+        /// A note on the price (marketplace).
+        #[arg(long, value_name = "TEXT", requires = "marketplace")]
+        price_note: Option<String>,
+    },
+    /// Withdraw a public or marketplace image (it becomes private; copies stay).
+    Unpublish { id: String },
     /// Share an image with a project (pending until it accepts).
     Share {
         id: String,
@@ -198,18 +247,21 @@ enum ImagesCommand {
     Accept { id: String },
     /// Reject an image shared with the project.
     Reject { id: String },
-    /// Replicate an image to another region (a new image there).
+    /// Copy an image into a private image of the project: in the region, or replicated to
+    /// --to-region (a new image there).
     Copy {
         id: String,
+        /// Another region (default: a copy in this region).
         #[arg(long, value_name = "REGION")]
-        to_region: String,
+        to_region: Option<String>,
         #[arg(long)]
         name: Option<String>,
         /// A key of the target region, for an encrypted image.
         #[arg(long, value_name = "KEY_ID")]
         kms_key: Option<String>,
     },
-    /// Export an image as a disk: FORMAT at OUT.
+    /// Export an image as a disk: FORMAT at OUT (a full-ECS image: one file per disk, the
+    /// data disks at OUT's name with -data1, -data2, ... before its extension).
     Export {
         id: String,
         /// raw, qcow2, vhd, vmdk (or zvhd2).
@@ -235,6 +287,14 @@ fn parse<T: std::str::FromStr<Err = Error>>(v: &Option<String>) -> ims::Result<O
 pub fn register(args: RegisterArgs) -> Result<()> {
     let ims = args.scope.open()?;
     let scope = args.scope.scope();
+    // `full-ecs` as the IMS console writes it, `full_ecs` as the record does.
+    let image_type: ImageType = args.image_type.replace('-', "_").parse()?;
+    if !args.data_disks.is_empty() && image_type != ImageType::FullEcs {
+        return Err(Error::InvalidArgument("--data-disk is for --type full-ecs".into()).into());
+    }
+    if !args.with_data_disks.is_empty() && image_type != ImageType::System {
+        return Err(Error::InvalidArgument("--with-data-disk is for --type system".into()).into());
+    }
     let mut request = RegisterRequest {
         description: args.description,
         os_version: args.os_version,
@@ -244,7 +304,8 @@ pub fn register(args: RegisterArgs) -> Result<()> {
         min_ram: args.min_ram,
         store_format: args.store_format.parse()?,
         kms_key_id: args.kms_key,
-        ..RegisterRequest::new(&args.name, args.image_type.parse()?)
+        backup_id: args.backup_id,
+        ..RegisterRequest::new(&args.name, image_type)
     };
     // `--tag K=V` as a Tag: the tag rules are checked as it is parsed.
     request.tags = args
@@ -252,21 +313,89 @@ pub fn register(args: RegisterArgs) -> Result<()> {
         .iter()
         .map(|t| t.parse())
         .collect::<Result<Vec<Tag>>>()?;
-    let total = ims::open(&args.file, &Default::default()).map_or(0, |i| i.virtual_size());
+    let files = std::iter::once(&args.file)
+        .chain(&args.data_disks)
+        .chain(&args.with_data_disks);
+    let total = files
+        .map(|f| ims::open(f, &Default::default()).map_or(0, |i| i.virtual_size()))
+        .sum();
     let mut reporter = Reporter::new(args.progress, total);
-    let result = ims.register(
-        &scope,
-        ims::Input::Path(args.file.clone()),
-        &request,
-        &mut |p| reporter.report(p),
-        &super::cancel_on_signals(),
-    );
+    let mut progress = |p| reporter.report(p);
+    let cancel = super::cancel_on_signals();
+    let input = ims::Input::Path(args.file.clone());
+    let output = args.scope.output;
+    if image_type == ImageType::FullEcs {
+        let data = args.data_disks.into_iter().map(ims::Input::Path).collect();
+        let result = ims.register_full_ecs(&scope, input, data, &request, &mut progress, &cancel);
+        reporter.finish();
+        let done = result?;
+        warn(&done.warnings);
+        return print_record(output, &done);
+    }
+    if !args.with_data_disks.is_empty() {
+        // Each data disk an image of its own, NAME-dataN, stored and tagged as the system one.
+        let data = args
+            .with_data_disks
+            .into_iter()
+            .enumerate()
+            .map(|(i, file)| {
+                let name = format!("{}-data{}", request.name, i + 1);
+                let data_request = RegisterRequest {
+                    tags: request.tags.clone(),
+                    store_format: request.store_format,
+                    kms_key_id: request.kms_key_id.clone(),
+                    ..RegisterRequest::new(&name, ImageType::Data)
+                };
+                (ims::Input::Path(file), data_request)
+            })
+            .collect();
+        let result =
+            ims.register_with_data_images(&scope, input, &request, data, &mut progress, &cancel);
+        reporter.finish();
+        let done = result?;
+        for r in std::iter::once(&done.system).chain(&done.data) {
+            warn(&r.warnings);
+        }
+        return match output {
+            OutputKind::Json => print_record(output, &done),
+            OutputKind::Human => {
+                print_record(output, &done.system)?;
+                for r in &done.data {
+                    println!();
+                    print_record(output, r)?;
+                }
+                Ok(())
+            }
+        };
+    }
+    let result = ims.register(&scope, input, &request, &mut progress, &cancel);
     reporter.finish();
     let done = result?;
-    for w in &done.warnings {
+    warn(&done.warnings);
+    print_record(output, &done)
+}
+
+fn warn(warnings: &[String]) {
+    for w in warnings {
         eprintln!("ims: warning: {w}");
     }
-    print_record(args.scope.output, &done)
+}
+
+/// `--visibility`'s values as the classes they select: `public` and `marketplace` name the
+/// images offered to every project (IMS's `gold` and `market`).
+fn visibility_class(v: &str) -> Result<ImageClass> {
+    Ok(match v {
+        "public" => ImageClass::Gold,
+        "marketplace" => ImageClass::Market,
+        "private" => ImageClass::Private,
+        "shared" => ImageClass::Shared,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown visibility '{other}' (known: private, shared, public, marketplace)"
+            ))
+            .into());
+        }
+    })
 }
 
 /// `K=V,K=V` as tags (empty items skipped).
@@ -354,6 +483,7 @@ pub fn images(args: ImagesArgs) -> Result<()> {
             platform,
             image_type,
             visibility,
+            imagetype,
             status,
             tag,
             member_status,
@@ -378,8 +508,20 @@ pub fn images(args: ImagesArgs) -> Result<()> {
                 name_contains,
                 os_type,
                 platform,
-                image_type: parse::<ImageType>(&image_type)?,
-                visibility: parse::<Visibility>(&visibility)?,
+                image_type: image_type
+                    .map(|t| t.replace('-', "_").parse::<ImageType>())
+                    .transpose()?,
+                visibility: None,
+                class: match (visibility, imagetype) {
+                    (Some(_), Some(_)) => {
+                        return Err(Error::InvalidArgument(
+                            "give --visibility or --imagetype, not both".into(),
+                        )
+                        .into());
+                    }
+                    (Some(v), None) => Some(visibility_class(&v)?),
+                    (None, t) => parse::<ImageClass>(&t)?,
+                },
                 status: parse::<Status>(&status)?,
                 tag,
                 member_status: parse::<MemberStatus>(&member_status)?,
@@ -457,6 +599,24 @@ pub fn images(args: ImagesArgs) -> Result<()> {
             eprintln!("ims: image {id} deleted");
             Ok(())
         }
+        ImagesCommand::Publish {
+            id,
+            public,
+            marketplace: _,
+            publisher,
+            price_note,
+        } => {
+            let how = if public {
+                Publication::Public
+            } else {
+                Publication::Marketplace {
+                    publisher: publisher.unwrap_or_default(),
+                    price_note,
+                }
+            };
+            print_record(output, &ims.publish(&scope, &id, &how)?)
+        }
+        ImagesCommand::Unpublish { id } => print_record(output, &ims.unpublish(&scope, &id)?),
         ImagesCommand::Share {
             id,
             with,
@@ -500,17 +660,27 @@ pub fn images(args: ImagesArgs) -> Result<()> {
             to_region,
             name,
             kms_key,
-        } => print_record(
-            output,
-            &ims.replicate(
-                &scope,
-                &id,
-                &to_region,
-                name.as_deref(),
-                kms_key.as_deref(),
-                &super::cancel_on_signals(),
-            )?,
-        ),
+        } => {
+            let cancel = super::cancel_on_signals();
+            let copy = match to_region {
+                Some(region) => ims.replicate(
+                    &scope,
+                    &id,
+                    &region,
+                    name.as_deref(),
+                    kms_key.as_deref(),
+                    &cancel,
+                )?,
+                None if kms_key.is_some() => {
+                    return Err(Error::InvalidArgument(
+                        "--kms-key is for a copy to another region (--to-region)".into(),
+                    )
+                    .into());
+                }
+                None => ims.copy(&scope, &id, name.as_deref(), &cancel)?,
+            };
+            print_record(output, &copy)
+        }
         ImagesCommand::Export {
             id,
             output_format,
@@ -532,7 +702,9 @@ pub fn images(args: ImagesArgs) -> Result<()> {
                 &mut |_| {},
                 &super::cancel_on_signals(),
             )?;
-            eprintln!("ims: image {} exported to {}", r.id, out.display());
+            for path in replicate::export_paths(&r, &out) {
+                eprintln!("ims: image {} exported to {}", r.id, path.display());
+            }
             Ok(())
         }
     }

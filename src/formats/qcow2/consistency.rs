@@ -58,6 +58,8 @@ pub(crate) struct ClusterMap {
     clusters: u64,
     cluster_bits: u32,
     regions: Vec<Region>,
+    /// Clusters of persistent-bitmap data (one cluster each, too many to name as regions).
+    bitmap_data: Vec<u64>,
 }
 
 impl ClusterMap {
@@ -82,6 +84,7 @@ impl ClusterMap {
             clusters,
             cluster_bits,
             regions: Vec::new(),
+            bitmap_data: Vec::new(),
         })
     }
 
@@ -140,6 +143,13 @@ impl ClusterMap {
             end: offset.saturating_add(len),
             name,
         });
+        Ok(())
+    }
+
+    /// Marks host cluster `offset` as a cluster of persistent-bitmap data.
+    pub fn bitmap_data(&mut self, offset: u64) -> std::result::Result<(), String> {
+        self.table(offset, "bitmap data")?;
+        self.bitmap_data.push(offset);
         Ok(())
     }
 
@@ -209,6 +219,10 @@ impl ClusterMap {
                 let end = at.saturating_add(1 << self.cluster_bits);
                 match self.regions.iter().find(|r| r.start < end && at < r.end) {
                     Some(r) => format!("the {} at {:#x}", r.name, r.start),
+                    // Only an error's message looks this up.
+                    None if self.bitmap_data.contains(&at) => {
+                        format!("a cluster of bitmap data at {at:#x}")
+                    }
                     None => format!("an L2 table at {at:#x}"),
                 }
             }

@@ -9,6 +9,7 @@
 //!
 //! The format, in this project's words, is in `formats/qcow2.md`.
 
+mod bitmaps;
 pub mod check;
 mod consistency;
 pub mod geometry;

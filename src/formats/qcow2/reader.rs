@@ -24,6 +24,7 @@ use crate::limits::{
 use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, StoredRanges, Unit, only_file};
 use crate::storage::{Storage, read_exact_at};
 
+use super::bitmaps;
 use super::consistency::{ClusterMap, CompressedRanges};
 use super::header::{CompressionType, Qcow2Header, compatible, incompatible};
 use super::info::{Qcow2Info, Qcow2SnapshotInfo};
@@ -233,6 +234,35 @@ impl Qcow2Disk {
             }
             map.metadata(offset, len, format!("L1 table of snapshot {:?}", s.id))
                 .map_err(|p| Error::malformed(SNAPSHOTS, at, p))?;
+        }
+
+        // Persistent dirty bitmaps: the directory, each bitmap table and its data clusters.
+        if let Some(ext) = &self.header.extensions.bitmaps {
+            const BITMAPS: &str = "qcow2 bitmap directory";
+            map.metadata(
+                ext.bitmap_directory_offset,
+                ext.bitmap_directory_size,
+                "bitmap directory",
+            )
+            .map_err(|p| Error::malformed(BITMAPS, ext.bitmap_directory_offset, p))?;
+            for table in bitmaps::read(&*self.storage, self.file_len, ext)? {
+                map.metadata(table.offset, table.entries.len() as u64 * 8, "bitmap table")
+                    .map_err(|p| Error::malformed(BITMAPS, table.entry_at, p))?;
+                for (cluster, entry_at) in table.data_clusters() {
+                    if !cluster.is_multiple_of(cluster_size) || cluster >= self.file_len {
+                        return Err(Error::malformed(
+                            "qcow2 bitmap table",
+                            entry_at,
+                            format!(
+                                "bitmap data at {cluster:#x} is not a cluster of the file of {} bytes",
+                                self.file_len
+                            ),
+                        ));
+                    }
+                    map.bitmap_data(cluster)
+                        .map_err(|p| Error::malformed("qcow2 bitmap table", entry_at, p))?;
+                }
+            }
         }
 
         // The active L2 tables, all marked before any entry is looked at.

@@ -343,6 +343,108 @@ fn clip(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
+/// createTypes whose extents are devices or raw device mappings: never opened.
+const DEVICE_TYPES: [&str; 5] = [
+    "fullDevice",
+    "partitionedDevice",
+    "vmfsRaw",
+    "vmfsRawDeviceMap",
+    "vmfsPassthroughRawDeviceMap",
+];
+
+/// createTypes of a disk in one hosted sparse file, the only ones an embedded descriptor may give.
+const SPARSE_TYPES: [&str; 4] = [
+    "monolithicSparse",
+    "streamOptimized",
+    "twoGbMaxExtentSparse",
+    "vmfsSparse",
+];
+
+/// createTypes of a descriptor file ims reads (the device types above are known and refused).
+pub(crate) const DESCRIPTOR_TYPES: [&str; 7] = [
+    "monolithicSparse",
+    "streamOptimized",
+    "monolithicFlat",
+    "twoGbMaxExtentSparse",
+    "twoGbMaxExtentFlat",
+    "vmfs",
+    "vmfsSparse",
+];
+
+/// Checks an embedded descriptor against the sparse file holding it (`capacity` sectors): a
+/// sparse createType, and one SPARSE extent that is the file itself and fits in it.
+pub(crate) fn check_embedded(d: &Descriptor, capacity: u64) -> Result<()> {
+    check_create_type(d, &SPARSE_TYPES)?;
+    // The one extent is this file. Its name is the one the file had when it was made (a
+    // renamed file keeps it), so it is not compared with the file's; but a name with a
+    // directory in it is some other file, never this one.
+    match d.extents.as_slice() {
+        [] => return Err(Error::malformed("vmdk descriptor", 0, "no extents")),
+        [e] if matches!(e.kind, ExtentType::Sparse | ExtentType::VmfsSparse) => {
+            if let Some(name) = e.file_name.as_deref()
+                && !is_own_name(name)
+            {
+                return Err(Error::malformed(
+                    "vmdk descriptor extent",
+                    e.at,
+                    format!("the embedded descriptor names another file, {name:?}, as its extent"),
+                ));
+            }
+            if e.sectors > capacity {
+                return Err(Error::malformed(
+                    "vmdk descriptor extent",
+                    e.at,
+                    format!(
+                        "extent of {} sectors in a file of {} sectors",
+                        e.sectors, capacity
+                    ),
+                ));
+            }
+        }
+        _ => {
+            return Err(Error::malformed(
+                "vmdk descriptor",
+                d.extents.first().map_or(0, |e| e.at),
+                "an embedded descriptor lists other extents than its own file",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses createTypes that name devices, that ims does not know, or that are not among
+/// `allowed` (the layouts this kind of file can hold). A descriptor without one is read by its
+/// extent lines, as qemu-img and VMware's tools read it.
+pub(crate) fn check_create_type(d: &Descriptor, allowed: &[&str]) -> Result<()> {
+    let Some(t) = d.create_type.as_deref() else {
+        return Ok(());
+    };
+    if DEVICE_TYPES.contains(&t) {
+        return Err(Error::unsupported(format!(
+            "VMDK createType {t:?} (its extents are devices)"
+        )));
+    }
+    if !DESCRIPTOR_TYPES.contains(&t) {
+        return Err(Error::unsupported(format!(
+            "VMDK createType {t:?}: not a layout ims knows (formats/vmdk.md lists them)"
+        )));
+    }
+    if !allowed.contains(&t) {
+        return Err(Error::malformed(
+            "vmdk descriptor",
+            0,
+            format!("createType {t:?} does not describe a disk in one sparse file"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an embedded descriptor's extent name can be the file's own: a bare file name, not a
+/// path into another directory.
+fn is_own_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,9 @@
 //! the descriptor gives it is never opened); extents in other files and the parent of a delta
 //! disk are opened only through the [`Resolver`], as the caller's policy allows.
 
+mod consistency;
 pub mod descriptor;
+pub mod header;
 pub mod info;
 pub mod marker;
 pub mod reader;
@@ -32,15 +34,6 @@ use crate::storage::{Storage, read_exact_at};
 pub use reader::VmdkReader;
 pub use stream::{StreamReader, StreamWriter};
 
-/// createTypes whose extents are devices or raw device mappings: never opened.
-const DEVICE_TYPES: [&str; 5] = [
-    "fullDevice",
-    "partitionedDevice",
-    "vmfsRaw",
-    "vmfsRawDeviceMap",
-    "vmfsPassthroughRawDeviceMap",
-];
-
 /// Opens the VMDK in `file` (named `path`), with `resolver` deciding about other files.
 pub fn open(file: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<VmdkReader> {
     let file_len = file.len();
@@ -65,13 +58,15 @@ pub fn open(file: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<
     let mut text = vec![0u8; usize_len(file_len)?];
     read_exact_at(&*file, &mut text, 0, "vmdk descriptor")?;
     let d = Descriptor::parse(&text, 0)?;
-    check_create_type(&d)?;
+    descriptor::check_create_type(&d, &descriptor::DESCRIPTOR_TYPES)?;
     if d.extents.is_empty() {
         return Err(Error::malformed("vmdk descriptor", 0, "no extents"));
     }
     let size = disk_size(&d)?;
     let parent = open_parent(&d, path, resolver)?;
     let mut extents = Vec::with_capacity(d.extents.len());
+    // What each opened extent reads of which file: no two extents may read the same bytes.
+    let mut used = Vec::new();
     let mut start = 0u64;
     for line in &d.extents {
         let length = line.sectors * SECTOR;
@@ -102,6 +97,7 @@ pub fn open(file: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<
                         Error::truncated("vmdk flat extent", offset, length, len).in_file(&p)
                     );
                 }
+                used.push((p, offset, offset + length, line.at));
                 ExtentData::Flat { file: f, offset }
             }
             ExtentType::Sparse | ExtentType::VmfsSparse => {
@@ -133,6 +129,7 @@ pub fn open(file: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<
                         ),
                     ));
                 }
+                used.push((p, 0, u64::MAX, line.at));
                 ExtentData::Sparse(Box::new(sparse))
             }
             ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
@@ -151,7 +148,32 @@ pub fn open(file: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<
         });
         start += length;
     }
+    check_extents_apart(used)?;
     Ok(reader::VmdkDisk::reader(size, extents, Some(d), parent))
+}
+
+/// Refuses two extents that read the same bytes of one file (a sparse extent reads all of its
+/// file): the same stored data would be several parts of the disk, so a small file could read
+/// as a huge disk. Each entry is (file, first byte, end, where the extent line is).
+fn check_extents_apart(mut used: Vec<(std::path::PathBuf, u64, u64, u64)>) -> Result<()> {
+    used.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    for pair in used.windows(2) {
+        if let [a, b] = pair
+            && a.0 == b.0
+            && b.1 < a.2
+        {
+            return Err(Error::malformed(
+                "vmdk descriptor extent",
+                b.3,
+                format!(
+                    "reads bytes of {} that the extent at offset {:#x} reads too",
+                    b.0.display(),
+                    a.3
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Opens a file that starts with a hosted sparse header: monolithicSparse, streamOptimized, or
@@ -169,28 +191,7 @@ fn open_sparse(
     };
     let mut parent = None;
     if let Some(d) = &descriptor {
-        check_create_type(d)?;
-        // The one extent is this file, whatever name the descriptor gives it.
-        match d.extents.as_slice() {
-            [] => return Err(Error::malformed("vmdk descriptor", 0, "no extents")),
-            [e] if matches!(e.kind, ExtentType::Sparse | ExtentType::VmfsSparse) => {
-                if e.sectors > header.capacity {
-                    return Err(Error::malformed(
-                        "vmdk descriptor extent",
-                        e.at,
-                        format!(
-                            "extent of {} sectors in a file of {} sectors",
-                            e.sectors, header.capacity
-                        ),
-                    ));
-                }
-            }
-            _ => {
-                return Err(Error::unsupported(
-                    "an embedded descriptor with other extents than its own file",
-                ));
-            }
-        }
+        descriptor::check_embedded(d, header.capacity)?;
         parent = open_parent(d, path, resolver)?;
     }
     let extent = SparseExtent::open(file, file_len)?;
@@ -212,16 +213,6 @@ fn open_sparse(
         embedded: true,
     }];
     Ok(reader::VmdkDisk::reader(size, extents, descriptor, parent))
-}
-
-/// Refuses createTypes that name devices.
-fn check_create_type(d: &Descriptor) -> Result<()> {
-    match d.create_type.as_deref() {
-        Some(t) if DEVICE_TYPES.contains(&t) => Err(Error::unsupported(format!(
-            "VMDK createType {t:?} (its extents are devices)"
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// The disk's size: the sum of the extents, at most [`MAX_VMDK_DISK_BYTES`].

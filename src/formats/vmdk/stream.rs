@@ -15,7 +15,7 @@ pub use super::marker::{Marker, MarkerType};
 use super::sparse::{
     COMPRESSION_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, GD_AT_END,
     GRAIN_MARKER_HEAD, HEADER_SIZE, NEWLINE_CHARS, SECTOR, SparseHeader, inflate_grain,
-    max_compressed,
+    least_inflated, max_compressed,
 };
 use crate::block::{BlockWriter, Chunk, ChunkStream, Piece, UnitEncoder, advance, usize_len};
 use crate::error::{Error, ReferenceKind, Result};
@@ -96,6 +96,7 @@ impl<R: Read + Send> StreamReader<R> {
             let mut text = vec![0u8; usize_len(len)?];
             r.read_exact(&mut text, "vmdk descriptor")?;
             let d = Descriptor::parse(&text, at)?;
+            super::descriptor::check_embedded(&d, r.header.capacity)?;
             if d.is_delta() {
                 return Err(Error::reference(
                     ReferenceKind::BackingFile,
@@ -218,7 +219,8 @@ impl<R: Read + Send> StreamReader<R> {
         let data = packed
             .get(usize_len(GRAIN_MARKER_HEAD)?..usize_len(GRAIN_MARKER_HEAD + size)?)
             .unwrap_or_default();
-        inflate_grain(data, &mut out, usize_len(needed)?, at)?;
+        let least = least_inflated(&self.header, lba / self.header.grain_size);
+        inflate_grain(data, &mut out, usize_len(least)?, at)?;
         self.packed = packed;
         out.truncate(usize_len(needed)?);
         if start > self.next {
@@ -275,6 +277,24 @@ impl<R: Read + Send> ChunkStream for StreamReader<R> {
                 Marker::Metadata { num_sectors, kind } => match kind {
                     MarkerType::EndOfStream => self.done = true,
                     MarkerType::GrainTable | MarkerType::GrainDirectory => {
+                        // The size a marker gives must be its table's: a reader that skipped a
+                        // different amount would take table bytes for markers and grains.
+                        let h = &self.header;
+                        let expected = if kind == MarkerType::GrainTable {
+                            h.gt_bytes()
+                        } else {
+                            h.gd_entries() * 4
+                        }
+                        .div_ceil(SECTOR);
+                        if num_sectors != expected {
+                            return Err(Error::malformed(
+                                "vmdk metadata marker",
+                                at,
+                                format!(
+                                    "a {kind:?} marker of {num_sectors} sectors (the table takes {expected})"
+                                ),
+                            ));
+                        }
                         let len = num_sectors
                             .checked_mul(SECTOR)
                             .filter(|&l| l <= MAX_GD_BYTES + SECTOR)

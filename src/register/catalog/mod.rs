@@ -1,15 +1,50 @@
-//! Where records and members are kept: the [`Catalog`] trait, and [`SqliteCatalog`], the
-//! embedded default (one SQLite file). A server database can implement the same trait; the
-//! rules never know which is in use.
+//! Where records and members are kept: the [`Catalog`] trait; `SqliteCatalog`, the embedded
+//! default (one SQLite file, feature `sqlite`); and `PostgresCatalog`, a PostgreSQL database
+//! shared by many processes on many machines (feature `postgres`). The rules never know which
+//! is in use; [`open`] picks one from an address.
 
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresCatalog;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteCatalog;
 
 use super::error::Result;
 use super::record::{ImageRecord, Member, MemberStatus, Status};
+
+/// Opens the catalog `address` names: `postgres://...` or `postgresql://...` a PostgreSQL
+/// database ([`PostgresCatalog::open`], feature `postgres`); any other address with a `://`
+/// is refused; anything else is the path of an SQLite file (feature `sqlite`), created when
+/// absent (`sqlite:PATH` says so explicitly).
+pub fn open(address: &str) -> Result<Box<dyn Catalog>> {
+    if address.starts_with("postgres://") || address.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(Box::new(PostgresCatalog::open(address)?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(crate::Error::unsupported(
+            "a PostgreSQL catalog: this ims was built without the `postgres` feature",
+        )
+        .into());
+    }
+    if let Some((scheme, _)) = address.split_once("://") {
+        return Err(crate::Error::InvalidArgument(format!(
+            "unknown catalog address scheme '{scheme}://' (known: postgres://, postgresql://, or an SQLite file's path)"
+        ))
+        .into());
+    }
+    let path = address.strip_prefix("sqlite:").unwrap_or(address);
+    #[cfg(feature = "sqlite")]
+    return Ok(Box::new(SqliteCatalog::open(std::path::Path::new(path))?));
+    #[cfg(not(feature = "sqlite"))]
+    return Err(crate::Error::unsupported(format!(
+        "an SQLite catalog ({path}): this ims was built without the `sqlite` feature"
+    ))
+    .into());
+}
 
 /// Records and members. Every method is atomic; the checks passed to `insert` and `add_member`
 /// run inside the same transaction as the write, so concurrent callers cannot both pass them,
@@ -19,10 +54,22 @@ use super::record::{ImageRecord, Member, MemberStatus, Status};
 pub trait Catalog: Send + Sync {
     /// Inserts a new record after `check(count)` passes, `count` being the records of the
     /// same owner and region that count against the quota.
-    fn insert(&self, record: &ImageRecord, check: &dyn Fn(u64) -> Result<()>) -> Result<()>;
+    fn insert(&self, record: &ImageRecord, check: &dyn Fn(u64) -> Result<()>) -> Result<()> {
+        self.insert_all(std::slice::from_ref(record), check)
+    }
+
+    /// Inserts new records of one owner and region, all or none, after `check(count)` passes
+    /// (`count` as for [`insert`](Catalog::insert), before any of them), in one transaction.
+    fn insert_all(&self, records: &[ImageRecord], check: &dyn Fn(u64) -> Result<()>) -> Result<()>;
 
     /// Replaces a record (matched by id).
-    fn update(&self, record: &ImageRecord) -> Result<()>;
+    fn update(&self, record: &ImageRecord) -> Result<()> {
+        self.update_all(std::slice::from_ref(record))
+    }
+
+    /// Replaces records (matched by id), all or none, in one transaction: a system image and
+    /// its data-disk images become `active` together.
+    fn update_all(&self, records: &[ImageRecord]) -> Result<()>;
 
     /// Moves a record to `to` only if its status is one of `from`; says whether it moved.
     fn transition(
@@ -36,8 +83,8 @@ pub trait Catalog: Send + Sync {
     /// The record `id`, in any status, if there is one.
     fn get(&self, id: &str) -> Result<Option<ImageRecord>>;
 
-    /// The records of `region` that `project` may see: its own (not deleted), public ones, and
-    /// those it is a member of (with its member status).
+    /// The records of `region` that `project` may see: its own (not deleted), public ones,
+    /// those on the marketplace, and those it is a member of (with its member status).
     fn visible(
         &self,
         region: &str,

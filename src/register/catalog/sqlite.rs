@@ -28,6 +28,7 @@ fn json(e: serde_json::Error) -> Error {
     Error::io("decode a catalog record", std::io::Error::other(e))
 }
 
+/// The schema of a new catalog; [`MIGRATIONS`] bring an older one to the same shape.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS images (
     id TEXT PRIMARY KEY,
@@ -37,7 +38,8 @@ CREATE TABLE IF NOT EXISTS images (
     visibility TEXT NOT NULL,
     status TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    marketplace INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS images_owner ON images (region, owner);
 CREATE INDEX IF NOT EXISTS images_status ON images (status);
@@ -52,6 +54,63 @@ CREATE TABLE IF NOT EXISTS members (
 CREATE INDEX IF NOT EXISTS members_project ON members (project);
 ";
 
+/// The schema version [`SCHEMA`] makes (SQLite's `user_version`).
+const VERSION: i64 = 1;
+
+/// The steps from each older version: `MIGRATIONS[v]` brings version `v` to `v + 1`. Version
+/// 0 is the catalog before marketplace images: its `images` table has no `marketplace`
+/// column, which every project's list needs, so it is added and filled from the records.
+const MIGRATIONS: &[&str] = &["
+ALTER TABLE images ADD COLUMN marketplace INTEGER NOT NULL DEFAULT 0;
+UPDATE images SET marketplace = 1 WHERE json_extract(record, '$.marketplace') = 1;
+"];
+
+/// Brings the catalog to [`VERSION`], one step per transaction, each step setting the version
+/// it reaches, so an interrupted migration resumes where it stopped. A new file gets the
+/// current schema at once; a catalog of a newer version is refused rather than misread.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Exclusive)
+        .map_err(db)?;
+    let fresh: i64 = tx
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'images'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    if fresh == 0 {
+        tx.execute_batch(SCHEMA).map_err(db)?;
+        tx.pragma_update(None, "user_version", VERSION)
+            .map_err(db)?;
+        return tx.commit().map_err(db);
+    }
+    tx.commit().map_err(db)?;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Exclusive)
+            .map_err(db)?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db)?;
+        if version > VERSION {
+            return Err(Error::unsupported(format!(
+                "a catalog of schema version {version}, made by a newer ims (this one knows {VERSION})"
+            )));
+        }
+        let Some(step) = usize::try_from(version)
+            .ok()
+            .and_then(|v| MIGRATIONS.get(v))
+        else {
+            return tx.commit().map_err(db);
+        };
+        tx.execute_batch(step).map_err(db)?;
+        tx.pragma_update(None, "user_version", version + 1)
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+    }
+}
+
 impl SqliteCatalog {
     /// Opens (creating) the catalog in `path`.
     pub fn open(path: &Path) -> Result<SqliteCatalog> {
@@ -63,7 +122,8 @@ impl SqliteCatalog {
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
-        conn.execute_batch(SCHEMA).map_err(db)?;
+        let mut conn = conn;
+        migrate(&mut conn)?;
         Ok(SqliteCatalog {
             conn: Mutex::new(conn),
         })
@@ -81,11 +141,11 @@ fn decode(text: &str) -> Result<ImageRecord> {
 fn write(conn: &Connection, r: &ImageRecord, insert: bool) -> Result<usize> {
     let text = serde_json::to_string(r).map_err(json)?;
     let sql = if insert {
-        "INSERT INTO images (id, region, owner, name, visibility, status, created_at, record)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        "INSERT INTO images (id, region, owner, name, visibility, status, created_at, record,
+         marketplace) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
     } else {
         "UPDATE images SET region = ?2, owner = ?3, name = ?4, visibility = ?5, status = ?6,
-         created_at = ?7, record = ?8 WHERE id = ?1"
+         created_at = ?7, record = ?8, marketplace = ?9 WHERE id = ?1"
     };
     conn.execute(
         sql,
@@ -97,7 +157,8 @@ fn write(conn: &Connection, r: &ImageRecord, insert: bool) -> Result<usize> {
             r.visibility.name(),
             r.status.name(),
             r.created_at,
-            text
+            text,
+            r.marketplace
         ],
     )
     .map_err(db)
@@ -114,11 +175,22 @@ fn member_row(row: &rusqlite::Row) -> rusqlite::Result<(String, String, String, 
 }
 
 impl Catalog for SqliteCatalog {
-    fn insert(
+    fn insert_all(
         &self,
-        record: &ImageRecord,
+        records: &[ImageRecord],
         check: &dyn Fn(u64) -> ServiceResult<()>,
     ) -> ServiceResult<()> {
+        let Some(record) = records.first() else {
+            return Ok(());
+        };
+        if records
+            .iter()
+            .any(|r| r.owner != record.owner || r.region != record.region)
+        {
+            return Err(
+                Error::internal("records inserted together have one owner and region").into(),
+            );
+        }
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -140,13 +212,22 @@ impl Catalog for SqliteCatalog {
             }
         }
         check(count)?;
-        write(&tx, record, true)?;
+        for r in records {
+            write(&tx, r, true)?;
+        }
         tx.commit().map_err(db)?;
         Ok(())
     }
 
-    fn update(&self, record: &ImageRecord) -> ServiceResult<()> {
-        write(&self.conn(), record, false)?;
+    fn update_all(&self, records: &[ImageRecord]) -> ServiceResult<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        for r in records {
+            write(&tx, r, false)?;
+        }
+        tx.commit().map_err(db)?;
         Ok(())
     }
 
@@ -204,7 +285,8 @@ impl Catalog for SqliteCatalog {
                 "SELECT i.record, m.status FROM images i
                  LEFT JOIN members m ON m.image_id = i.id AND m.project = ?2
                  WHERE i.region = ?1 AND i.status != 'deleted'
-                   AND (i.owner = ?2 OR i.visibility = 'public' OR m.project IS NOT NULL)
+                   AND (i.owner = ?2 OR i.visibility = 'public' OR i.marketplace = 1
+                        OR m.project IS NOT NULL)
                  ORDER BY i.created_at, i.id",
             )
             .map_err(db)?;
@@ -331,5 +413,88 @@ impl Catalog for SqliteCatalog {
             .execute("DELETE FROM members WHERE image_id = ?1", [image_id])
             .map_err(db)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::register::record::{ImageType, Visibility};
+
+    /// The catalog as ims made it before marketplace images (schema version 0).
+    const VERSION_0: &str = "
+CREATE TABLE images (id TEXT PRIMARY KEY, region TEXT NOT NULL, owner TEXT NOT NULL,
+    name TEXT NOT NULL, visibility TEXT NOT NULL, status TEXT NOT NULL,
+    created_at TEXT NOT NULL, record TEXT NOT NULL);
+CREATE INDEX images_owner ON images (region, owner);
+CREATE INDEX images_status ON images (status);
+CREATE TABLE members (image_id TEXT NOT NULL, project TEXT NOT NULL, status TEXT NOT NULL,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (image_id, project));
+CREATE INDEX members_project ON members (project);
+";
+
+    fn old_record(name: &str, marketplace: bool) -> (String, String) {
+        let mut r = ImageRecord::new(name, "owner", "r1", ImageType::System);
+        r.status = Status::Active;
+        r.marketplace = marketplace;
+        let mut v = serde_json::to_value(&r).unwrap();
+        // Fields an older ims did not write.
+        let m = v.as_object_mut().unwrap();
+        for f in ["disks", "protected", "publisher", "price_note"] {
+            m.remove(f);
+        }
+        (r.id, v.to_string())
+    }
+
+    #[test]
+    fn a_version_0_catalog_is_migrated_and_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let (plain, market) = (old_record("plain", false), old_record("market", true));
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(VERSION_0).unwrap();
+            for (id, text) in [&plain, &market] {
+                conn.execute(
+                    "INSERT INTO images VALUES (?1, 'r1', 'owner', 'n', 'private', 'active', 'c', ?2)",
+                    params![id, text],
+                )
+                .unwrap();
+            }
+        }
+        let catalog = SqliteCatalog::open(&path).unwrap();
+        let version: i64 = catalog
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        assert_eq!(catalog.get(&plain.0).unwrap().unwrap().name, "plain");
+        // The marketplace image is every project's to see; the private one is not.
+        let seen: Vec<String> = catalog
+            .visible("r1", "stranger")
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r.id)
+            .collect();
+        assert_eq!(seen, [market.0]);
+        drop(catalog);
+        // Opening again changes nothing; a new record is written with its column.
+        let catalog = SqliteCatalog::open(&path).unwrap();
+        let mut r = ImageRecord::new("new", "owner", "r1", ImageType::Data);
+        r.visibility = Visibility::Private;
+        catalog.insert(&r, &|_| Ok(())).unwrap();
+        assert_eq!(catalog.visible("r1", "owner").unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_catalog_of_a_newer_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        drop(SqliteCatalog::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", VERSION + 1)
+            .unwrap();
+        assert!(SqliteCatalog::open(&path).is_err());
     }
 }
