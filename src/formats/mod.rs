@@ -2,8 +2,11 @@
 //! through the traits in [`crate::block`].
 
 pub mod info;
+pub mod qcow1;
 pub mod qcow2;
+pub mod qed;
 pub mod raw;
+pub mod vdi;
 pub mod vhd;
 pub mod vmdk;
 pub mod zvhd;
@@ -29,16 +32,25 @@ pub enum Format {
     Zvhd,
     /// Huawei Cloud's block-compressed, indexed VHD.
     Zvhd2,
+    /// VirtualBox's Virtual Disk Image.
+    Vdi,
+    /// QEMU Enhanced Disk.
+    Qed,
+    /// QEMU's copy-on-write format, version 1.
+    Qcow,
 }
 
 impl Format {
-    pub(crate) const ALL: [Format; 6] = [
+    pub(crate) const ALL: [Format; 9] = [
         Format::Raw,
         Format::Qcow2,
         Format::Vmdk,
         Format::Vhd,
         Format::Zvhd,
         Format::Zvhd2,
+        Format::Vdi,
+        Format::Qed,
+        Format::Qcow,
     ];
 
     /// The name used on the command line and in `info`.
@@ -50,6 +62,9 @@ impl Format {
             Format::Vhd => "vhd",
             Format::Zvhd => "zvhd",
             Format::Zvhd2 => "zvhd2",
+            Format::Vdi => "vdi",
+            Format::Qed => "qed",
+            Format::Qcow => "qcow",
         }
     }
 }
@@ -68,7 +83,7 @@ impl FromStr for Format {
             "vpc" => Ok(Format::Vhd),
             _ => Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "unknown image format '{s}' (known: raw, qcow2, vmdk, vhd or vpc, zvhd, zvhd2)"
+                    "unknown image format '{s}' (known: raw, qcow2, vmdk, vhd or vpc, zvhd, zvhd2, vdi, qed, qcow)"
                 ))
             }),
         }
