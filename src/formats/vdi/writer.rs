@@ -8,7 +8,7 @@ use super::header::{
 };
 use crate::block::{BlockWriter, Piece, advance};
 use crate::error::{Error, Result};
-use crate::io::{AppendSink, FileSink, append_piece};
+use crate::io::{AppendSink, FileSink};
 use crate::limits::MAX_VDI_BLOCKS;
 
 /// What `-o` chose for a new VDI.
@@ -189,6 +189,8 @@ impl BlockWriter for VdiWriter {
 pub struct StaticVdiWriter<S: AppendSink> {
     sink: S,
     source_size: u64,
+    /// Where block 0 starts (`offset_data`).
+    data_start: u64,
     end: u64,
 }
 
@@ -206,6 +208,7 @@ impl<S: AppendSink> StaticVdiWriter<S> {
         Ok(StaticVdiWriter {
             sink,
             source_size,
+            data_start: u64::from(header.offset_data),
             end,
         })
     }
@@ -221,7 +224,20 @@ impl<S: AppendSink> BlockWriter for StaticVdiWriter<S> {
     }
 
     fn write_piece(&mut self, piece: Piece) -> Result<()> {
-        append_piece(&mut self.sink, piece, "vdi static writer")
+        // The disk's bytes follow the header and the block map, in order.
+        let at = self.data_start.checked_add(piece.offset());
+        if at != Some(self.sink.position()) {
+            return Err(Error::Internal(format!(
+                "vdi static writer got a piece at {} while at {}",
+                piece.offset(),
+                self.sink.position().saturating_sub(self.data_start)
+            )));
+        }
+        match piece {
+            Piece::Data { data, .. } => self.sink.append(&data),
+            Piece::Zero { length, .. } => self.sink.append_zeros(length),
+            Piece::Encoded { .. } => Err(Error::Internal("vdi holds no encoded units".into())),
+        }
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
