@@ -39,7 +39,11 @@ fn to_raw(args: &[&str], out: &Path) -> Vec<u8> {
     all.extend_from_slice(args);
     all.push(s(out));
     let r = ims(&all);
-    assert!(r.status.success(), "{args:?}: {}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        r.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     std::fs::read(out).unwrap()
 }
 
@@ -49,14 +53,22 @@ fn fixtures_read_as_the_disk_they_were_made_from() {
     let raw = std::fs::read(fixture(dir.path(), "formats.raw")).unwrap();
     for name in ["plain.qcow", "compressed.qcow"] {
         let qcow = fixture(dir.path(), name);
-        assert!(to_raw(&[s(&qcow)], &dir.path().join("o.raw")) == raw, "{name}");
+        assert!(
+            to_raw(&[s(&qcow)], &dir.path().join("o.raw")) == raw,
+            "{name}"
+        );
         let info = json(&ims(&["info", "--output", "json", s(&qcow)]));
         assert_eq!(info["format"], "qcow");
         assert_eq!(info["virtual-size"], raw.len() as u64);
         assert_eq!(info["cluster-size"], 4096);
     }
     // The compressed fixture does hold compressed clusters.
-    let map = ims(&["map", "--output", "json", s(&fixture(dir.path(), "compressed.qcow"))]);
+    let map = ims(&[
+        "map",
+        "--output",
+        "json",
+        s(&fixture(dir.path(), "compressed.qcow")),
+    ]);
     assert!(String::from_utf8_lossy(&map.stdout).contains("\"compressed\": true"));
 }
 
@@ -114,22 +126,42 @@ fn reads_what_qemu_img_makes() {
 
 #[test]
 fn backing_files_only_where_allowed() {
-    if !have_qemu_img("backing_files_only_where_allowed") || !have("backing_files_only_where_allowed", &["qemu-io"]) {
+    if !have_qemu_img("backing_files_only_where_allowed")
+        || !have("backing_files_only_where_allowed", &["qemu-io"])
+    {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     fixture(dir.path(), "compressed.qcow");
     let top = dir.path().join("top.qcow");
-    qemu_img(&["create", "-q", "-f", "qcow", "-b", "compressed.qcow", "-F", "qcow", s(&top)]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow",
+        "-b",
+        "compressed.qcow",
+        "-F",
+        "qcow",
+        s(&top),
+    ]);
     let io = Command::new("qemu-io")
-        .args(["-c", "write -P 0x5a 1M 64k", "-c", "write -P 0 2560k 4k", s(&top)])
+        .args([
+            "-c",
+            "write -P 0x5a 1M 64k",
+            "-c",
+            "write -P 0 2560k 4k",
+            s(&top),
+        ])
         .output()
         .unwrap();
     assert!(io.status.success());
     let out = dir.path().join("o.raw");
     let r = ims(&["convert", "-O", "raw", s(&top), s(&out)]);
     assert!(!r.status.success());
-    assert!(String::from_utf8_lossy(&r.stderr).contains("backing file reference \"compressed.qcow\""));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("backing file reference \"compressed.qcow\"")
+    );
     let info = json(&ims(&["info", "--output", "json", s(&top)]));
     assert_eq!(info["backing-filename"], "compressed.qcow");
     let ours = to_raw(&["--allow-references", s(dir.path()), s(&top)], &out);

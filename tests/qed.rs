@@ -39,7 +39,11 @@ fn to_raw(args: &[&str], out: &Path) -> Vec<u8> {
     all.extend_from_slice(args);
     all.push(s(out));
     let r = ims(&all);
-    assert!(r.status.success(), "{args:?}: {}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        r.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     std::fs::read(out).unwrap()
 }
 
@@ -90,7 +94,18 @@ fn reads_what_qemu_img_makes() {
         (5 << 20, "cluster_size=1048576,table_size=16"),
     ] {
         mixed_raw(&src, size, size);
-        qemu_img(&["convert", "-q", "-f", "raw", "-O", "qed", "-o", opts, s(&src), s(&qed)]);
+        qemu_img(&[
+            "convert",
+            "-q",
+            "-f",
+            "raw",
+            "-O",
+            "qed",
+            "-o",
+            opts,
+            s(&src),
+            s(&qed),
+        ]);
         let ours = to_raw(&[s(&qed)], &dir.path().join("o.raw"));
         assert!(ours == std::fs::read(&src).unwrap(), "{size} {opts}");
         let ours = ims(&["map", "--output", "json", s(&qed)]);
@@ -101,15 +116,33 @@ fn reads_what_qemu_img_makes() {
 
 #[test]
 fn backing_files_only_where_allowed() {
-    if !have_qemu_img("backing_files_only_where_allowed") || !have("backing_files_only_where_allowed", &["qemu-io"]) {
+    if !have_qemu_img("backing_files_only_where_allowed")
+        || !have("backing_files_only_where_allowed", &["qemu-io"])
+    {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let base = fixture(dir.path(), "plain.qed");
+    fixture(dir.path(), "plain.qed");
     let top = dir.path().join("top.qed");
-    qemu_img(&["create", "-q", "-f", "qed", "-b", "plain.qed", "-F", "qed", s(&top)]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qed",
+        "-b",
+        "plain.qed",
+        "-F",
+        "qed",
+        s(&top),
+    ]);
     let io = Command::new("qemu-io")
-        .args(["-c", "write -P 0x5a 1M 64k", "-c", "write -z 2560k 64k", s(&top)])
+        .args([
+            "-c",
+            "write -P 0x5a 1M 64k",
+            "-c",
+            "write -z 2560k 64k",
+            s(&top),
+        ])
         .output()
         .unwrap();
     assert!(io.status.success());
@@ -147,5 +180,8 @@ fn need_check_reads_only_tables_that_check_clean() {
     let r = ims(&["info", s(&qed)]);
     assert!(!r.status.success());
     let err = String::from_utf8_lossy(&r.stderr);
-    assert!(err.contains("malformed qed L2 table") && err.contains("need-check"), "{err}");
+    assert!(
+        err.contains("malformed qed L2 table") && err.contains("need-check"),
+        "{err}"
+    );
 }

@@ -41,7 +41,11 @@ fn fixtures_read_as_the_disk_they_were_made_from() {
         let vdi = fixture(dir.path(), name);
         let out = dir.path().join("out.raw");
         let r = ims(&["convert", "-O", "raw", s(&vdi), s(&out)]);
-        assert!(r.status.success(), "{name}: {}", String::from_utf8_lossy(&r.stderr));
+        assert!(
+            r.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
         assert!(std::fs::read(&out).unwrap() == raw, "{name}");
         let info = json(&ims(&["info", "--output", "json", s(&vdi)]));
         assert_eq!(info["format"], "vdi");
@@ -89,12 +93,26 @@ fn reads_what_qemu_img_makes() {
         mixed_raw(&src, size, size);
         for opts in ["static=off", "static=on"] {
             let vdi = dir.path().join("q.vdi");
-            qemu_img(&["convert", "-q", "-f", "raw", "-O", "vdi", "-o", opts, s(&src), s(&vdi)]);
+            qemu_img(&[
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                "vdi",
+                "-o",
+                opts,
+                s(&src),
+                s(&vdi),
+            ]);
             let r = ims(&["convert", "-O", "raw", s(&vdi), s(&out)]);
             assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
             let theirs = dir.path().join("theirs.raw");
             qemu_img(&["convert", "-q", "-O", "raw", s(&vdi), s(&theirs)]);
-            assert!(std::fs::read(&out).unwrap() == std::fs::read(&theirs).unwrap(), "{size} {opts}");
+            assert!(
+                std::fs::read(&out).unwrap() == std::fs::read(&theirs).unwrap(),
+                "{size} {opts}"
+            );
             let ours = json(&ims(&["info", "--output", "json", s(&vdi)]));
             let q = json(&qemu_img(&["info", "--output", "json", s(&vdi)]));
             assert_eq!(ours["virtual-size"], q["virtual-size"], "{size} {opts}");
@@ -119,14 +137,26 @@ fn qemu_img_checks_and_compares_what_ims_writes() {
             }
             args.extend([s(&src), s(&vdi)]);
             let r = ims(&args);
-            assert!(r.status.success(), "{opts:?}: {}", String::from_utf8_lossy(&r.stderr));
+            assert!(
+                r.status.success(),
+                "{opts:?}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
             qemu_img(&["check", "-q", "-f", "vdi", s(&vdi)]);
             assert!(qemu_compare(&src, "raw", &vdi, "vdi"), "{size} {opts:?}");
             let q = json(&qemu_img(&["info", "--output", "json", s(&vdi)]));
-            assert_eq!(q["virtual-size"], size.next_multiple_of(512), "{size} {opts:?}");
+            assert_eq!(
+                q["virtual-size"],
+                size.next_multiple_of(512),
+                "{size} {opts:?}"
+            );
             // ims reads its own output back as the source.
             let back = dir.path().join("back.raw");
-            assert!(ims(&["convert", "-O", "raw", s(&vdi), s(&back)]).status.success());
+            assert!(
+                ims(&["convert", "-O", "raw", s(&vdi), s(&back)])
+                    .status
+                    .success()
+            );
             let mut want = std::fs::read(&src).unwrap();
             want.resize(size.next_multiple_of(512) as usize, 0);
             assert!(std::fs::read(&back).unwrap() == want);
@@ -136,7 +166,11 @@ fn qemu_img_checks_and_compares_what_ims_writes() {
     mixed_raw(&src, 8 << 20, 1);
     let sparse = dir.path().join("sparse.raw");
     common::sparse_file(&sparse, 8 << 20, 3 << 20, &[7u8; 4096]);
-    assert!(ims(&["convert", "-O", "vdi", s(&sparse), s(&vdi)]).status.success());
+    assert!(
+        ims(&["convert", "-O", "vdi", s(&sparse), s(&vdi)])
+            .status
+            .success()
+    );
     assert_eq!(std::fs::metadata(&vdi).unwrap().len(), 0x400 + (1 << 20));
     assert!(qemu_compare(&sparse, "raw", &vdi, "vdi"));
 }
@@ -154,13 +188,27 @@ fn a_differencing_image_is_a_reference() {
     let r = ims(&["convert", "-O", "raw", s(&vdi), s(&out)]);
     assert!(!r.status.success());
     let err = String::from_utf8_lossy(&r.stderr);
-    assert!(err.contains("parent locator reference") && err.contains("11111111-1111"), "{err}");
+    assert!(
+        err.contains("parent locator reference") && err.contains("11111111-1111"),
+        "{err}"
+    );
     // Allowed references do not help: a VDI parent is found by UUID, not by name.
-    let r = ims(&["convert", "--allow-references", s(dir.path()), "-O", "raw", s(&vdi), s(&out)]);
+    let r = ims(&[
+        "convert",
+        "--allow-references",
+        s(dir.path()),
+        "-O",
+        "raw",
+        s(&vdi),
+        s(&out),
+    ]);
     assert!(!r.status.success());
     // `info` names the parent without opening it.
     let info = json(&ims(&["info", "--output", "json", s(&vdi)]));
-    assert_eq!(info["format-specific"]["data"]["image-type"], "differencing");
+    assert_eq!(
+        info["format-specific"]["data"]["image-type"],
+        "differencing"
+    );
     assert_eq!(
         info["format-specific"]["data"]["parent-uuid"],
         "11111111-1111-1111-1111-111111111111"

@@ -92,7 +92,8 @@ impl Pass {
     }
 
     /// Checks that no two ranges share a byte, and marks the clusters they touch. Called once
-    /// every metadata range is known (before data clusters are added).
+    /// the tables are known (before they are read) and again once the compressed clusters are
+    /// (before data clusters are added).
     pub fn check_ranges(&mut self) -> Result<()> {
         self.ranges.sort_unstable_by_key(|r| (r.start, r.end));
         // Sorted by start, a range that overlaps any earlier one overlaps the one that reaches

@@ -150,8 +150,10 @@ impl QcowDisk {
             }
             pass.metadata(t, l2_bytes, "L2 table", at);
         }
-        // First the compressed clusters (byte ranges, checked with the metadata), then the
-        // data clusters against both.
+        // The tables first: no L2 table is read that overlaps other metadata. Then the
+        // compressed clusters (byte ranges, checked with the metadata), then the data clusters
+        // against both.
+        pass.check_ranges()?;
         let mut data = Vec::new();
         for (i, &t) in self.l1.iter().enumerate() {
             if t == 0 {
