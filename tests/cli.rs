@@ -249,7 +249,8 @@ fn unsupported_formats_are_refused_by_name() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for (fmt, name) in [("vhdx", "vhdx"), ("vdi", "vdi"), ("qed", "qed")] {
+    // VDI and QED are read since issue 18 (tests/vdi.rs, tests/qed.rs).
+    for (fmt, name) in [("vhdx", "vhdx")] {
         let f = dir.path().join(format!("x.{fmt}"));
         qemu_img(&["create", "-q", "-f", fmt, s(&f), "64M"]);
         let out = ims(&["info", s(&f)]);
