@@ -295,16 +295,23 @@ pub const MAX_VMDK_GRAIN_BYTES: u64 = MAX_GRAIN_SECTORS * 512;
 pub const ZVHD_RECORD_BLOCK: u64 = 2 << 20;
 /// The largest unit any reader decompresses at once: 2 MiB.
 pub const MAX_DECOMPRESSED_UNIT: u64 = max(
-    MAX_QCOW2_COMPRESSED_CLUSTER,
+    max(MAX_QCOW2_COMPRESSED_CLUSTER, 1 << MAX_QCOW1_CLUSTER_BITS),
     max(MAX_VMDK_GRAIN_BYTES, ZVHD_RECORD_BLOCK),
 );
 /// The largest metadata table any reader loads into memory at once: 64 MiB (the QCOW2 snapshot
 /// table and the ZVHD2 bitmap).
 pub const MAX_METADATA_TABLE: u64 = max(
-    max(MAX_L1_TABLE_SIZE, MAX_REFCOUNT_TABLE_SIZE),
     max(
-        MAX_SNAPSHOT_TABLE_SIZE,
-        max(MAX_GD_BYTES, MAX_ZVHD2_BITMAP_LEN),
+        max(MAX_L1_TABLE_SIZE, MAX_REFCOUNT_TABLE_SIZE),
+        max(
+            MAX_SNAPSHOT_TABLE_SIZE,
+            max(MAX_GD_BYTES, MAX_ZVHD2_BITMAP_LEN),
+        ),
+    ),
+    // The VDI block map (4 bytes an entry), a QED table, the QCOW version 1 L1 table.
+    max(
+        4 * MAX_VDI_BLOCKS as u64,
+        max(MAX_QED_TABLE_BYTES, MAX_QCOW1_L1_TABLE_SIZE),
     ),
 );
 
