@@ -16,6 +16,8 @@ use crate::formats::Format;
 use crate::formats::qcow2::writer::{Qcow2CreateOptions, Qcow2Writer};
 use crate::formats::qcow2::{Qcow2Header, Qcow2OpenOptions, Qcow2Reader};
 use crate::formats::raw::{RawReader, RawStream, RawWriter};
+use crate::formats::vdi::writer::StaticVdiWriter;
+use crate::formats::vdi::{VdiCreateOptions, VdiWriter};
 use crate::formats::vhd::footer::DiskType;
 use crate::formats::vhd::writer::{DynamicWriter, FixedWriter, VhdCreateOptions};
 use crate::formats::vhdx::writer::{
@@ -26,7 +28,7 @@ use crate::formats::vmdk::writer::{
 };
 use crate::formats::vmdk::{StreamReader, StreamWriter};
 use crate::formats::zvhd::{Zvhd2Reader, Zvhd2Writer, ZvhdCreateOptions, ZvhdStream, ZvhdWriter};
-use crate::formats::{vhd, vhdx, vmdk};
+use crate::formats::{qcow1, qed, vdi, vhd, vhdx, vmdk};
 use crate::io::{self, AppendSink, FileSink, Output};
 use crate::partial::Staging;
 use crate::resolve::{Reference, Resolver};
@@ -57,11 +59,19 @@ pub enum FormatOptions {
     Zvhd(ZvhdCreateOptions),
     /// VHDX: fixed or dynamic, block and log sizes.
     Vhdx(VhdxCreateOptions),
+    /// VDI: static or dynamic.
+    Vdi(VdiCreateOptions),
 }
 
 impl From<VhdxCreateOptions> for FormatOptions {
     fn from(o: VhdxCreateOptions) -> Self {
         FormatOptions::Vhdx(o)
+    }
+}
+
+impl From<VdiCreateOptions> for FormatOptions {
+    fn from(o: VdiCreateOptions) -> Self {
+        FormatOptions::Vdi(o)
     }
 }
 
@@ -108,6 +118,7 @@ impl FormatOptions {
                 | (FormatOptions::Vmdk(_), Format::Vmdk)
                 | (FormatOptions::Zvhd(_), Format::Zvhd | Format::Zvhd2)
                 | (FormatOptions::Vhdx(_), Format::Vhdx)
+                | (FormatOptions::Vdi(_), Format::Vdi)
         )
     }
 }
@@ -161,7 +172,7 @@ pub(crate) struct Driver {
 }
 
 /// Every format, in [`Format::ALL`]'s order.
-pub(crate) const DRIVERS: [Driver; 7] = [
+pub(crate) const DRIVERS: [Driver; 10] = [
     Driver {
         format: Format::Raw,
         open: |storage, _, _| Ok(Source::Random(Arc::new(RawReader::new(storage)))),
@@ -211,7 +222,72 @@ pub(crate) const DRIVERS: [Driver; 7] = [
         options: zvhd_options,
         create: create_zvhd,
     },
+    Driver {
+        format: Format::Vdi,
+        open: |storage, path, resolver| random(vdi::open(storage, path, resolver)),
+        open_stream: None,
+        options: |_, pairs, compress| typed(VdiCreateOptions::parse(pairs, compress)),
+        create: create_vdi,
+    },
+    Driver {
+        format: Format::Qed,
+        open: |storage, path, resolver| random(qed::open(storage, path, resolver)),
+        open_stream: None,
+        options: read_only_options,
+        create: create_read_only,
+    },
+    Driver {
+        format: Format::Qcow,
+        open: |storage, path, resolver| random(qcow1::open(storage, path, resolver)),
+        open_stream: None,
+        options: read_only_options,
+        create: create_read_only,
+    },
 ];
+
+/// The formats ims reads but does not write.
+fn read_only_options(
+    format: Format,
+    _: &[(String, String)],
+    _: bool,
+) -> Result<Option<FormatOptions>> {
+    Err(Error::InvalidArgument(format!(
+        "ims reads {format} images but does not write them"
+    )))
+}
+
+fn create_read_only(
+    format: Format,
+    _: Target,
+    _: u64,
+    options: Option<FormatOptions>,
+    _: &mut Staging,
+) -> Result<Box<dyn BlockWriter>> {
+    read_only_options(format, &[], false)?;
+    Err(wrong_options(format, options))
+}
+
+fn create_vdi(
+    format: Format,
+    target: Target,
+    size: u64,
+    options: Option<FormatOptions>,
+    files: &mut Staging,
+) -> Result<Box<dyn BlockWriter>> {
+    let Some(FormatOptions::Vdi(opts)) = options else {
+        return Err(wrong_options(format, options));
+    };
+    if opts.static_image {
+        Ok(Box::new(StaticVdiWriter::new(
+            append_sink(target, files)?,
+            size,
+            &opts,
+        )?))
+    } else {
+        let sink = seekable_sink(format, target, files)?;
+        Ok(Box::new(VdiWriter::new(sink, size, &opts)?))
+    }
+}
 
 /// A random-access reader as a source.
 fn random<R: BlockReader + 'static>(reader: Result<R>) -> Result<Source> {

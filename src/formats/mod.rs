@@ -2,8 +2,11 @@
 //! through the traits in [`crate::block`].
 
 pub mod info;
+pub mod qcow1;
 pub mod qcow2;
+pub mod qed;
 pub mod raw;
+pub mod vdi;
 pub mod vhd;
 pub mod vhdx;
 pub mod vmdk;
@@ -32,10 +35,16 @@ pub enum Format {
     Zvhd,
     /// Huawei Cloud's block-compressed, indexed VHD.
     Zvhd2,
+    /// VirtualBox's Virtual Disk Image.
+    Vdi,
+    /// QEMU Enhanced Disk.
+    Qed,
+    /// QEMU's copy-on-write format, version 1.
+    Qcow,
 }
 
 impl Format {
-    pub(crate) const ALL: [Format; 7] = [
+    pub(crate) const ALL: [Format; 10] = [
         Format::Raw,
         Format::Qcow2,
         Format::Vmdk,
@@ -43,6 +52,9 @@ impl Format {
         Format::Vhdx,
         Format::Zvhd,
         Format::Zvhd2,
+        Format::Vdi,
+        Format::Qed,
+        Format::Qcow,
     ];
 
     /// The name used on the command line and in `info`.
@@ -55,6 +67,9 @@ impl Format {
             Format::Vhdx => "vhdx",
             Format::Zvhd => "zvhd",
             Format::Zvhd2 => "zvhd2",
+            Format::Vdi => "vdi",
+            Format::Qed => "qed",
+            Format::Qcow => "qcow",
         }
     }
 }
@@ -73,7 +88,7 @@ impl FromStr for Format {
             "vpc" => Ok(Format::Vhd),
             _ => Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "unknown image format '{s}' (known: raw, qcow2, vmdk, vhd or vpc, vhdx, zvhd, zvhd2)"
+                    "unknown image format '{s}' (known: raw, qcow2, vmdk, vhd or vpc, vhdx, zvhd, zvhd2, vdi, qed, qcow)"
                 ))
             }),
         }
