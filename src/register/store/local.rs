@@ -164,6 +164,25 @@ fn publish(file: &File, path: &Path, dest: &Path) -> Result<()> {
     }
 }
 
+/// Whether the process that made the fresh file `.new-PID-...` named `name` still runs: it
+/// creates the file before it can lock it, so an unheld fresh file of a live process may be
+/// one about to be locked.
+fn maker_alive(name: &str) -> bool {
+    let pid = name
+        .strip_prefix(".new-")
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|p| p.parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw);
+    match pid {
+        // EPERM: it exists but is not ours to signal; either way it is alive.
+        Some(pid) => !matches!(
+            rustix::process::test_kill_process(pid),
+            Err(rustix::io::Errno::SRCH)
+        ),
+        None => false,
+    }
+}
+
 /// Whether the lock file at `path` is held by a live process (false when it is absent).
 fn held(path: &Path) -> bool {
     match File::open(path) {
@@ -316,8 +335,9 @@ impl ImageStore for LocalStore {
                     if !dir.join(format!("{obj}.lock")).exists() {
                         let _ = std::fs::remove_file(&path);
                     }
-                } else if name.starts_with(".new-") && !held(&path) {
-                    // A lock never renamed into place, or a copy whose process died.
+                } else if name.starts_with(".new-") && !held(&path) && !maker_alive(&name) {
+                    // A lock never renamed into place, or a copy whose process died. (A live
+                    // process may not have locked its fresh file yet: it is left alone.)
                     let _ = std::fs::remove_file(&path);
                 }
             }
