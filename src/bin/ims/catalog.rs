@@ -30,6 +30,11 @@ pub struct ScopeArgs {
     /// IMS_CATALOG). The stored images stay under the home directory.
     #[arg(long, global = true, value_name = "ADDRESS")]
     catalog: Option<String>,
+    /// Where the image data is kept instead of `HOME/store/`: `s3://BUCKET/PREFIX` for an S3
+    /// or S3-compatible object store (endpoint, region and credentials from the AWS_*
+    /// variables), or a directory (env IMS_STORE).
+    #[arg(long, global = true, value_name = "ADDRESS")]
+    store: Option<String>,
     #[arg(long, global = true, value_enum, default_value = "human")]
     output: OutputKind,
 }
@@ -53,13 +58,17 @@ impl ScopeArgs {
             .clone()
             .or_else(|| std::env::var_os("IMS_HOME").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("ims-data"));
-        match self
-            .catalog
-            .clone()
-            .or_else(|| std::env::var("IMS_CATALOG").ok().filter(|s| !s.is_empty()))
-        {
-            Some(catalog) => Ims::open_with_catalog(&home, &catalog),
-            None => Ims::open(&home),
+        let env = |v: &Option<String>, var: &str| {
+            v.clone()
+                .or_else(|| std::env::var(var).ok().filter(|s| !s.is_empty()))
+        };
+        match (
+            env(&self.catalog, "IMS_CATALOG"),
+            env(&self.store, "IMS_STORE"),
+        ) {
+            (Some(catalog), None) => Ims::open_with_catalog(&home, &catalog),
+            (None, None) => Ims::open(&home),
+            (catalog, Some(store)) => Ims::open_with(&home, catalog.as_deref(), Some(&store)),
         }
     }
 }
