@@ -390,3 +390,83 @@ fn the_store_trait_on_a_real_server() {
     assert!(store.begin("../x").is_err());
     assert!(store.begin("r1/.hidden").is_err());
 }
+
+#[test]
+fn register_straight_from_an_uploaded_object() {
+    let t = "register_straight_from_an_uploaded_object";
+    if !have_qemu_img(t) {
+        return;
+    }
+    let Some(server) = Server::start(t) else {
+        return;
+    };
+    server.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let home = d.join("home");
+    let raw = d.join("disk.raw");
+    random_raw(&raw, 20 * MIB, 9, 23);
+    let qcow2 = d.join("disk.qcow2");
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&qcow2)]);
+    // The user's upload, put behind the store's back.
+    let (status, body) = server.request(
+        "PUT",
+        &format!("/{BUCKET}/uploads/disk.qcow2"),
+        &std::fs::read(&qcow2).unwrap(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let url = store_url();
+    let source = format!("s3://{BUCKET}/uploads/disk.qcow2");
+    let r = ok_json(&ims_s3(
+        &server,
+        &home,
+        &[
+            "register", &source, "--name", "up", "--type", "data", "--output", "json", "--store",
+            &url,
+        ],
+        &[],
+    ));
+    assert_eq!(r["status"], "active", "{r}");
+    let out = d.join("out.raw");
+    let id = r["id"].as_str().unwrap();
+    let exported = ims_s3(
+        &server,
+        &home,
+        &[
+            "images",
+            "export",
+            id,
+            "-O",
+            "raw",
+            s(&out),
+            "--store",
+            &url,
+        ],
+        &[],
+    );
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&raw).unwrap());
+
+    // A missing object is refused, saying which.
+    let missing = ims_s3(
+        &server,
+        &home,
+        &[
+            "register",
+            &format!("s3://{BUCKET}/uploads/none.qcow2"),
+            "--name",
+            "none",
+            "--type",
+            "data",
+            "--store",
+            &url,
+        ],
+        &[],
+    );
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("none.qcow2"));
+}

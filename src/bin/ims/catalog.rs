@@ -331,7 +331,7 @@ pub fn register(args: RegisterArgs) -> Result<()> {
     let mut reporter = Reporter::new(args.progress, total);
     let mut progress = |p| reporter.report(p);
     let cancel = super::cancel_on_signals();
-    let input = ims::Input::Path(args.file.clone());
+    let input = input_of(&args.file)?;
     let output = args.scope.output;
     if image_type == ImageType::FullEcs {
         let data = args.data_disks.into_iter().map(ims::Input::Path).collect();
@@ -717,4 +717,23 @@ pub fn images(args: ImagesArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The image to register: a local file, or with the `s3` feature an object `s3://BUCKET/KEY`
+/// read with ranged GETs (endpoint and credentials from the AWS_* variables).
+fn input_of(file: &std::path::Path) -> Result<ims::Input> {
+    let name = file.to_string_lossy();
+    if name.starts_with("s3://") {
+        #[cfg(feature = "s3")]
+        return Ok(ims::Input::Storage {
+            storage: ims::register::open_object(&name)?,
+            name: name.into_owned(),
+        });
+        #[cfg(not(feature = "s3"))]
+        return Err(Error::unsupported(
+            "s3:// sources: this ims was built without the `s3` feature",
+        )
+        .into());
+    }
+    Ok(ims::Input::Path(file.to_path_buf()))
 }

@@ -248,11 +248,7 @@ impl S3Store {
             Error::InvalidArgument(format!("store address '{url}' is not s3://BUCKET/PREFIX"))
         })?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let mut builder = AmazonS3Builder::from_env();
-        if std::env::var("AWS_ENDPOINT").is_ok_and(|e| e.starts_with("http://")) {
-            builder = builder.with_allow_http(true);
-        }
-        S3Store::with_builder(builder, bucket, prefix, S3Options::from_env()?)
+        S3Store::with_builder(builder_from_env(), bucket, prefix, S3Options::from_env()?)
     }
 
     /// The store in `bucket` under `prefix` (may be empty), through `builder` (endpoint,
@@ -291,6 +287,48 @@ impl S3Store {
                 options,
             }),
         })
+    }
+
+    /// Any object of the bucket, by its full path, as a [`Storage`] of ranged GETs.
+    fn open_path(&self, path: Path) -> Result<Arc<dyn Storage>> {
+        let inner = &self.inner;
+        let meta = inner
+            .block_on(inner.s3.head(&path))?
+            .map_err(|e| s3_error("open", &inner.url(&path), e))?;
+        Ok(Arc::new(S3Storage {
+            inner: Arc::clone(inner),
+            path,
+            len: meta.size,
+            e_tag: meta.e_tag,
+            cache: Lru::new(inner.options.cache_blocks),
+            last_block: AtomicU64::new(u64::MAX),
+        }))
+    }
+}
+
+/// The object `s3://BUCKET/KEY` (an uploaded image to register), with the endpoint, region and
+/// credentials of the `AWS_*` variables as [`S3Store::open`] takes them, as a [`Storage`] of
+/// ranged GETs through a bounded block cache with read-ahead. Every GET asks for the ETag seen
+/// at the start, so an object replaced while it is read fails the read; object_store retries
+/// requests that fail on the connection, with backoff.
+pub fn open_object(url: &str) -> Result<Arc<dyn Storage>> {
+    let bad = || Error::InvalidArgument(format!("'{url}' is not s3://BUCKET/KEY"));
+    let rest = url.strip_prefix("s3://").ok_or_else(bad)?;
+    let (bucket, key) = rest
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        .ok_or_else(bad)?;
+    let store = S3Store::with_builder(builder_from_env(), bucket, "", S3Options::from_env()?)?;
+    store.open_path(Path::from(key))
+}
+
+/// A builder with the `AWS_*` variables; plain HTTP when the endpoint is `http://`.
+fn builder_from_env() -> AmazonS3Builder {
+    let builder = AmazonS3Builder::from_env();
+    if std::env::var("AWS_ENDPOINT").is_ok_and(|e| e.starts_with("http://")) {
+        builder.with_allow_http(true)
+    } else {
+        builder
     }
 }
 
@@ -338,19 +376,7 @@ impl ImageStore for S3Store {
     }
 
     fn open(&self, key: &str) -> Result<Arc<dyn Storage>> {
-        let inner = &self.inner;
-        let path = inner.path(key)?;
-        let meta = inner
-            .block_on(inner.s3.head(&path))?
-            .map_err(|e| s3_error("open", &inner.url(&path), e))?;
-        Ok(Arc::new(S3Storage {
-            inner: Arc::clone(inner),
-            path,
-            len: meta.size,
-            e_tag: meta.e_tag,
-            cache: Lru::new(inner.options.cache_blocks),
-            last_block: AtomicU64::new(u64::MAX),
-        }))
+        self.open_path(self.inner.path(key)?)
     }
 
     fn remove(&self, key: &str) -> Result<()> {
