@@ -75,7 +75,8 @@ impl ScopeArgs {
 
 #[derive(Args)]
 pub struct RegisterArgs {
-    /// The image file (raw, qcow2, vmdk, vhd, zvhd, zvhd2); for a full-ECS image, the
+    /// The image file (raw, qcow2, vmdk, vhd, zvhd, zvhd2), or an uploaded object
+    /// `s3://BUCKET/KEY` (read with ranged GETs; AWS_* variables); for a full-ECS image, the
     /// server's system disk.
     file: PathBuf,
     /// 1 to 128 characters.
