@@ -354,6 +354,24 @@ fn the_store_trait_on_a_real_server() {
     assert_eq!(storage.read_at(&mut buf, end - 3).unwrap(), 3);
     assert_eq!(storage.read_at(&mut buf, end).unwrap(), 0);
 
+    // What a process that died after its commit leaves: a marker whose heartbeat stopped,
+    // naming an upload that is over. Recovery drops the marker and keeps the object; a marker
+    // of an upload never completed gets that upload aborted.
+    let dead = br#"{"upload_id":"no-such-upload","owner":"gone:1","heartbeat":0}"#;
+    let (status, _) = server.request(
+        "PUT",
+        &format!("/{BUCKET}/ims/.ims-writes/r1/a.raw.json"),
+        dead,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        store.unfinished().unwrap(),
+        [ims::register::UnfinishedWrite::new("r1/a.raw", false)]
+    );
+    store.discard("r1/a.raw").unwrap();
+    assert!(store.unfinished().unwrap().is_empty());
+    assert_eq!(read_all(&*store.open("r1/a.raw").unwrap()), data);
+
     // A server-side copy; a cancelled one leaves nothing.
     assert_eq!(
         store

@@ -469,7 +469,13 @@ impl ImageStore for S3Store {
             match inner.block_on(inner.s3.abort_multipart(&path, &m.upload_id))? {
                 Ok(()) => {}
                 Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(s3_error("abort upload", &inner.url(&path), e)),
+                // Some servers answer other than 404 for an upload completed before its
+                // writer died: its committed object says the upload is over.
+                Err(e) => {
+                    if !matches!(inner.block_on(inner.s3.head(&path))?, Ok(_)) {
+                        return Err(s3_error("abort upload", &inner.url(&path), e));
+                    }
+                }
             }
         }
         let marker = inner.marker_path(key)?;
