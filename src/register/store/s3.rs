@@ -472,7 +472,7 @@ impl ImageStore for S3Store {
                 // Some servers answer other than 404 for an upload completed before its
                 // writer died: its committed object says the upload is over.
                 Err(e) => {
-                    if !matches!(inner.block_on(inner.s3.head(&path))?, Ok(_)) {
+                    if inner.block_on(inner.s3.head(&path))?.is_err() {
                         return Err(s3_error("abort upload", &inner.url(&path), e));
                     }
                 }
