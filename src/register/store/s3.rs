@@ -684,7 +684,13 @@ impl S3Storage {
         let last = self.last_block.swap(block, Ordering::Relaxed);
         let bs = self.inner.options.block_size.max(1);
         let blocks = self.len.div_ceil(bs);
-        let ahead = if last.checked_add(1) == Some(block) || last == block {
+        // Front to back, by this thread or by the pipeline's workers reading neighbouring
+        // pieces: the block before was read last, or is cached.
+        let sequential = last.checked_add(1) == Some(block)
+            || last == block
+            || block == 0
+            || self.cache.get(&(block - 1)).is_some();
+        let ahead = if sequential {
             self.inner.options.read_ahead.max(1) as u64
         } else {
             1
