@@ -38,6 +38,12 @@ fn command(server: &Server, home: &Path, args: &[&str], extra: &[(&str, &str)]) 
         .env("IMS_S3_PART_SIZE", PART)
         .env_remove("IMS_TEST_CRASH_AT")
         .env_remove("IMS_CATALOG");
+    // Only the test server's settings (the AWS_* variables below) reach the client.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
     for (k, v) in server.env() {
         c.env(k, v);
     }
