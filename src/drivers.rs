@@ -16,14 +16,19 @@ use crate::formats::Format;
 use crate::formats::qcow2::writer::{Qcow2CreateOptions, Qcow2Writer};
 use crate::formats::qcow2::{Qcow2Header, Qcow2OpenOptions, Qcow2Reader};
 use crate::formats::raw::{RawReader, RawStream, RawWriter};
+use crate::formats::vdi::writer::StaticVdiWriter;
+use crate::formats::vdi::{VdiCreateOptions, VdiWriter};
 use crate::formats::vhd::footer::DiskType;
 use crate::formats::vhd::writer::{DynamicWriter, FixedWriter, VhdCreateOptions};
+use crate::formats::vhdx::writer::{
+    DynamicWriter as VhdxDynamicWriter, FixedWriter as VhdxFixedWriter, VhdxCreateOptions,
+};
 use crate::formats::vmdk::writer::{
     self as vmdk_writer, FlatWriter, SparseWriter, Subformat, VmdkCreateOptions,
 };
 use crate::formats::vmdk::{StreamReader, StreamWriter};
 use crate::formats::zvhd::{Zvhd2Reader, Zvhd2Writer, ZvhdCreateOptions, ZvhdStream, ZvhdWriter};
-use crate::formats::{vhd, vmdk};
+use crate::formats::{qcow1, qed, vdi, vhd, vhdx, vmdk};
 use crate::io::{self, AppendSink, FileSink, Output};
 use crate::partial::Staging;
 use crate::resolve::{Reference, Resolver};
@@ -52,6 +57,22 @@ pub enum FormatOptions {
     Vmdk(VmdkCreateOptions),
     /// ZVHD and ZVHD2: block compression, pinned time and id.
     Zvhd(ZvhdCreateOptions),
+    /// VHDX: fixed or dynamic, block and log sizes.
+    Vhdx(VhdxCreateOptions),
+    /// VDI: static or dynamic.
+    Vdi(VdiCreateOptions),
+}
+
+impl From<VhdxCreateOptions> for FormatOptions {
+    fn from(o: VhdxCreateOptions) -> Self {
+        FormatOptions::Vhdx(o)
+    }
+}
+
+impl From<VdiCreateOptions> for FormatOptions {
+    fn from(o: VdiCreateOptions) -> Self {
+        FormatOptions::Vdi(o)
+    }
 }
 
 impl From<Qcow2CreateOptions> for FormatOptions {
@@ -96,6 +117,8 @@ impl FormatOptions {
                 | (FormatOptions::Vhd(_), Format::Vhd)
                 | (FormatOptions::Vmdk(_), Format::Vmdk)
                 | (FormatOptions::Zvhd(_), Format::Zvhd | Format::Zvhd2)
+                | (FormatOptions::Vhdx(_), Format::Vhdx)
+                | (FormatOptions::Vdi(_), Format::Vdi)
         )
     }
 }
@@ -149,7 +172,7 @@ pub(crate) struct Driver {
 }
 
 /// Every format, in [`Format::ALL`]'s order.
-pub(crate) const DRIVERS: [Driver; 6] = [
+pub(crate) const DRIVERS: [Driver; 10] = [
     Driver {
         format: Format::Raw,
         open: |storage, _, _| Ok(Source::Random(Arc::new(RawReader::new(storage)))),
@@ -179,6 +202,13 @@ pub(crate) const DRIVERS: [Driver; 6] = [
         create: create_vhd,
     },
     Driver {
+        format: Format::Vhdx,
+        open: |storage, path, resolver| random(vhdx::open(storage, path, resolver)),
+        open_stream: None,
+        options: |_, pairs, compress| typed(VhdxCreateOptions::parse(pairs, compress)),
+        create: create_vhdx,
+    },
+    Driver {
         format: Format::Zvhd,
         open: |storage, _, _| Ok(Source::Stream(Box::new(ZvhdStream::open(storage)?))),
         open_stream: Some(|input, _| Ok(Source::Stream(Box::new(ZvhdStream::new(input)?)))),
@@ -192,7 +222,72 @@ pub(crate) const DRIVERS: [Driver; 6] = [
         options: zvhd_options,
         create: create_zvhd,
     },
+    Driver {
+        format: Format::Vdi,
+        open: |storage, path, resolver| random(vdi::open(storage, path, resolver)),
+        open_stream: None,
+        options: |_, pairs, compress| typed(VdiCreateOptions::parse(pairs, compress)),
+        create: create_vdi,
+    },
+    Driver {
+        format: Format::Qed,
+        open: |storage, path, resolver| random(qed::open(storage, path, resolver)),
+        open_stream: None,
+        options: read_only_options,
+        create: create_read_only,
+    },
+    Driver {
+        format: Format::Qcow,
+        open: |storage, path, resolver| random(qcow1::open(storage, path, resolver)),
+        open_stream: None,
+        options: read_only_options,
+        create: create_read_only,
+    },
 ];
+
+/// The formats ims reads but does not write.
+fn read_only_options(
+    format: Format,
+    _: &[(String, String)],
+    _: bool,
+) -> Result<Option<FormatOptions>> {
+    Err(Error::InvalidArgument(format!(
+        "ims reads {format} images but does not write them"
+    )))
+}
+
+fn create_read_only(
+    format: Format,
+    _: Target,
+    _: u64,
+    options: Option<FormatOptions>,
+    _: &mut Staging,
+) -> Result<Box<dyn BlockWriter>> {
+    read_only_options(format, &[], false)?;
+    Err(wrong_options(format, options))
+}
+
+fn create_vdi(
+    format: Format,
+    target: Target,
+    size: u64,
+    options: Option<FormatOptions>,
+    files: &mut Staging,
+) -> Result<Box<dyn BlockWriter>> {
+    let Some(FormatOptions::Vdi(opts)) = options else {
+        return Err(wrong_options(format, options));
+    };
+    if opts.static_image {
+        Ok(Box::new(StaticVdiWriter::new(
+            append_sink(target, files)?,
+            size,
+            &opts,
+        )?))
+    } else {
+        let sink = seekable_sink(format, target, files)?;
+        Ok(Box::new(VdiWriter::new(sink, size, &opts)?))
+    }
+}
 
 /// A random-access reader as a source.
 fn random<R: BlockReader + 'static>(reader: Result<R>) -> Result<Source> {
@@ -328,6 +423,28 @@ fn create_vhd(
     } else {
         let sink = seekable_sink(format, target, files)?;
         Ok(Box::new(DynamicWriter::new(sink, size, &opts)?))
+    }
+}
+
+fn create_vhdx(
+    format: Format,
+    target: Target,
+    size: u64,
+    options: Option<FormatOptions>,
+    files: &mut Staging,
+) -> Result<Box<dyn BlockWriter>> {
+    let Some(FormatOptions::Vhdx(opts)) = options else {
+        return Err(wrong_options(format, options));
+    };
+    if opts.fixed {
+        Ok(Box::new(VhdxFixedWriter::new(
+            append_sink(target, files)?,
+            size,
+            &opts,
+        )?))
+    } else {
+        let sink = seekable_sink(format, target, files)?;
+        Ok(Box::new(VhdxDynamicWriter::new(sink, size, &opts)?))
     }
 }
 

@@ -22,7 +22,7 @@
 //! - Largest metadata table read into memory: [`MAX_METADATA_TABLE`] (64 MiB), the largest of
 //!   the QCOW2 L1 ([`MAX_L1_TABLE_SIZE`]), refcount ([`MAX_REFCOUNT_TABLE_SIZE`]) and snapshot
 //!   ([`MAX_SNAPSHOT_TABLE_SIZE`]) tables, the VMDK grain directory ([`MAX_GD_BYTES`]) and the
-//!   ZVHD2 block bitmap ([`MAX_ZVHD2_BITMAP_LEN`]). A VHD's BAT has no cap of its own: only the
+//!   ZVHD2 block bitmap ([`MAX_ZVHD2_BITMAP_LEN`]) and the VHDX BAT ([`MAX_VHDX_BAT_BYTES`]). A VHD's BAT has no cap of its own: only the
 //!   entries of the disk's blocks are read, and the table must lie inside the file. `ims check`
 //!   of a QCOW2 image also keeps two 2-byte counters per host cluster, at most
 //!   [`MAX_CHECK_CLUSTERS`] of them (256 MiB).
@@ -124,6 +124,76 @@ pub const VHD_BITMAP_CACHE: usize = 256;
 /// of the file). qemu refuses larger disks of every type; a fixed disk is bounded by its file
 /// instead (Azure keeps larger fixed disks), so the reader does not apply it there.
 pub const MAX_VHD_DISK_SIZE: u64 = 0xff00_0000 * 512;
+
+// ---------------------------------------------------------------------------------------------
+// VHDX
+// ---------------------------------------------------------------------------------------------
+
+/// The largest BAT ims reads into memory, in bytes: 64 MiB, 8 Mi entries. A disk of the
+/// format's largest size (64 TiB) needs 64 MiB with 8 MiB blocks (qemu-img's and Hyper-V's
+/// smallest default) and 512 MiB with 1 MiB blocks, so disks of 1 MiB blocks are read up to
+/// 8 TiB. Only the entries of the disk's blocks are read, whatever the BAT region's length.
+pub const MAX_VHDX_BAT_BYTES: u64 = 64 << 20;
+/// Sector bitmaps of partially present blocks the reader keeps in memory at once (a block's
+/// bits: 256 bytes for 1 MiB blocks of 4 KiB sectors, at most 64 KiB), so at most 16 MiB.
+pub const VHDX_BITMAP_CACHE: usize = 256;
+/// The largest log ims replays, in bytes: 16 MiB, read into memory once (twice, to read
+/// entries that wrap). Hyper-V and qemu-img make 1 MiB logs; a file with a larger log and
+/// entries to replay is refused. Finding the active sequence walks from each 4 KiB of the log,
+/// so its work grows with the square of the log's sectors (4096 here).
+pub const MAX_VHDX_LOG_BYTES: u64 = 16 << 20;
+/// Bytes ims checksums while looking for the log's active sequence: 256 MiB. A real log's
+/// entries are each checksummed once (at most the log's size); a log whose every sector claims
+/// to start an entry as long as the log would otherwise cost its size squared.
+pub const VHDX_LOG_CHECK_BUDGET: u64 = 256 << 20;
+/// The most 4 KiB sectors the replayed log may write (kept in memory over the file): 64 Ki,
+/// 256 MiB of data or zeros. A log carries metadata updates, a few sectors each.
+pub const MAX_VHDX_LOG_SECTORS: u64 = 64 << 10;
+
+// ---------------------------------------------------------------------------------------------
+// VDI
+// ---------------------------------------------------------------------------------------------
+
+/// Largest VDI block (`block_size`, which must also be a power of two from 512): 256 MiB.
+/// VirtualBox and qemu only write 1 MiB; blocks are read in place, never buffered whole.
+pub const MAX_VDI_BLOCK_SIZE: u32 = 256 << 20;
+/// Most entries in a VDI block map (`blocks_in_image`): 16 Mi, a 64 MiB map (16 TiB of 1 MiB
+/// blocks, above VirtualBox's own largest disk). The map must also lie inside the file.
+pub const MAX_VDI_BLOCKS: u32 = 16 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// QED
+// ---------------------------------------------------------------------------------------------
+
+/// Largest QED table (`table_size` × `cluster_size`, the size of the L1 table and of every L2
+/// table), in bytes: 32 MiB. qemu writes 256 KiB (4 clusters of 64 KiB); the format allows up to
+/// 16 clusters of 64 MiB.
+pub const MAX_QED_TABLE_BYTES: u64 = 32 << 20;
+/// Bytes of QED L2 tables the reader keeps in memory (at least two tables).
+pub const QED_L2_CACHE_BYTES: u64 = 16 << 20;
+/// Most host clusters a QED image's open-time consistency pass follows (one bit each: 32 MiB):
+/// 16 TiB of 64 KiB clusters.
+pub const MAX_QED_MAP_CLUSTERS: u64 = 256 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// QCOW (version 1)
+// ---------------------------------------------------------------------------------------------
+
+/// Largest QCOW version 1 L1 table read into memory (`l1_size` × 8), in bytes: 32 MiB, as
+/// [`MAX_L1_TABLE_SIZE`] for QCOW2.
+pub const MAX_QCOW1_L1_TABLE_SIZE: u64 = 32 << 20;
+/// QCOW version 1 L2 tables the reader keeps in memory (each at most 64 KiB).
+pub const QCOW1_L2_CACHE_TABLES: usize = 256;
+/// Most host clusters a QCOW version 1 image's open-time consistency pass follows (one bit
+/// each: 32 MiB): 128 GiB of the 512-byte clusters qemu uses with a backing file, 16 TiB of
+/// 64 KiB clusters.
+pub const MAX_QCOW1_MAP_CLUSTERS: u64 = 256 << 20;
+/// Most compressed clusters a QCOW version 1 image may hold: 2 Mi (8 GiB of 4 KiB clusters,
+/// 128 GiB of 64 KiB ones). The consistency pass keeps 24 bytes of each (at most 48 MiB).
+pub const MAX_QCOW1_COMPRESSED_CLUSTERS: u64 = 2 << 20;
+/// The largest QCOW version 1 cluster (`cluster_bits` at most 16): 64 KiB, qemu's limit; also
+/// what a compressed cluster decompresses into.
+pub const MAX_QCOW1_CLUSTER_BITS: u8 = 16;
 
 // ---------------------------------------------------------------------------------------------
 // VMDK
@@ -262,16 +332,23 @@ pub const MAX_VMDK_GRAIN_BYTES: u64 = MAX_GRAIN_SECTORS * 512;
 pub const ZVHD_RECORD_BLOCK: u64 = 2 << 20;
 /// The largest unit any reader decompresses at once: 2 MiB.
 pub const MAX_DECOMPRESSED_UNIT: u64 = max(
-    MAX_QCOW2_COMPRESSED_CLUSTER,
+    max(MAX_QCOW2_COMPRESSED_CLUSTER, 1 << MAX_QCOW1_CLUSTER_BITS),
     max(MAX_VMDK_GRAIN_BYTES, ZVHD_RECORD_BLOCK),
 );
 /// The largest metadata table any reader loads into memory at once: 64 MiB (the QCOW2 snapshot
 /// table and the ZVHD2 bitmap).
 pub const MAX_METADATA_TABLE: u64 = max(
-    max(MAX_L1_TABLE_SIZE, MAX_REFCOUNT_TABLE_SIZE),
     max(
-        MAX_SNAPSHOT_TABLE_SIZE,
-        max(MAX_GD_BYTES, MAX_ZVHD2_BITMAP_LEN),
+        max(MAX_L1_TABLE_SIZE, MAX_REFCOUNT_TABLE_SIZE),
+        max(
+            MAX_SNAPSHOT_TABLE_SIZE,
+            max(MAX_GD_BYTES, max(MAX_ZVHD2_BITMAP_LEN, MAX_VHDX_BAT_BYTES)),
+        ),
+    ),
+    // The VDI block map (4 bytes an entry), a QED table, the QCOW version 1 L1 table.
+    max(
+        4 * MAX_VDI_BLOCKS as u64,
+        max(MAX_QED_TABLE_BYTES, MAX_QCOW1_L1_TABLE_SIZE),
     ),
 );
 

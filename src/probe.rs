@@ -119,6 +119,9 @@ fn ambiguous(first: &'static str, second: &'static str) -> Error {
 /// entry. Such a file is read as two different disks by a tool that sees the other format
 /// (a raw reader finds the partition table or the ISO, qemu the qcow2).
 fn header_polyglot(head: &[u8], format: Format) -> Result<()> {
+    if format == Format::Vhdx && head.starts_with(b"vhdxfile") {
+        return vhdx_header_polyglot(head);
+    }
     if format != Format::Qcow2 || !head.starts_with(b"QFI\xfb") {
         return Ok(());
     }
@@ -139,6 +142,27 @@ fn header_polyglot(head: &[u8], format: Format) -> Result<()> {
         return Err(ambiguous(
             "qcow2",
             "iso (an ISO 9660 descriptor in the qcow2 header cluster)",
+        ));
+    }
+    Ok(())
+}
+
+/// The same rule for a VHDX: its first MiB (identifier, headers, region tables) never holds
+/// guest data, so an MBR boot signature with a protective GPT entry in its first sector, or an
+/// ISO 9660 descriptor at 32 KiB (inside the identifier's 64 KiB), makes it a second disk.
+fn vhdx_header_polyglot(head: &[u8]) -> Result<()> {
+    if head.get(510..512) == Some(&[0x55, 0xaa][..])
+        && (0..4).any(|i| head.get(446 + 16 * i + 4) == Some(&0xee))
+    {
+        return Err(ambiguous(
+            "vhdx",
+            "gpt (a protective MBR in the vhdx file type identifier)",
+        ));
+    }
+    if head.get(0x8001..0x8006) == Some(&b"CD001"[..]) {
+        return Err(ambiguous(
+            "vhdx",
+            "iso (an ISO 9660 descriptor in the vhdx header section)",
         ));
     }
     Ok(())
@@ -193,7 +217,7 @@ fn detect(head: &[u8], tail: &[u8]) -> Vec<(Detected, Strength)> {
         found.push((
             match version {
                 Some(2) | Some(3) => Supported(Format::Qcow2),
-                Some(1) => Refused("qcow version 1"),
+                Some(1) => Supported(Format::Qcow),
                 _ => Refused("qcow of an unknown version"),
             },
             Strong,
@@ -223,14 +247,22 @@ fn detect(head: &[u8], tail: &[u8]) -> Vec<(Detected, Strength)> {
     }
 
     if at(0, b"vhdxfile") {
-        found.push((Refused("vhdx"), Strong));
+        found.push((Supported(Format::Vhdx), Strong));
     }
-    // VirtualBox: the signature 0xbeda107f (little-endian) at 0x40 after a text banner.
+    // VirtualBox: the signature 0xbeda107f (little-endian) at 0x40 after a "<<< ... >>>" text
+    // banner (qemu probes the signature alone; the banner's wording varies by vendor).
     if at(0x40, &[0x7f, 0x10, 0xda, 0xbe]) {
-        found.push((Refused("vdi"), Strong));
+        found.push((
+            if is_vdi_banner(head) {
+                Supported(Format::Vdi)
+            } else {
+                Refused("vdi (its signature without the \"<<< ... >>>\" text banner)")
+            },
+            Strong,
+        ));
     }
     if at(0, b"QED\0") {
-        found.push((Refused("qed"), Strong));
+        found.push((Supported(Format::Qed), Strong));
     }
     if at(0, b"LUKS\xba\xbe") {
         found.push((Refused("luks (encrypted)"), Strong));
@@ -255,6 +287,15 @@ fn detect(head: &[u8], tail: &[u8]) -> Vec<(Detected, Strength)> {
         found.push((Refused("iso (ISO 9660 file system)"), Weak));
     }
     found
+}
+
+/// Whether `head` starts with VirtualBox's text banner: `<<< `, then `>>>` before the signature
+/// at 0x40.
+fn is_vdi_banner(head: &[u8]) -> bool {
+    head.starts_with(b"<<< ")
+        && head
+            .get(4..0x40)
+            .is_some_and(|text| text.windows(3).any(|w| w == b">>>"))
 }
 
 /// Whether the second line of `head` (after `#!/bin/sh`) names the cloop format.
@@ -319,6 +360,24 @@ mod tests {
     }
 
     #[test]
+    fn recognises_vdi_qed_and_qcow_version_1() {
+        let mut vdi = head_with(0x40, &[0x7f, 0x10, 0xda, 0xbe]);
+        vdi[..40].copy_from_slice(b"<<< Oracle VM VirtualBox Disk Image >>>\n");
+        assert_eq!(probe_head(&vdi).unwrap(), Format::Vdi);
+        assert_eq!(probe_head(&head_with(0, b"QED\0")).unwrap(), Format::Qed);
+        assert_eq!(
+            probe_head(&head_with(0, b"QFI\xfb\0\0\0\x01")).unwrap(),
+            Format::Qcow
+        );
+        let e = probe_head(&head_with(0, b"QFI\xfb\0\0\0\x04")).unwrap_err();
+        assert!(e.to_string().contains("unknown version"), "{e}");
+        // A VHD footer at the end of a VDI: two formats.
+        let n = vdi.len();
+        vdi[n - 512..n - 504].copy_from_slice(b"conectix");
+        assert_eq!(probe_head(&vdi).unwrap_err().kind(), "ambiguous");
+    }
+
+    #[test]
     fn recognises_descriptors() {
         let d = b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\n";
         assert_eq!(probe(d, d).unwrap(), Format::Vmdk);
@@ -329,12 +388,35 @@ mod tests {
     }
 
     #[test]
+    fn recognises_vhdx_by_its_file_type_identifier() {
+        assert_eq!(
+            probe_head(&head_with(0, b"vhdxfile")).unwrap(),
+            Format::Vhdx
+        );
+        assert_eq!(probe_head(&head_with(8, b"vhdxfile")).unwrap(), Format::Raw);
+    }
+
+    #[test]
+    fn a_vhdx_header_section_holding_an_iso_or_a_gpt_is_ambiguous() {
+        let mut h = head_with(0, b"vhdxfile");
+        h[0x8001..0x8006].copy_from_slice(b"CD001");
+        assert_eq!(probe_head(&h).unwrap_err().kind(), "ambiguous");
+        assert!(check_named(&h, &h[h.len() - 512..], Format::Vhdx).is_err());
+        let mut h = head_with(0, b"vhdxfile");
+        h[510] = 0x55;
+        h[511] = 0xaa;
+        h[446 + 4] = 0xee;
+        assert_eq!(probe_head(&h).unwrap_err().kind(), "ambiguous");
+    }
+
+    #[test]
     fn refuses_known_unsupported_formats_by_name() {
         for (off, magic, name) in [
-            (0, &b"vhdxfile"[..], "vhdx"),
-            (0x40, &[0x7f, 0x10, 0xda, 0xbe][..], "vdi"),
-            (0, b"QED\0", "qed"),
-            (0, b"QFI\xfb\0\0\0\x01", "qcow version 1"),
+            (
+                0x40,
+                &[0x7f, 0x10, 0xda, 0xbe][..],
+                "vdi (its signature without",
+            ),
             (0, b"LUKS\xba\xbe", "luks"),
             (0x8001, b"CD001", "iso"),
         ] {

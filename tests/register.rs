@@ -413,7 +413,7 @@ fn registration_rules_allowed_and_refused() {
     refused(&reg(&[s(&child), "--name", "child"]), "reference_refused");
     let vhdx = d.join("disk.vhdx");
     fs::write(&vhdx, [b"vhdxfile".as_slice(), &[0; 4096]].concat()).unwrap();
-    refused(&reg(&[s(&vhdx), "--name", "vhdx"]), "format_unsupported");
+    refused(&reg(&[s(&vhdx), "--name", "vhdx"]), "image_unreadable");
     let broken = d.join("broken.qcow2");
     let mut bytes = fs::read(&child).unwrap();
     bytes.truncate(104); // cut inside the header

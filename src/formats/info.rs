@@ -4,8 +4,12 @@
 
 use serde::Serialize;
 
+pub use super::qcow1::info::QcowInfo;
 pub use super::qcow2::info::{Qcow2Info, Qcow2SnapshotInfo};
+pub use super::qed::info::QedInfo;
+pub use super::vdi::info::VdiInfo;
 pub use super::vhd::info::{VhdInfo, VhdLocatorInfo};
+pub use super::vhdx::info::VhdxInfo;
 pub use super::vmdk::info::{VmdkExtentInfo, VmdkInfo};
 pub use super::zvhd::info::{Zvhd2Info, ZvhdInfo};
 
@@ -20,10 +24,18 @@ pub enum FormatInfo {
     Vmdk(VmdkInfo),
     /// A VHD image.
     Vhd(VhdInfo),
+    /// A VHDX image.
+    Vhdx(VhdxInfo),
     /// A ZVHD image.
     Zvhd(ZvhdInfo),
     /// A ZVHD2 image.
     Zvhd2(Zvhd2Info),
+    /// A VDI image.
+    Vdi(VdiInfo),
+    /// A QED image.
+    Qed(QedInfo),
+    /// A QCOW version 1 image.
+    Qcow(QcowInfo),
 }
 
 impl FormatInfo {
@@ -31,6 +43,11 @@ impl FormatInfo {
     pub fn cluster_size(&self) -> Option<u64> {
         match self {
             FormatInfo::Qcow2(q) => Some(q.cluster_size),
+            // qemu-img reports a VHDX's block size as its cluster size.
+            FormatInfo::Vhdx(v) => Some(u64::from(v.block_size)),
+            FormatInfo::Vdi(v) => Some(v.cluster_size),
+            FormatInfo::Qed(q) => Some(q.cluster_size),
+            FormatInfo::Qcow(q) => Some(q.cluster_size),
             _ => None,
         }
     }
@@ -42,6 +59,11 @@ impl FormatInfo {
                 .backing_filename
                 .as_deref()
                 .map(|name| (name, q.backing_filename_format.as_deref())),
+            FormatInfo::Qed(q) => q
+                .backing_filename
+                .as_deref()
+                .map(|name| (name, q.backing_filename_format.as_deref())),
+            FormatInfo::Qcow(q) => q.backing_filename.as_deref().map(|name| (name, None)),
             _ => None,
         }
     }

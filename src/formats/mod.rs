@@ -2,9 +2,13 @@
 //! through the traits in [`crate::block`].
 
 pub mod info;
+pub mod qcow1;
 pub mod qcow2;
+pub mod qed;
 pub mod raw;
+pub mod vdi;
 pub mod vhd;
+pub mod vhdx;
 pub mod vmdk;
 pub mod zvhd;
 
@@ -25,20 +29,32 @@ pub enum Format {
     Vmdk,
     /// Microsoft's Virtual Hard Disk (qemu-img calls it `vpc`).
     Vhd,
+    /// Microsoft's Virtual Hard Disk v2 (Hyper-V since Windows 8).
+    Vhdx,
     /// Huawei Cloud's stream-compressed VHD.
     Zvhd,
     /// Huawei Cloud's block-compressed, indexed VHD.
     Zvhd2,
+    /// VirtualBox's Virtual Disk Image.
+    Vdi,
+    /// QEMU Enhanced Disk.
+    Qed,
+    /// QEMU's copy-on-write format, version 1.
+    Qcow,
 }
 
 impl Format {
-    pub(crate) const ALL: [Format; 6] = [
+    pub(crate) const ALL: [Format; 10] = [
         Format::Raw,
         Format::Qcow2,
         Format::Vmdk,
         Format::Vhd,
+        Format::Vhdx,
         Format::Zvhd,
         Format::Zvhd2,
+        Format::Vdi,
+        Format::Qed,
+        Format::Qcow,
     ];
 
     /// The name used on the command line and in `info`.
@@ -48,8 +64,12 @@ impl Format {
             Format::Qcow2 => "qcow2",
             Format::Vmdk => "vmdk",
             Format::Vhd => "vhd",
+            Format::Vhdx => "vhdx",
             Format::Zvhd => "zvhd",
             Format::Zvhd2 => "zvhd2",
+            Format::Vdi => "vdi",
+            Format::Qed => "qed",
+            Format::Qcow => "qcow",
         }
     }
 }
@@ -68,7 +88,7 @@ impl FromStr for Format {
             "vpc" => Ok(Format::Vhd),
             _ => Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "unknown image format '{s}' (known: raw, qcow2, vmdk, vhd or vpc, zvhd, zvhd2)"
+                    "unknown image format '{s}' (known: raw, qcow2, vmdk, vhd or vpc, vhdx, zvhd, zvhd2, vdi, qed, qcow)"
                 ))
             }),
         }
@@ -85,6 +105,6 @@ mod tests {
             assert_eq!(f.name().parse::<Format>().unwrap(), f);
         }
         assert_eq!("vpc".parse::<Format>().unwrap(), Format::Vhd);
-        assert!("vhdx".parse::<Format>().is_err());
+        assert!("vhdy".parse::<Format>().is_err());
     }
 }
