@@ -59,6 +59,8 @@ pub use record::{
 };
 pub use register::{RegisterRequest, Registered, RegisteredGroup};
 pub use rules::{Limits, Publication};
+#[cfg(feature = "s3")]
+pub use store::{AmazonS3Builder, S3Options, S3Store, open_object};
 pub use store::{ImageStore, LocalStore, StoreWriter, UnfinishedWrite};
 pub use tag::Tag;
 pub use update::RecordUpdate;
@@ -163,9 +165,11 @@ impl Ims {
     /// registrations.
     #[cfg(feature = "sqlite")]
     pub fn open(home: &Path) -> Result<Ims> {
-        Ims::open_home(home, || {
-            Ok(Box::new(SqliteCatalog::open(&home.join("catalog.db"))?))
-        })
+        Ims::open_home(
+            home,
+            || Ok(Box::new(SqliteCatalog::open(&home.join("catalog.db"))?)),
+            None,
+        )
     }
 
     /// Opens the service on a home directory as [`Ims::open`] does, with its records in the
@@ -175,10 +179,28 @@ impl Ims {
     /// as well (today: the same home directory): recovery takes a queued or saving record whose
     /// write its own store does not see as live for the record of a dead process.
     pub fn open_with_catalog(home: &Path, catalog: &str) -> Result<Ims> {
-        Ims::open_home(home, || catalog::open(catalog))
+        Ims::open_home(home, || catalog::open(catalog), None)
     }
 
-    fn open_home(home: &Path, catalog: impl FnOnce() -> Result<Box<dyn Catalog>>) -> Result<Ims> {
+    /// Opens the service on a home directory as [`Ims::open`] does, with its records in the
+    /// catalog `catalog` names (as [`Ims::open_with_catalog`]; `None`: `HOME/catalog.db`) and
+    /// its image data in the store `store` names ([`store::open`]: `s3://BUCKET/PREFIX` for an
+    /// object store, or a directory; `None`: `HOME/store/`). The limits and the QCOW2 spool stay
+    /// in the home directory. Processes that share a catalog must share the store.
+    pub fn open_with(home: &Path, catalog: Option<&str>, store: Option<&str>) -> Result<Ims> {
+        let default_catalog = home.join("catalog.db");
+        let catalog = match catalog {
+            Some(c) => c.to_string(),
+            None => default_catalog.to_string_lossy().into_owned(),
+        };
+        Ims::open_home(home, || catalog::open(&catalog), store)
+    }
+
+    fn open_home(
+        home: &Path,
+        catalog: impl FnOnce() -> Result<Box<dyn Catalog>>,
+        store: Option<&str>,
+    ) -> Result<Ims> {
         std::fs::create_dir_all(home)
             .map_err(|e| Error::io("create directory", e).in_file(home))?;
         let limits_path = home.join("limits.json");
@@ -189,8 +211,11 @@ impl Ims {
             Err(e) => return Err(Error::io("read", e).in_file(&limits_path).into()),
         };
         let catalog = catalog()?;
-        let store = LocalStore::new(&home.join("store"))?;
-        let mut ims = Ims::with(catalog, Box::new(store), limits)?;
+        let store: Box<dyn ImageStore> = match store {
+            Some(address) => store::open(address)?,
+            None => Box::new(LocalStore::new(&home.join("store"))?),
+        };
+        let mut ims = Ims::with(catalog, store, limits)?;
         ims.set_spool_dir(&home.join("spool"));
         Ok(ims)
     }

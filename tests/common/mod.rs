@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod postgres;
+pub mod s3;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -30,6 +30,11 @@ pub struct ScopeArgs {
     /// IMS_CATALOG). The stored images stay under the home directory.
     #[arg(long, global = true, value_name = "ADDRESS")]
     catalog: Option<String>,
+    /// Where the image data is kept instead of `HOME/store/`: `s3://BUCKET/PREFIX` for an S3
+    /// or S3-compatible object store (endpoint, region and credentials from the AWS_*
+    /// variables), or a directory (env IMS_STORE).
+    #[arg(long, global = true, value_name = "ADDRESS")]
+    store: Option<String>,
     #[arg(long, global = true, value_enum, default_value = "human")]
     output: OutputKind,
 }
@@ -53,20 +58,25 @@ impl ScopeArgs {
             .clone()
             .or_else(|| std::env::var_os("IMS_HOME").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("ims-data"));
-        match self
-            .catalog
-            .clone()
-            .or_else(|| std::env::var("IMS_CATALOG").ok().filter(|s| !s.is_empty()))
-        {
-            Some(catalog) => Ims::open_with_catalog(&home, &catalog),
-            None => Ims::open(&home),
+        let env = |v: &Option<String>, var: &str| {
+            v.clone()
+                .or_else(|| std::env::var(var).ok().filter(|s| !s.is_empty()))
+        };
+        match (
+            env(&self.catalog, "IMS_CATALOG"),
+            env(&self.store, "IMS_STORE"),
+        ) {
+            (Some(catalog), None) => Ims::open_with_catalog(&home, &catalog),
+            (None, None) => Ims::open(&home),
+            (catalog, Some(store)) => Ims::open_with(&home, catalog.as_deref(), Some(&store)),
         }
     }
 }
 
 #[derive(Args)]
 pub struct RegisterArgs {
-    /// The image file (raw, qcow2, vmdk, vhd, zvhd, zvhd2); for a full-ECS image, the
+    /// The image file (raw, qcow2, vmdk, vhd, zvhd, zvhd2), or an uploaded object
+    /// `s3://BUCKET/KEY` (read with ranged GETs; AWS_* variables); for a full-ECS image, the
     /// server's system disk.
     file: PathBuf,
     /// 1 to 128 characters.
@@ -322,7 +332,7 @@ pub fn register(args: RegisterArgs) -> Result<()> {
     let mut reporter = Reporter::new(args.progress, total);
     let mut progress = |p| reporter.report(p);
     let cancel = super::cancel_on_signals();
-    let input = ims::Input::Path(args.file.clone());
+    let input = input_of(&args.file)?;
     let output = args.scope.output;
     if image_type == ImageType::FullEcs {
         let data = args.data_disks.into_iter().map(ims::Input::Path).collect();
@@ -708,4 +718,23 @@ pub fn images(args: ImagesArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The image to register: a local file, or with the `s3` feature an object `s3://BUCKET/KEY`
+/// read with ranged GETs (endpoint and credentials from the AWS_* variables).
+fn input_of(file: &std::path::Path) -> Result<ims::Input> {
+    let name = file.to_string_lossy();
+    if name.starts_with("s3://") {
+        #[cfg(feature = "s3")]
+        return Ok(ims::Input::Storage {
+            storage: ims::register::open_object(&name)?,
+            name: name.into_owned(),
+        });
+        #[cfg(not(feature = "s3"))]
+        return Err(Error::unsupported(
+            "s3:// sources: this ims was built without the `s3` feature",
+        )
+        .into());
+    }
+    Ok(ims::Input::Path(file.to_path_buf()))
 }

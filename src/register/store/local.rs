@@ -191,6 +191,17 @@ fn held(path: &Path) -> bool {
     }
 }
 
+/// Whether the file at `path` was last changed a minute ago or more. A `.new-` file is made,
+/// then locked: recovery in another process must not take one in between (or while its own
+/// check holds the lock for a moment) for a dead process's and remove it under its maker.
+fn settled(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age >= std::time::Duration::from_secs(60))
+}
+
 /// A write of the local store: `.tmp/KEY.part` under the lock `.tmp/KEY.lock`.
 struct LocalWriter {
     sink: FileSink,
@@ -335,9 +346,13 @@ impl ImageStore for LocalStore {
                     if !dir.join(format!("{obj}.lock")).exists() {
                         let _ = std::fs::remove_file(&path);
                     }
-                } else if name.starts_with(".new-") && !held(&path) && !maker_alive(&name) {
-                    // A lock never renamed into place, or a copy whose process died. (A live
-                    // process may not have locked its fresh file yet: it is left alone.)
+                } else if name.starts_with(".new-")
+                    && !held(&path)
+                    && (settled(&path) || !maker_alive(&name))
+                {
+                    // A lock never renamed into place, or a copy whose process died. A live
+                    // process may not have locked its fresh file yet: such a file is left alone
+                    // until it is a minute old.
                     let _ = std::fs::remove_file(&path);
                 }
             }
@@ -432,11 +447,25 @@ mod tests {
         std::fs::write(tmp.join("b.raw.lock"), b"").unwrap();
         std::fs::write(tmp.join("b.raw.part"), b"partial").unwrap();
         std::fs::write(tmp.join(".new-1-x"), b"").unwrap();
+        std::fs::write(tmp.join(".new-2-y"), b"").unwrap();
+        // A dead process's is a minute old or more; a fresh one may be about to be locked.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        File::options()
+            .write(true)
+            .open(tmp.join(".new-1-x"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         assert_eq!(
             store.unfinished().unwrap(),
             [UnfinishedWrite::new("r1/b.raw", false)]
         );
         assert!(!tmp.join(".new-1-x").exists());
+        assert!(
+            tmp.join(".new-2-y").exists(),
+            "a fresh .new- file was removed"
+        );
+        std::fs::remove_file(tmp.join(".new-2-y")).unwrap();
         store.discard("r1/b.raw").unwrap();
         assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
         assert!(store.unfinished().unwrap().is_empty());

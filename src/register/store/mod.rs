@@ -18,8 +18,15 @@
 //!   its list of multipart uploads) is its own business.
 
 mod local;
+#[cfg(feature = "s3")]
+mod s3;
 
 pub use local::LocalStore;
+/// The builder of the S3 client an [`S3Store`] takes (endpoint, region, credentials).
+#[cfg(feature = "s3")]
+pub use object_store::aws::AmazonS3Builder;
+#[cfg(feature = "s3")]
+pub use s3::{S3Options, S3Store, open_object};
 
 use std::sync::Arc;
 
@@ -102,4 +109,23 @@ pub trait ImageStore: Send + Sync {
     /// is [`remove`](ImageStore::remove)d when its record is killed). Nothing happens if a
     /// live process owns the write, or if there is no write of `key`.
     fn discard(&self, key: &str) -> Result<()>;
+}
+
+/// The store `address` names: `s3://BUCKET/PREFIX` for an [`S3Store`] (with the `s3` feature),
+/// or a local directory's path for a [`LocalStore`].
+pub fn open(address: &str) -> Result<Box<dyn ImageStore>> {
+    if address.starts_with("s3://") {
+        #[cfg(feature = "s3")]
+        return Ok(Box::new(S3Store::open(address)?));
+        #[cfg(not(feature = "s3"))]
+        return Err(crate::Error::unsupported(
+            "an S3 store: this ims was built without the `s3` feature",
+        ));
+    }
+    if let Some((scheme, _)) = address.split_once("://") {
+        return Err(crate::Error::InvalidArgument(format!(
+            "unknown store address scheme '{scheme}://' (known: s3://, or a directory's path)"
+        )));
+    }
+    Ok(Box::new(LocalStore::new(std::path::Path::new(address))?))
 }

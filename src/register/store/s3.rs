@@ -1,0 +1,785 @@
+//! The object-store image store: image data in an S3 bucket (AWS S3 or any S3-compatible store:
+//! MinIO, Ceph RGW, Huawei OBS, Garage), under `PREFIX/REGION/ID.FORMAT`.
+//!
+//! A write is a multipart upload, streamed from the [`StoreWriter`]'s appends in parts (no local
+//! copy), plus a small marker object `PREFIX/.ims-writes/REGION/ID.FORMAT.json` that names the
+//! upload and carries a heartbeat its writer refreshes while it lives (S3 lists multipart
+//! uploads, but object_store does not expose that call, and a list of uploads says nothing of
+//! whether their owner is alive). A marker whose heartbeat is older than the lease belongs to a
+//! dead process: [`ImageStore::discard`] aborts its upload and deletes it. formats/store.md has
+//! the design.
+//!
+//! The store traits are synchronous; the store runs its own small tokio runtime and blocks on
+//! it. Its methods must therefore not be called from inside another tokio runtime's worker
+//! (they refuse with an error rather than panic).
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+use crate::cache::Lru;
+use crate::cancel::CancelToken;
+use crate::error::{Error, Result};
+use crate::io::AppendSink;
+use crate::storage::Storage;
+
+use super::{ImageStore, StoreWriter, UnfinishedWrite};
+
+/// S3 takes at most this many parts in one multipart upload.
+const MAX_PARTS: usize = 10_000;
+/// S3's smallest part (all but the last).
+const MIN_PART: usize = 5 << 20;
+/// S3's largest part.
+const MAX_PART: usize = 5 << 30;
+/// The largest object one server-side CopyObject makes.
+const MAX_COPY_OBJECT: u64 = 5 << 30;
+/// Parts after which the part size doubles, so that a 1 TiB image fits in 10,000 parts.
+const PARTS_PER_STEP: usize = 2_500;
+/// Part uploads running at once behind the one being filled.
+const PARTS_IN_FLIGHT: usize = 2;
+/// The folder of the write markers, under the prefix.
+const WRITES: &str = ".ims-writes";
+
+/// The settings of an [`S3Store`] beyond its bucket and prefix.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct S3Options {
+    /// The size of a multipart upload's first parts (at least 5 MiB); later parts double every
+    /// 2,500 parts, so that a 32 MiB start (the default) keeps a 1 TiB image within S3's
+    /// 10,000 parts (1,171 GiB at most; 586 GiB from 16 MiB, 2,343 GiB from 64 MiB).
+    pub part_size: usize,
+    /// How long a write marker stays live without a heartbeat; its writer refreshes it every
+    /// quarter of this. The clocks of the processes sharing a store must agree to well within it.
+    pub lease: Duration,
+    /// The block of the read cache: one ranged GET each.
+    pub block_size: u64,
+    /// Blocks kept by the read cache of one opened object.
+    pub cache_blocks: usize,
+    /// Blocks fetched at once (in parallel) when reads go front to back.
+    pub read_ahead: usize,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        S3Options {
+            part_size: 32 << 20,
+            lease: Duration::from_secs(60),
+            block_size: 1 << 20,
+            cache_blocks: 64,
+            read_ahead: 8,
+        }
+    }
+}
+
+impl S3Options {
+    /// The defaults, changed by `IMS_S3_PART_SIZE` (bytes) and `IMS_S3_LEASE_SECS` where set.
+    pub fn from_env() -> Result<S3Options> {
+        let mut o = S3Options::default();
+        let num = |var: &str| -> Result<Option<u64>> {
+            match std::env::var(var) {
+                Ok(v) if !v.is_empty() => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| Error::InvalidArgument(format!("{var}={v}: not a number"))),
+                _ => Ok(None),
+            }
+        };
+        if let Some(p) = num("IMS_S3_PART_SIZE")? {
+            o.part_size = usize::try_from(p).unwrap_or(usize::MAX);
+        }
+        if let Some(s) = num("IMS_S3_LEASE_SECS")? {
+            o.lease = Duration::from_secs(s.max(1));
+        }
+        Ok(o)
+    }
+}
+
+/// The size of part `index` (0-based) of an upload whose first parts are `base` bytes.
+fn part_size(base: usize, index: usize) -> usize {
+    let step = (index / PARTS_PER_STEP).min(16) as u32;
+    base.clamp(MIN_PART, MAX_PART)
+        .checked_shl(step)
+        .unwrap_or(MAX_PART)
+        .min(MAX_PART)
+}
+
+fn s3_error(action: &'static str, what: &str, e: object_store::Error) -> Error {
+    Error::io(action, std::io::Error::other(format!("{what}: {e}")))
+}
+
+fn is_not_found(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What a write marker holds.
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    /// The multipart upload of the write.
+    upload_id: String,
+    /// Who writes: `HOST:PID`, for people reading the bucket.
+    owner: String,
+    /// Seconds since the Unix epoch when the writer last said it lives.
+    heartbeat: u64,
+}
+
+/// Shared by the store and its writers and storages.
+struct Inner {
+    rt: Runtime,
+    /// Shared with the tasks on `rt`, which must hold no `Inner`: the last `Inner` dropped on a
+    /// worker of its own runtime would drop the runtime there.
+    s3: Arc<AmazonS3>,
+    bucket: String,
+    prefix: String,
+    options: S3Options,
+}
+
+impl Inner {
+    /// Runs `f` to its end on the store's runtime.
+    fn block_on<F: Future>(&self, f: F) -> Result<F::Output> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::Internal(
+                "the S3 store was called from inside a tokio runtime; call it from a plain \
+                 thread (tokio::task::spawn_blocking)"
+                    .into(),
+            ));
+        }
+        Ok(self.rt.block_on(f))
+    }
+
+    fn path(&self, key: &str) -> Result<Path> {
+        check_key(key)?;
+        Ok(Path::from(format!("{}{key}", self.prefix)))
+    }
+
+    fn marker_path(&self, key: &str) -> Result<Path> {
+        check_key(key)?;
+        Ok(Path::from(format!("{}{WRITES}/{key}.json", self.prefix)))
+    }
+
+    fn url(&self, path: &Path) -> String {
+        format!("s3://{}/{path}", self.bucket)
+    }
+}
+
+/// The body of a write marker for `upload_id`, with the heartbeat now.
+fn marker_bytes(upload_id: &str) -> Bytes {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let m = Marker {
+        upload_id: upload_id.to_string(),
+        owner: format!("{}:{}", host.trim(), std::process::id()),
+        heartbeat: now_secs(),
+    };
+    Bytes::from(serde_json::to_vec(&m).unwrap_or_default())
+}
+
+impl Inner {
+    /// The marker of `key`, if there is one.
+    fn read_marker(&self, key: &str) -> Result<Option<Marker>> {
+        let path = self.marker_path(key)?;
+        let got = self.block_on(async {
+            match self.s3.get(&path).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        let Some(bytes) = got.map_err(|e| s3_error("read", &self.url(&path), e))? else {
+            return Ok(None);
+        };
+        // A marker is at most a few hundred bytes; an unreadable one counts as dead with no
+        // upload to abort.
+        Ok(Some(serde_json::from_slice(&bytes).unwrap_or(Marker {
+            upload_id: String::new(),
+            owner: String::new(),
+            heartbeat: 0,
+        })))
+    }
+
+    fn live(&self, m: &Marker) -> bool {
+        now_secs().saturating_sub(m.heartbeat) < self.options.lease.as_secs().max(1)
+    }
+}
+
+/// `REGION/NAME` with both parts plain names, as the local store takes them.
+fn check_key(key: &str) -> Result<()> {
+    let plain = |s: &str| {
+        !s.is_empty() && !s.starts_with('.') && !s.contains(['/', '\\', '\0']) && s.len() <= 512
+    };
+    match key.split_once('/') {
+        Some((region, name)) if plain(region) && plain(name) => Ok(()),
+        _ => Err(Error::InvalidArgument(format!(
+            "store key '{key}' is not REGION/NAME"
+        ))),
+    }
+}
+
+/// Image data in an S3 bucket. See the module documentation.
+pub struct S3Store {
+    inner: Arc<Inner>,
+}
+
+impl S3Store {
+    /// The store at `s3://BUCKET/PREFIX`, with the endpoint, region and credentials of the
+    /// `AWS_*` variables (`AWS_ENDPOINT`, `AWS_REGION` or `AWS_DEFAULT_REGION`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, ...) and the options of
+    /// [`S3Options::from_env`]. Plain HTTP is allowed when `AWS_ENDPOINT` is an `http://`
+    /// address (a local test server) or `AWS_ALLOW_HTTP=true`.
+    pub fn open(url: &str) -> Result<S3Store> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            Error::InvalidArgument(format!("store address '{url}' is not s3://BUCKET/PREFIX"))
+        })?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        S3Store::with_builder(builder_from_env(), bucket, prefix, S3Options::from_env()?)
+    }
+
+    /// The store in `bucket` under `prefix` (may be empty), through `builder` (endpoint,
+    /// region, credentials already set).
+    pub fn with_builder(
+        builder: AmazonS3Builder,
+        bucket: &str,
+        prefix: &str,
+        options: S3Options,
+    ) -> Result<S3Store> {
+        if bucket.is_empty() {
+            return Err(Error::InvalidArgument("an S3 store needs a bucket".into()));
+        }
+        let s3 = builder
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| s3_error("configure", &format!("s3://{bucket}"), e))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ims-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("start the S3 runtime", e))?;
+        let prefix = prefix.trim_matches('/');
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        Ok(S3Store {
+            inner: Arc::new(Inner {
+                rt,
+                s3: Arc::new(s3),
+                bucket: bucket.to_string(),
+                prefix,
+                options,
+            }),
+        })
+    }
+
+    /// Any object of the bucket, by its full path, as a [`Storage`] of ranged GETs.
+    fn open_path(&self, path: Path) -> Result<Arc<dyn Storage>> {
+        let inner = &self.inner;
+        let meta = inner
+            .block_on(inner.s3.head(&path))?
+            .map_err(|e| s3_error("open", &inner.url(&path), e))?;
+        Ok(Arc::new(S3Storage {
+            inner: Arc::clone(inner),
+            path,
+            len: meta.size,
+            e_tag: meta.e_tag,
+            cache: Lru::new(inner.options.cache_blocks),
+            last_block: AtomicU64::new(u64::MAX),
+        }))
+    }
+}
+
+/// The object `s3://BUCKET/KEY` (an uploaded image to register), with the endpoint, region and
+/// credentials of the `AWS_*` variables as [`S3Store::open`] takes them, as a [`Storage`] of
+/// ranged GETs through a bounded block cache with read-ahead. Every GET asks for the ETag seen
+/// at the start, so an object replaced while it is read fails the read; object_store retries
+/// requests that fail on the connection, with backoff.
+pub fn open_object(url: &str) -> Result<Arc<dyn Storage>> {
+    let bad = || Error::InvalidArgument(format!("'{url}' is not s3://BUCKET/KEY"));
+    let rest = url.strip_prefix("s3://").ok_or_else(bad)?;
+    let (bucket, key) = rest
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        .ok_or_else(bad)?;
+    let store = S3Store::with_builder(builder_from_env(), bucket, "", S3Options::from_env()?)?;
+    store.open_path(Path::from(key))
+}
+
+/// A builder with the `AWS_*` variables; plain HTTP when the endpoint is `http://`.
+fn builder_from_env() -> AmazonS3Builder {
+    let builder = AmazonS3Builder::from_env();
+    if std::env::var("AWS_ENDPOINT").is_ok_and(|e| e.starts_with("http://")) {
+        builder.with_allow_http(true)
+    } else {
+        builder
+    }
+}
+
+impl ImageStore for S3Store {
+    fn begin(&self, key: &str) -> Result<Box<dyn StoreWriter>> {
+        let inner = &self.inner;
+        let path = inner.path(key)?;
+        let marker = inner.marker_path(key)?;
+        let upload = inner
+            .block_on(inner.s3.create_multipart(&path))?
+            .map_err(|e| s3_error("start upload", &inner.url(&path), e))?;
+        let body = marker_bytes(&upload);
+        if let Err(e) = inner.block_on(inner.s3.put(&marker, PutPayload::from(body)))? {
+            let _ = inner.block_on(inner.s3.abort_multipart(&path, &upload));
+            return Err(s3_error("write", &inner.url(&marker), e));
+        }
+        // The heartbeat: the marker rewritten every quarter lease while the writer lives.
+        let beat = {
+            let s3 = Arc::clone(&inner.s3);
+            let marker = marker.clone();
+            let upload = upload.clone();
+            let every = (inner.options.lease / 4).max(Duration::from_millis(250));
+            inner.rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let body = marker_bytes(&upload);
+                    let _ = s3.put(&marker, PutPayload::from(body)).await;
+                }
+            })
+        };
+        Ok(Box::new(S3Writer {
+            inner: Arc::clone(inner),
+            path,
+            marker,
+            upload,
+            buf: Vec::new(),
+            parts: Vec::new(),
+            in_flight: VecDeque::new(),
+            next_part: 0,
+            position: 0,
+            finished: false,
+            committed: false,
+            beat: Some(beat),
+        }))
+    }
+
+    fn open(&self, key: &str) -> Result<Arc<dyn Storage>> {
+        self.open_path(self.inner.path(key)?)
+    }
+
+    fn remove(&self, key: &str) -> Result<()> {
+        let inner = &self.inner;
+        let path = inner.path(key)?;
+        match inner.block_on(inner.s3.delete(&path))? {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(s3_error("remove", &inner.url(&path), e)),
+        }
+    }
+
+    fn copy(&self, from: &str, to: &str, cancel: &CancelToken) -> Result<u64> {
+        let inner = &self.inner;
+        let src = inner.path(from)?;
+        let dest = inner.path(to)?;
+        cancel.check()?;
+        let meta = inner
+            .block_on(inner.s3.head(&src))?
+            .map_err(|e| s3_error("open", &inner.url(&src), e))?;
+        if meta.size <= MAX_COPY_OBJECT {
+            // In the server: one CopyObject, which makes the copy whole or not at all.
+            inner
+                .block_on(inner.s3.copy(&src, &dest))?
+                .map_err(|e| s3_error("copy", &inner.url(&src), e))?;
+        } else {
+            // Past CopyObject's 5 GiB: read and re-upload in parts, through this process.
+            let source = self.open(from)?;
+            let mut w = self.begin(to)?;
+            let mut buf = vec![0u8; 8 << 20];
+            let mut at = 0;
+            while at < source.len() {
+                cancel.check()?;
+                let n = source.read_at(&mut buf, at)?;
+                if n == 0 {
+                    return Err(Error::truncated("stored image", at, 1, source.len()));
+                }
+                w.append(&buf[..n])?;
+                at += n as u64;
+            }
+            w.finish()?;
+            cancel.check()?;
+            w.commit()?;
+        }
+        if cancel.is_cancelled() {
+            let _ = self.remove(to);
+            return Err(Error::Cancelled);
+        }
+        Ok(meta.size)
+    }
+
+    fn unfinished(&self) -> Result<Vec<UnfinishedWrite>> {
+        let inner = &self.inner;
+        let dir = Path::from(format!("{}{WRITES}", inner.prefix));
+        let listed: Vec<_> = inner.block_on(inner.s3.list(Some(&dir)).collect::<Vec<_>>())?;
+        let mut out = Vec::new();
+        let head = format!("{dir}/");
+        for meta in listed {
+            let meta = meta.map_err(|e| s3_error("list", &inner.url(&dir), e))?;
+            let name = meta.location.as_ref();
+            let Some(key) = name
+                .strip_prefix(&head)
+                .and_then(|k| k.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            if check_key(key).is_err() {
+                continue;
+            }
+            let Some(m) = inner.read_marker(key)? else {
+                continue;
+            };
+            out.push(UnfinishedWrite::new(key, inner.live(&m)));
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn discard(&self, key: &str) -> Result<()> {
+        let inner = &self.inner;
+        let Some(m) = inner.read_marker(key)? else {
+            return Ok(());
+        };
+        if inner.live(&m) {
+            return Ok(());
+        }
+        let path = inner.path(key)?;
+        if !m.upload_id.is_empty() {
+            // A completed upload, or one aborted already, is no longer known: that is fine.
+            match inner.block_on(inner.s3.abort_multipart(&path, &m.upload_id))? {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                // Some servers answer other than 404 for an upload completed before its
+                // writer died: its committed object says the upload is over.
+                Err(e) => {
+                    if inner.block_on(inner.s3.head(&path))?.is_err() {
+                        return Err(s3_error("abort upload", &inner.url(&path), e));
+                    }
+                }
+            }
+        }
+        let marker = inner.marker_path(key)?;
+        match inner.block_on(inner.s3.delete(&marker))? {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(s3_error("remove", &inner.url(&marker), e)),
+        }
+    }
+}
+
+/// A write of the S3 store: a multipart upload fed a part at a time, and its marker.
+struct S3Writer {
+    inner: Arc<Inner>,
+    path: Path,
+    marker: Path,
+    upload: String,
+    /// The part being filled.
+    buf: Vec<u8>,
+    /// The parts uploaded, in order.
+    parts: Vec<PartId>,
+    /// Part uploads running, oldest first.
+    in_flight: VecDeque<JoinHandle<object_store::Result<PartId>>>,
+    next_part: usize,
+    position: u64,
+    finished: bool,
+    committed: bool,
+    beat: Option<JoinHandle<()>>,
+}
+
+impl S3Writer {
+    fn writable(&self) -> Result<()> {
+        if self.committed || self.finished {
+            return Err(Error::Internal(format!(
+                "{}: appended to after its end",
+                self.inner.url(&self.path)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest part upload.
+    fn wait_one(&mut self) -> Result<()> {
+        if let Some(h) = self.in_flight.pop_front() {
+            let id = self
+                .inner
+                .block_on(h)?
+                .map_err(|e| Error::Internal(format!("part upload: {e}")))?
+                .map_err(|e| s3_error("upload part", &self.inner.url(&self.path), e))?;
+            self.parts.push(id);
+        }
+        Ok(())
+    }
+
+    /// Sends the part filled so far.
+    fn send(&mut self) -> Result<()> {
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.wait_one()?;
+        }
+        if self.next_part >= MAX_PARTS {
+            return Err(Error::unsupported(format!(
+                "{}: more than {MAX_PARTS} parts",
+                self.inner.url(&self.path)
+            )));
+        }
+        let data = Bytes::from(std::mem::take(&mut self.buf));
+        let (s3, path, upload, idx) = (
+            Arc::clone(&self.inner.s3),
+            self.path.clone(),
+            self.upload.clone(),
+            self.next_part,
+        );
+        self.next_part += 1;
+        let h = self.inner.rt.spawn(async move {
+            s3.put_part(&path, &upload, idx, PutPayload::from(data))
+                .await
+        });
+        self.in_flight.push_back(h);
+        Ok(())
+    }
+
+    fn room(&self) -> usize {
+        part_size(self.inner.options.part_size, self.next_part).saturating_sub(self.buf.len())
+    }
+}
+
+impl AppendSink for S3Writer {
+    fn append(&mut self, mut data: &[u8]) -> Result<()> {
+        self.writable()?;
+        while !data.is_empty() {
+            let n = self.room().min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            self.position += n as u64;
+            if self.room() == 0 {
+                self.send()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn append_zeros(&mut self, mut len: u64) -> Result<()> {
+        self.writable()?;
+        while len > 0 {
+            let n = (self.room() as u64).min(len) as usize;
+            self.buf.resize(self.buf.len() + n, 0);
+            len -= n as u64;
+            self.position += n as u64;
+            if self.room() == 0 {
+                self.send()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        self.writable()?;
+        // The last part (S3 wants at least one, which may be short or empty).
+        if !self.buf.is_empty() || self.next_part == 0 {
+            self.send()?;
+        }
+        while !self.in_flight.is_empty() {
+            self.wait_one()?;
+        }
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl StoreWriter for S3Writer {
+    fn commit(&mut self) -> Result<u64> {
+        if self.committed {
+            return Err(Error::Internal(format!(
+                "{}: committed twice",
+                self.inner.url(&self.path)
+            )));
+        }
+        self.finish()?;
+        let parts = std::mem::take(&mut self.parts);
+        self.inner
+            .block_on(
+                self.inner
+                    .s3
+                    .complete_multipart(&self.path, &self.upload, parts),
+            )?
+            .map_err(|e| s3_error("complete upload", &self.inner.url(&self.path), e))?;
+        self.committed = true;
+        Ok(self.position)
+    }
+
+    fn abort(self: Box<Self>) {
+        drop(self);
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        if let Some(b) = self.beat.take() {
+            b.abort();
+        }
+        for h in self.in_flight.drain(..) {
+            h.abort();
+        }
+        let inner = &self.inner;
+        if !self.committed {
+            let _ = inner.block_on(inner.s3.abort_multipart(&self.path, &self.upload));
+        }
+        // The marker goes last: until then recovery elsewhere sees the write (live, as the
+        // heartbeat is fresh) and never takes it for a dead one.
+        let _ = inner.block_on(inner.s3.delete(&self.marker));
+    }
+}
+
+/// A committed object, read with ranged GETs through a bounded block cache.
+struct S3Storage {
+    inner: Arc<Inner>,
+    path: Path,
+    len: u64,
+    /// The object's ETag when opened: every GET asks for it, so a changed object fails.
+    e_tag: Option<String>,
+    cache: Lru<u64, Bytes>,
+    /// The block read last: a read of the next one starts a read-ahead.
+    last_block: AtomicU64,
+}
+
+impl S3Storage {
+    fn range(&self, block: u64) -> Range<u64> {
+        let bs = self.inner.options.block_size.max(1);
+        let start = block.saturating_mul(bs);
+        start..start.saturating_add(bs).min(self.len)
+    }
+
+    /// Block `block`, from the cache or fetched with the blocks read-ahead wants.
+    fn block(&self, block: u64) -> Result<Bytes> {
+        if let Some(b) = self.cache.get(&block) {
+            self.last_block.store(block, Ordering::Relaxed);
+            return Ok(b);
+        }
+        let last = self.last_block.swap(block, Ordering::Relaxed);
+        let bs = self.inner.options.block_size.max(1);
+        let blocks = self.len.div_ceil(bs);
+        // Front to back, by this thread or by the pipeline's workers reading neighbouring
+        // pieces: the block before was read last, or is cached.
+        let sequential = last.checked_add(1) == Some(block)
+            || last == block
+            || block == 0
+            || self.cache.get(&(block - 1)).is_some();
+        let ahead = if sequential {
+            self.inner.options.read_ahead.max(1) as u64
+        } else {
+            1
+        };
+        let want: Vec<u64> = (block..block.saturating_add(ahead).min(blocks))
+            .filter(|b| *b == block || self.cache.get(b).is_none())
+            .collect();
+        let fetched = self
+            .inner
+            .block_on(futures_util::future::try_join_all(want.iter().map(|b| {
+                let options = GetOptions {
+                    if_match: self.e_tag.clone(),
+                    range: Some(GetRange::Bounded(self.range(*b))),
+                    ..Default::default()
+                };
+                let (s3, path) = (&self.inner.s3, &self.path);
+                async move { s3.get_opts(path, options).await?.bytes().await }
+            })))?;
+        let fetched = fetched.map_err(|e| s3_error("read", &self.inner.url(&self.path), e))?;
+        let mut first = Bytes::new();
+        for (b, data) in want.iter().zip(fetched) {
+            let r = self.range(*b);
+            if data.len() as u64 != r.end - r.start {
+                return Err(Error::truncated(
+                    "stored object",
+                    r.start,
+                    r.end - r.start,
+                    r.start + data.len() as u64,
+                ));
+            }
+            if *b == block {
+                first = data.clone();
+            }
+            self.cache.insert(*b, data);
+        }
+        Ok(first)
+    }
+}
+
+impl Storage for S3Storage {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let bs = self.inner.options.block_size.max(1);
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset.saturating_add(done as u64);
+            if at >= self.len {
+                break;
+            }
+            let data = self.block(at / bs)?;
+            let within = (at % bs) as usize;
+            let src = data.get(within..).unwrap_or(&[]);
+            if src.is_empty() {
+                break;
+            }
+            let n = src.len().min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&src[..n]);
+            done += n;
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tebibyte_fits_in_the_part_limit() {
+        for base in [32 << 20, 64 << 20] {
+            let total: u64 = (0..MAX_PARTS).map(|i| part_size(base, i) as u64).sum();
+            assert!(total >= 1 << 40, "base {base}: {total}");
+        }
+        // The default keeps parts small for the images most registrations are.
+        let base = S3Options::default().part_size;
+        assert_eq!(part_size(base, 0), 32 << 20);
+        assert_eq!(part_size(base, PARTS_PER_STEP), 64 << 20);
+        assert_eq!(part_size(1, 0), MIN_PART);
+        assert_eq!(part_size(usize::MAX, 9_999), MAX_PART);
+    }
+
+    #[test]
+    fn keys_are_region_and_name() {
+        assert!(check_key("r1/abc.zvhd2").is_ok());
+        for bad in ["r1", "../x", "r1/.hidden", "r1/a/b", "/x", "r1/"] {
+            assert!(check_key(bad).is_err(), "{bad}");
+        }
+    }
+}
