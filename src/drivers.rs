@@ -13,6 +13,7 @@ use crate::block::BlockWriter;
 use crate::block::{BlockReader, Source};
 use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::Format;
+use crate::formats::iso::IsoLayout;
 use crate::formats::qcow2::writer::{Qcow2CreateOptions, Qcow2Writer};
 use crate::formats::qcow2::{Qcow2Header, Qcow2OpenOptions, Qcow2Reader};
 use crate::formats::raw::{RawReader, RawStream, RawWriter};
@@ -149,7 +150,7 @@ pub(crate) struct Driver {
 }
 
 /// Every format, in [`Format::ALL`]'s order.
-pub(crate) const DRIVERS: [Driver; 6] = [
+pub(crate) const DRIVERS: [Driver; 7] = [
     Driver {
         format: Format::Raw,
         open: |storage, _, _| Ok(Source::Random(Arc::new(RawReader::new(storage)))),
@@ -192,7 +193,26 @@ pub(crate) const DRIVERS: [Driver; 6] = [
         options: zvhd_options,
         create: create_zvhd,
     },
+    Driver {
+        format: Format::Iso,
+        open: open_iso,
+        open_stream: None,
+        options: |_, _, _| Err(no_iso_writer()),
+        create: |_, _, _, _, _| Err(no_iso_writer()),
+    },
 ];
+
+/// An ISO image is read as the bytes it is, once its descriptor set and boot catalog check.
+fn open_iso(storage: Arc<dyn Storage>, _: &Path, _: &Resolver) -> Result<Source> {
+    IsoLayout::open(&*storage)?;
+    Ok(Source::Random(Arc::new(RawReader::new(storage))))
+}
+
+fn no_iso_writer() -> Error {
+    Error::unsupported(
+        "writing iso images (ims reads and registers ISO 9660 images; it does not make them)",
+    )
+}
 
 /// A random-access reader as a source.
 fn random<R: BlockReader + 'static>(reader: Result<R>) -> Result<Source> {

@@ -2,6 +2,7 @@
 //! through the traits in [`crate::block`].
 
 pub mod info;
+pub mod iso;
 pub mod qcow2;
 pub mod raw;
 pub mod vhd;
@@ -29,16 +30,20 @@ pub enum Format {
     Zvhd,
     /// Huawei Cloud's block-compressed, indexed VHD.
     Zvhd2,
+    /// An ISO 9660 image (a CD or DVD image, an installation medium): read as the bytes it is,
+    /// inspected and registered as an ISO, never converted to or written.
+    Iso,
 }
 
 impl Format {
-    pub(crate) const ALL: [Format; 6] = [
+    pub(crate) const ALL: [Format; 7] = [
         Format::Raw,
         Format::Qcow2,
         Format::Vmdk,
         Format::Vhd,
         Format::Zvhd,
         Format::Zvhd2,
+        Format::Iso,
     ];
 
     /// The name used on the command line and in `info`.
@@ -50,6 +55,7 @@ impl Format {
             Format::Vhd => "vhd",
             Format::Zvhd => "zvhd",
             Format::Zvhd2 => "zvhd2",
+            Format::Iso => "iso",
         }
     }
 }
@@ -68,7 +74,7 @@ impl FromStr for Format {
             "vpc" => Ok(Format::Vhd),
             _ => Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "unknown image format '{s}' (known: raw, qcow2, vmdk, vhd or vpc, zvhd, zvhd2)"
+                    "unknown image format '{s}' (known: raw, qcow2, vmdk, vhd or vpc, zvhd, zvhd2, iso)"
                 ))
             }),
         }

@@ -183,6 +183,8 @@ pub struct Inspection {
     pub virtio_drivers: Vec<String>,
     /// EFI loaders found on EFI system partitions (`EFI/BOOT/BOOTX64.EFI`).
     pub efi_loaders: Vec<String>,
+    /// For an ISO 9660 image: its label and El Torito boot entries (`null` for a disk).
+    pub iso: Option<iso9660::IsoFacts>,
     /// What was odd, damaged or unreadable; facts it concerns are left unknown.
     pub notes: Vec<String>,
 }
@@ -212,6 +214,7 @@ impl Inspection {
             virtio: false,
             virtio_drivers: Vec::new(),
             efi_loaders: Vec::new(),
+            iso: None,
             notes: Vec::new(),
         }
     }
@@ -486,9 +489,19 @@ fn look_into(
         }
         FsKind::Iso9660 if matches!(place, Place::WholeDisk) => {
             out.image_kind = ImageKind::Iso;
-            let p = iso9660::boot_platforms(vol)?;
-            *bios |= p.bios;
-            *uefi |= p.uefi;
+            let (facts, os) = iso9660::inspect(vol)?;
+            *bios |= facts.bios;
+            *uefi |= facts.uefi;
+            out.iso = Some(facts);
+            if let Some(os_type) = os.os_type {
+                out.os_type = os_type;
+                out.distro = os.distro;
+                out.os_version = os.os_version;
+                out.product_name = os.product_name;
+            }
+            if let Some(arch) = os.arch {
+                out.arch = arch;
+            }
         }
         FsKind::Btrfs | FsKind::CryptoLuks => {
             // Identified, not read: an operating system inside is not seen.

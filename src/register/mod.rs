@@ -52,7 +52,8 @@ pub use catalog::Catalog;
 pub use catalog::SqliteCatalog;
 pub use error::{Result, RuleCode, ServiceError};
 pub use record::{
-    Checksum, Disk, Features, ImageClass, ImageRecord, ImageType, Member, MemberStatus, Status,
+    Checksum, Disk, Features, ImageClass, ImageRecord, ImageType, IsoMedium, Member, MemberStatus,
+    Status,
     Visibility,
 };
 pub use register::{RegisterRequest, Registered, RegisteredGroup};
