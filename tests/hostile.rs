@@ -2351,13 +2351,29 @@ fn iso_cases() -> Vec<Case> {
     let base = iso_base();
     let c = ISO_CATALOG;
     let br = 17 * ISO_SECTOR;
-    let catalog_at = |sector: u32| edit(&base, |b| LittleEndian::write_u32(&mut b[br + 0x47..], sector));
+    let catalog_at = |sector: u32| {
+        edit(&base, |b| {
+            LittleEndian::write_u32(&mut b[br + 0x47..], sector)
+        })
+    };
     vec![
         case("iso: a valid hybrid ISO", "ok", base.clone()),
         case("iso: a valid hybrid ISO, named iso", "ok", base.clone()).format(Format::Iso),
-        case("iso: boot catalog outside the file", "malformed", catalog_at(0x00ff_ffff)),
-        case("iso: boot catalog at u32::MAX", "malformed", catalog_at(u32::MAX)),
-        case("iso: boot catalog over the volume descriptors", "malformed", catalog_at(16)),
+        case(
+            "iso: boot catalog outside the file",
+            "malformed",
+            catalog_at(0x00ff_ffff),
+        ),
+        case(
+            "iso: boot catalog at u32::MAX",
+            "malformed",
+            catalog_at(u32::MAX),
+        ),
+        case(
+            "iso: boot catalog over the volume descriptors",
+            "malformed",
+            catalog_at(16),
+        ),
         case(
             "iso: boot catalog at the end of the file",
             "malformed",
@@ -2389,12 +2405,16 @@ fn iso_cases() -> Vec<Case> {
         case(
             "iso: boot image outside the file",
             "malformed",
-            edit(&base, |b| LittleEndian::write_u32(&mut b[c + 104..], u32::MAX)),
+            edit(&base, |b| {
+                LittleEndian::write_u32(&mut b[c + 104..], u32::MAX)
+            }),
         ),
         case(
             "iso: boot image running past the end",
             "malformed",
-            edit(&base, |b| LittleEndian::write_u16(&mut b[c + 102..], u16::MAX)),
+            edit(&base, |b| {
+                LittleEndian::write_u16(&mut b[c + 102..], u16::MAX)
+            }),
         ),
         case(
             "iso: section header claiming 65535 entries",
@@ -2471,7 +2491,11 @@ fn iso_cases() -> Vec<Case> {
                 b[19 * ISO_SECTOR + 6] = 1;
             }),
         ),
-        case("iso: truncated (the volume is larger than the file)", "truncated", cut(&base, 40 * ISO_SECTOR)),
+        case(
+            "iso: truncated (the volume is larger than the file)",
+            "truncated",
+            cut(&base, 40 * ISO_SECTOR),
+        ),
         case(
             "iso: volume size copies disagree",
             "malformed",

@@ -93,13 +93,19 @@ fn el_torito_bios_uefi_and_hybrid() {
     assert_eq!(entry["emulation"], "no-emulation");
     assert_eq!(entry["sector_count"], 4);
     assert_eq!(entry["section"], Value::Null);
-    assert_eq!((v["iso"]["bios"].clone(), v["iso"]["uefi"].clone()), (true.into(), false.into()));
+    assert_eq!(
+        (v["iso"]["bios"].clone(), v["iso"]["uefi"].clone()),
+        (true.into(), false.into())
+    );
     assert_eq!(v["firmware"], "bios");
 
     let uefi = xorriso(d, "uefi.iso", &root, &[&["-V", "IMS_UEFI"], UEFI].concat());
     let v = inspect_json(&uefi);
     assert!(platforms(&v).iter().all(|p| p == "efi"), "{v}");
-    assert_eq!((v["iso"]["bios"].clone(), v["iso"]["uefi"].clone()), (false.into(), true.into()));
+    assert_eq!(
+        (v["iso"]["bios"].clone(), v["iso"]["uefi"].clone()),
+        (false.into(), true.into())
+    );
     assert_eq!(v["firmware"], "uefi");
 
     let hybrid = xorriso(
@@ -115,7 +121,11 @@ fn el_torito_bios_uefi_and_hybrid() {
 
     // `info` names the format; qemu-img would say raw.
     let out = ims(&["info", "--output", "json", s(&hybrid)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["format"], "iso");
     assert_eq!(info["virtual-size"], fs::metadata(&hybrid).unwrap().len());
@@ -164,7 +174,13 @@ fn the_os_the_medium_names() {
         d,
         "ubuntu.iso",
         &root,
-        &[&["-r", "-V", "Ubuntu 22.04.3 LTS amd64"], BIOS, &["-eltorito-alt-boot"], UEFI].concat(),
+        &[
+            &["-r", "-V", "Ubuntu 22.04.3 LTS amd64"],
+            BIOS,
+            &["-eltorito-alt-boot"],
+            UEFI,
+        ]
+        .concat(),
     );
     let v = inspect_json(&iso);
     assert_eq!(v["image_kind"], "iso");
@@ -183,7 +199,12 @@ fn the_os_the_medium_names() {
         b"[header]\ntype = productmd.treeinfo\nversion = 1.2\n\n[release]\nname = Red Hat Enterprise Linux\nshort = RHEL\nversion = 9.2\n\n[tree]\narch = x86_64\nplatforms = x86_64\n",
     );
     // Joliet only: no Rock Ridge names in the primary tree.
-    let iso = xorriso(d, "rhel.iso", &root, &[&["-J", "-V", "RHEL-9-2-0-BaseOS-x86_64"], BIOS].concat());
+    let iso = xorriso(
+        d,
+        "rhel.iso",
+        &root,
+        &[&["-J", "-V", "RHEL-9-2-0-BaseOS-x86_64"], BIOS].concat(),
+    );
     let v = inspect_json(&iso);
     assert_eq!(v["distro"], "rhel");
     assert_eq!(v["os_version"], "9.2");
@@ -194,7 +215,12 @@ fn the_os_the_medium_names() {
     let root = d.join("win");
     boot_files(&root);
     put(&root, "sources/install.wim", b"MSWIM\0\0\0");
-    let iso = xorriso(d, "win.iso", &root, &[&["-J", "-V", "CCCOMA_X64FRE_EN-US_DV9"], BIOS].concat());
+    let iso = xorriso(
+        d,
+        "win.iso",
+        &root,
+        &[&["-J", "-V", "CCCOMA_X64FRE_EN-US_DV9"], BIOS].concat(),
+    );
     let v = inspect_json(&iso);
     assert_eq!(v["os_type"], "windows");
     assert_eq!(v["arch"], "x86_64");
@@ -233,14 +259,23 @@ fn register_records_what_the_iso_says() {
     assert_eq!(r["os_version"], "Ubuntu 22.04 64bit");
     assert_eq!(r["architecture"], "x86_64");
     assert_eq!(r["iso"]["volume_label"], "UBUNTU");
-    assert_eq!((r["iso"]["bios"].clone(), r["iso"]["uefi"].clone()), (true.into(), true.into()));
-    assert_eq!(r["iso"]["product_name"], "Ubuntu 22.04.3 LTS \"Jammy Jellyfish\"");
+    assert_eq!(
+        (r["iso"]["bios"].clone(), r["iso"]["uefi"].clone()),
+        (true.into(), true.into())
+    );
+    assert_eq!(
+        r["iso"]["product_name"],
+        "Ubuntu 22.04.3 LTS \"Jammy Jellyfish\""
+    );
 
     // An ISO that names no OS: --os-version is required, and then recorded.
     let root = d.join("plain");
     boot_files(&root);
     let plain = xorriso(d, "plain.iso", &root, &[&["-V", "TOOLS"], BIOS].concat());
-    refused(&register(&plain, "tools", &["--type", "iso"]), "os_version_required");
+    refused(
+        &register(&plain, "tools", &["--type", "iso"]),
+        "os_version_required",
+    );
     let r = ok_json(&register(
         &plain,
         "tools",
@@ -251,7 +286,10 @@ fn register_records_what_the_iso_says() {
     assert_eq!(r["firmware"], "bios");
 
     // An ISO is not a disk.
-    refused(&register(&iso, "as-data", &["--type", "data"]), "iso_type_mismatch");
+    refused(
+        &register(&iso, "as-data", &["--type", "data"]),
+        "iso_type_mismatch",
+    );
 }
 
 /// `convert` refuses an ISO by name; `-f raw` converts its bytes as a raw disk.
@@ -272,12 +310,24 @@ fn convert_refuses_an_iso() {
     assert!(err.contains("iso") && err.contains("-f raw"), "{err}");
     assert!(!out_path.exists());
     let out = ims(&["convert", "-f", "raw", "-O", "qcow2", s(&iso), s(&out_path)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The qcow2 of the ISO is a qcow2 whose guest is an ISO: inspected as one.
     let v = inspect_json(&out_path);
     assert_eq!(v["image_kind"], "iso");
     // Writing an ISO is not something ims does.
-    let out = ims(&["convert", "-f", "raw", "-O", "iso", s(&iso), s(&d.join("y.iso"))]);
+    let out = ims(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "iso",
+        s(&iso),
+        s(&d.join("y.iso")),
+    ]);
     assert!(!out.status.success());
 }
 
@@ -288,7 +338,10 @@ fn open_kind(bytes: &[u8], dir: &Path, name: &str) -> String {
     fs::write(&path, bytes).unwrap();
     let start = Instant::now();
     let r = ims::open(&path, &OpenOptions::default());
-    assert!(start.elapsed() < Duration::from_secs(5), "{name} took too long");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{name} took too long"
+    );
     match r {
         Ok(image) => {
             assert_eq!(image.format(), Format::Iso, "{name}");
@@ -306,9 +359,9 @@ fn le32(b: &[u8], at: usize) -> u32 {
 fn fix_checksum(entry: &mut [u8]) {
     entry[28] = 0;
     entry[29] = 0;
-    let sum = entry
-        .chunks_exact(2)
-        .fold(0u16, |s, w| s.wrapping_add(u16::from_le_bytes([w[0], w[1]])));
+    let sum = entry.chunks_exact(2).fold(0u16, |s, w| {
+        s.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+    });
     entry[28..30].copy_from_slice(&0u16.wrapping_sub(sum).to_le_bytes());
 }
 
@@ -323,7 +376,13 @@ fn hostile_isos() {
     boot_files(&root);
     // Room after the catalog for a catalog that runs on.
     put(&root, "pad.bin", &vec![0x5a; 256 << 10]);
-    let iso = fs::read(xorriso(d, "good.iso", &root, &[&["-V", "GOOD"], BIOS, &["-eltorito-alt-boot"], UEFI].concat())).unwrap();
+    let iso = fs::read(xorriso(
+        d,
+        "good.iso",
+        &root,
+        &[&["-V", "GOOD"], BIOS, &["-eltorito-alt-boot"], UEFI].concat(),
+    ))
+    .unwrap();
     assert_eq!(open_kind(&iso, d, "good.iso"), "ok");
     // The boot record is at sector 17 (xorriso's order: primary, boot record, terminator).
     let br = 17 * 2048;

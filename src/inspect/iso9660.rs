@@ -60,13 +60,16 @@ pub struct IsoOs {
     pub arch: Option<String>,
     /// Where the facts came from (`.disk/info`, the volume label, ...).
     pub source: Option<&'static str>,
+    /// Why the medium's files could not be read (the label was read instead).
+    pub note: Option<String>,
 }
 
 /// Reads the ISO image on `vol`: its layout (checked as the ISO driver checks it) and the OS.
 pub fn inspect(vol: &Volume) -> Result<(IsoFacts, IsoOs)> {
     let layout = IsoLayout::read(&mut |buf, at| vol.read_at(buf, at), vol.len)?;
     let catalog = layout.boot_catalog.as_ref();
-    let label = Some(layout.descriptors.primary.volume_identifier.clone()).filter(|l| !l.is_empty());
+    let label =
+        Some(layout.descriptors.primary.volume_identifier.clone()).filter(|l| !l.is_empty());
     let facts = IsoFacts {
         volume_label: label.clone(),
         boot_entries: catalog.map(|c| c.entries.clone()).unwrap_or_default(),
@@ -75,7 +78,12 @@ pub fn inspect(vol: &Volume) -> Result<(IsoFacts, IsoOs)> {
         os_source: None,
     };
     let mut fs = IsoFs::new(vol.clone(), &layout);
-    let os = os_of(&mut fs, label.as_deref().unwrap_or(""))?;
+    let label_text = label.as_deref().unwrap_or("");
+    // A damaged directory leaves the label to go by; the boot facts stand.
+    let os = os_of(&mut fs, label_text).unwrap_or_else(|e| IsoOs {
+        note: Some(format!("the ISO's directories cannot be read: {e}")),
+        ..from_label(label_text)
+    });
     let facts = IsoFacts {
         os_source: os.os_type.and(os.source),
         ..facts
@@ -103,6 +111,7 @@ fn os_of(fs: &mut dyn GuestFs, label: &str) -> Result<IsoOs> {
             os_version: version,
             arch: label_arch(label),
             source: Some(".alpine-release"),
+            note: None,
         });
     }
     if let Some(names) = fs.list_dir("/sources")? {
@@ -217,9 +226,10 @@ fn version_id(distro: &str, version: &str) -> String {
 fn disk_info(text: &str) -> IsoOs {
     let line = text.lines().next().unwrap_or("").trim();
     let distro = distro_of(line);
-    let version = line
-        .split_whitespace()
-        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()) && w.chars().all(|c| c.is_ascii_digit() || c == '.'));
+    let version = line.split_whitespace().find(|w| {
+        w.starts_with(|c: char| c.is_ascii_digit())
+            && w.chars().all(|c| c.is_ascii_digit() || c == '.')
+    });
     let arch = line
         .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
         .find_map(arch_name);
@@ -231,6 +241,7 @@ fn disk_info(text: &str) -> IsoOs {
         product_name: (!product.is_empty()).then(|| product.to_string()),
         arch: arch.map(String::from),
         source: Some(".disk/info"),
+        note: None,
     }
 }
 
@@ -270,6 +281,7 @@ fn treeinfo(text: &str) -> IsoOs {
         }),
         arch: arch.and_then(|a| arch_name(&a).map(String::from).or(Some(a))),
         source: Some(".treeinfo"),
+        note: None,
     }
 }
 
@@ -281,8 +293,18 @@ fn from_label(label: &str) -> IsoOs {
     // Architecture names hold digits that are not the version (`x86_64-38`).
     let mut plain = label.to_ascii_lowercase();
     for a in [
-        "x86_64", "x86-64", "aarch64", "amd64", "arm64", "i386", "i686", "ppc64le", "ppc64el",
-        "s390x", "riscv64", "loongarch64",
+        "x86_64",
+        "x86-64",
+        "aarch64",
+        "amd64",
+        "arm64",
+        "i386",
+        "i686",
+        "ppc64le",
+        "ppc64el",
+        "s390x",
+        "riscv64",
+        "loongarch64",
     ] {
         plain = plain.replace(a, " ");
     }
@@ -310,7 +332,9 @@ fn from_label(label: &str) -> IsoOs {
     // (x86, 64) come after the version and are not numeric runs at its start.
     let mut parts: Vec<&str> = Vec::new();
     for w in &words {
-        if w.chars().all(|c| c.is_ascii_digit() || c == '.') && w.starts_with(|c: char| c.is_ascii_digit()) {
+        if w.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && w.starts_with(|c: char| c.is_ascii_digit())
+        {
             parts.push(w);
         } else if !parts.is_empty() {
             break;
@@ -324,6 +348,7 @@ fn from_label(label: &str) -> IsoOs {
         product_name: None,
         arch,
         source: Some("the volume label"),
+        note: None,
     }
 }
 
@@ -379,7 +404,9 @@ impl IsoFs {
                 if rec_len == 0 {
                     break;
                 }
-                let rec = sector.get(pos..pos + usize::from(rec_len)).filter(|_| rec_len >= 34);
+                let rec = sector
+                    .get(pos..pos + usize::from(rec_len))
+                    .filter(|_| rec_len >= 34);
                 let Some(rec) = rec else {
                     return Err(Error::malformed(
                         "iso directory record",
@@ -412,7 +439,8 @@ impl IsoFs {
                     rock_ridge_name(system_use)
                         .unwrap_or_else(|| strip_version(&String::from_utf8_lossy(raw)))
                 };
-                let le = |o: usize| u32::from_le_bytes([rec[o], rec[o + 1], rec[o + 2], rec[o + 3]]);
+                let le =
+                    |o: usize| u32::from_le_bytes([rec[o], rec[o + 1], rec[o + 2], rec[o + 3]]);
                 out.push(Dirent {
                     name,
                     extent: Extent {
@@ -441,7 +469,10 @@ impl IsoFs {
                 return Ok(None);
             }
             let entries = self.read_dir(dir.extent, joliet)?;
-            match entries.into_iter().find(|e| e.name.eq_ignore_ascii_case(part)) {
+            match entries
+                .into_iter()
+                .find(|e| e.name.eq_ignore_ascii_case(part))
+            {
                 Some(e) => dir = e,
                 None => return Ok(None),
             }
@@ -533,9 +564,7 @@ mod tests {
 
     #[test]
     fn reads_disk_info() {
-        let os = disk_info(
-            "Ubuntu 22.04.3 LTS \"Jammy Jellyfish\" - Release amd64 (20230807.2)\n",
-        );
+        let os = disk_info("Ubuntu 22.04.3 LTS \"Jammy Jellyfish\" - Release amd64 (20230807.2)\n");
         assert_eq!(os.distro.as_deref(), Some("ubuntu"));
         assert_eq!(os.os_version.as_deref(), Some("22.04"));
         assert_eq!(os.arch.as_deref(), Some("x86_64"));
@@ -586,17 +615,29 @@ mod tests {
     fn reads_labels() {
         let os = from_label("Rocky-9-2-x86_64-dvd");
         assert_eq!(
-            (os.distro.as_deref(), os.os_version.as_deref(), os.arch.as_deref()),
+            (
+                os.distro.as_deref(),
+                os.os_version.as_deref(),
+                os.arch.as_deref()
+            ),
             (Some("rocky"), Some("9.2"), Some("x86_64"))
         );
         let os = from_label("Ubuntu 22.04.3 LTS amd64");
         assert_eq!(
-            (os.distro.as_deref(), os.os_version.as_deref(), os.arch.as_deref()),
+            (
+                os.distro.as_deref(),
+                os.os_version.as_deref(),
+                os.arch.as_deref()
+            ),
             (Some("ubuntu"), Some("22.04"), Some("x86_64"))
         );
         let os = from_label("openEuler-22.03-LTS-SP1-aarch64");
         assert_eq!(
-            (os.distro.as_deref(), os.os_version.as_deref(), os.arch.as_deref()),
+            (
+                os.distro.as_deref(),
+                os.os_version.as_deref(),
+                os.arch.as_deref()
+            ),
             (Some("openeuler"), Some("22.03"), Some("aarch64"))
         );
         let os = from_label("Fedora-S-dvd-x86_64-38");
@@ -610,6 +651,35 @@ mod tests {
         assert_eq!(os.os_version, None);
         assert_eq!(from_label("IMS_TEST"), IsoOs::default());
         assert_eq!(from_label(""), IsoOs::default());
+    }
+
+    /// A directory record shorter than 34 bytes: the boot facts stand, the OS comes from the
+    /// label, and a note says why.
+    #[test]
+    fn a_damaged_directory_leaves_the_label() {
+        use crate::formats::iso::boot_catalog::build as cat;
+        use crate::formats::iso::descriptor::build::*;
+        let mut img = image(
+            40,
+            &[primary("Rocky-9-2-x86_64-dvd", 40, 20), boot_record(19)],
+        );
+        let c = [cat::validation(0), cat::entry(30, 4)].concat();
+        img[19 * 2048..19 * 2048 + 64].copy_from_slice(&c);
+        img[20 * 2048] = 5;
+        let vol = Volume::whole(super::super::disk::tests::mem_disk(img.clone()));
+        let (facts, os) = inspect(&vol).unwrap();
+        assert!(facts.bios && !facts.uefi);
+        assert_eq!(facts.volume_label.as_deref(), Some("Rocky-9-2-x86_64-dvd"));
+        assert_eq!(os.distro.as_deref(), Some("rocky"));
+        assert!(os.note.unwrap().contains("iso directory record"));
+        // A directory whose record runs past its sector.
+        img[20 * 2048] = 34;
+        for k in 0..8 {
+            img[20 * 2048 + 34 + 255 * k] = 255;
+        }
+        let vol = Volume::whole(super::super::disk::tests::mem_disk(img));
+        let (_, os) = inspect(&vol).unwrap();
+        assert!(os.note.is_some());
     }
 
     #[test]

@@ -490,6 +490,7 @@ fn look_into(
         FsKind::Iso9660 if matches!(place, Place::WholeDisk) => {
             out.image_kind = ImageKind::Iso;
             let (facts, os) = iso9660::inspect(vol)?;
+            out.notes.extend(os.note);
             *bios |= facts.bios;
             *uefi |= facts.uefi;
             out.iso = Some(facts);

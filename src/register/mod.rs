@@ -53,8 +53,7 @@ pub use catalog::SqliteCatalog;
 pub use error::{Result, RuleCode, ServiceError};
 pub use record::{
     Checksum, Disk, Features, ImageClass, ImageRecord, ImageType, IsoMedium, Member, MemberStatus,
-    Status,
-    Visibility,
+    Status, Visibility,
 };
 pub use register::{RegisterRequest, Registered, RegisteredGroup};
 pub use rules::{Limits, Publication};

@@ -794,5 +794,3 @@ impl Ims {
         sink.finish()
     }
 }
-
-

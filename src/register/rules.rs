@@ -222,10 +222,15 @@ pub fn check_type(requested: ImageType, found: &Inspection) -> Result<Vec<String
 pub fn check_iso_os(requested: Option<&str>, found: &Inspection) -> Result<()> {
     let named = found.os_type != crate::inspect::OsType::Unknown && found.os_version.is_some();
     if requested.is_none() && !named {
-        let what = match (&found.distro, found.iso.as_ref().and_then(|i| i.volume_label.as_deref())) {
+        let what = match (
+            &found.distro,
+            found.iso.as_ref().and_then(|i| i.volume_label.as_deref()),
+        ) {
             (Some(d), _) => format!("the ISO installs {d} but does not say which version"),
             (None, Some(label)) => {
-                format!("the ISO (volume label {label:?}) does not say which operating system it installs")
+                format!(
+                    "the ISO (volume label {label:?}) does not say which operating system it installs"
+                )
             }
             (None, None) => "the ISO does not say which operating system it installs".into(),
         };

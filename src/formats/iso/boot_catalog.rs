@@ -151,9 +151,9 @@ impl BootCatalog {
                 "no header id 1 with the key bytes 55 AA",
             ));
         }
-        let sum = v
-            .chunks_exact(2)
-            .fold(0u16, |s, w| s.wrapping_add(u16::from_le_bytes([w[0], w[1]])));
+        let sum = v.chunks_exact(2).fold(0u16, |s, w| {
+            s.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+        });
         if sum != 0 {
             return Err(Error::malformed(
                 "el torito validation entry",
@@ -165,7 +165,13 @@ impl BootCatalog {
         let mut out = BootCatalog {
             platform_id,
             id_string: super::descriptor::text_field(&v[4..28]),
-            entries: vec![boot_entry(entry(ENTRY)?, platform_id, None, at(ENTRY), len)?],
+            entries: vec![boot_entry(
+                entry(ENTRY)?,
+                platform_id,
+                None,
+                at(ENTRY),
+                len,
+            )?],
         };
         let mut pos = 2 * ENTRY;
         let mut section = 0u32;
@@ -208,7 +214,10 @@ impl BootCatalog {
                         return Err(Error::malformed(
                             "el torito section entry extension",
                             at(pos),
-                            format!("the entry before says an extension follows, but its indicator is {:#04x}", x[0]),
+                            format!(
+                                "the entry before says an extension follows, but its indicator is {:#04x}",
+                                x[0]
+                            ),
                         ));
                     }
                     more = x[1] & CONTINUES != 0;
@@ -308,9 +317,9 @@ pub(crate) mod build {
         v[4..8].copy_from_slice(b"TEST");
         v[30] = 0x55;
         v[31] = 0xaa;
-        let sum = v
-            .chunks_exact(2)
-            .fold(0u16, |s, w| s.wrapping_add(u16::from_le_bytes([w[0], w[1]])));
+        let sum = v.chunks_exact(2).fold(0u16, |s, w| {
+            s.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+        });
         v[28..30].copy_from_slice(&0u16.wrapping_sub(sum).to_le_bytes());
         v
     }
@@ -415,10 +424,7 @@ mod tests {
         bad[0] = 0x77;
         assert_eq!(kind(&catalog(&[validation(0), bad])), "malformed");
         // A boot image past the end of the image.
-        assert_eq!(
-            kind(&catalog(&[validation(0), entry(100, 4)])),
-            "malformed"
-        );
+        assert_eq!(kind(&catalog(&[validation(0), entry(100, 4)])), "malformed");
         // A section claiming more entries than the catalog read holds.
         let c = catalog(&[validation(0), entry(30, 4), header(true, 0, 100)]);
         assert_eq!(kind(&c), "truncated");
@@ -437,7 +443,12 @@ mod tests {
         }
         assert_eq!(kind(&chain), "limit-exceeded");
         // A 0x90 header followed by no header.
-        let c = catalog(&[validation(0), entry(30, 4), header(false, 0, 1), entry(30, 4)]);
+        let c = catalog(&[
+            validation(0),
+            entry(30, 4),
+            header(false, 0, 1),
+            entry(30, 4),
+        ]);
         assert_eq!(kind(&c), "malformed");
         // Too short for the first two entries.
         assert_eq!(kind(&validation(0)), "truncated");
@@ -446,7 +457,10 @@ mod tests {
             BootCatalog::span(1000, LEN).unwrap_err().kind(),
             "malformed"
         );
-        assert_eq!(BootCatalog::span(20, LEN).unwrap(), (20 * 2048, MAX_ISO_BOOT_CATALOG));
+        assert_eq!(
+            BootCatalog::span(20, LEN).unwrap(),
+            (20 * 2048, MAX_ISO_BOOT_CATALOG)
+        );
         assert_eq!(BootCatalog::span(90, LEN).unwrap(), (90 * 2048, 10 * 2048));
     }
 }

@@ -202,7 +202,9 @@ impl VolumeDescriptorSet {
                     set.check_fits(len)?;
                     return Ok(set);
                 }
-                TYPE_PRIMARY if primary_vd.is_none() => primary_vd = Some(read_primary(&d, offset)?),
+                TYPE_PRIMARY if primary_vd.is_none() => {
+                    primary_vd = Some(read_primary(&d, offset)?)
+                }
                 TYPE_SUPPLEMENTARY if joliet_root.is_none() && is_joliet(&d) => {
                     joliet_root = Some(root_extent(&d, offset)?);
                 }

@@ -74,9 +74,6 @@ mod tests {
         let layout = IsoLayout::from_bytes(&img).unwrap();
         assert!(layout.boot_catalog.unwrap().boots_bios());
         let img = image(40, &[primary("BOOT", 40, 20), boot_record(4000)]);
-        assert_eq!(
-            IsoLayout::from_bytes(&img).unwrap_err().kind(),
-            "malformed"
-        );
+        assert_eq!(IsoLayout::from_bytes(&img).unwrap_err().kind(), "malformed");
     }
 }
