@@ -14,8 +14,8 @@
 //! Names come from the Rock Ridge `NM` entries of the primary tree where present, else from the
 //! Joliet tree, else from the plain ISO 9660 names (`;1` dropped, case ignored). Only the root
 //! and one level below it are read, each directory up to
-//! [`MAX_ISO_DIRECTORY`](crate::limits::MAX_ISO_DIRECTORY), each file up to
-//! [`MAX_FILE_READ`](crate::limits::MAX_FILE_READ).
+//! [`MAX_ISO_DIRECTORY`], each file up to
+//! [`MAX_FILE_READ`].
 
 use serde::Serialize;
 
@@ -309,7 +309,7 @@ fn from_label(label: &str) -> IsoOs {
         plain = plain.replace(a, " ");
     }
     let words: Vec<&str> = plain
-        .split(|c: char| c == ' ' || c == '-' || c == '_')
+        .split([' ', '-', '_'])
         .filter(|w| !w.is_empty())
         .collect();
     let windows = words.iter().any(|w| {
