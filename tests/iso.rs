@@ -131,6 +131,67 @@ fn el_torito_bios_uefi_and_hybrid() {
     assert_eq!(info["virtual-size"], fs::metadata(&hybrid).unwrap().len());
 }
 
+/// A hybrid ISO as the distributions make them (an MBR or a GPT in the system area, the EFI
+/// image in a partition appended after the volume): still an ISO, its partitions listed too.
+#[test]
+fn hybrid_iso_with_a_partition_table() {
+    if !have("hybrid_iso_with_a_partition_table", &["xorriso"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = d.join("root");
+    ubuntu_root(&root);
+    let efi = d.join("efi.part");
+    fs::write(&efi, vec![0u8; 1 << 20]).unwrap();
+    for (name, table, gpt) in [("mbr.iso", "mbr", false), ("gpt.iso", "gpt", true)] {
+        let mut args = vec!["-r", "-V", "HYBRID", "-partition_offset", "16"];
+        args.extend(BIOS);
+        args.extend([
+            "-eltorito-alt-boot",
+            "-e",
+            "--interval:appended_partition_2:all::",
+            "-no-emul-boot",
+            "-append_partition",
+            "2",
+            "0xef",
+            s(&efi),
+        ]);
+        if gpt {
+            args.push("-appended_part_as_gpt");
+        }
+        let iso = xorriso(d, name, &root, &args);
+        let v = inspect_json(&iso);
+        assert_eq!(v["partition_table"], table, "{name}: {v}");
+        assert!(
+            v["partitions"].as_array().unwrap().len() >= 2,
+            "{name}: {v}"
+        );
+        assert_eq!(v["image_kind"], "iso", "{name}");
+        assert_eq!(v["whole_disk"]["filesystem"], "iso9660", "{name}");
+        assert_eq!(v["iso"]["volume_label"], "HYBRID", "{name}");
+        assert_eq!(platforms(&v), ["x86", "efi"], "{name}");
+        assert_eq!(v["firmware"], "both", "{name}");
+        assert_eq!(v["distro"], "ubuntu", "{name}");
+        // The EFI image is the appended partition, after the ISO 9660 volume.
+        let efi_entry = &v["iso"]["boot_entries"][1];
+        let efi_part = v["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["number"] == 2)
+            .unwrap();
+        assert_eq!(
+            efi_entry["load_rba"].as_u64().unwrap() * 2048,
+            efi_part["start"].as_u64().unwrap(),
+            "{name}: {v}"
+        );
+        let out = ims(&["info", "--output", "json", s(&iso)]);
+        let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(info["format"], "iso", "{name}");
+    }
+}
+
 /// genisoimage's El Torito catalog reads the same.
 #[test]
 fn genisoimage_bios() {

@@ -146,7 +146,9 @@ pub struct Inspection {
     pub disk_id: Option<String>,
     /// The partitions, in table order.
     pub partitions: Vec<PartitionFacts>,
-    /// The file system on the whole disk, when there is no partition table.
+    /// The file system on the whole disk, when there is no partition table; or the ISO 9660
+    /// volume of a hybrid ISO, whose system area also holds a partition table (so that the file
+    /// boots from a USB stick too).
     pub whole_disk: Option<VolumeFacts>,
     /// Linear LVM2 logical volumes found on the physical volumes.
     pub logical_volumes: Vec<LogicalVolumeFacts>,
@@ -252,6 +254,28 @@ pub fn inspect(reader: Arc<dyn BlockReader>) -> Result<Inspection> {
     let mut bios = table.mbr_boot_code || table.partitions.iter().any(|p| p.is_bios_boot());
     let mut uefi = false;
     let mut pvs: Vec<(Volume, String)> = Vec::new();
+    // A hybrid ISO (Ubuntu's, Fedora's, Debian's: an MBR or GPT in the system area, one
+    // partition over the ISO and one for the EFI image) is an ISO first: the whole disk is the
+    // ISO 9660 volume, and its partitions are looked into as well.
+    if table.kind != TableKind::None && disk.size() > 0 {
+        let whole = Volume::whole(disk.clone());
+        match superblocks::iso9660(&whole) {
+            Ok(Some(id)) => {
+                out.whole_disk = Some(VolumeFacts {
+                    filesystem: Some(id.kind),
+                    label: id.label.clone(),
+                    uuid: id.uuid.clone(),
+                });
+                let place = Place::WholeDisk;
+                if let Err(e) = look_into(&whole, &id, &place, &mut out, &mut bios, &mut uefi) {
+                    out.notes
+                        .push(format!("{} ({}): {e}", place.describe(), id.kind.name()));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => out.notes.push(format!("the whole disk: {e}")),
+        }
+    }
     for (index, vol) in &volumes {
         let place = match index {
             Some(i) => Place::Partition(&table.partitions[*i]),
