@@ -407,7 +407,12 @@ impl IsoFs {
                 let rec = sector
                     .get(pos..pos + usize::from(rec_len))
                     .filter(|_| rec_len >= 34);
-                let Some(rec) = rec else {
+                // The record's fixed part (34 bytes, the name's first byte included), read at
+                // constant offsets.
+                let fixed = rec
+                    .and_then(|r| r.get(..34))
+                    .and_then(|f| <&[u8; 34]>::try_from(f).ok());
+                let (Some(rec), Some(fixed)) = (rec, fixed) else {
                     return Err(Error::malformed(
                         "iso directory record",
                         at,
@@ -415,7 +420,7 @@ impl IsoFs {
                     ));
                 };
                 pos += usize::from(rec_len);
-                let name_len = usize::from(rec[32]);
+                let name_len = usize::from(fixed[32]);
                 let Some(raw) = rec.get(33..33 + name_len) else {
                     return Err(Error::malformed(
                         "iso directory record",
@@ -439,15 +444,16 @@ impl IsoFs {
                     rock_ridge_name(system_use)
                         .unwrap_or_else(|| strip_version(&String::from_utf8_lossy(raw)))
                 };
-                let le =
-                    |o: usize| u32::from_le_bytes([rec[o], rec[o + 1], rec[o + 2], rec[o + 3]]);
+                let le = |o: usize| {
+                    u32::from_le_bytes([fixed[o], fixed[o + 1], fixed[o + 2], fixed[o + 3]])
+                };
                 out.push(Dirent {
                     name,
                     extent: Extent {
                         location: le(2),
                         data_length: le(10),
                     },
-                    directory: rec[25] & 0x02 != 0,
+                    directory: fixed[25] & 0x02 != 0,
                 });
                 if out.len() >= MAX_DIR_ENTRIES {
                     return Ok(out);

@@ -127,8 +127,13 @@ impl BootCatalog {
     /// says); every boot image must lie inside the image of `len` bytes.
     pub fn parse(bytes: &[u8], offset: u64, len: u64) -> Result<BootCatalog> {
         let at = |pos: usize| offset + pos as u64;
-        let entry = |pos: usize| -> Result<&[u8]> {
-            match pos.checked_add(ENTRY).and_then(|end| bytes.get(pos..end)) {
+        // Each entry as a fixed-size array, so that its fields are read at constant offsets.
+        let entry = |pos: usize| -> Result<&[u8; ENTRY]> {
+            match pos
+                .checked_add(ENTRY)
+                .and_then(|end| bytes.get(pos..end))
+                .and_then(|e| <&[u8; ENTRY]>::try_from(e).ok())
+            {
                 Some(e) => Ok(e),
                 None if bytes.len() >= MAX_ISO_BOOT_CATALOG => Err(Error::limit(
                     "el torito boot catalog",
@@ -248,7 +253,7 @@ impl BootCatalog {
 
 /// The initial/default entry or a section entry at image offset `offset`.
 fn boot_entry(
-    e: &[u8],
+    e: &[u8; ENTRY],
     platform_id: u8,
     section: Option<u32>,
     offset: u64,
