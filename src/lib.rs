@@ -20,7 +20,7 @@
 //!   [`convert`](mod@convert); [`compare`] compares two disks; [`inspect`] finds partitions, file
 //!   systems and the guest OS (feature `inspect`).
 //! - **service**: [`register`](mod@register), the image catalog with its rules (features
-//!   `inspect` and, for the SQLite catalog, `sqlite`).
+//!   `inspect` and, for the SQLite catalog, `sqlite`; for the PostgreSQL catalog, `postgres`).
 //!
 //! The `ims` command line (feature `cli`) is a face over these and adds nothing to them.
 //!

@@ -474,3 +474,29 @@ fn an_interrupted_convert_removes_its_output() {
     assert!(err.contains("cancelled"), "{err}");
     assert_eq!(names(dir.path()), ["src.raw"]);
 }
+
+/// A reader that stops early (`ims map ... | head -c 1`) ends ims as it ends qemu-img, by
+/// SIGPIPE, without a panic message about a broken pipe.
+#[test]
+fn a_closed_pipe_ends_ims_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("striped.raw");
+    // 4096 data runs: a map far longer than a pipe's buffer.
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(32 << 20).unwrap();
+    for i in 0..4096u64 {
+        f.write_all_at(&[1u8; 512], i * 8192).unwrap();
+    }
+    let script = format!(
+        "'{}' map --output json '{}' | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}} >&2",
+        env!("CARGO_BIN_EXE_ims"),
+        img.display()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim(), "141", "killed by SIGPIPE: {err}");
+}

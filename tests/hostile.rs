@@ -1841,6 +1841,31 @@ fn vmdk_inconsistent_cases(b: &Bases) -> Vec<Case> {
             }),
         ),
     ];
+    // Extents of a descriptor file that read the same bytes (references allowed).
+    let two_mib = vec![b'D'; 2 * MIB as usize];
+    v.extend([
+        case(
+            "vmdk two FLAT extents on the same bytes",
+            "malformed",
+            descriptor("RW 2048 FLAT \"data.raw\" 0\nRW 2048 FLAT \"data.raw\" 1024\n"),
+        )
+        .with("data.raw", two_mib.clone())
+        .allow(),
+        case(
+            "vmdk two FLAT extents side by side in one file",
+            "ok",
+            descriptor("RW 2048 FLAT \"data.raw\" 2048\nRW 2048 FLAT \"data.raw\" 0\n"),
+        )
+        .with("data.raw", two_mib)
+        .allow(),
+        case(
+            "vmdk one SPARSE extent twice",
+            "malformed",
+            descriptor("RW 4096 SPARSE \"s.vmdk\"\nRW 4096 SPARSE \"s.vmdk\"\n"),
+        )
+        .with("s.vmdk", k.clone())
+        .allow(),
+    ]);
     for name in [
         "/etc/passwd",
         "../outside.raw",

@@ -164,7 +164,18 @@ pub(crate) fn cancel_on_signals() -> CancelToken {
     token
 }
 
+/// Lets a closed standard output end the process as it ends qemu-img and every C tool (`ims info
+/// X | head`): Rust ignores SIGPIPE, so `println!` would panic on the broken pipe instead. Only
+/// for the verbs that print to a terminal or a pipe; a long-running server must keep ignoring it.
+fn default_sigpipe() {
+    // SAFETY: restoring a signal's default action has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     // Usage errors exit 1, as qemu-img's do (clap's own convention is 2).
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -48,6 +48,8 @@ use crate::error::Error;
 use crate::storage::Storage;
 
 pub use catalog::Catalog;
+#[cfg(feature = "postgres")]
+pub use catalog::PostgresCatalog;
 #[cfg(feature = "sqlite")]
 pub use catalog::SqliteCatalog;
 pub use error::{Result, RuleCode, ServiceError};
@@ -161,6 +163,22 @@ impl Ims {
     /// registrations.
     #[cfg(feature = "sqlite")]
     pub fn open(home: &Path) -> Result<Ims> {
+        Ims::open_home(home, || {
+            Ok(Box::new(SqliteCatalog::open(&home.join("catalog.db"))?))
+        })
+    }
+
+    /// Opens the service on a home directory as [`Ims::open`] does, with its records in the
+    /// catalog `catalog` names ([`catalog::open`]: `postgres://...` for a PostgreSQL database,
+    /// or an SQLite file's path) instead of `HOME/catalog.db`; the store, the limits and the
+    /// spool stay in the home directory. Processes that share a catalog must share the store
+    /// as well (today: the same home directory): recovery takes a queued or saving record whose
+    /// write its own store does not see as live for the record of a dead process.
+    pub fn open_with_catalog(home: &Path, catalog: &str) -> Result<Ims> {
+        Ims::open_home(home, || catalog::open(catalog))
+    }
+
+    fn open_home(home: &Path, catalog: impl FnOnce() -> Result<Box<dyn Catalog>>) -> Result<Ims> {
         std::fs::create_dir_all(home)
             .map_err(|e| Error::io("create directory", e).in_file(home))?;
         let limits_path = home.join("limits.json");
@@ -170,9 +188,9 @@ impl Ims {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Limits::default(),
             Err(e) => return Err(Error::io("read", e).in_file(&limits_path).into()),
         };
-        let catalog = SqliteCatalog::open(&home.join("catalog.db"))?;
+        let catalog = catalog()?;
         let store = LocalStore::new(&home.join("store"))?;
-        let mut ims = Ims::with(Box::new(catalog), Box::new(store), limits)?;
+        let mut ims = Ims::with(catalog, Box::new(store), limits)?;
         ims.set_spool_dir(&home.join("spool"));
         Ok(ims)
     }

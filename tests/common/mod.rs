@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod catalog;
+pub mod postgres;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -25,6 +25,11 @@ pub struct ScopeArgs {
     /// The data directory: catalog and stored images (env IMS_HOME, default `./ims-data`).
     #[arg(long, global = true, value_name = "DIR")]
     home: Option<PathBuf>,
+    /// Where the records are kept instead of `HOME/catalog.db`: `postgres://USER@HOST/DB` for
+    /// a PostgreSQL database shared by several ims processes, or an SQLite file (env
+    /// IMS_CATALOG). The stored images stay under the home directory.
+    #[arg(long, global = true, value_name = "ADDRESS")]
+    catalog: Option<String>,
     #[arg(long, global = true, value_enum, default_value = "human")]
     output: OutputKind,
 }
@@ -48,7 +53,14 @@ impl ScopeArgs {
             .clone()
             .or_else(|| std::env::var_os("IMS_HOME").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("ims-data"));
-        Ims::open(&home)
+        match self
+            .catalog
+            .clone()
+            .or_else(|| std::env::var("IMS_CATALOG").ok().filter(|s| !s.is_empty()))
+        {
+            Some(catalog) => Ims::open_with_catalog(&home, &catalog),
+            None => Ims::open(&home),
+        }
     }
 }
 

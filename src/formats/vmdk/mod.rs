@@ -65,6 +65,8 @@ pub fn open(file: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<
     let size = disk_size(&d)?;
     let parent = open_parent(&d, path, resolver)?;
     let mut extents = Vec::with_capacity(d.extents.len());
+    // What each opened extent reads of which file: no two extents may read the same bytes.
+    let mut used = Vec::new();
     let mut start = 0u64;
     for line in &d.extents {
         let length = line.sectors * SECTOR;
@@ -95,6 +97,7 @@ pub fn open(file: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<
                         Error::truncated("vmdk flat extent", offset, length, len).in_file(&p)
                     );
                 }
+                used.push((p, offset, offset + length, line.at));
                 ExtentData::Flat { file: f, offset }
             }
             ExtentType::Sparse | ExtentType::VmfsSparse => {
@@ -126,6 +129,7 @@ pub fn open(file: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<
                         ),
                     ));
                 }
+                used.push((p, 0, u64::MAX, line.at));
                 ExtentData::Sparse(Box::new(sparse))
             }
             ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
@@ -144,7 +148,32 @@ pub fn open(file: Arc<dyn Storage>, path: &Path, resolver: &Resolver) -> Result<
         });
         start += length;
     }
+    check_extents_apart(used)?;
     Ok(reader::VmdkDisk::reader(size, extents, Some(d), parent))
+}
+
+/// Refuses two extents that read the same bytes of one file (a sparse extent reads all of its
+/// file): the same stored data would be several parts of the disk, so a small file could read
+/// as a huge disk. Each entry is (file, first byte, end, where the extent line is).
+fn check_extents_apart(mut used: Vec<(std::path::PathBuf, u64, u64, u64)>) -> Result<()> {
+    used.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    for pair in used.windows(2) {
+        if let [a, b] = pair
+            && a.0 == b.0
+            && b.1 < a.2
+        {
+            return Err(Error::malformed(
+                "vmdk descriptor extent",
+                b.3,
+                format!(
+                    "reads bytes of {} that the extent at offset {:#x} reads too",
+                    b.0.display(),
+                    a.3
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Opens a file that starts with a hosted sparse header: monolithicSparse, streamOptimized, or

@@ -142,6 +142,20 @@ impl MappedDisk for VmdkDisk {
                         let rel = pos - extent.start;
                         let grain = rel / grain_bytes;
                         let grain_start = grain * grain_bytes;
+                        // A whole grain table's worth of grains with no table: one step.
+                        let tableless = sparse.grains_without_table(grain);
+                        if tableless > 0 {
+                            let run_end = extent
+                                .start
+                                .saturating_add(
+                                    grain_start
+                                        .saturating_add(tableless.saturating_mul(grain_bytes)),
+                                )
+                                .min(stop);
+                            emit(pos, run_end - pos, unallocated)?;
+                            pos = run_end;
+                            continue;
+                        }
                         let run_end = (extent.start + grain_start + grain_bytes).min(stop);
                         let within = rel - grain_start;
                         let mapping = match sparse.grain(grain)? {

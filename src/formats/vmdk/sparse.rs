@@ -256,6 +256,22 @@ impl SparseExtent {
         Ok(Some(gt))
     }
 
+    /// How many grains from `index` on lie under a GD entry of 0 (no grain table: none of them
+    /// is stored), so a walk over a huge, mostly empty extent steps a table at a time.
+    pub fn grains_without_table(&self, index: u64) -> u64 {
+        let per_gt = u64::from(self.header.num_gtes_per_gt);
+        let entry = usize::try_from(index / per_gt)
+            .ok()
+            .and_then(|i| self.gd.get(i))
+            .copied()
+            .unwrap_or(0);
+        if entry == 0 {
+            per_gt - index % per_gt
+        } else {
+            0
+        }
+    }
+
     /// What grain `index` is, with its location checked against the file.
     pub fn grain(&self, index: u64) -> Result<Grain> {
         let per_gt = u64::from(self.header.num_gtes_per_gt);

@@ -1,15 +1,50 @@
-//! Where records and members are kept: the [`Catalog`] trait, and [`SqliteCatalog`], the
-//! embedded default (one SQLite file). A server database can implement the same trait; the
-//! rules never know which is in use.
+//! Where records and members are kept: the [`Catalog`] trait; `SqliteCatalog`, the embedded
+//! default (one SQLite file, feature `sqlite`); and `PostgresCatalog`, a PostgreSQL database
+//! shared by many processes on many machines (feature `postgres`). The rules never know which
+//! is in use; [`open`] picks one from an address.
 
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresCatalog;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteCatalog;
 
 use super::error::Result;
 use super::record::{ImageRecord, Member, MemberStatus, Status};
+
+/// Opens the catalog `address` names: `postgres://...` or `postgresql://...` a PostgreSQL
+/// database ([`PostgresCatalog::open`], feature `postgres`); any other address with a `://`
+/// is refused; anything else is the path of an SQLite file (feature `sqlite`), created when
+/// absent (`sqlite:PATH` says so explicitly).
+pub fn open(address: &str) -> Result<Box<dyn Catalog>> {
+    if address.starts_with("postgres://") || address.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(Box::new(PostgresCatalog::open(address)?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(crate::Error::unsupported(
+            "a PostgreSQL catalog: this ims was built without the `postgres` feature",
+        )
+        .into());
+    }
+    if let Some((scheme, _)) = address.split_once("://") {
+        return Err(crate::Error::InvalidArgument(format!(
+            "unknown catalog address scheme '{scheme}://' (known: postgres://, postgresql://, or an SQLite file's path)"
+        ))
+        .into());
+    }
+    let path = address.strip_prefix("sqlite:").unwrap_or(address);
+    #[cfg(feature = "sqlite")]
+    return Ok(Box::new(SqliteCatalog::open(std::path::Path::new(path))?));
+    #[cfg(not(feature = "sqlite"))]
+    return Err(crate::Error::unsupported(format!(
+        "an SQLite catalog ({path}): this ims was built without the `sqlite` feature"
+    ))
+    .into());
+}
 
 /// Records and members. Every method is atomic; the checks passed to `insert` and `add_member`
 /// run inside the same transaction as the write, so concurrent callers cannot both pass them,

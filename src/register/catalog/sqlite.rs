@@ -497,28 +497,4 @@ CREATE INDEX members_project ON members (project);
             .unwrap();
         assert!(SqliteCatalog::open(&path).is_err());
     }
-
-    #[test]
-    fn records_inserted_together_pass_one_check_or_none_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let catalog = SqliteCatalog::open(&dir.path().join("c.db")).unwrap();
-        let group: Vec<ImageRecord> = (0..3)
-            .map(|i| ImageRecord::new(&format!("g{i}"), "owner", "r1", ImageType::Data))
-            .collect();
-        let refused = catalog.insert_all(&group, &|_| {
-            Err(crate::register::ServiceError::rule(
-                crate::register::RuleCode::QuotaExceeded,
-                "no",
-            ))
-        });
-        assert!(refused.is_err());
-        assert!(catalog.visible("r1", "owner").unwrap().is_empty());
-        catalog
-            .insert_all(&group, &|count| {
-                assert_eq!(count, 0);
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(catalog.visible("r1", "owner").unwrap().len(), 3);
-    }
 }
