@@ -94,6 +94,16 @@ pub fn convert(
     options: &PipelineOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
+    if image.format() == crate::formats::Format::Iso {
+        // qemu-img would read the ISO as a raw disk; an installation medium converted to a
+        // disk format is almost always a mistake, so the caller says so by naming raw.
+        return Err(Error::unsupported(format!(
+            "converting an iso image ({}): an ISO 9660 image is an installation medium, not a \
+             virtual disk; register it with `ims register FILE --type iso`, or name its format \
+             raw (-f raw) to convert its bytes as a raw disk",
+            image.path().display()
+        )));
+    }
     run(image.into_source(), writer, options, progress)
 }
 

@@ -13,6 +13,7 @@ use crate::block::BlockWriter;
 use crate::block::{BlockReader, Source};
 use crate::error::{Error, ReferenceKind, Result};
 use crate::formats::Format;
+use crate::formats::iso::IsoLayout;
 use crate::formats::qcow2::writer::{Qcow2CreateOptions, Qcow2Writer};
 use crate::formats::qcow2::{Qcow2Header, Qcow2OpenOptions, Qcow2Reader};
 use crate::formats::raw::{RawReader, RawStream, RawWriter};
@@ -172,7 +173,7 @@ pub(crate) struct Driver {
 }
 
 /// Every format, in [`Format::ALL`]'s order.
-pub(crate) const DRIVERS: [Driver; 10] = [
+pub(crate) const DRIVERS: [Driver; 11] = [
     Driver {
         format: Format::Raw,
         open: |storage, _, _| Ok(Source::Random(Arc::new(RawReader::new(storage)))),
@@ -243,6 +244,13 @@ pub(crate) const DRIVERS: [Driver; 10] = [
         options: read_only_options,
         create: create_read_only,
     },
+    Driver {
+        format: Format::Iso,
+        open: open_iso,
+        open_stream: None,
+        options: |_, _, _| Err(no_iso_writer()),
+        create: |_, _, _, _, _| Err(no_iso_writer()),
+    },
 ];
 
 /// The formats ims reads but does not write.
@@ -287,6 +295,18 @@ fn create_vdi(
         let sink = seekable_sink(format, target, files)?;
         Ok(Box::new(VdiWriter::new(sink, size, &opts)?))
     }
+}
+
+/// An ISO image is read as the bytes it is, once its descriptor set and boot catalog check.
+fn open_iso(storage: Arc<dyn Storage>, _: &Path, _: &Resolver) -> Result<Source> {
+    IsoLayout::open(&*storage)?;
+    Ok(Source::Random(Arc::new(RawReader::new(storage))))
+}
+
+fn no_iso_writer() -> Error {
+    Error::unsupported(
+        "writing iso images (ims reads and registers ISO 9660 images; it does not make them)",
+    )
 }
 
 /// A random-access reader as a source.

@@ -240,6 +240,22 @@ pub const MAX_ZVHD_RECORD_LEN: u64 = 4_202_496;
 pub const MAX_ZVHD2_BITMAP_LEN: u64 = 64 << 20;
 
 // ---------------------------------------------------------------------------------------------
+// ISO 9660
+// ---------------------------------------------------------------------------------------------
+
+/// The most volume descriptors read from sector 16 before the set terminator: 64 (128 KiB).
+/// Real discs have three to five (primary, El Torito boot record, Joliet, terminator); a set
+/// without a terminator ends here as `limit-exceeded`.
+pub const MAX_ISO_DESCRIPTORS: u64 = 64;
+/// The most bytes of an El Torito boot catalog read: 64 KiB (2048 entries of 32 bytes). Real
+/// catalogs fill part of one 2048-byte sector; a catalog whose sections run past this is
+/// `limit-exceeded`.
+pub const MAX_ISO_BOOT_CATALOG: usize = 64 << 10;
+/// The most bytes of one ISO 9660 directory read during inspection: 1 MiB (thousands of
+/// entries). Inspection looks into the root and one level below it only.
+pub const MAX_ISO_DIRECTORY: u64 = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------
 // Inspection (reading guests)
 // ---------------------------------------------------------------------------------------------
 

@@ -282,9 +282,11 @@ fn detect(head: &[u8], tail: &[u8]) -> Vec<(Detected, Strength)> {
     if footer.is_some_and(|f| f.starts_with(b"koly")) {
         found.push((Refused("dmg (Apple disk image)"), Strong));
     }
-    // ISO 9660: "CD001" in the first volume descriptor, at sector 16 of 2048 bytes.
+    // ISO 9660: "CD001" in the first volume descriptor, at sector 16 of 2048 bytes. An ISO is
+    // its own kind of image (read as its bytes, inspected and registered as an ISO, never
+    // converted): src/formats/iso.
     if at(0x8001, b"CD001") {
-        found.push((Refused("iso (ISO 9660 file system)"), Weak));
+        found.push((Supported(Format::Iso), Weak));
     }
     found
 }
@@ -418,7 +420,6 @@ mod tests {
                 "vdi (its signature without",
             ),
             (0, b"LUKS\xba\xbe", "luks"),
-            (0x8001, b"CD001", "iso"),
         ] {
             let e = probe_head(&head_with(off, magic)).unwrap_err();
             assert_eq!(e.kind(), "unsupported", "{name}");
@@ -442,9 +443,17 @@ mod tests {
         // With 64 KiB clusters, 32 KiB is inside the header cluster: an ISO and a qcow2 at once.
         q[20..24].copy_from_slice(&16u32.to_be_bytes());
         assert_eq!(probe_head(&q).unwrap_err().kind(), "ambiguous");
-        // A raw disk holding an ISO is refused as an ISO (unsupported), never ambiguous.
+        // A file with nothing but the ISO 9660 signature is an ISO, never ambiguous.
         let iso = head_with(0x8001, b"CD001");
-        assert_eq!(probe_head(&iso).unwrap_err().kind(), "unsupported");
+        assert_eq!(probe_head(&iso).unwrap(), Format::Iso);
+        // Named iso, a qcow2 header at 0 is a second format: ambiguous.
+        let mut q_iso = head_with(0, b"QFI\xfb\0\0\0\x03");
+        q_iso[0x8001..0x8006].copy_from_slice(b"CD001");
+        let tail = q_iso[q_iso.len() - TAIL_LEN..].to_vec();
+        assert_eq!(
+            check_named(&q_iso, &tail, Format::Iso).unwrap_err().kind(),
+            "ambiguous"
+        );
     }
 
     #[test]

@@ -2298,6 +2298,261 @@ fn polyglot_named_cases(b: &Bases) -> Vec<Case> {
     ]
 }
 
+// ---- ISO 9660: the volume descriptor set and the El Torito boot catalog. ----
+
+const ISO_SECTOR: usize = 2048;
+/// Sectors of the test ISO: 16 of system area, the primary descriptor (16), the boot record
+/// (17), the terminator (18), the boot catalog (19), the root directory (20), two boot images
+/// (21, 22), and room after the catalog for one that runs on to its 64 KiB cap.
+const ISO_SECTORS: usize = 64;
+const ISO_CATALOG: usize = 19 * ISO_SECTOR;
+
+/// A hybrid (BIOS and UEFI) ISO built field by field (formats/iso.md).
+fn iso_base() -> Vec<u8> {
+    let mut b = vec![0u8; ISO_SECTORS * ISO_SECTOR];
+    let both32 = |b: &mut [u8], at: usize, v: u32| {
+        LittleEndian::write_u32(&mut b[at..], v);
+        BigEndian::write_u32(&mut b[at + 4..], v);
+    };
+    let descriptor = |b: &mut [u8], sector: usize, kind: u8| {
+        let at = sector * ISO_SECTOR;
+        b[at] = kind;
+        b[at + 1..at + 6].copy_from_slice(b"CD001");
+        b[at + 6] = 1;
+        at
+    };
+    let pvd = descriptor(&mut b, 16, 1);
+    b[pvd + 40..pvd + 48].copy_from_slice(b"HOSTILE ");
+    both32(&mut b, pvd + 80, ISO_SECTORS as u32);
+    LittleEndian::write_u16(&mut b[pvd + 128..], 2048);
+    BigEndian::write_u16(&mut b[pvd + 130..], 2048);
+    b[pvd + 156] = 34;
+    both32(&mut b, pvd + 158, 20);
+    both32(&mut b, pvd + 166, 2048);
+    b[pvd + 156 + 25] = 2;
+    b[pvd + 156 + 32] = 1;
+    let br = descriptor(&mut b, 17, 0);
+    b[br + 7..br + 30].copy_from_slice(b"EL TORITO SPECIFICATION");
+    LittleEndian::write_u32(&mut b[br + 0x47..], 19);
+    descriptor(&mut b, 18, 255);
+    // The catalog: validation entry (x86), default entry, one EFI section of one entry.
+    let c = ISO_CATALOG;
+    b[c] = 1;
+    b[c + 30] = 0x55;
+    b[c + 31] = 0xaa;
+    iso_fix_checksum(&mut b);
+    b[c + 32] = 0x88;
+    LittleEndian::write_u16(&mut b[c + 38..], 4);
+    LittleEndian::write_u32(&mut b[c + 40..], 21);
+    b[c + 64] = 0x91;
+    b[c + 65] = 0xef;
+    LittleEndian::write_u16(&mut b[c + 66..], 1);
+    b[c + 96] = 0x88;
+    LittleEndian::write_u16(&mut b[c + 102..], 4);
+    LittleEndian::write_u32(&mut b[c + 104..], 22);
+    // The root directory: `.` and `..`.
+    for (i, name) in [0u8, 1].into_iter().enumerate() {
+        let r = 20 * ISO_SECTOR + 34 * i;
+        b[r] = 34;
+        both32(&mut b, r + 2, 20);
+        both32(&mut b, r + 10, 2048);
+        b[r + 25] = 2;
+        b[r + 32] = 1;
+        b[r + 33] = name;
+    }
+    b
+}
+
+/// The validation entry's words must sum to zero.
+fn iso_fix_checksum(b: &mut [u8]) {
+    let v = &mut b[ISO_CATALOG..ISO_CATALOG + 32];
+    v[28] = 0;
+    v[29] = 0;
+    let sum = v
+        .chunks_exact(2)
+        .fold(0u16, |s, w| s.wrapping_add(LittleEndian::read_u16(w)));
+    LittleEndian::write_u16(&mut v[28..], 0u16.wrapping_sub(sum));
+}
+
+fn iso_cases() -> Vec<Case> {
+    let base = iso_base();
+    let c = ISO_CATALOG;
+    let br = 17 * ISO_SECTOR;
+    let catalog_at = |sector: u32| {
+        edit(&base, |b| {
+            LittleEndian::write_u32(&mut b[br + 0x47..], sector)
+        })
+    };
+    vec![
+        case("iso: a valid hybrid ISO", "ok", base.clone()),
+        case("iso: a valid hybrid ISO, named iso", "ok", base.clone()).format(Format::Iso),
+        case(
+            "iso: boot catalog outside the file",
+            "malformed",
+            catalog_at(0x00ff_ffff),
+        ),
+        case(
+            "iso: boot catalog at u32::MAX",
+            "malformed",
+            catalog_at(u32::MAX),
+        ),
+        case(
+            "iso: boot catalog over the volume descriptors",
+            "malformed",
+            catalog_at(16),
+        ),
+        case(
+            "iso: boot catalog at the end of the file",
+            "malformed",
+            catalog_at(ISO_SECTORS as u32),
+        ),
+        case(
+            "iso: validation entry checksum wrong",
+            "malformed",
+            edit(&base, |b| b[c + 4] ^= 0xff),
+        ),
+        case(
+            "iso: validation entry without its key bytes",
+            "malformed",
+            edit(&base, |b| {
+                b[c + 31] = 0;
+                iso_fix_checksum(b);
+            }),
+        ),
+        case(
+            "iso: boot indicator neither 0x88 nor 0",
+            "malformed",
+            edit(&base, |b| b[c + 96] = 0x77),
+        ),
+        case(
+            "iso: unknown boot media type",
+            "malformed",
+            edit(&base, |b| b[c + 97] = 9),
+        ),
+        case(
+            "iso: boot image outside the file",
+            "malformed",
+            edit(&base, |b| {
+                LittleEndian::write_u32(&mut b[c + 104..], u32::MAX)
+            }),
+        ),
+        case(
+            "iso: boot image running past the end",
+            "malformed",
+            edit(&base, |b| {
+                LittleEndian::write_u16(&mut b[c + 102..], u16::MAX)
+            }),
+        ),
+        case(
+            "iso: section header claiming 65535 entries",
+            "limit-exceeded",
+            edit(&base, |b| {
+                LittleEndian::write_u16(&mut b[c + 66..], u16::MAX);
+                for e in b[c + 96..c + (64 << 10)].chunks_exact_mut(32) {
+                    e.fill(0);
+                }
+            }),
+        ),
+        case(
+            "iso: section headers that never end",
+            "limit-exceeded",
+            edit(&base, |b| {
+                for e in b[c + 64..c + (64 << 10)].chunks_exact_mut(32) {
+                    e.fill(0);
+                    e[0] = 0x90;
+                }
+            }),
+        ),
+        case(
+            "iso: section header promising more that never come",
+            "malformed",
+            edit(&base, |b| b[c + 64] = 0x90),
+        ),
+        case(
+            "iso: extension entry announced and absent",
+            "malformed",
+            edit(&base, |b| b[c + 97] = 0x20),
+        ),
+        case(
+            "iso: descriptor set without a terminator",
+            "malformed",
+            edit(&base, |b| b[18 * ISO_SECTOR + 1] = b'X'),
+        ),
+        case(
+            "iso: descriptors without a terminator to the cap",
+            "limit-exceeded",
+            {
+                let mut b = base.clone();
+                b.resize((16 + 70) * ISO_SECTOR, 0);
+                BigEndian::write_u32(&mut b[16 * ISO_SECTOR + 84..], 86);
+                LittleEndian::write_u32(&mut b[16 * ISO_SECTOR + 80..], 86);
+                for s in 18..86 {
+                    let at = s * ISO_SECTOR;
+                    b[at..at + ISO_SECTOR].fill(0);
+                    b[at] = 3;
+                    b[at + 1..at + 6].copy_from_slice(b"CD001");
+                    b[at + 6] = 1;
+                }
+                b
+            },
+        ),
+        case(
+            "iso: no primary volume descriptor",
+            "malformed",
+            edit(&base, |b| b[16 * ISO_SECTOR] = 3),
+        ),
+        case(
+            "iso: unknown descriptor type",
+            "malformed",
+            edit(&base, |b| b[17 * ISO_SECTOR] = 42),
+        ),
+        case(
+            "iso: two El Torito boot records",
+            "malformed",
+            edit(&base, |b| {
+                let (a, z) = (17 * ISO_SECTOR, 18 * ISO_SECTOR);
+                b.copy_within(a..z, z);
+                b[19 * ISO_SECTOR..20 * ISO_SECTOR].fill(0);
+                b[19 * ISO_SECTOR] = 255;
+                b[19 * ISO_SECTOR + 1..19 * ISO_SECTOR + 6].copy_from_slice(b"CD001");
+                b[19 * ISO_SECTOR + 6] = 1;
+            }),
+        ),
+        case(
+            "iso: truncated (the volume is larger than the file)",
+            "truncated",
+            cut(&base, 40 * ISO_SECTOR),
+        ),
+        case(
+            "iso: volume size copies disagree",
+            "malformed",
+            edit(&base, |b| b[16 * ISO_SECTOR + 87] ^= 1),
+        ),
+        case(
+            "iso: root directory outside the volume",
+            "malformed",
+            edit(&base, |b| {
+                LittleEndian::write_u32(&mut b[16 * ISO_SECTOR + 158..], 1000);
+                BigEndian::write_u32(&mut b[16 * ISO_SECTOR + 162..], 1000);
+            }),
+        ),
+        case(
+            "iso: 512-byte logical blocks",
+            "unsupported",
+            edit(&base, |b| {
+                LittleEndian::write_u16(&mut b[16 * ISO_SECTOR + 128..], 512);
+                BigEndian::write_u16(&mut b[16 * ISO_SECTOR + 130..], 512);
+            }),
+        ),
+        case(
+            "iso: named iso without a volume descriptor",
+            "malformed",
+            vec![0u8; ISO_SECTORS * ISO_SECTOR],
+        )
+        .format(Format::Iso),
+    ]
+}
+
 // ---- The runner. ----
 
 /// Opens `img` and reads everything: the map and every byte of a random-access disk, every chunk
@@ -2581,13 +2836,14 @@ fn all_cases(root: &Path) -> Vec<Case> {
     let outside = s(&outside);
     let spool = root.join("spool");
     std::fs::create_dir_all(&spool).unwrap();
-    let groups: [&dyn Fn() -> Vec<Case>; 6] = [
+    let groups: [&dyn Fn() -> Vec<Case>; 7] = [
         &|| qcow2_cases(&b, outside),
         &|| vhd_cases(&b, outside),
         &|| vmdk_cases(&b, outside),
         &|| zvhd_cases(&b),
         &|| stream_cases(&b),
         &|| polyglot_cases(&b),
+        &iso_cases,
     ];
     let mut all = Vec::new();
     for group in groups {

@@ -124,7 +124,7 @@ fn inspect_json(path: &Path) -> Value {
 fn each_format(raw: &Path, check: impl Fn(&Value)) {
     let dir = raw.parent().unwrap();
     let stem = raw.file_stem().unwrap().to_str().unwrap();
-    // Named raw: the probe refuses what it recognises as an ISO 9660 file.
+    // Named raw: the bytes as they are (without -f an ISO is probed as `iso`: tests/iso.rs).
     check(&inspect_json_with(&["-f", "raw"], raw));
     for (name, extra) in [("qcow2", None), ("c.qcow2", Some("-c"))] {
         let out = dir.join(format!("{stem}.{name}"));

@@ -1382,7 +1382,8 @@ fn limits_come_from_the_home_directory() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("limits.json"));
 }
 
-/// An ISO 9660 image registers as an ISO (read as the raw disk it is), and only as one.
+/// An ISO 9660 image registers as an ISO (probed as `iso`), and only as one; one that names no
+/// OS needs `--os-version` (tests/iso.rs has the ISOs that name theirs).
 #[test]
 fn iso_images_register_as_iso_only() {
     if !have("iso_images_register_as_iso_only", &["genisoimage"]) {
@@ -1397,20 +1398,37 @@ fn iso_images_register_as_iso_only() {
         &["-quiet", "-V", "INSTALL", "-o", s(&iso), s(&content)],
     );
     let home = dir.path().join("home");
-    let record = register(&home, &iso, "installer", &["--type", "iso"]);
+    refused(
+        &cli(
+            &home,
+            "owner",
+            &["register", s(&iso), "--name", "installer", "--type", "iso"],
+        ),
+        "os_version_required",
+    );
+    let record = register(
+        &home,
+        &iso,
+        "installer",
+        &["--type", "iso", "--os-version", "Other Linux 64bit"],
+    );
     assert_eq!(record["image_type"], "iso");
     assert_eq!(record["status"], "active");
-    assert_eq!(record["source_format"], "raw");
+    assert_eq!(record["source_format"], "iso");
+    assert_eq!(record["os_version"], "Other Linux 64bit");
+    assert_eq!(record["iso"]["volume_label"], "INSTALL");
     refused(
         &cli(
             &home,
             "owner",
             &["register", s(&iso), "--name", "as-data", "--type", "data"],
         ),
-        "format_unsupported",
+        "iso_type_mismatch",
     );
     // Given as a storage, the ISO is recognised through it.
     let ims = Ims::open(&home).unwrap();
+    let mut request = RegisterRequest::new("in-memory", ImageType::Iso);
+    request.os_version = Some("Other Linux 64bit".into());
     let from_memory = ims
         .register(
             &owner(),
@@ -1418,7 +1436,7 @@ fn iso_images_register_as_iso_only() {
                 storage: Arc::new(ims::MemoryStorage::new(fs::read(&iso).unwrap())),
                 name: "install.iso".into(),
             },
-            &RegisterRequest::new("in-memory", ImageType::Iso),
+            &request,
             &mut |_| {},
             &CancelToken::new(),
         )
@@ -1426,7 +1444,7 @@ fn iso_images_register_as_iso_only() {
         .record;
     assert_eq!(
         (from_memory.status, from_memory.source_format.as_str()),
-        (Status::Active, "raw")
+        (Status::Active, "iso")
     );
 }
 

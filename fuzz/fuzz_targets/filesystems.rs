@@ -63,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         4 => {
-            let _ = iso9660::boot_platforms(&vol);
+            let _ = iso9660::inspect(&vol);
         }
         _ => {
             // The PV label and metadata, then each logical volume it maps onto this PV.

@@ -533,6 +533,40 @@ fn print_inspection(f: &ims::inspect::Inspection) {
     for (k, v) in rows {
         println!("{:<16} {v}", format!("{k}:"));
     }
+    if let Some(iso) = &f.iso {
+        println!("{:<16} {}", "iso label:", opt(&iso.volume_label));
+        let boots: Vec<&str> = [(iso.bios, "bios"), (iso.uefi, "uefi")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        println!(
+            "{:<16} {}",
+            "iso boots:",
+            list(&boots.iter().map(|b| b.to_string()).collect::<Vec<_>>())
+        );
+        if let Some(source) = iso.os_source {
+            println!("{:<16} {source}", "iso os from:");
+        }
+        for e in &iso.boot_entries {
+            let section = e
+                .section
+                .map_or("default".to_string(), |n| format!("section {n}"));
+            println!(
+                "{:<16} {section}: platform {:?} ({:#04x}), {}, {:?}, load sector {}, {} × 512 bytes",
+                "boot entry:",
+                e.platform,
+                e.platform_id,
+                if e.bootable {
+                    "bootable"
+                } else {
+                    "not bootable"
+                },
+                e.emulation,
+                e.load_rba,
+                e.sector_count
+            );
+        }
+    }
 }
 
 /// One line of `map --output json`, with qemu-img's keys in its order.

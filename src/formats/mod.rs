@@ -2,6 +2,7 @@
 //! through the traits in [`crate::block`].
 
 pub mod info;
+pub mod iso;
 pub mod qcow1;
 pub mod qcow2;
 pub mod qed;
@@ -41,10 +42,13 @@ pub enum Format {
     Qed,
     /// QEMU's copy-on-write format, version 1.
     Qcow,
+    /// An ISO 9660 image (a CD or DVD image, an installation medium): read as the bytes it is,
+    /// inspected and registered as an ISO, never converted to or written.
+    Iso,
 }
 
 impl Format {
-    pub(crate) const ALL: [Format; 10] = [
+    pub(crate) const ALL: [Format; 11] = [
         Format::Raw,
         Format::Qcow2,
         Format::Vmdk,
@@ -55,6 +59,7 @@ impl Format {
         Format::Vdi,
         Format::Qed,
         Format::Qcow,
+        Format::Iso,
     ];
 
     /// The name used on the command line and in `info`.
@@ -70,6 +75,7 @@ impl Format {
             Format::Vdi => "vdi",
             Format::Qed => "qed",
             Format::Qcow => "qcow",
+            Format::Iso => "iso",
         }
     }
 }
@@ -88,7 +94,7 @@ impl FromStr for Format {
             "vpc" => Ok(Format::Vhd),
             _ => Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "unknown image format '{s}' (known: raw, qcow2, vmdk, vhd or vpc, vhdx, zvhd, zvhd2, vdi, qed, qcow)"
+                    "unknown image format '{s}' (known: raw, qcow2, vmdk, vhd or vpc, vhdx, zvhd, zvhd2, vdi, qed, qcow, iso)"
                 ))
             }),
         }

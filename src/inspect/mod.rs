@@ -146,7 +146,9 @@ pub struct Inspection {
     pub disk_id: Option<String>,
     /// The partitions, in table order.
     pub partitions: Vec<PartitionFacts>,
-    /// The file system on the whole disk, when there is no partition table.
+    /// The file system on the whole disk, when there is no partition table; or the ISO 9660
+    /// volume of a hybrid ISO, whose system area also holds a partition table (so that the file
+    /// boots from a USB stick too).
     pub whole_disk: Option<VolumeFacts>,
     /// Linear LVM2 logical volumes found on the physical volumes.
     pub logical_volumes: Vec<LogicalVolumeFacts>,
@@ -183,6 +185,8 @@ pub struct Inspection {
     pub virtio_drivers: Vec<String>,
     /// EFI loaders found on EFI system partitions (`EFI/BOOT/BOOTX64.EFI`).
     pub efi_loaders: Vec<String>,
+    /// For an ISO 9660 image: its label and El Torito boot entries (`null` for a disk).
+    pub iso: Option<iso9660::IsoFacts>,
     /// What was odd, damaged or unreadable; facts it concerns are left unknown.
     pub notes: Vec<String>,
 }
@@ -212,6 +216,7 @@ impl Inspection {
             virtio: false,
             virtio_drivers: Vec::new(),
             efi_loaders: Vec::new(),
+            iso: None,
             notes: Vec::new(),
         }
     }
@@ -249,6 +254,28 @@ pub fn inspect(reader: Arc<dyn BlockReader>) -> Result<Inspection> {
     let mut bios = table.mbr_boot_code || table.partitions.iter().any(|p| p.is_bios_boot());
     let mut uefi = false;
     let mut pvs: Vec<(Volume, String)> = Vec::new();
+    // A hybrid ISO (Ubuntu's, Fedora's, Debian's: an MBR or GPT in the system area, one
+    // partition over the ISO and one for the EFI image) is an ISO first: the whole disk is the
+    // ISO 9660 volume, and its partitions are looked into as well.
+    if table.kind != TableKind::None && disk.size() > 0 {
+        let whole = Volume::whole(disk.clone());
+        match superblocks::iso9660(&whole) {
+            Ok(Some(id)) => {
+                out.whole_disk = Some(VolumeFacts {
+                    filesystem: Some(id.kind),
+                    label: id.label.clone(),
+                    uuid: id.uuid.clone(),
+                });
+                let place = Place::WholeDisk;
+                if let Err(e) = look_into(&whole, &id, &place, &mut out, &mut bios, &mut uefi) {
+                    out.notes
+                        .push(format!("{} ({}): {e}", place.describe(), id.kind.name()));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => out.notes.push(format!("the whole disk: {e}")),
+        }
+    }
     for (index, vol) in &volumes {
         let place = match index {
             Some(i) => Place::Partition(&table.partitions[*i]),
@@ -486,9 +513,20 @@ fn look_into(
         }
         FsKind::Iso9660 if matches!(place, Place::WholeDisk) => {
             out.image_kind = ImageKind::Iso;
-            let p = iso9660::boot_platforms(vol)?;
-            *bios |= p.bios;
-            *uefi |= p.uefi;
+            let (facts, os) = iso9660::inspect(vol)?;
+            out.notes.extend(os.note);
+            *bios |= facts.bios;
+            *uefi |= facts.uefi;
+            out.iso = Some(facts);
+            if let Some(os_type) = os.os_type {
+                out.os_type = os_type;
+                out.distro = os.distro;
+                out.os_version = os.os_version;
+                out.product_name = os.product_name;
+            }
+            if let Some(arch) = os.arch {
+                out.arch = arch;
+            }
         }
         FsKind::Btrfs | FsKind::CryptoLuks => {
             // Identified, not read: an operating system inside is not seen.

@@ -318,7 +318,7 @@ fn lvm2(vol: &Volume) -> Result<Option<FsId>> {
 
 /// ISO 9660: the primary volume descriptor at 32 KiB ("\x01CD001"); the label is the volume
 /// identifier, the UUID (as blkid makes it) the volume creation date.
-fn iso9660(vol: &Volume) -> Result<Option<FsId>> {
+pub fn iso9660(vol: &Volume) -> Result<Option<FsId>> {
     let Some(pvd) = vol.read_vec(0x8000, 2048)? else {
         return Ok(None);
     };

@@ -62,6 +62,8 @@ rule_codes! {
         "a system disk holds no operating system inspection recognises",
     IsoTypeMismatch = "iso_type_mismatch":
         "an ISO file not registered as iso, or iso given for a disk",
+    OsVersionRequired = "os_version_required":
+        "an ISO that does not say which OS (and version) it installs needs --os-version",
     FullEcsNotRegistrable = "full_ecs_not_registrable":
         "a full-ECS image is a system disk with its data disks, registered at once, not one file",
     ArchitectureMismatch = "architecture_mismatch":
@@ -194,6 +196,7 @@ mod tests {
         "virtual_size_too_large",
         "system_disk_without_os",
         "iso_type_mismatch",
+        "os_version_required",
         "full_ecs_not_registrable",
         "architecture_mismatch",
         "firmware_mismatch",

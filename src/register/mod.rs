@@ -54,8 +54,8 @@ pub use catalog::PostgresCatalog;
 pub use catalog::SqliteCatalog;
 pub use error::{Result, RuleCode, ServiceError};
 pub use record::{
-    Checksum, Disk, Features, ImageClass, ImageRecord, ImageType, Member, MemberStatus, Status,
-    Visibility,
+    Checksum, Disk, Features, ImageClass, ImageRecord, ImageType, IsoMedium, Member, MemberStatus,
+    Status, Visibility,
 };
 pub use register::{RegisterRequest, Registered, RegisteredGroup};
 pub use rules::{Limits, Publication};

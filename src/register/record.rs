@@ -151,6 +151,19 @@ names!(
     Rejected = "rejected"
 );
 
+/// What an ISO image says of itself, as inspection found it (formats/iso.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsoMedium {
+    /// The primary volume descriptor's volume identifier.
+    pub volume_label: Option<String>,
+    /// It has a bootable El Torito entry for x86 BIOS machines.
+    pub bios: bool,
+    /// It has a bootable El Torito entry for UEFI machines.
+    pub uefi: bool,
+    /// The product the medium installs, as it names it (`.disk/info`, `.treeinfo`).
+    pub product_name: Option<String>,
+}
+
 /// What the image supports, decided from what inspection found (see [`Features::from_inspection`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Features {
@@ -264,6 +277,9 @@ pub struct ImageRecord {
     pub checksum: Checksum,
     /// What the image supports.
     pub features: Features,
+    /// For an ISO image: what the medium says of itself (`null` for disks).
+    #[serde(default)]
+    pub iso: Option<IsoMedium>,
     /// Whether the image is encrypted (then it cannot be shared, and a replica needs a key).
     pub encrypted: bool,
     /// The key that encrypts the image, when `encrypted` (IMS: `__system__cmkid`).
@@ -328,6 +344,7 @@ impl ImageRecord {
             virtual_size: 0,
             checksum: Checksum::default(),
             features: Features::default(),
+            iso: None,
             encrypted: false,
             kms_key_id: None,
             tags: BTreeMap::new(),

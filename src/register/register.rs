@@ -47,7 +47,7 @@ use crate::{CreateOptions, OpenOptions, PipelineOptions, Progress, Target};
 use super::error::{Result, ServiceError};
 pub(crate) use super::group::Unit;
 use super::hash::{Hashes, HashingSink};
-use super::record::{Disk, Features, ImageRecord, ImageType};
+use super::record::{Disk, Features, ImageRecord, ImageType, IsoMedium};
 use super::resized::Resized;
 use super::rules;
 use super::store::StoreWriter;
@@ -218,6 +218,12 @@ pub(crate) fn describe(record: &mut ImageRecord, found: &Inspection, os_version:
         }
     };
     record.features = Features::from_inspection(found);
+    record.iso = found.iso.as_ref().map(|i| IsoMedium {
+        volume_label: i.volume_label.clone(),
+        bios: i.bios,
+        uefi: i.uefi,
+        product_name: found.product_name.clone(),
+    });
 }
 
 /// A store's writer shared between the pipeline's sink and the registration, which commits
@@ -519,28 +525,18 @@ impl Ims {
         })
     }
 
-    /// Opens the upload with the strict policy (any reference to another file is refused). An
-    /// ISO 9660 image, which the probe refuses as a disk format, is what an ISO registration
-    /// asks for: it is read as the raw disk it is. A stream is counted into `streamed` and
-    /// stopped past the file-size limit.
-    fn open_upload(
-        &self,
-        input: Input,
-        iso: bool,
-        streamed: &Arc<AtomicU64>,
-    ) -> crate::Result<Image> {
-        let options = |storage: &dyn Storage| OpenOptions {
-            format: (iso && looks_like_iso(storage)).then_some(Format::Raw),
-            ..OpenOptions::default()
-        };
+    /// Opens the upload with the strict policy (any reference to another file is refused); the
+    /// probe names the format, an ISO 9660 image included (whether the role fits is a rule
+    /// checked after inspection). A stream is counted into `streamed` and stopped past the
+    /// file-size limit.
+    fn open_upload(&self, input: Input, streamed: &Arc<AtomicU64>) -> crate::Result<Image> {
+        let options = OpenOptions::default();
         match input {
             Input::Path(path) => {
                 let storage: Arc<dyn Storage> = Arc::new(FileStorage::open(&path)?);
-                let options = options(&*storage);
                 crate::open_storage(storage, &path, &options)
             }
             Input::Storage { storage, name } => {
-                let options = options(&*storage);
                 crate::open_storage(storage, Path::new(&name), &options)
             }
             Input::Stream {
@@ -586,7 +582,7 @@ impl Ims {
         // Bytes read from a stream upload (none for a file or a storage).
         let streamed = Arc::new(AtomicU64::new(0));
         let image = self
-            .open_upload(input, role == ImageType::Iso, &streamed)
+            .open_upload(input, &streamed)
             .map_err(|e| self.over_limit(&streamed, rules::open_refusal(e)))?;
         // ZVHD and ZVHD2 report their size rounded up to a GiB; the disk uploaded is
         // `orig-size`, and a random-access source is cut to it.
@@ -662,6 +658,9 @@ impl Ims {
         found: &Inspection,
     ) -> Result<Vec<String>> {
         let warnings = rules::check_type(role, found)?;
+        if role == ImageType::Iso {
+            rules::check_iso_os(request.os_version.as_deref(), found)?;
+        }
         if role == ImageType::System {
             rules::check_boot(
                 request.architecture.as_deref(),
@@ -794,12 +793,4 @@ impl Ims {
         }
         sink.finish()
     }
-}
-
-/// Whether the image carries the ISO 9660 signature (`CD001` in the volume descriptor at 32
-/// KiB).
-fn looks_like_iso(storage: &dyn Storage) -> bool {
-    let mut magic = [0u8; 5];
-    read_exact_at(storage, &mut magic, 0x8001, "volume descriptor")
-        .is_ok_and(|()| &magic == b"CD001")
 }

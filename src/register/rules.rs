@@ -135,7 +135,7 @@ pub fn open_refusal(e: Error) -> ServiceError {
         ),
         Error::Unsupported { .. } | Error::Ambiguous { .. } => ServiceError::rule(
             RuleCode::FormatUnsupported,
-            format!("{message}; upload raw, qcow2, vmdk, vhd, zvhd or zvhd2"),
+            format!("{message}; upload raw, qcow2, vmdk, vhd, zvhd, zvhd2 or an iso"),
         ),
         Error::Malformed { .. } | Error::Truncated { .. } | Error::LimitExceeded { .. } => {
             ServiceError::rule(
@@ -214,6 +214,32 @@ pub fn check_type(requested: ImageType, found: &Inspection) -> Result<Vec<String
         (ImageType::Data, _) => {}
     }
     Ok(warnings)
+}
+
+/// An ISO's OS version: IMS always asks for `--os-version`; ims asks only when the ISO does not
+/// say which operating system and version it installs (`.disk/info`, `.treeinfo`, its label:
+/// formats/iso.md).
+pub fn check_iso_os(requested: Option<&str>, found: &Inspection) -> Result<()> {
+    let named = found.os_type != crate::inspect::OsType::Unknown && found.os_version.is_some();
+    if requested.is_none() && !named {
+        let what = match (
+            &found.distro,
+            found.iso.as_ref().and_then(|i| i.volume_label.as_deref()),
+        ) {
+            (Some(d), _) => format!("the ISO installs {d} but does not say which version"),
+            (None, Some(label)) => {
+                format!(
+                    "the ISO (volume label {label:?}) does not say which operating system it installs"
+                )
+            }
+            (None, None) => "the ISO does not say which operating system it installs".into(),
+        };
+        return refuse(
+            RuleCode::OsVersionRequired,
+            format!("{what}; give it with --os-version (as \"Ubuntu 22.04 64bit\")"),
+        );
+    }
+    Ok(())
 }
 
 /// The firmware as the record names it.

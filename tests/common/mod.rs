@@ -169,7 +169,7 @@ pub fn have(test: &str, tools: &[&str]) -> bool {
             skip(
                 test,
                 &format!(
-                    "{t} is not installed (.ci/run installs gdisk fdisk dosfstools mtools xfsprogs ntfs-3g genisoimage e2fsprogs lvm2)"
+                    "{t} is not installed (.ci/run installs gdisk fdisk dosfstools mtools xfsprogs ntfs-3g genisoimage e2fsprogs lvm2 xorriso)"
                 ),
             );
             return false;

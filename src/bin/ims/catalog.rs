@@ -95,7 +95,8 @@ pub struct RegisterArgs {
     /// The CBR backup the full-ECS image was made from (then it can be shared).
     #[arg(long, value_name = "ID")]
     backup_id: Option<String>,
-    /// The OS version to record (default: what inspection finds).
+    /// The OS version to record (default: what inspection finds); required for an ISO that
+    /// does not say which OS and version it installs.
     #[arg(long)]
     os_version: Option<String>,
     /// x86_64 or aarch64, checked against the guest.
