@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -60,15 +59,9 @@ impl Case {
     }
 }
 
+/// The gunzipped bytes of `testdata/formats/NAME.gz`.
 fn fixture(name: &str) -> Vec<u8> {
-    let gz = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/formats")
-        .join(format!("{name}.gz"));
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(gz).unwrap())
-        .read_to_end(&mut bytes)
-        .unwrap();
-    bytes
+    common::gunzipped("formats", name)
 }
 
 fn edit(base: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {

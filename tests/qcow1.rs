@@ -5,46 +5,17 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{have, have_qemu_img, ims, mixed_raw, qemu_img, s};
+use common::catalog::ok_json;
+use common::{convert_to_raw, have, have_qemu_img, ims, mixed_raw, qemu_img, s};
 
 /// Unpacks `testdata/formats/NAME.gz` into `dir`.
 fn fixture(dir: &Path, name: &str) -> PathBuf {
-    let gz = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/formats")
-        .join(format!("{name}.gz"));
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(gz).unwrap())
-        .read_to_end(&mut bytes)
-        .unwrap();
     let out = dir.join(name);
-    std::fs::write(&out, bytes).unwrap();
+    std::fs::write(&out, common::gunzipped("formats", name)).unwrap();
     out
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn to_raw(args: &[&str], out: &Path) -> Vec<u8> {
-    let mut all = vec!["convert", "-O", "raw"];
-    all.extend_from_slice(args);
-    all.push(s(out));
-    let r = ims(&all);
-    assert!(
-        r.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    std::fs::read(out).unwrap()
 }
 
 #[test]
@@ -54,10 +25,10 @@ fn fixtures_read_as_the_disk_they_were_made_from() {
     for name in ["plain.qcow", "compressed.qcow"] {
         let qcow = fixture(dir.path(), name);
         assert!(
-            to_raw(&[s(&qcow)], &dir.path().join("o.raw")) == raw,
+            convert_to_raw(&[s(&qcow)], &dir.path().join("o.raw")) == raw,
             "{name}"
         );
-        let info = json(&ims(&["info", "--output", "json", s(&qcow)]));
+        let info = ok_json(&ims(&["info", "--output", "json", s(&qcow)]));
         assert_eq!(info["format"], "qcow");
         assert_eq!(info["virtual-size"], raw.len() as u64);
         assert_eq!(info["cluster-size"], 4096);
@@ -80,8 +51,8 @@ fn fixtures_agree_with_qemu_img_on_info_and_map() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["plain.qcow", "compressed.qcow"] {
         let qcow = fixture(dir.path(), name);
-        let ours = json(&ims(&["info", "--output", "json", s(&qcow)]));
-        let theirs = json(&qemu_img(&["info", "--output", "json", s(&qcow)]));
+        let ours = ok_json(&ims(&["info", "--output", "json", s(&qcow)]));
+        let theirs = ok_json(&qemu_img(&["info", "--output", "json", s(&qcow)]));
         for key in ["format", "virtual-size", "cluster-size", "dirty-flag"] {
             assert_eq!(ours[key], theirs[key], "{name} {key}");
         }
@@ -112,7 +83,7 @@ fn reads_what_qemu_img_makes() {
             // the comparison with qemu-img's own reading below shows.
             let status = Command::new("qemu-img").args(&args).status().unwrap();
             assert!(status.success() || compress);
-            let ours = to_raw(&[s(&qcow)], &dir.path().join("o.raw"));
+            let ours = convert_to_raw(&[s(&qcow)], &dir.path().join("o.raw"));
             let theirs = dir.path().join("theirs.raw");
             qemu_img(&["convert", "-q", "-O", "raw", s(&qcow), s(&theirs)]);
             assert!(ours == std::fs::read(&theirs).unwrap(), "{size} {compress}");
@@ -162,9 +133,9 @@ fn backing_files_only_where_allowed() {
     assert!(
         String::from_utf8_lossy(&r.stderr).contains("backing file reference \"compressed.qcow\"")
     );
-    let info = json(&ims(&["info", "--output", "json", s(&top)]));
+    let info = ok_json(&ims(&["info", "--output", "json", s(&top)]));
     assert_eq!(info["backing-filename"], "compressed.qcow");
-    let ours = to_raw(&["--allow-references", s(dir.path()), s(&top)], &out);
+    let ours = convert_to_raw(&["--allow-references", s(dir.path()), s(&top)], &out);
     let theirs = dir.path().join("theirs.raw");
     qemu_img(&["convert", "-q", "-O", "raw", s(&top), s(&theirs)]);
     assert!(ours == std::fs::read(&theirs).unwrap());

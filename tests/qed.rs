@@ -5,46 +5,17 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{have, have_qemu_img, ims, mixed_raw, qemu_img, s};
+use common::catalog::ok_json;
+use common::{convert_to_raw, have, have_qemu_img, ims, mixed_raw, qemu_img, s};
 
 /// Unpacks `testdata/formats/NAME.gz` into `dir`.
 fn fixture(dir: &Path, name: &str) -> PathBuf {
-    let gz = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/formats")
-        .join(format!("{name}.gz"));
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(gz).unwrap())
-        .read_to_end(&mut bytes)
-        .unwrap();
     let out = dir.join(name);
-    std::fs::write(&out, bytes).unwrap();
+    std::fs::write(&out, common::gunzipped("formats", name)).unwrap();
     out
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn to_raw(args: &[&str], out: &Path) -> Vec<u8> {
-    let mut all = vec!["convert", "-O", "raw"];
-    all.extend_from_slice(args);
-    all.push(s(out));
-    let r = ims(&all);
-    assert!(
-        r.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    std::fs::read(out).unwrap()
 }
 
 #[test]
@@ -52,8 +23,8 @@ fn the_fixture_reads_as_the_disk_it_was_made_from() {
     let dir = tempfile::tempdir().unwrap();
     let raw = std::fs::read(fixture(dir.path(), "formats.raw")).unwrap();
     let qed = fixture(dir.path(), "plain.qed");
-    assert!(to_raw(&[s(&qed)], &dir.path().join("o.raw")) == raw);
-    let info = json(&ims(&["info", "--output", "json", s(&qed)]));
+    assert!(convert_to_raw(&[s(&qed)], &dir.path().join("o.raw")) == raw);
+    let info = ok_json(&ims(&["info", "--output", "json", s(&qed)]));
     assert_eq!(info["format"], "qed");
     assert_eq!(info["virtual-size"], raw.len() as u64);
     assert_eq!(info["cluster-size"], 65536);
@@ -67,8 +38,8 @@ fn the_fixture_agrees_with_qemu_img_on_info_and_map() {
     }
     let dir = tempfile::tempdir().unwrap();
     let qed = fixture(dir.path(), "plain.qed");
-    let ours = json(&ims(&["info", "--output", "json", s(&qed)]));
-    let theirs = json(&qemu_img(&["info", "--output", "json", s(&qed)]));
+    let ours = ok_json(&ims(&["info", "--output", "json", s(&qed)]));
+    let theirs = ok_json(&qemu_img(&["info", "--output", "json", s(&qed)]));
     for key in ["format", "virtual-size", "cluster-size", "dirty-flag"] {
         assert_eq!(ours[key], theirs[key], "{key}");
     }
@@ -106,7 +77,7 @@ fn reads_what_qemu_img_makes() {
             s(&src),
             s(&qed),
         ]);
-        let ours = to_raw(&[s(&qed)], &dir.path().join("o.raw"));
+        let ours = convert_to_raw(&[s(&qed)], &dir.path().join("o.raw"));
         assert!(ours == std::fs::read(&src).unwrap(), "{size} {opts}");
         let ours = ims(&["map", "--output", "json", s(&qed)]);
         let theirs = qemu_img(&["map", "--output", "json", s(&qed)]);
@@ -152,10 +123,10 @@ fn backing_files_only_where_allowed() {
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("backing file reference \"plain.qed\""));
     // `info` names it.
-    let info = json(&ims(&["info", "--output", "json", s(&top)]));
+    let info = ok_json(&ims(&["info", "--output", "json", s(&top)]));
     assert_eq!(info["backing-filename"], "plain.qed");
     // Allowed inside the directory: read as qemu-img reads it.
-    let ours = to_raw(&["--allow-references", s(dir.path()), s(&top)], &out);
+    let ours = convert_to_raw(&["--allow-references", s(dir.path()), s(&top)], &out);
     let theirs = dir.path().join("theirs.raw");
     qemu_img(&["convert", "-q", "-O", "raw", s(&top), s(&theirs)]);
     assert!(ours == std::fs::read(&theirs).unwrap());
@@ -169,8 +140,8 @@ fn need_check_reads_only_tables_that_check_clean() {
     let mut b = std::fs::read(&qed).unwrap();
     b[16] |= 2; // QED_F_NEED_CHECK
     std::fs::write(&qed, &b).unwrap();
-    assert!(to_raw(&[s(&qed)], &dir.path().join("o.raw")) == raw);
-    let info = json(&ims(&["info", "--output", "json", s(&qed)]));
+    assert!(convert_to_raw(&[s(&qed)], &dir.path().join("o.raw")) == raw);
+    let info = ok_json(&ims(&["info", "--output", "json", s(&qed)]));
     assert_eq!(info["format-specific"]["data"]["need-check"], true);
     // The second L2 entry made to share the first's cluster: refused, saying why.
     let l2 = u64::from_le_bytes(b[0x10000..0x10008].try_into().unwrap()) as usize;

@@ -5,32 +5,16 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use common::catalog::ok_json;
 use common::{have_qemu_img, ims, mixed_raw, qemu_compare, qemu_img, s};
 
 /// Unpacks `testdata/formats/NAME.gz` into `dir`.
 fn fixture(dir: &Path, name: &str) -> PathBuf {
-    let gz = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/formats")
-        .join(format!("{name}.gz"));
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(gz).unwrap())
-        .read_to_end(&mut bytes)
-        .unwrap();
     let out = dir.join(name);
-    std::fs::write(&out, bytes).unwrap();
+    std::fs::write(&out, common::gunzipped("formats", name)).unwrap();
     out
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
@@ -47,7 +31,7 @@ fn fixtures_read_as_the_disk_they_were_made_from() {
             String::from_utf8_lossy(&r.stderr)
         );
         assert!(std::fs::read(&out).unwrap() == raw, "{name}");
-        let info = json(&ims(&["info", "--output", "json", s(&vdi)]));
+        let info = ok_json(&ims(&["info", "--output", "json", s(&vdi)]));
         assert_eq!(info["format"], "vdi");
         assert_eq!(info["virtual-size"], raw.len() as u64);
         assert_eq!(info["cluster-size"], 1 << 20);
@@ -63,8 +47,8 @@ fn fixtures_agree_with_qemu_img_on_info_and_map() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["dynamic.vdi", "static.vdi"] {
         let vdi = fixture(dir.path(), name);
-        let ours = json(&ims(&["info", "--output", "json", s(&vdi)]));
-        let theirs = json(&qemu_img(&["info", "--output", "json", s(&vdi)]));
+        let ours = ok_json(&ims(&["info", "--output", "json", s(&vdi)]));
+        let theirs = ok_json(&qemu_img(&["info", "--output", "json", s(&vdi)]));
         for key in ["format", "virtual-size", "cluster-size", "dirty-flag"] {
             assert_eq!(ours[key], theirs[key], "{name} {key}");
         }
@@ -113,8 +97,8 @@ fn reads_what_qemu_img_makes() {
                 std::fs::read(&out).unwrap() == std::fs::read(&theirs).unwrap(),
                 "{size} {opts}"
             );
-            let ours = json(&ims(&["info", "--output", "json", s(&vdi)]));
-            let q = json(&qemu_img(&["info", "--output", "json", s(&vdi)]));
+            let ours = ok_json(&ims(&["info", "--output", "json", s(&vdi)]));
+            let q = ok_json(&qemu_img(&["info", "--output", "json", s(&vdi)]));
             assert_eq!(ours["virtual-size"], q["virtual-size"], "{size} {opts}");
         }
     }
@@ -144,7 +128,7 @@ fn qemu_img_checks_and_compares_what_ims_writes() {
             );
             qemu_img(&["check", "-q", "-f", "vdi", s(&vdi)]);
             assert!(qemu_compare(&src, "raw", &vdi, "vdi"), "{size} {opts:?}");
-            let q = json(&qemu_img(&["info", "--output", "json", s(&vdi)]));
+            let q = ok_json(&qemu_img(&["info", "--output", "json", s(&vdi)]));
             assert_eq!(
                 q["virtual-size"],
                 size.next_multiple_of(512),
@@ -204,7 +188,7 @@ fn a_differencing_image_is_a_reference() {
     ]);
     assert!(!r.status.success());
     // `info` names the parent without opening it.
-    let info = json(&ims(&["info", "--output", "json", s(&vdi)]));
+    let info = ok_json(&ims(&["info", "--output", "json", s(&vdi)]));
     assert_eq!(
         info["format-specific"]["data"]["image-type"],
         "differencing"

@@ -3,21 +3,13 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use common::{have_qemu_img, ims, mixed_raw, qemu_compare, qemu_img, s};
 
 /// The gunzipped bytes of `testdata/vhdx/NAME.gz`.
 fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/vhdx")
-        .join(format!("{name}.gz"));
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap())
-        .read_to_end(&mut out)
-        .unwrap();
-    out
+    common::gunzipped("vhdx", name)
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {

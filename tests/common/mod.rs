@@ -222,3 +222,31 @@ pub fn elf64(e_machine: u16) -> Vec<u8> {
     b[18..20].copy_from_slice(&e_machine.to_le_bytes());
     b
 }
+
+/// The gunzipped bytes of the committed fixture `testdata/DIR/NAME.gz`.
+pub fn gunzipped(dir: &str, name: &str) -> Vec<u8> {
+    use std::io::Read;
+    let gz = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(dir)
+        .join(format!("{name}.gz"));
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&gz).unwrap())
+        .read_to_end(&mut bytes)
+        .unwrap();
+    bytes
+}
+
+/// `ims convert -O raw ARGS... OUT`, which must succeed; returns what it wrote.
+pub fn convert_to_raw(args: &[&str], out: &Path) -> Vec<u8> {
+    let mut all = vec!["convert", "-O", "raw"];
+    all.extend_from_slice(args);
+    all.push(s(out));
+    let r = ims(&all);
+    assert!(
+        r.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    std::fs::read(out).unwrap()
+}
