@@ -7,7 +7,10 @@ use crate::error::{Error, Result};
 use crate::limits::{MAX_QCOW2_BITMAP_DIRECTORY_SIZE, MAX_QCOW2_BITMAP_TABLE_SIZE};
 use crate::storage::{Storage, read_exact_at};
 
+use byteorder::{BigEndian, ByteOrder};
+
 use super::header::BitmapsExtension;
+use super::tables::decode_table;
 
 /// Size of the fixed part of a bitmap directory entry.
 pub const BITMAP_DIRECTORY_ENTRY_HEADER: usize = 24;
@@ -31,17 +34,14 @@ pub(crate) struct BitmapDirectoryEntry {
 
 impl BitmapDirectoryEntry {
     pub fn parse(b: &[u8; BITMAP_DIRECTORY_ENTRY_HEADER]) -> Self {
-        let u32_at = |at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-        let mut offset = [0u8; 8];
-        offset.copy_from_slice(&b[0..8]);
         BitmapDirectoryEntry {
-            bitmap_table_offset: u64::from_be_bytes(offset),
-            bitmap_table_size: u32_at(8),
-            flags: u32_at(12),
+            bitmap_table_offset: BigEndian::read_u64(&b[0..8]),
+            bitmap_table_size: BigEndian::read_u32(&b[8..12]),
+            flags: BigEndian::read_u32(&b[12..16]),
             bitmap_type: b[16],
             granularity_bits: b[17],
-            name_size: u16::from_be_bytes([b[18], b[19]]),
-            extra_data_size: u32_at(20),
+            name_size: BigEndian::read_u16(&b[18..20]),
+            extra_data_size: BigEndian::read_u32(&b[20..24]),
         }
     }
 
@@ -145,10 +145,7 @@ pub(crate) fn read(
         }
         let mut raw = vec![0u8; crate::block::usize_len(table_len)?];
         read_exact_at(file, &mut raw, e.bitmap_table_offset, "qcow2 bitmap table")?;
-        let entries = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
+        let entries = decode_table(&raw);
         tables.push(BitmapTable {
             entry_at: at,
             offset: e.bitmap_table_offset,

@@ -174,7 +174,7 @@ fn metadata(e: &Extent) -> Result<Vec<Region>> {
             what: What::Footer,
         });
         if h.has_markers() {
-            markers(e, gd_bytes, &mut regions)?;
+            markers(e, &mut regions)?;
         }
     }
     regions.sort_unstable_by_key(|r| (r.start, r.end));
@@ -237,7 +237,7 @@ fn redundant_tables(e: &Extent, gd_bytes: u64, regions: &mut Vec<Region>) -> Res
 /// In the stream layout, the grain directory and each grain table follow a marker whose size
 /// must be theirs: a marker that says otherwise would let a front-to-back reader skip a
 /// different amount than a random-access one reads.
-fn markers(e: &Extent, gd_bytes: u64, regions: &mut Vec<Region>) -> Result<()> {
+fn markers(e: &Extent, regions: &mut Vec<Region>) -> Result<()> {
     let mut expect = |at: u64, kind: MarkerType, sectors: u64, what: What| -> Result<()> {
         let Some(marker_at) = at.checked_sub(SECTOR) else {
             return Err(Error::malformed(
@@ -274,10 +274,10 @@ fn markers(e: &Extent, gd_bytes: u64, regions: &mut Vec<Region>) -> Result<()> {
     expect(
         e.gd_pos,
         MarkerType::GrainDirectory,
-        gd_bytes.div_ceil(SECTOR),
+        e.header.gd_sectors(),
         What::DirectoryMarker,
     )?;
-    let gt_sectors = e.header.gt_bytes().div_ceil(SECTOR);
+    let gt_sectors = e.header.gt_sectors();
     for (i, &entry) in e.gd.iter().enumerate() {
         if entry != 0 {
             expect(

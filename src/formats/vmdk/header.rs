@@ -238,6 +238,16 @@ impl SparseHeader {
     pub fn gt_bytes(&self) -> u64 {
         u64::from(self.num_gtes_per_gt) * 4
     }
+
+    /// Sectors of one grain table: what a stream's grain-table marker must say.
+    pub fn gt_sectors(&self) -> u64 {
+        self.gt_bytes().div_ceil(SECTOR)
+    }
+
+    /// Sectors of the grain directory: what a stream's grain-directory marker must say.
+    pub fn gd_sectors(&self) -> u64 {
+        (self.gd_entries() * 4).div_ceil(SECTOR)
+    }
 }
 
 #[cfg(test)]

@@ -279,13 +279,11 @@ impl<R: Read + Send> ChunkStream for StreamReader<R> {
                     MarkerType::GrainTable | MarkerType::GrainDirectory => {
                         // The size a marker gives must be its table's: a reader that skipped a
                         // different amount would take table bytes for markers and grains.
-                        let h = &self.header;
                         let expected = if kind == MarkerType::GrainTable {
-                            h.gt_bytes()
+                            self.header.gt_sectors()
                         } else {
-                            h.gd_entries() * 4
-                        }
-                        .div_ceil(SECTOR);
+                            self.header.gd_sectors()
+                        };
                         if num_sectors != expected {
                             return Err(Error::malformed(
                                 "vmdk metadata marker",
