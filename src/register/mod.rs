@@ -25,6 +25,9 @@ pub mod catalog;
 mod error;
 mod group;
 mod hash;
+pub mod ims_errors;
+pub mod job;
+pub mod jobs;
 pub mod publish;
 pub mod record;
 #[allow(clippy::module_inception)]
@@ -53,6 +56,8 @@ pub use catalog::PostgresCatalog;
 #[cfg(feature = "sqlite")]
 pub use catalog::SqliteCatalog;
 pub use error::{Result, RuleCode, ServiceError};
+pub use job::{Job, JobEntities, JobSpec, JobStatus, JobType, RegisterSpec};
+pub use jobs::{DirObjects, JobPool, Objects, PoolOptions};
 pub use record::{
     Checksum, Disk, Features, ImageClass, ImageRecord, ImageType, IsoMedium, Member, MemberStatus,
     Status, Visibility,
