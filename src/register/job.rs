@@ -472,10 +472,7 @@ mod tests {
         let back: Job = serde_json::from_value(v).unwrap();
         assert_eq!(back, job);
         let running = job.claimed("h:1:n", 5);
-        assert_eq!(
-            serde_json::to_value(&running).unwrap()["status"],
-            "RUNNING"
-        );
+        assert_eq!(serde_json::to_value(&running).unwrap()["status"], "RUNNING");
         let failed = running.failed("IMG.0061", "boom");
         assert_eq!(failed.status, JobStatus::Fail);
         assert_eq!(failed.lease_until, None);
@@ -501,7 +498,13 @@ mod tests {
             JobType::DelImageMembers,
         ]
         .iter()
-        .map(|t| serde_json::to_value(t).unwrap().as_str().unwrap().to_string())
+        .map(|t| {
+            serde_json::to_value(t)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
         assert_eq!(
             names,

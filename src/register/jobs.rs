@@ -131,18 +131,28 @@ impl Objects for DirObjects {
 }
 
 /// Why a job failed: its IMG code and the reason shown.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobFailure {
     /// The IMG code.
     pub code: ImgCode,
     /// The reason.
     pub reason: String,
+    /// A member job's results, the failed and the done.
+    pub results: Vec<MemberResult>,
 }
 
 impl JobFailure {
     fn of(e: &ServiceError, registering: bool) -> JobFailure {
         let (code, reason) = img_error(e, registering);
-        JobFailure { code, reason }
+        JobFailure::new(code, reason)
+    }
+
+    fn new(code: ImgCode, reason: String) -> JobFailure {
+        JobFailure {
+            code,
+            reason,
+            results: Vec::new(),
+        }
     }
 }
 
@@ -235,10 +245,8 @@ impl Ims {
                 data_images,
             } => {
                 let registering = |e: ServiceError| JobFailure::of(&e, true);
-                let unreadable = |e: ServiceError| JobFailure {
-                    code: ims_errors::FILE_UNREADABLE,
-                    reason: e.to_string(),
-                };
+                let unreadable =
+                    |e: ServiceError| JobFailure::new(ims_errors::FILE_UNREADABLE, e.to_string());
                 let req = request.to_request(threads).map_err(registering)?;
                 let input = objects.open(source).map_err(unreadable)?;
                 if data_images.is_empty() {
@@ -365,19 +373,19 @@ impl Ims {
                 .find(|c| c.code == bad.status)
                 .copied()
                 .unwrap_or(ims_errors::UNKNOWN);
-            return Err(JobFailure {
-                code,
-                reason: format!(
-                    "{} of {} failed; first: {}",
-                    entities
-                        .results
-                        .iter()
-                        .filter(|r| r.status != "success")
-                        .count(),
-                    entities.results.len(),
-                    bad.error.as_deref().unwrap_or("")
-                ),
-            });
+            let reason = format!(
+                "{} of {} failed; first: {}",
+                entities
+                    .results
+                    .iter()
+                    .filter(|r| r.status != "success")
+                    .count(),
+                entities.results.len(),
+                bad.error.as_deref().unwrap_or("")
+            );
+            let mut f = JobFailure::new(code, reason);
+            f.results = entities.results;
+            return Err(f);
         }
         Ok(entities)
     }
@@ -399,19 +407,27 @@ impl Ims {
         let format: Format = format.parse().map_err(|e: Error| fail(e.into()))?;
         let r = self.usable(scope, image_id).map_err(fail)?;
         if !r.disks.is_empty() || r.image_type == ImageType::Iso {
-            return Err(JobFailure {
-                code: ims_errors::UNSUPPORTED,
-                reason: format!("image {image_id} is a {}: it cannot be exported to one object", r.image_type),
-            });
+            return Err(JobFailure::new(
+                ims_errors::UNSUPPORTED,
+                format!(
+                    "image {image_id} is a {}: it cannot be exported to one object",
+                    r.image_type
+                ),
+            ));
         }
         if objects.exists(target).map_err(fail)? {
-            return Err(JobFailure {
-                code: ims_errors::EXPORT_EXISTS,
-                reason: format!("the object {target} exists"),
-            });
+            return Err(JobFailure::new(
+                ims_errors::EXPORT_EXISTS,
+                format!("the object {target} exists"),
+            ));
         }
-        std::fs::create_dir_all(&self.spool_dir)
-            .map_err(|e| fail(Error::io("create directory", e).in_file(&self.spool_dir).into()))?;
+        std::fs::create_dir_all(&self.spool_dir).map_err(|e| {
+            fail(
+                Error::io("create directory", e)
+                    .in_file(&self.spool_dir)
+                    .into(),
+            )
+        })?;
         let spool = self
             .spool_dir
             .join(format!("export-{}.{format}", job.job_id));
@@ -594,7 +610,11 @@ pub struct JobPool {
 impl JobPool {
     /// Starts the workers over `ims`, with `objects` for the jobs' objects; fails the jobs
     /// that stopped with their process first ([`Ims::fail_stale_jobs`]).
-    pub fn start(ims: Arc<Ims>, objects: Arc<dyn Objects>, options: PoolOptions) -> Result<JobPool> {
+    pub fn start(
+        ims: Arc<Ims>,
+        objects: Arc<dyn Objects>,
+        options: PoolOptions,
+    ) -> Result<JobPool> {
         ims.fail_stale_jobs()?;
         let workers = match options.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -766,6 +786,7 @@ fn run_one(s: &Shared, job: Job) {
         Ok(entities) => j.succeeded(entities),
         Err(f) => {
             let mut j = j.failed(f.code.code, &f.reason);
+            j.entities.results = f.results;
             if let Some(image) = match &j.spec {
                 JobSpec::Copy { image_id, .. }
                 | JobSpec::Replicate { image_id, .. }
@@ -817,17 +838,12 @@ mod tests {
 
     #[test]
     fn object_names_are_checked() {
-        assert_eq!(parse_object_url("b:dir/f.qcow2").unwrap(), ("b", "dir/f.qcow2"));
+        assert_eq!(
+            parse_object_url("b:dir/f.qcow2").unwrap(),
+            ("b", "dir/f.qcow2")
+        );
         for bad in [
-            "nocolon",
-            ":o",
-            "b:",
-            "b:../x",
-            "b:a//b",
-            "b:./x",
-            "b/c:o",
-            ".b:o",
-            "b:x\n",
+            "nocolon", ":o", "b:", "b:../x", "b:a//b", "b:./x", "b/c:o", ".b:o", "b:x\n",
         ] {
             assert!(parse_object_url(bad).is_err(), "{bad}");
         }
