@@ -1,0 +1,89 @@
+//! What every handler shares: the image service, the server's configuration and the tokens.
+//!
+//! The library's calls block (SQLite, PostgreSQL's synchronous client, file and object I/O,
+//! conversion), so handlers run them through [`AppState::run`], on tokio's blocking pool,
+//! never on the threads that drive connections.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::auth::Tokens;
+use super::error::{ApiError, ApiResult};
+use crate::register::Ims;
+
+/// How `ims serve` runs (the command line's options).
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen (`127.0.0.1:9292`; port 0 picks a free one, printed at start).
+    pub listen: SocketAddr,
+    /// The tokens file.
+    pub tokens: PathBuf,
+    /// The data directory (limits, spool, and the catalog and store unless named).
+    pub home: PathBuf,
+    /// The catalog's address (`postgres://...` or an SQLite file), else `HOME/catalog.db`.
+    pub catalog: Option<String>,
+    /// The store's address (`s3://BUCKET/PREFIX` or a directory), else `HOME/store/`.
+    pub store: Option<String>,
+    /// The region this server answers for.
+    pub region: String,
+    /// The TLS certificate chain and private key (PEM); plain HTTP without them.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The largest JSON body a request may carry, bytes (larger: 413).
+    pub max_json_body: usize,
+    /// URL prefixes `web-download` imports may fetch from (none: the method is not offered).
+    pub web_download_allow: Vec<String>,
+}
+
+impl ServeConfig {
+    /// A configuration with the defaults: region `local`, a 1 MiB JSON cap, no TLS, no
+    /// web-download sources.
+    pub fn new(listen: SocketAddr, tokens: PathBuf, home: PathBuf) -> ServeConfig {
+        ServeConfig {
+            listen,
+            tokens,
+            home,
+            catalog: None,
+            store: None,
+            region: "local".into(),
+            tls: None,
+            max_json_body: 1 << 20,
+            web_download_allow: Vec::new(),
+        }
+    }
+}
+
+/// The state handlers share (cheap to clone).
+#[derive(Clone)]
+pub struct AppState {
+    /// The image service.
+    pub ims: Arc<Ims>,
+    /// The configuration.
+    pub config: Arc<ServeConfig>,
+    /// The known tokens.
+    pub tokens: Arc<Tokens>,
+}
+
+impl AppState {
+    /// State over an open service.
+    pub fn new(ims: Ims, config: ServeConfig, tokens: Tokens) -> AppState {
+        AppState {
+            ims: Arc::new(ims),
+            config: Arc::new(config),
+            tokens: Arc::new(tokens),
+        }
+    }
+
+    /// Runs a blocking library call on the blocking pool; its error becomes an answer.
+    pub async fn run<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Ims) -> crate::register::Result<T> + Send + 'static,
+    {
+        let ims = self.ims.clone();
+        tokio::task::spawn_blocking(move || f(&ims))
+            .await
+            .map_err(|e| ApiError::internal(format!("a library call failed: {e}")))?
+            .map_err(ApiError::from)
+    }
+}
