@@ -56,6 +56,15 @@ impl Server {
     /// A server whose home holds `limits` as `limits.json` (when given), started with the extra
     /// arguments `args`.
     pub fn start_with(limits: Option<&serde_json::Value>, args: &[&str]) -> Server {
+        Server::start_env(limits, args, &[])
+    }
+
+    /// As [`Server::start_with`], with the variables `env` set for the server (an S3 service's).
+    pub fn start_env(
+        limits: Option<&serde_json::Value>,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
@@ -71,6 +80,7 @@ impl Server {
             .arg("--home")
             .arg(&home)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -26,7 +26,7 @@ pub use local::LocalStore;
 #[cfg(feature = "s3")]
 pub use object_store::aws::AmazonS3Builder;
 #[cfg(feature = "s3")]
-pub use s3::{S3Options, S3Store, open_object};
+pub use s3::{S3Objects, S3Options, S3Store, open_object};
 
 use std::sync::Arc;
 
