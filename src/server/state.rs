@@ -33,6 +33,9 @@ pub struct ServeConfig {
     pub max_json_body: usize,
     /// URL prefixes `web-download` imports may fetch from (none: the method is not offered).
     pub web_download_allow: Vec<String>,
+    /// The format an `import` converts into (the store format, as Glance's image-conversion
+    /// plugin converts to its output format): zvhd2 by default.
+    pub import_format: crate::Format,
 }
 
 impl ServeConfig {
@@ -49,6 +52,7 @@ impl ServeConfig {
             tls: None,
             max_json_body: 1 << 20,
             web_download_allow: Vec::new(),
+            import_format: crate::Format::Zvhd2,
         }
     }
 }
@@ -72,6 +76,21 @@ impl AppState {
             config: Arc::new(config),
             tokens: Arc::new(tokens),
         }
+    }
+
+    /// Where data staged for an import waits (`HOME/staging/ID`): a local file per image.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.config.home.join("staging")
+    }
+
+    /// The staged data of image `id` (a UUID, checked by the caller: it names a file).
+    pub fn staged_path(&self, id: &str) -> PathBuf {
+        self.staging_dir().join(id)
+    }
+
+    /// Whether image `id` has staged data.
+    pub fn is_staged(&self, id: &str) -> bool {
+        uuid::Uuid::parse_str(id).is_ok() && self.staged_path(id).exists()
     }
 
     /// Runs a blocking library call on the blocking pool; its error becomes an answer.
