@@ -41,6 +41,9 @@ pub struct ServeConfig {
     pub workers: usize,
     /// The other regions images may be copied to (IMS's cross-region copy).
     pub copy_regions: Vec<String>,
+    /// The format an `import` converts into (the store format, as Glance's image-conversion
+    /// plugin converts to its output format): zvhd2 by default.
+    pub import_format: crate::Format,
 }
 
 impl ServeConfig {
@@ -60,6 +63,7 @@ impl ServeConfig {
             source_store: None,
             workers: 0,
             copy_regions: Vec::new(),
+            import_format: crate::Format::Zvhd2,
         }
     }
 }
@@ -92,6 +96,21 @@ impl AppState {
     pub fn with_jobs(mut self, pool: crate::register::JobPool) -> AppState {
         self.jobs = Some(Arc::new(pool));
         self
+    }
+
+    /// Where data staged for an import waits (`HOME/staging/ID`): a local file per image.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.config.home.join("staging")
+    }
+
+    /// The staged data of image `id` (a UUID, checked by the caller: it names a file).
+    pub fn staged_path(&self, id: &str) -> PathBuf {
+        self.staging_dir().join(id)
+    }
+
+    /// Whether image `id` has staged data.
+    pub fn is_staged(&self, id: &str) -> bool {
+        uuid::Uuid::parse_str(id).is_ok() && self.staged_path(id).exists()
     }
 
     /// Runs a blocking library call on the blocking pool; its error becomes an answer.
