@@ -653,3 +653,312 @@ fn ims_native_api_against_local_objects() {
         assert!(doc["paths"].get(p).is_some(), "{p}");
     }
 }
+
+/// A system disk with a data-disk image in one call (and `is_config` kept), the two-step
+/// registration into an image made by `POST /v2/images`, extension attributes set by a patch
+/// and filtered on.
+#[test]
+fn ims_native_system_disks_two_step_and_extension_attributes() {
+    if !common::have(
+        "ims_native_system_disks_two_step_and_extension_attributes",
+        common::catalog::GUEST_TOOLS,
+    ) {
+        return;
+    }
+    let server = Server::start_with(None, &["--region", "r1"]);
+    let objects = server.home.join("objects/bkt");
+    std::fs::create_dir_all(&objects).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let guest = common::catalog::linux_guest(dir.path(), "guest", 0x3e, Some("BOOTX64.EFI"));
+    std::fs::copy(&guest, objects.join("guest.raw")).unwrap();
+    random_raw(&objects.join("d.raw"), 4 * MIB, 1, 5);
+
+    let reg = job(
+        &server,
+        ALICE,
+        "POST",
+        "/v2/cloudimages/action",
+        &json!({"name": "sys", "image_url": "bkt:guest.raw", "min_disk": 1, "is_config": true,
+                "os_type": "Linux", "hw_firmware_type": "uefi",
+                "data_images": [{"name": "sys-data", "image_url": "bkt:d.raw", "min_disk": 1}]}),
+    );
+    let sys = succeeded(&reg).to_string();
+    assert_eq!(reg["job_type"], "imsImportImageJob");
+    let data_ids = reg["entities"]["data_image_ids"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(data_ids.len(), 1);
+    let list = images(&server, ALICE, "?sort_key=name&sort_dir=asc");
+    assert_eq!(names(&list), ["sys", "sys-data"]);
+    assert_eq!(list[0]["id"], sys.as_str());
+    assert_eq!(list[0]["virtual_env_type"], "FusionCompute");
+    assert_eq!(list[0]["__os_type"], "Linux");
+    assert_eq!(list[0]["__platform"], "Ubuntu");
+    assert_eq!(list[0]["hw_firmware_type"], "uefi");
+    assert_eq!(list[0]["__is_config_init"], "true");
+    assert_eq!(list[0]["__data_images"], data_ids[0]);
+    assert_eq!(list[1]["id"], data_ids[0]);
+    assert_eq!(list[1]["virtual_env_type"], "DataImage");
+    assert_eq!(
+        images(&server, ALICE, "?__platform=Ubuntu&__os_type=Linux").len(),
+        1
+    );
+
+    // The two-step registration: a queued image, then its file from an object.
+    let made = server.json(
+        "POST",
+        "/v2/images",
+        ALICE,
+        None,
+        &json!({"name": "two-step", "disk_format": "raw", "container_format": "bare"}),
+    );
+    assert_eq!(made.status, 201, "{}", String::from_utf8_lossy(&made.body));
+    let id = made.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        images(&server, ALICE, &format!("?id={id}"))[0]["status"],
+        "queued"
+    );
+    refused(
+        &server.json(
+            "PUT",
+            &format!("/v1/cloudimages/{id}/upload"),
+            ALICE,
+            None,
+            &json!({"image_url": "bkt"}),
+        ),
+        400,
+        "IMG.0017",
+    );
+    refused(
+        &server.json(
+            "PUT",
+            &format!("/v1/cloudimages/{id}/upload"),
+            BOB,
+            None,
+            &json!({"image_url": "bkt:d.raw"}),
+        ),
+        404,
+        "IMG.0027",
+    );
+    let two = job(
+        &server,
+        ALICE,
+        "PUT",
+        &format!("/v1/cloudimages/{id}/upload"),
+        &json!({"image_url": "bkt:d.raw"}),
+    );
+    assert_eq!(succeeded(&two), id);
+    assert_eq!(two["job_type"], "imsNativeImportImageJob");
+    let img = images(&server, ALICE, &format!("?id={id}"))[0].clone();
+    assert_eq!(img["status"], "active");
+    assert_eq!(img["disk_format"], "zvhd2");
+    assert_eq!(img["virtual_size"], 4 * MIB);
+    refused(
+        &server.json(
+            "PUT",
+            &format!("/v1/cloudimages/{id}/upload"),
+            ALICE,
+            None,
+            &json!({"image_url": "bkt:d.raw"}),
+        ),
+        400,
+        "IMG.0046",
+    );
+    // An import whose object is missing fails, and the image with it.
+    let made = server.json(
+        "POST",
+        "/v2/images",
+        ALICE,
+        None,
+        &json!({"name": "lost", "disk_format": "raw"}),
+    );
+    let lost = made.json()["id"].as_str().unwrap().to_string();
+    let j = job(
+        &server,
+        ALICE,
+        "PUT",
+        &format!("/v1/cloudimages/{lost}/upload"),
+        &json!({"image_url": "bkt:gone.raw"}),
+    );
+    failed(&j, "IMG.0057");
+    assert_eq!(
+        images(&server, ALICE, &format!("?id={lost}"))[0]["status"],
+        "killed"
+    );
+
+    // Extension attributes through a patch, then a filter on one.
+    let patched = server.json(
+        "PATCH",
+        &format!("/v2/cloudimages/{sys}"),
+        ALICE,
+        None,
+        &json!([{"op": "add", "path": "/__support_xen", "value": "true"},
+                {"op": "replace", "path": "/__is_config_init", "value": "false"}]),
+    );
+    assert_eq!(
+        patched.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&patched.body)
+    );
+    assert_eq!(patched.json()["__support_xen"], "true");
+    assert_eq!(
+        names(&images(&server, ALICE, "?__support_xen=true")),
+        ["sys"]
+    );
+    assert_eq!(
+        images(&server, ALICE, &format!("?id={sys}"))[0]["__is_config_init"],
+        "false"
+    );
+    let removed = server.json(
+        "PATCH",
+        &format!("/v2/cloudimages/{sys}"),
+        ALICE,
+        None,
+        &json!([{"op": "remove", "path": "/__support_xen"}]),
+    );
+    assert_eq!(removed.status, 200);
+    assert!(images(&server, ALICE, "?__support_xen=true").is_empty());
+}
+
+/// `ims serve` on `home`, started by hand so that it can be killed and started again on the
+/// same home; its URL.
+fn serve_on(home: &std::path::Path, tokens: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ims"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--region",
+            "r1",
+            "--tokens",
+        ])
+        .arg(tokens)
+        .arg("--home")
+        .arg(home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(home.join("server.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("ims serve: listening on ")
+        .expect("the listening line")
+        .to_string();
+    (child, url)
+}
+
+/// Kill -9 of the server while a registration job writes its image: after a restart on the
+/// same home the job is FAIL with the reason, the image `killed`, nothing left in the store.
+#[test]
+fn a_job_killed_with_its_server_fails_on_restart() {
+    use common::server::request;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let objects = home.join("objects/bkt");
+    std::fs::create_dir_all(&objects).unwrap();
+    random_raw(&objects.join("big.raw"), 256 * MIB, 128, 21);
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(&tokens, common::server::tokens_json()).unwrap();
+    let (mut child, url) = serve_on(&home, &tokens);
+    let body = json!({"name": "doomed", "image_url": "bkt:big.raw", "min_disk": 1}).to_string();
+    let r = request(
+        "POST",
+        &format!("{url}/v1/cloudimages/dataimages/action"),
+        Some(ALICE),
+        &[("content-type", "application/json")],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["job_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let job = request(
+            "GET",
+            &format!("{url}/v1/cloudimages/job/{id}"),
+            Some(ALICE),
+            &[],
+            None,
+        )
+        .json();
+        let listed = request(
+            "GET",
+            &format!("{url}/v2/cloudimages"),
+            Some(ALICE),
+            &[],
+            None,
+        )
+        .json();
+        let saving = listed["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["status"] == "saving");
+        if job["status"] == "RUNNING" && saving {
+            break;
+        }
+        assert_ne!(
+            job["status"], "SUCCESS",
+            "the registration ended before the kill"
+        );
+        assert!(Instant::now() < deadline, "never saving: {job}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (mut child, url) = serve_on(&home, &tokens);
+    let job = request(
+        "GET",
+        &format!("{url}/v1/alice/jobs/{id}"),
+        Some(ALICE),
+        &[],
+        None,
+    )
+    .json();
+    assert_eq!(job["status"], "FAIL", "{job}");
+    assert_eq!(job["error_code"], "IMG.0061");
+    assert!(
+        job["fail_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted: "),
+        "{job}"
+    );
+    let listed = request(
+        "GET",
+        &format!("{url}/v2/cloudimages"),
+        Some(ALICE),
+        &[],
+        None,
+    )
+    .json();
+    let statuses: Vec<&str> = listed["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["killed"]);
+    assert!(common::catalog::stray_files(&home).is_empty());
+    let mut stored = Vec::new();
+    let mut stack = vec![home.join("store")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                stored.push(e.path());
+            }
+        }
+    }
+    assert!(stored.is_empty(), "{stored:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -244,6 +244,14 @@ pub enum JobSpec {
         #[serde(default)]
         data_images: Vec<(String, RegisterSpec)>,
     },
+    /// Register the object `source` into the queued image `image_id` (made without data, as
+    /// the OpenStack Image API's create does): IMS's two-step registration.
+    RegisterInto {
+        /// The queued image.
+        image_id: String,
+        /// The object.
+        source: String,
+    },
     /// Copy an image within its region.
     Copy {
         /// The image.
@@ -308,6 +316,7 @@ impl JobSpec {
                 JobType::ImportDataImage
             }
             JobSpec::Register { .. } => JobType::ImportImage,
+            JobSpec::RegisterInto { .. } => JobType::NativeImportImage,
             JobSpec::Copy { .. } => JobType::CopyImageInRegion,
             JobSpec::Replicate { .. } => JobType::CopyImageCrossRegion,
             JobSpec::Export { .. } => JobType::NativeExportImage,

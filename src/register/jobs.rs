@@ -156,6 +156,9 @@ impl JobFailure {
     }
 }
 
+/// The property that records IMS's `is_config` (configure the guest after import).
+pub const IS_CONFIG: &str = "__is_config_init";
+
 /// The reason a job interrupted by the end of its process fails with.
 pub const INTERRUPTED: &str = "interrupted: the process running the job stopped before it ended";
 
@@ -175,6 +178,9 @@ impl Ims {
                 for (s, _) in data_images {
                     parse_object_url(s)?;
                 }
+            }
+            JobSpec::RegisterInto { source, .. } => {
+                parse_object_url(source)?;
             }
             JobSpec::Export { target, format, .. } => {
                 parse_object_url(target)?;
@@ -276,6 +282,35 @@ impl Ims {
                     entities.image_name = Some(done.system.record.name);
                     entities.data_image_ids = done.data.into_iter().map(|d| d.record.id).collect();
                 }
+                if let Some(id) = &entities.image_id {
+                    self.set_property(
+                        &scope,
+                        id,
+                        IS_CONFIG,
+                        if request.is_config { "true" } else { "false" },
+                    )
+                    .map_err(registering)?;
+                }
+            }
+            JobSpec::RegisterInto { image_id, source } => {
+                let registering = |e: ServiceError| JobFailure::of(&e, true);
+                let input = objects.open(source).map_err(|e| {
+                    // The image waits for data no more: its import failed.
+                    let _ = self.kill_waiting(&scope, image_id, &e.to_string());
+                    JobFailure::new(ims_errors::FILE_UNREADABLE, e.to_string())
+                })?;
+                let r = self
+                    .register_into(
+                        &scope,
+                        image_id,
+                        input,
+                        Format::Zvhd2,
+                        &mut on_progress,
+                        cancel,
+                    )
+                    .map_err(registering)?;
+                entities.image_id = Some(r.id);
+                entities.image_name = Some(r.name);
             }
             JobSpec::Copy {
                 image_id,
@@ -388,6 +423,22 @@ impl Ims {
             return Err(f);
         }
         Ok(entities)
+    }
+
+    /// Sets one property (IMS's extension attributes that ims gives no meaning to) of image
+    /// `id`, keeping the others.
+    pub fn set_property(&self, scope: &Scope, id: &str, key: &str, value: &str) -> Result<()> {
+        let mut properties = self.show(scope, id)?.properties;
+        properties.insert(key.to_string(), value.to_string());
+        self.set_api_fields(
+            scope,
+            id,
+            &super::upload::ApiFields {
+                properties: Some(properties),
+                ..Default::default()
+            },
+        )?;
+        Ok(())
     }
 
     /// Exports image `image_id` as `format` into a spool file, then stores it as `target`.

@@ -1,6 +1,6 @@
 //! An image as IMS's API shows it (spec 1.3): a flat object of the core attributes, then
 //! the extension attributes (`__os_version`, `__imagetype`, ...), every one of those a JSON
-//! string.
+//! string, then the properties a client set.
 
 use serde_json::{Value, json};
 
@@ -79,6 +79,13 @@ pub fn view(r: &ImageRecord, member_status: Option<MemberStatus>) -> Value {
     if let Some(s) = member_status {
         m.insert("member_status".into(), json!(s.name()));
     }
+    // The properties a client set (`__is_config_init`, Glance's custom properties), as
+    // strings, never over an attribute the record itself gives.
+    for (k, value) in &r.properties {
+        if !m.contains_key(k) {
+            m.insert(k.clone(), json!(value));
+        }
+    }
     v
 }
 
@@ -94,7 +101,13 @@ mod tests {
         r.store_size = 1234;
         r.os_bit = Some(64);
         r.tags.insert("k".into(), "v".into());
+        r.properties
+            .insert("__is_config_init".into(), "true".into());
+        r.properties
+            .insert("name".into(), "not over the name".into());
         let v = view(&r, Some(MemberStatus::Accepted));
+        assert_eq!(v["__is_config_init"], "true");
+        assert_eq!(v["name"], "n");
         for (k, value) in v.as_object().unwrap() {
             if k.starts_with("__") {
                 assert!(value.is_string(), "{k} is {value}");

@@ -3,7 +3,8 @@
 //! [`error`]), the codes those of formats/ims-errors.md.
 //!
 //! - [`register`]: registering objects (`POST /v2/cloudimages/action`,
-//!   `/v2/cloudimages/quickimport/action`, `/v1/cloudimages/dataimages/action`) → job;
+//!   `/v2/cloudimages/quickimport/action`, `/v1/cloudimages/dataimages/action`, the two-step
+//!   `PUT /v1/cloudimages/{image_id}/upload`) → job;
 //! - [`list`]: `GET /v2/cloudimages` with IMS's filters, paging and sort;
 //! - [`update`]: `PATCH /v2/cloudimages/{image_id}` (JSON patch on the allowed paths);
 //! - [`members`]: batch sharing and its answers (`/v1/cloudimages/members`) → job;
@@ -88,6 +89,7 @@ pub async fn submit(state: &AppState, caller: &Caller, spec: JobSpec) -> ImsResu
 #[openapi(paths(
     register::register,
     register::register_data,
+    register::upload,
     list::list,
     update::update,
     members::add,
@@ -135,6 +137,10 @@ pub fn routes() -> Router<AppState> {
             post(copy::cross_region_copy),
         )
         .route("/v1/cloudimages/{image_id}/file", post(export::export))
+        .route(
+            "/v1/cloudimages/{image_id}/upload",
+            axum::routing::put(register::upload),
+        )
         .route("/v1/cloudimages/quota", get(quota::quota))
         .route("/v1/cloudimages/tags", get(tags::list_v1).put(tags::put_v1))
         .route("/v2/{project_id}/images/tags", get(tags::list_project_v2))

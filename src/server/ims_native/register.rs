@@ -1,14 +1,16 @@
 //! Registering an image file that is an object (`bucket:object`), spec 1.2: a system disk
 //! (or ISO, `type=IsoImage`) with its data-disk images (`POST /v2/cloudimages/action`,
 //! `/v2/cloudimages/quickimport/action`) and a data disk alone (`POST
-//! /v1/cloudimages/dataimages/action`). The request is checked here (IMG codes for what IMS
-//! checks before it makes a job), then runs as a job; the answer is `{"job_id"}`.
+//! /v1/cloudimages/dataimages/action`), and the second step of the two-step registration
+//! (`PUT /v1/cloudimages/{image_id}/upload`: the object into an image `POST /v2/images` made
+//! `queued`). The request is checked here (IMG codes for what IMS checks before it makes a
+//! job), then runs as a job; the answer is `{"job_id"}`.
 //!
 //! ims always converts into its store format, so a quick import is an import.
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -260,6 +262,43 @@ pub async fn register_data(
 ) -> ImsResult<Json<Value>> {
     let body: Body = super::error::parse_body(&body)?;
     let job = submit(&state, &caller, spec(body, true)?).await?;
+    Ok(Json(json!({ "job_id": job })))
+}
+
+#[derive(Deserialize)]
+struct Upload {
+    image_url: Option<String>,
+}
+
+/// Registers an object into a queued image (made without data by `POST /v2/images`), as a
+/// job (imsNativeImportImageJob); an image that is not waiting for data is IMG.0046.
+#[utoipa::path(put, path = "/v1/cloudimages/{image_id}/upload", tag = "ims",
+    params(("image_id" = String, Path)),
+    responses((status = 200, description = "`{\"job_id\"}`: an imsNativeImportImageJob"),
+              (status = 400, description = "`{\"error\": {\"code\": \"IMG.xxxx\", \"message\"}}`")))]
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(image_id): Path<String>,
+    body: Bytes,
+) -> ImsResult<Json<Value>> {
+    let u: Upload = super::error::parse_body(&body)?;
+    let source = image_url(u.image_url.as_deref())?;
+    let (scope, id) = (caller.scope.clone(), image_id.clone());
+    super::error::blocking(&state, move |ims| {
+        let r = ims.show(&scope, &id)?;
+        rules::check_owner(&r, &scope.project)?;
+        if !crate::register::upload::awaits_data(&r) {
+            return Err(crate::register::ServiceError::rule(
+                crate::register::RuleCode::ImageNotActive,
+                format!("image {id} is {}, not waiting for its file", r.status),
+            ));
+        }
+        Ok(())
+    })
+    .await?;
+    let spec = JobSpec::RegisterInto { image_id, source };
+    let job = submit(&state, &caller, spec).await?;
     Ok(Json(json!({ "job_id": job })))
 }
 
