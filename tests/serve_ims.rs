@@ -824,8 +824,17 @@ fn ims_native_system_disks_two_step_and_extension_attributes() {
 
 /// `ims serve` on `home`, started by hand so that it can be killed and started again on the
 /// same home; its URL.
-fn serve_on(home: &std::path::Path, tokens: &std::path::Path) -> (std::process::Child, String) {
+fn serve_on(
+    home: &std::path::Path,
+    tokens: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, String) {
     use std::io::BufRead;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("server.log"))
+        .unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ims"))
         .args([
             "serve",
@@ -838,8 +847,9 @@ fn serve_on(home: &std::path::Path, tokens: &std::path::Path) -> (std::process::
         .arg(tokens)
         .arg("--home")
         .arg(home)
+        .args(extra)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(home.join("server.log")).unwrap())
+        .stderr(log)
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -866,7 +876,7 @@ fn a_job_killed_with_its_server_fails_on_restart() {
     random_raw(&objects.join("big.raw"), 256 * MIB, 128, 21);
     let tokens = dir.path().join("tokens.json");
     std::fs::write(&tokens, common::server::tokens_json()).unwrap();
-    let (mut child, url) = serve_on(&home, &tokens);
+    let (mut child, url) = serve_on(&home, &tokens, &[]);
     let body = json!({"name": "doomed", "image_url": "bkt:big.raw", "min_disk": 1}).to_string();
     let r = request(
         "POST",
@@ -913,7 +923,7 @@ fn a_job_killed_with_its_server_fails_on_restart() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let (mut child, url) = serve_on(&home, &tokens);
+    let (mut child, url) = serve_on(&home, &tokens, &[]);
     let job = request(
         "GET",
         &format!("{url}/v1/alice/jobs/{id}"),
@@ -961,4 +971,102 @@ fn a_job_killed_with_its_server_fails_on_restart() {
     assert!(stored.is_empty(), "{stored:?}");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Two `ims serve` processes over one PostgreSQL catalog (and one store) share the job queue:
+/// copies submitted to either are each run once, by one or the other.
+#[test]
+fn two_servers_share_the_job_queue_of_a_postgres_catalog() {
+    use common::server::request;
+    let Some(db) =
+        common::postgres::Database::new("two_servers_share_the_job_queue_of_a_postgres_catalog")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let objects = home.join("objects/bkt");
+    std::fs::create_dir_all(&objects).unwrap();
+    random_raw(&objects.join("d.raw"), 32 * MIB, 16, 8);
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(&tokens, common::server::tokens_json()).unwrap();
+    let url = db.url();
+    let args = ["--catalog", url.as_str(), "--workers", "1"];
+    let (mut a, url_a) = serve_on(&home, &tokens, &args);
+    let (mut b, url_b) = serve_on(&home, &tokens, &args);
+    let post = |base: &str, path: &str, body: &Value| {
+        let r = request(
+            "POST",
+            &format!("{base}{path}"),
+            Some(ALICE),
+            &[("content-type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["job_id"].as_str().unwrap().to_string()
+    };
+    let wait = |base: &str, id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let j = request(
+                "GET",
+                &format!("{base}/v1/alice/jobs/{id}"),
+                Some(ALICE),
+                &[],
+                None,
+            )
+            .json();
+            if j["status"] == "SUCCESS" || j["status"] == "FAIL" {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "{j}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let reg = post(
+        &url_a,
+        "/v1/cloudimages/dataimages/action",
+        &json!({"name": "source", "image_url": "bkt:d.raw", "min_disk": 1}),
+    );
+    let src = succeeded(&wait(&url_b, &reg)).to_string();
+    let ids: Vec<String> = (0..10)
+        .map(|i| {
+            let base = if i % 2 == 0 { &url_a } else { &url_b };
+            post(
+                base,
+                &format!("/v1/cloudimages/{src}/copy"),
+                &json!({"name": format!("copy-{i}")}),
+            )
+        })
+        .collect();
+    for id in &ids {
+        succeeded(&wait(&url_a, id));
+    }
+    let list = request(
+        "GET",
+        &format!("{url_b}/v2/cloudimages?limit=1000"),
+        Some(ALICE),
+        &[],
+        None,
+    )
+    .json();
+    let list = list["images"].as_array().unwrap();
+    for i in 0..10 {
+        let name = format!("copy-{i}");
+        assert_eq!(
+            list.iter().filter(|x| x["name"] == name.as_str()).count(),
+            1,
+            "{name}"
+        );
+    }
+    // Each job names its owner: the processes of both servers ran some.
+    let owners = db.psql("SELECT DISTINCT split_part(owner, ':', 2) FROM jobs ORDER BY 1");
+    let pids: Vec<&str> = owners.lines().collect();
+    let mut want = vec![a.id().to_string(), b.id().to_string()];
+    want.sort();
+    assert_eq!(pids, want, "jobs ran in both servers");
+    for c in [&mut a, &mut b] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
 }
