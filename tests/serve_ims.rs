@@ -911,6 +911,7 @@ fn a_job_killed_with_its_server_fails_on_restart() {
             .iter()
             .any(|i| i["status"] == "saving");
         if job["status"] == "RUNNING" && saving {
+            assert_eq!(job["entities"]["current_task"], "importing the image file");
             break;
         }
         assert_ne!(

@@ -309,6 +309,19 @@ pub enum JobSpec {
 }
 
 impl JobSpec {
+    /// What a worker does for it, in a few words (IMS's `current_task` while it runs).
+    pub fn task(&self) -> &'static str {
+        match self {
+            JobSpec::Register { .. } | JobSpec::RegisterInto { .. } => "importing the image file",
+            JobSpec::Copy { .. } => "copying the image",
+            JobSpec::Replicate { .. } => "copying the image to another region",
+            JobSpec::Export { .. } => "exporting the image",
+            JobSpec::AddMembers { .. } => "sharing the images",
+            JobSpec::UpdateMembers { .. } => "answering the shares",
+            JobSpec::DelMembers { .. } => "removing the members",
+        }
+    }
+
     /// The IMS job type of this action.
     pub fn job_type(&self) -> JobType {
         match self {
@@ -388,6 +401,7 @@ impl Job {
 
     /// The job claimed by `owner` until `lease_until` (milliseconds since 1970), `RUNNING`.
     pub fn claimed(mut self, owner: &str, lease_until: i64) -> Job {
+        self.entities.current_task = Some(self.spec.task().to_string());
         self.status = JobStatus::Running;
         self.owner = Some(owner.to_string());
         self.lease_until = Some(lease_until);
@@ -397,6 +411,7 @@ impl Job {
 
     /// The job ended `FAIL` with `code` and `reason`; the claim is let go.
     pub fn failed(mut self, code: &str, reason: &str) -> Job {
+        self.entities.current_task = None;
         self.status = JobStatus::Fail;
         self.error_code = Some(code.to_string());
         self.fail_reason = Some(reason.to_string());
@@ -485,6 +500,7 @@ mod tests {
         let failed = running.failed("IMG.0061", "boom");
         assert_eq!(failed.status, JobStatus::Fail);
         assert_eq!(failed.lease_until, None);
+        assert_eq!(failed.entities.current_task, None);
         assert!(failed.end_time.is_some());
     }
 

@@ -632,6 +632,10 @@ impl Shared {
     /// whether the pool still holds the job.
     fn save(&self, run: &Running, change: impl FnOnce(Job) -> Job) -> bool {
         let mut current = run.job();
+        if current.status.is_final() {
+            // Ended already: a late renewal or progress report writes nothing.
+            return true;
+        }
         let new = change(current.clone());
         match self.ims.catalog.replace_job(&current, &new) {
             Ok(true) => {
