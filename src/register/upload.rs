@@ -406,3 +406,150 @@ impl Ims {
         Ok(r)
     }
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::register::hash::hex;
+    use md5::Digest as _;
+
+    fn service() -> (tempfile::TempDir, Ims) {
+        let dir = tempfile::tempdir().unwrap();
+        let ims = Ims::open(dir.path()).unwrap();
+        (dir, ims)
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T>) -> RuleCode {
+        r.unwrap_err().code().expect("a rule's refusal")
+    }
+
+    fn raw_disk() -> Vec<u8> {
+        (0..1u32 << 20).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn an_upload_is_stored_as_it_is_and_described_by_its_own_bytes() {
+        let (_dir, ims) = service();
+        let scope = Scope::new("p1", "r1");
+        let new = NewImage {
+            name: "disk".into(),
+            disk_format: Some(Format::Raw),
+            ..Default::default()
+        };
+        let r = ims.create_empty(&scope, &new).unwrap();
+        assert!(awaits_data(&r) && r.store_format == "raw");
+        let data = raw_disk();
+        let done = ims
+            .upload_as_is(
+                &scope,
+                &r.id,
+                &mut &data[..],
+                Some(data.len() as u64),
+                &CancelToken::new(),
+            )
+            .unwrap();
+        assert_eq!(done.status, Status::Active);
+        assert_eq!((done.store_size, done.virtual_size), (1 << 20, 1 << 20));
+        assert_eq!(done.checksum.md5, hex(&md5::Md5::digest(&data)));
+        assert_eq!(done.image_type, ImageType::Data);
+        let stored = ims.stored(&done).unwrap();
+        let mut back = vec![0u8; data.len()];
+        crate::storage::read_exact_at(stored.as_ref(), &mut back, 0, "stored").unwrap();
+        assert!(back == data);
+        // Data goes once.
+        let again = ims.upload_as_is(&scope, &r.id, &mut &data[..], None, &CancelToken::new());
+        assert_eq!(code(again), RuleCode::ImageNotActive);
+    }
+
+    #[test]
+    fn an_upload_that_is_not_its_format_or_is_too_large_is_killed_with_nothing_stored() {
+        let (dir, mut ims) = service();
+        let scope = Scope::new("p1", "r1");
+        let qcow2 = NewImage {
+            disk_format: Some(Format::Qcow2),
+            ..Default::default()
+        };
+        let r = ims.create_empty(&scope, &qcow2).unwrap();
+        let data = raw_disk();
+        let e = ims.upload_as_is(&scope, &r.id, &mut &data[..], None, &CancelToken::new());
+        assert!(e.is_err());
+        let killed = ims.show(&scope, &r.id).unwrap();
+        assert_eq!(killed.status, Status::Killed);
+        assert!(killed.status_reason.is_some());
+
+        let mut limits = ims.limits().clone();
+        limits.max_file_size = 1000;
+        ims.set_limits(limits);
+        let raw = NewImage {
+            disk_format: Some(Format::Raw),
+            ..Default::default()
+        };
+        let r = ims.create_empty(&scope, &raw).unwrap();
+        let e = ims.upload_as_is(&scope, &r.id, &mut &data[..], None, &CancelToken::new());
+        assert_eq!(code(e), RuleCode::FileTooLarge);
+        assert_eq!(ims.show(&scope, &r.id).unwrap().status, Status::Killed);
+        fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    files(&e.path(), out);
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        let mut left = Vec::new();
+        files(&dir.path().join("store"), &mut left);
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn records_waiting_for_data_survive_recovery_and_follow_the_rules() {
+        let (dir, ims) = service();
+        let scope = Scope::new("p1", "r1");
+        let r = ims.create_empty(&scope, &NewImage::default()).unwrap();
+        drop(ims);
+        let ims = Ims::open(dir.path()).unwrap();
+        assert!(awaits_data(&ims.show(&scope, &r.id).unwrap()));
+        // No data format: nothing to upload against.
+        let e = ims.upload_as_is(&scope, &r.id, &mut &b"x"[..], None, &CancelToken::new());
+        assert!(e.is_err());
+        assert!(awaits_data(&ims.show(&scope, &r.id).unwrap()));
+        // Public or protected: operators only; ids are UUIDs and unique.
+        let public = NewImage {
+            visibility: Some(Visibility::Public),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(ims.create_empty(&scope, &public)),
+            RuleCode::NotOperator
+        );
+        assert!(ims.create_empty(&scope.clone().operator(), &public).is_ok());
+        let bad_id = NewImage {
+            id: Some("not-a-uuid".into()),
+            ..Default::default()
+        };
+        assert!(ims.create_empty(&scope, &bad_id).is_err());
+        let same_id = NewImage {
+            id: Some(r.id.clone()),
+            ..Default::default()
+        };
+        assert!(ims.create_empty(&scope, &same_id).is_err());
+        // Another project neither sees nor fills it.
+        let other = Scope::new("p2", "r1");
+        let e = ims.upload_as_is(&other, &r.id, &mut &b"x"[..], None, &CancelToken::new());
+        assert_eq!(code(e), RuleCode::ImageNotFound);
+        // Back to private only without members; the declared format changes while it waits.
+        let f = ApiFields {
+            disk_format: Some(Format::Vmdk),
+            visibility: Some(Visibility::Shared),
+            ..Default::default()
+        };
+        let changed = ims.set_api_fields(&scope, &r.id, &f).unwrap();
+        assert_eq!(
+            (changed.store_format.as_str(), changed.visibility),
+            ("vmdk", Visibility::Shared)
+        );
+        ims.kill_waiting(&scope, &r.id, "source gone").unwrap();
+        assert_eq!(ims.show(&scope, &r.id).unwrap().status, Status::Killed);
+    }
+}

@@ -111,7 +111,7 @@ pub fn router(state: AppState) -> Router {
                         "request",
                         request_id = %id,
                         method = %req.method(),
-                        path = %req.uri().path(),
+                        uri = %req.uri(),
                         project = tracing::field::Empty,
                     )
                 })

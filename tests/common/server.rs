@@ -160,6 +160,58 @@ impl Server {
     }
 }
 
+impl Server {
+    /// `PUT` of `data` as a chunked body (no size declared), as glanceclient sends uploads.
+    /// `None` when the server closed the connection before the client could finish sending
+    /// (it refused the upload midway).
+    pub fn put_chunked(&self, path: &str, token: &str, data: Vec<u8>) -> Option<Reply> {
+        let agent = agent();
+        let body = ureq::SendBody::from_owned_reader(std::io::Cursor::new(data));
+        let request = ureq::http::Request::builder()
+            .method("PUT")
+            .uri(format!("{}{path}", self.url))
+            .header("x-auth-token", token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .unwrap();
+        agent.run(request).ok().map(reply)
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+fn reply(response: ureq::http::Response<ureq::Body>) -> Reply {
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                v.to_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let mut body = Vec::new();
+    response
+        .into_body()
+        .into_reader()
+        .read_to_end(&mut body)
+        .expect("read the body");
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
 /// An answer.
 #[derive(Debug)]
 pub struct Reply {
@@ -200,12 +252,7 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Reply {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into();
+    let agent = agent();
     let mut builder = ureq::http::Request::builder().method(method).uri(url);
     if let Some(t) = token {
         builder = builder.header("x-auth-token", t);
@@ -218,28 +265,7 @@ pub fn request(
         None => agent.run(builder.body(()).unwrap()),
     }
     .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_ascii_lowercase(),
-                v.to_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    let mut body = Vec::new();
-    response
-        .into_body()
-        .into_reader()
-        .read_to_end(&mut body)
-        .expect("read the body");
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    reply(response)
 }
 
 /// Whether the Python clients are installed (`python3 -m pip install python-glanceclient

@@ -144,10 +144,8 @@ async fn create(
             "name" => new.name = name(v)?,
             "visibility" => new.visibility = Some(visibility(v)?),
             "protected" => new.protected = boolean(k, v)?,
-            "os_hidden" => {
-                if boolean(k, v)? {
-                    new.properties.insert("os_hidden".into(), "true".into());
-                }
+            "os_hidden" if boolean(k, v)? => {
+                new.properties.insert("os_hidden".into(), "true".into());
             }
             "disk_format" => new.disk_format = disk_format(v)?,
             "container_format" => {

@@ -223,11 +223,11 @@ async fn import(
         let id2 = id.clone();
         let result = worker
             .run(move |ims| {
-                if let Some(uri) = &uri {
-                    if let Err(e) = download(uri, &dir, &id2, ims.limits()) {
-                        ims.kill_waiting(&scope, &id2, &e.to_string())?;
-                        return Err(e);
-                    }
+                if let Some(uri) = &uri
+                    && let Err(e) = download(uri, &dir, &id2, ims.limits())
+                {
+                    ims.kill_waiting(&scope, &id2, &e.to_string())?;
+                    return Err(e);
                 }
                 let result = ims.register_into(
                     &scope,
