@@ -1071,3 +1071,57 @@ fn two_servers_share_the_job_queue_of_a_postgres_catalog() {
         c.wait().unwrap();
     }
 }
+
+/// An ISO registered with `type=IsoImage` and its OS version; a disk given as an ISO fails its
+/// job with IMG.0167.
+#[test]
+fn ims_native_iso_images() {
+    if !common::have("ims_native_iso_images", &["xorriso"]) {
+        return;
+    }
+    let server = Server::start_with(None, &["--region", "r1"]);
+    let objects = server.home.join("objects/media");
+    std::fs::create_dir_all(&objects).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("tools")).unwrap();
+    std::fs::write(root.join("tools/readme.txt"), b"tools\n").unwrap();
+    let out = std::process::Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-V", "TOOLS", "-o"])
+        .arg(objects.join("tools.iso"))
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    random_raw(&objects.join("disk.raw"), 4 * MIB, 1, 3);
+
+    let reg = job(
+        &server,
+        ALICE,
+        "POST",
+        "/v2/cloudimages/action",
+        &json!({"name": "tools", "image_url": "media:tools.iso", "min_disk": 1,
+                "type": "IsoImage", "os_version": "Other Linux 64bit"}),
+    );
+    let id = succeeded(&reg).to_string();
+    assert_eq!(reg["job_type"], "imsImportImageJob");
+    let img = images(&server, ALICE, "?virtual_env_type=IsoImage");
+    assert_eq!(names(&img), ["tools"]);
+    assert_eq!(img[0]["id"], id.as_str());
+    assert_eq!(img[0]["__os_version"], "Other Linux 64bit");
+    let disk = job(
+        &server,
+        ALICE,
+        "POST",
+        "/v2/cloudimages/action",
+        &json!({"name": "not-iso", "image_url": "media:disk.raw", "min_disk": 1,
+                "type": "IsoImage", "os_version": "Other Linux 64bit"}),
+    );
+    assert!(failed(&disk, "IMG.0167").starts_with("iso_type_mismatch: "));
+    refused(
+        &server.json("POST", "/v2/cloudimages/action", ALICE, None,
+            &json!({"name": "x", "image_url": "media:tools.iso", "min_disk": 1, "type": "IsoImage"})),
+        400,
+        "IMG.0166",
+    );
+}
