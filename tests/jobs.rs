@@ -739,6 +739,35 @@ fn an_expired_lease_is_failed_and_a_live_one_is_not() {
     // The old owner's late end is refused: the job stays failed as stale.
     let late = expired.clone().succeeded(Default::default());
     assert!(!c.replace_job(&expired, &late).unwrap());
+
+    // Owners of this host: a process that no longer runs is failed at once, lease or not;
+    // one of another process-id namespace (a container sharing the host name) is not, since
+    // its processes cannot be seen from here.
+    let host = ims::register::job::host_id();
+    let (name, _) = host.split_once('#').unwrap();
+    let dead = format!("{host}:4000000:dead");
+    let elsewhere = format!("{name}#1:4000000:ns");
+    for owner in [&dead, &elsewhere] {
+        let j = ims
+            .submit_job(
+                &s,
+                JobSpec::AddMembers {
+                    images: vec!["x".into()],
+                    projects: vec!["p2".into()],
+                },
+            )
+            .unwrap();
+        let claimed = c.claim_job(owner, now_millis() + 60_000).unwrap().unwrap();
+        assert_eq!(claimed.job_id, j.job_id);
+    }
+    let failed = ims.fail_stale_jobs().unwrap();
+    assert_eq!(failed.len(), 1);
+    let j = ims.job(&s, &failed[0]).unwrap().unwrap();
+    assert_eq!(j.owner.as_deref(), Some(dead.as_str()));
+    assert_eq!(
+        c.running_jobs().unwrap()[0].owner.as_deref(),
+        Some(elsewhere.as_str())
+    );
 }
 
 /// Cancelling: a job not begun ends at once; a running one stops and ends FAIL.

@@ -449,16 +449,32 @@ pub fn ims_time(millis: i64) -> String {
     format!("{base}.{:03}Z", millis % 1000)
 }
 
-/// This process's name as a job owner: `HOST:PID:NONCE`, the nonce telling apart pools of one
-/// process and a process that reused a dead one's id.
+/// This process's name as a job owner: `HOST:PID:NONCE`, where HOST is the host name and the
+/// process-id namespace (`name#4026531836`: two containers sharing a host name do not see each
+/// other's processes, so neither may take the other's ids for dead ones), and the nonce tells
+/// apart pools of one process.
 pub fn owner_name() -> String {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}:{}:{}", host_id(), std::process::id(), &nonce[..8])
+}
+
+/// The host name and process-id namespace of this process, as [`owner_name`] writes them.
+pub fn host_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
-        .filter(|h| !h.is_empty() && !h.contains(':'))
+        .filter(|h| !h.is_empty() && !h.contains([':', '#']))
         .unwrap_or_else(|| "localhost".to_string());
-    let nonce = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}:{}:{}", std::process::id(), &nonce[..8])
+    // `pid:[4026531836]`: the namespace's inode.
+    let ns: String = std::fs::read_link("/proc/self/ns/pid")
+        .map(|l| {
+            l.to_string_lossy()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("{host}#{ns}")
 }
 
 /// The host and process id of an owner name made by [`owner_name`].
@@ -557,7 +573,8 @@ mod tests {
     fn owners_name_their_process() {
         let o = owner_name();
         let (host, pid) = owner_process(&o).unwrap();
-        assert!(!host.is_empty());
+        assert_eq!(host, host_id());
+        assert!(host.contains('#'));
         assert_eq!(pid, std::process::id());
         assert_eq!(owner_process("nohost"), None);
         assert_eq!(owner_process("h:x:n"), None);

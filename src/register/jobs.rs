@@ -508,8 +508,7 @@ impl Ims {
     /// ([`Ims::recover`]). Returns the jobs failed.
     pub fn fail_stale_jobs(&self) -> Result<Vec<String>> {
         let now = now_millis();
-        let host = owner_name();
-        let host = owner_process(&host).map(|(h, _)| h.to_string());
+        let host = Some(super::job::host_id());
         let mut failed = Vec::new();
         for job in self.catalog.running_jobs()? {
             let expired = job.lease_until.is_none_or(|l| l < now);

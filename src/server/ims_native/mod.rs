@@ -81,7 +81,13 @@ pub async fn submit(state: &AppState, caller: &Caller, spec: JobSpec) -> ImsResu
     let scope = caller.scope.clone();
     let job = tokio::task::spawn_blocking(move || pool.submit(&scope, spec))
         .await
-        .map_err(|e| ImsError::bad_request(format!("submitting the job failed: {e}")))??;
+        .map_err(|e| {
+            ImsError::new(
+                crate::register::ims_errors::UNKNOWN,
+                format!("submitting the job failed: {e}"),
+            )
+            .with_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+        })??;
     Ok(job.job_id)
 }
 
