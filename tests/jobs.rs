@@ -106,6 +106,14 @@ fn job_table(c: &dyn Catalog) {
         c.claim_job("w", 1).unwrap().is_none(),
         "a cancelled job is not claimed"
     );
+
+    // Ended jobs made before a time go; running ones stay, whatever their age.
+    assert_eq!(c.remove_ended_jobs("1970-01-01T00:00:00.000Z").unwrap(), 0);
+    let far = ims::register::job::ims_time(now_millis() + 60_000);
+    assert_eq!(c.remove_ended_jobs(&far).unwrap(), 2);
+    assert!(c.get_job(&a.job_id).unwrap().is_none());
+    assert!(c.get_job(&d.job_id).unwrap().is_none());
+    assert_eq!(c.running_jobs().unwrap().len(), 1);
 }
 
 #[test]

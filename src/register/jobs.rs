@@ -584,6 +584,8 @@ pub struct PoolOptions {
     pub poll: Duration,
     /// How often progress is written to the catalog, at most.
     pub progress_interval: Duration,
+    /// How long an ended job is kept (then removed, as IMS forgets old jobs).
+    pub keep_ended: Duration,
 }
 
 impl Default for PoolOptions {
@@ -594,6 +596,7 @@ impl Default for PoolOptions {
             lease: Duration::from_secs(30),
             poll: Duration::from_secs(1),
             progress_interval: Duration::from_secs(1),
+            keep_ended: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -856,8 +859,8 @@ fn run_one(s: &Shared, job: Job) {
 }
 
 /// Renews the leases of the pool's running jobs every third of a lease (a job whose renewal
-/// is refused was failed as stale elsewhere: it is cancelled here), and fails stale jobs of
-/// other owners every lease.
+/// is refused was failed as stale elsewhere: it is cancelled here), and every lease fails stale
+/// jobs of other owners and removes the jobs that ended long ago (`keep_ended`).
 fn keeper(s: &Shared) {
     let tick = (s.options.lease / 3).max(Duration::from_millis(10));
     let mut last_sweep = Instant::now();
@@ -882,6 +885,11 @@ fn keeper(s: &Shared) {
         if last_sweep.elapsed() >= s.options.lease {
             last_sweep = Instant::now();
             let _ = s.ims.fail_stale_jobs();
+            let keep = i64::try_from(s.options.keep_ended.as_millis()).unwrap_or(i64::MAX);
+            let _ = s
+                .ims
+                .catalog
+                .remove_ended_jobs(&super::job::ims_time(now_millis().saturating_sub(keep)));
         }
     }
 }

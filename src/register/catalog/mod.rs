@@ -128,4 +128,8 @@ pub trait Catalog: Send + Sync {
 
     /// The jobs in `RUNNING`, oldest first.
     fn running_jobs(&self) -> Result<Vec<Job>>;
+
+    /// Removes the ended jobs (`SUCCESS`, `FAIL`) made before `created_before` (a job time,
+    /// [`ims_time`](super::job::ims_time)); says how many.
+    fn remove_ended_jobs(&self, created_before: &str) -> Result<u64>;
 }

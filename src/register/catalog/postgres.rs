@@ -647,6 +647,15 @@ impl Catalog for PostgresCatalog {
         })
     }
 
+    fn remove_ended_jobs(&self, created_before: &str) -> ServiceResult<u64> {
+        self.run(|client| {
+            Ok(client.execute(
+                "DELETE FROM jobs WHERE status IN ('SUCCESS', 'FAIL') AND created_at < $1",
+                &[&created_before],
+            )?)
+        })
+    }
+
     fn running_jobs(&self) -> ServiceResult<Vec<Job>> {
         self.run(|client| {
             let mut out = Vec::new();

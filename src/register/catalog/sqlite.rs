@@ -530,6 +530,17 @@ impl Catalog for SqliteCatalog {
         Ok(text.as_deref().map(decode_job).transpose()?)
     }
 
+    fn remove_ended_jobs(&self, created_before: &str) -> ServiceResult<u64> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM jobs WHERE status IN ('SUCCESS', 'FAIL') AND created_at < ?1",
+                [created_before],
+            )
+            .map_err(db)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     fn running_jobs(&self) -> ServiceResult<Vec<Job>> {
         let conn = self.conn();
         let mut stmt = conn
