@@ -68,13 +68,29 @@ const SORT_KEYS: &[&str] = &[
 const MAX_LIMIT: usize = 1000;
 const DEFAULT_LIMIT: usize = 500;
 
-/// An attribute as the text a filter compares with.
-fn text(v: &Value) -> Option<String> {
+/// Whether an attribute is the text `want`, as a filter compares them.
+fn equals(v: &Value, want: &str) -> bool {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+        Value::String(s) => s == want,
+        Value::Bool(b) => want == if *b { "true" } else { "false" },
+        Value::Number(n) => n.to_string() == want,
+        _ => false,
+    }
+}
+
+/// A sort key: numbers before text, numbers by value, text by bytes.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Key<'a> {
+    Missing,
+    Number(u64),
+    Text(&'a str),
+}
+
+fn key<'a>(v: &'a Value, name: &str) -> Key<'a> {
+    match &v[name] {
+        Value::Number(n) => n.as_u64().map_or(Key::Missing, Key::Number),
+        Value::String(s) => Key::Text(s),
+        _ => Key::Missing,
     }
 }
 
@@ -97,15 +113,6 @@ fn time_matches(filter: &str, have: &str) -> ImsResult<bool> {
             )));
         }
     })
-}
-
-fn compare(a: &Value, b: &Value, key: &str) -> Ordering {
-    let (x, y) = (&a[key], &b[key]);
-    let o = match (x.as_u64(), y.as_u64()) {
-        (Some(x), Some(y)) => x.cmp(&y),
-        _ => text(x).cmp(&text(y)),
-    };
-    o.then_with(|| text(&a["id"]).cmp(&text(&b["id"])))
 }
 
 /// Filters, sorts and pages `images` (already the caller's view) by the query `q`.
@@ -137,7 +144,7 @@ pub fn select(mut images: Vec<Value>, q: &HashMap<String, String>) -> ImsResult<
                 images = kept;
             }
             key if EXACT.contains(&key) => {
-                images.retain(|i| text(&i[key]).is_some_and(|have| &have == want));
+                images.retain(|i| equals(&i[key], want));
             }
             other => {
                 return Err(ImsError::bad_request(format!(
@@ -146,10 +153,10 @@ pub fn select(mut images: Vec<Value>, q: &HashMap<String, String>) -> ImsResult<
             }
         }
     }
-    let key = q.get("sort_key").map_or("created_at", String::as_str);
-    if !SORT_KEYS.contains(&key) {
+    let sort_key = q.get("sort_key").map_or("created_at", String::as_str);
+    if !SORT_KEYS.contains(&sort_key) {
         return Err(ImsError::bad_request(format!(
-            "cannot sort by '{key}' ({})",
+            "cannot sort by '{sort_key}' ({})",
             SORT_KEYS.join(", ")
         )));
     }
@@ -162,10 +169,19 @@ pub fn select(mut images: Vec<Value>, q: &HashMap<String, String>) -> ImsResult<
             )));
         }
     };
-    images.sort_by(|a, b| {
-        let o = compare(a, b, key);
+    // Each image's key once, then the order of the keys (ties by id).
+    let mut order: Vec<(Key, &str, usize)> = images
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (key(v, sort_key), v["id"].as_str().unwrap_or(""), i))
+        .collect();
+    order.sort_by(|a, b| {
+        let o = (&a.0, a.1).cmp(&(&b.0, b.1));
         if ascending { o } else { o.reverse() }
     });
+    let order: Vec<usize> = order.into_iter().map(|(_, _, i)| i).collect();
+    let mut slots: Vec<Option<Value>> = images.into_iter().map(Some).collect();
+    let mut images: Vec<Value> = order.into_iter().filter_map(|i| slots[i].take()).collect();
     if let Some(marker) = q.get("marker") {
         let at = images
             .iter()
