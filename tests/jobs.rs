@@ -473,6 +473,18 @@ fn jobs_register_export_share_and_fail_with_codes() {
         )
         .is_err()
     );
+    // An answer is accepted or rejected; a batch is bounded.
+    let pending = JobSpec::UpdateMembers {
+        images: vec![id.clone()],
+        project: "p2".into(),
+        status: ims::register::MemberStatus::Pending,
+    };
+    assert!(pool.submit(&p2, pending).is_err());
+    let huge = JobSpec::AddMembers {
+        images: (0..101).map(|i| format!("i{i}")).collect(),
+        projects: (0..100).map(|i| format!("p{i}")).collect(),
+    };
+    assert!(pool.submit(&s, huge).is_err());
     pool.shutdown();
 }
 

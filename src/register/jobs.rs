@@ -156,6 +156,10 @@ impl JobFailure {
     }
 }
 
+/// The most image and project pairs (or images, for an answer) one member job handles, so that
+/// a job's time and its results stay bounded.
+pub const MAX_MEMBER_PAIRS: usize = 10_000;
+
 /// The property that records IMS's `is_config` (configure the guest after import).
 pub const IS_CONFIG: &str = "__is_config_init";
 
@@ -190,15 +194,27 @@ impl Ims {
                 if images.is_empty() || projects.is_empty() {
                     return bad("a member job needs images and projects");
                 }
+                if images.len().saturating_mul(projects.len()) > MAX_MEMBER_PAIRS {
+                    return bad(&format!(
+                        "a member job pairs at most {MAX_MEMBER_PAIRS} images and projects"
+                    ));
+                }
             }
             JobSpec::UpdateMembers {
-                images, project, ..
+                images,
+                project,
+                status,
             } => {
-                if images.is_empty() {
-                    return bad("a member job needs images");
+                if images.is_empty() || images.len() > MAX_MEMBER_PAIRS {
+                    return bad(&format!(
+                        "a member job answers for 1 to {MAX_MEMBER_PAIRS} images"
+                    ));
                 }
                 if *project != scope.project {
                     return bad("a project answers shares for itself only");
+                }
+                if *status == MemberStatus::Pending {
+                    return bad("an answer is accepted or rejected");
                 }
             }
             JobSpec::Copy { .. } | JobSpec::Replicate { .. } => {}
@@ -385,8 +401,8 @@ impl Ims {
             } => {
                 for image in images {
                     let done = match status {
-                        MemberStatus::Rejected => self.reject(&scope, image),
-                        _ => self.accept(&scope, image),
+                        MemberStatus::Accepted => self.accept(&scope, image),
+                        _ => self.reject(&scope, image),
                     };
                     entities.results.push(member_result(image, project, done));
                 }
