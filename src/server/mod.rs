@@ -1,6 +1,6 @@
 //! `ims serve`: the image service over HTTP(S).
 //!
-//! The library's [`Ims`](crate::register::Ims) behind two APIs: the OpenStack Image API v2
+//! The library's [`Ims`] behind two APIs: the OpenStack Image API v2
 //! ([`glance`], as Glance answers it, for the `glance`/`openstack` command lines, openstacksdk
 //! and the tools built on them) and IMS's own API ([`ims_native`], `/v1|v2/cloudimages...`).
 //!
