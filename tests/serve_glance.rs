@@ -135,6 +135,9 @@ fn health_versions_and_openapi_need_no_token_and_the_api_needs_one() {
         assert!(r.json()["error"]["message"].is_string());
     }
     assert_eq!(server.get("/v2/images", Some(ALICE)).status, 200);
+    let missing = server.get("/v2/nothing", Some(ALICE));
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"]["message"].is_string());
     let log = server.log();
     assert!(log.contains("request_id=req-"), "structured log: {log}");
 }
@@ -307,6 +310,8 @@ fn an_upload_is_kept_as_uploaded_and_a_hostile_or_mislabelled_one_is_killed() {
     let queued = show(&server, ALICE, &id).json();
     assert_eq!(queued["status"], "queued");
     assert_eq!(queued["checksum"], Value::Null);
+    assert_eq!(queued["visibility"], "shared", "Glance's default");
+    assert_eq!(queued["size"], Value::Null);
     assert_eq!(upload(&server, ALICE, &id, &data).status, 204);
     let r = show(&server, ALICE, &id).json();
     assert_eq!(r["status"], "active");
