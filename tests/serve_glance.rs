@@ -135,6 +135,9 @@ fn health_versions_and_openapi_need_no_token_and_the_api_needs_one() {
         assert!(r.json()["error"]["message"].is_string());
     }
     assert_eq!(server.get("/v2/images", Some(ALICE)).status, 200);
+    let missing = server.get("/v2/nothing", Some(ALICE));
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"]["message"].is_string());
     let log = server.log();
     assert!(log.contains("request_id=req-"), "structured log: {log}");
 }
@@ -307,6 +310,8 @@ fn an_upload_is_kept_as_uploaded_and_a_hostile_or_mislabelled_one_is_killed() {
     let queued = show(&server, ALICE, &id).json();
     assert_eq!(queued["status"], "queued");
     assert_eq!(queued["checksum"], Value::Null);
+    assert_eq!(queued["visibility"], "shared", "Glance's default");
+    assert_eq!(queued["size"], Value::Null);
     assert_eq!(upload(&server, ALICE, &id, &data).status, 204);
     let r = show(&server, ALICE, &id).json();
     assert_eq!(r["status"], "active");
@@ -556,6 +561,248 @@ fn stage_and_import_convert_into_the_store_format() {
     assert!(
         same.status.success(),
         "the imported disk differs from the source"
+    );
+}
+
+/// A reader that gives `first` bytes, then waits (giving nothing) until `stop` is set, then
+/// ends: an upload caught in flight.
+struct Stalled {
+    first: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::io::Read for Stalled {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.first > 0 {
+            let n = buf.len().min(self.first);
+            buf[..n].fill(0x5a);
+            self.first -= n;
+            return Ok(n);
+        }
+        while !self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(0)
+    }
+}
+
+#[test]
+fn a_server_killed_during_an_upload_leaves_a_killed_image_and_no_data_after_restart() {
+    let server = Server::start();
+    let id = created_id(&create(
+        &server,
+        ALICE,
+        json!({"name": "mid", "disk_format": "raw"}),
+    ));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = Stalled {
+        first: 3 << 20,
+        stop: stop.clone(),
+    };
+    let url = server.url.clone();
+    let path = format!("/v2/images/{id}/file");
+    let client = std::thread::spawn(move || {
+        common::server::put_reader_at(&url, &path, ALICE, reader).map(|r| r.status)
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while show(&server, ALICE, &id).json()["status"] != "saving" {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let server = server.crash_and_restart(&[]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = client.join();
+    let v = show(&server, ALICE, &id).json();
+    assert_eq!(v["status"], "killed", "{v}");
+    assert!(
+        v["status_reason"].as_str().unwrap().contains("interrupted"),
+        "{v}"
+    );
+    let stored = walk(&server.home.join("store"));
+    assert!(stored.is_empty(), "no orphaned data: {stored:?}");
+    // A record created without data is not interrupted: it still waits.
+    let waiting = created_id(&create(
+        &server,
+        ALICE,
+        json!({"name": "w", "disk_format": "raw"}),
+    ));
+    let server = server.crash_and_restart(&[]);
+    assert_eq!(show(&server, ALICE, &waiting).json()["status"], "queued");
+}
+
+#[test]
+fn web_download_imports_from_an_allowed_source_only() {
+    if !common::have(
+        "web_download_imports_from_an_allowed_source_only",
+        &["python3"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    small_qcow2(dir.path(), "web", 21);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _source = Kill(
+        std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let source = format!("http://127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the source server never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let server = Server::start_with(None, &["--allow-download", &source]);
+    let info = server.get("/v2/info/import", Some(ALICE)).json();
+    assert_eq!(
+        info["import-methods"]["value"],
+        json!(["glance-direct", "web-download"])
+    );
+    let id = created_id(&create(
+        &server,
+        ALICE,
+        json!({"name": "web", "disk_format": "qcow2"}),
+    ));
+    let import = |uri: &str| {
+        server.json(
+            "POST",
+            &format!("/v2/images/{id}/import"),
+            ALICE,
+            None,
+            &json!({"method": {"name": "web-download", "uri": uri}}),
+        )
+    };
+    assert_eq!(import("http://127.0.0.2:1/web.qcow2").status, 400);
+    let r = import(&format!("{source}web.qcow2"));
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let v = show(&server, ALICE, &id).json();
+        if v["status"] == "active" || v["status"] == "killed" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "import never ended: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        (done["status"].as_str(), done["disk_format"].as_str()),
+        (Some("active"), Some("zvhd2")),
+        "{done}"
+    );
+    assert_eq!(
+        import(&format!("{source}web.qcow2")).status,
+        409,
+        "imported once"
+    );
+    // A source that fails ends the image killed, with the reason.
+    let id2 = created_id(&create(
+        &server,
+        ALICE,
+        json!({"name": "gone", "disk_format": "qcow2"}),
+    ));
+    let r = server.json(
+        "POST",
+        &format!("/v2/images/{id2}/import"),
+        ALICE,
+        None,
+        &json!({"method": {"name": "web-download", "uri": format!("{source}missing.qcow2")}}),
+    );
+    assert_eq!(r.status, 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = show(&server, ALICE, &id2).json();
+        if v["status"] == "killed" {
+            assert!(v["status_reason"].as_str().unwrap().contains("404"), "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a failed download never ended: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn tls_serves_https_with_the_given_certificate() {
+    if !common::have(
+        "tls_serves_https_with_the_given_certificate",
+        &["openssl", "python3"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let server = Server::start_with(None, &["--tls-cert", s(&cert), "--tls-key", s(&key)]);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let script = [
+        "import ssl, sys, time, urllib.request".to_string(),
+        format!("ctx = ssl.create_default_context(cafile={:?})", s(&cert)),
+        "ctx.check_hostname = False".to_string(),
+        "for _ in range(100):".to_string(),
+        "    try:".to_string(),
+        format!(
+            "        r = urllib.request.urlopen({:?}, context=ctx); break",
+            format!("{}/healthz", server.url)
+        ),
+        "    except OSError: time.sleep(0.1)".to_string(),
+        "print(r.status, r.read().decode())".to_string(),
+    ]
+    .join("\n");
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("200"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -135,8 +135,8 @@ impl Ims {
         Ok(r)
     }
 
-    /// Changes what the OpenStack Image API may change beyond a [`RecordUpdate`]
-    /// (super::RecordUpdate): the properties ims gives no meaning to, the declared format of a
+    /// Changes what the OpenStack Image API may change beyond a
+    /// [`RecordUpdate`](super::RecordUpdate): the properties ims gives no meaning to, the declared format of a
     /// record still waiting for its data, `private` ↔ `shared` (back to `private` only without
     /// members), and `protected` (an operator only). The owner's call, or an operator's for a
     /// protected image.

@@ -1,6 +1,6 @@
 //! `ims serve`: the image service over HTTP(S).
 //!
-//! The library's [`Ims`](crate::register::Ims) behind two APIs: the OpenStack Image API v2
+//! The library's [`Ims`] behind two APIs: the OpenStack Image API v2
 //! ([`glance`], as Glance answers it, for the `glance`/`openstack` command lines, openstacksdk
 //! and the tools built on them) and IMS's own API ([`ims_native`], `/v1|v2/cloudimages...`).
 //!
@@ -81,6 +81,11 @@ async fn openapi_json() -> impl IntoResponse {
     axum::Json(openapi())
 }
 
+/// Any other path: 404 in the error shape of the rest.
+async fn not_found(uri: axum::http::Uri) -> error::ApiError {
+    error::ApiError::not_found(format!("no resource at {}", uri.path()))
+}
+
 /// The whole application over `state`.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID);
@@ -95,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         // ---- The IMS native API (`/v1|v2/cloudimages...`): filled in ims_native. ----
         .merge(ims_native::routes())
         // ----
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(json_cap))
         .layer(axum::middleware::from_fn(move |req, next| {
             auth::require_token(tokens.clone(), region.clone(), req, next)

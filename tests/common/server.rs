@@ -73,7 +73,18 @@ impl Server {
         }
         let tokens = dir.path().join("tokens.json");
         std::fs::write(&tokens, tokens_json()).unwrap();
+        Server::spawn(dir, home, args)
+    }
+
+    /// The server on `home`, its log appended to `DIR/server.log`, `https` with a certificate.
+    fn spawn(dir: tempfile::TempDir, home: PathBuf, args: &[&str]) -> Server {
+        let tokens = dir.path().join("tokens.json");
         let log = dir.path().join("server.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ims"))
             .args(["serve", "--listen", "127.0.0.1:0", "--tokens"])
             .arg(&tokens)
@@ -82,7 +93,7 @@ impl Server {
             .args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(log_file)
             .spawn()
             .expect("start ims serve");
         let mut line = String::new();
@@ -107,15 +118,31 @@ impl Server {
             log,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if server.get("/healthz", None).status == 200 {
-                break;
+        if server.url.starts_with("http://") {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if server.get("/healthz", None).status == 200 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "/healthz never answered");
+                std::thread::sleep(Duration::from_millis(50));
             }
-            assert!(Instant::now() < deadline, "/healthz never answered");
-            std::thread::sleep(Duration::from_millis(50));
         }
         server
+    }
+
+    /// Kills the server at once (SIGKILL, as a crash) and starts another on the same home.
+    pub fn crash_and_restart(mut self, args: &[&str]) -> Server {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let old = std::mem::replace(&mut self._dir, dir);
+        Server::spawn(old, self.home.clone(), args)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The server's log so far.
@@ -165,8 +192,18 @@ impl Server {
     /// `None` when the server closed the connection before the client could finish sending
     /// (it refused the upload midway).
     pub fn put_chunked(&self, path: &str, token: &str, data: Vec<u8>) -> Option<Reply> {
+        self.put_reader(path, token, std::io::Cursor::new(data))
+    }
+
+    /// `PUT` of what `reader` gives, as a chunked body; `None` when the connection failed.
+    pub fn put_reader(
+        &self,
+        path: &str,
+        token: &str,
+        reader: impl Read + 'static,
+    ) -> Option<Reply> {
         let agent = agent();
-        let body = ureq::SendBody::from_owned_reader(std::io::Cursor::new(data));
+        let body = ureq::SendBody::from_owned_reader(reader);
         let request = ureq::http::Request::builder()
             .method("PUT")
             .uri(format!("{}{path}", self.url))
@@ -176,6 +213,25 @@ impl Server {
             .unwrap();
         agent.run(request).ok().map(reply)
     }
+}
+
+/// `PUT` of what `reader` gives to the absolute base `url` + `path`, chunked; `None` when the
+/// connection failed.
+pub fn put_reader_at(
+    url: &str,
+    path: &str,
+    token: &str,
+    reader: impl Read + 'static,
+) -> Option<Reply> {
+    let body = ureq::SendBody::from_owned_reader(reader);
+    let request = ureq::http::Request::builder()
+        .method("PUT")
+        .uri(format!("{url}{path}"))
+        .header("x-auth-token", token)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .unwrap();
+    agent().run(request).ok().map(reply)
 }
 
 fn agent() -> ureq::Agent {

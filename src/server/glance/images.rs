@@ -166,6 +166,8 @@ async fn create(
         }
     }
     new.properties.extend(custom_properties(&body)?);
+    // Glance's default since API v2.5: `shared` (members may be added), not `private`.
+    new.visibility.get_or_insert(Visibility::Shared);
     let scope = caller.scope.clone();
     let taken = new.id.clone();
     let r = state
