@@ -73,11 +73,17 @@ impl Server {
         }
         let tokens = dir.path().join("tokens.json");
         std::fs::write(&tokens, tokens_json()).unwrap();
-        Server::spawn(dir, home, args)
+        Server::spawn(dir, home, args, env)
     }
 
-    /// The server on `home`, its log appended to `DIR/server.log`, `https` with a certificate.
-    fn spawn(dir: tempfile::TempDir, home: PathBuf, args: &[&str]) -> Server {
+    /// The server on `home` with the variables `env`, its log appended to `DIR/server.log`,
+    /// `https` with a certificate.
+    fn spawn(
+        dir: tempfile::TempDir,
+        home: PathBuf,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Server {
         let tokens = dir.path().join("tokens.json");
         let log = dir.path().join("server.log");
         let log_file = std::fs::OpenOptions::new()
@@ -137,7 +143,7 @@ impl Server {
         let _ = self.child.wait();
         let dir = tempfile::tempdir().expect("temp dir");
         let old = std::mem::replace(&mut self._dir, dir);
-        Server::spawn(old, self.home.clone(), args)
+        Server::spawn(old, self.home.clone(), args, &[])
     }
 
     /// The process id.
