@@ -353,7 +353,14 @@ fn ims_native_api_against_s3_objects() {
 fn ims_native_api_against_local_objects() {
     let server = Server::start_with(
         Some(&json!({"private_image_quota": 3})),
-        &["--region", "r1"],
+        &["--region", "r1", "--max-json-body", "4096"],
+    );
+    // A body over the cap: 413 with IMS's error body.
+    let big = json!({"images": ["x"], "projects": vec!["p".repeat(100); 50]});
+    refused(
+        &server.json("POST", "/v1/cloudimages/members", ALICE, None, &big),
+        413,
+        "IMG.0001",
     );
     let objects = server.home.join("objects/bkt");
     std::fs::create_dir_all(&objects).unwrap();

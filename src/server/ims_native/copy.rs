@@ -4,12 +4,11 @@
 //! `entities.image_id` is the copy. The copy is the caller's project's, in the target region.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::{ImsError, ImsResult, blocking, parse_body};
+use super::error::{Body, ImsError, ImsResult, blocking, parse_body};
 use super::register::name;
 use super::submit;
 use crate::register::{JobSpec, ims_errors, rules};
@@ -46,7 +45,7 @@ pub async fn copy(
     State(state): State<AppState>,
     caller: Caller,
     Path(image_id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ImsResult<Json<Value>> {
     let c: Copy = parse_body(&body)?;
     let name = name(c.name.as_deref())?;
@@ -78,7 +77,7 @@ pub async fn cross_region_copy(
     State(state): State<AppState>,
     caller: Caller,
     Path(image_id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ImsResult<Json<Value>> {
     let c: CrossRegion = parse_body(&body)?;
     let name = name(c.name.as_deref())?;

@@ -3,6 +3,8 @@
 //! get there: JSON bodies parsed into IMG.0001 on failure, blocking library calls whose
 //! refusals carry their rule's IMG code.
 
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -92,6 +94,23 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> ImsResult<T> {
     }
     serde_json::from_slice(body)
         .map_err(|e| ImsError::bad_request(format!("the request body: {e}")))
+}
+
+/// A request's body, read whole (within the server's JSON cap); a body over the cap, or one that
+/// cannot be read, is an IMS error answer (413 or 400, IMG.0001) rather than a bare text.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ImsError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Body, ImsError> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Body(b)),
+            Err(e) => {
+                Err(ImsError::bad_request(format!("the request body: {e}")).with_status(e.status()))
+            }
+        }
+    }
 }
 
 /// Runs a blocking library call on tokio's blocking pool; a refusal becomes its IMG answer.

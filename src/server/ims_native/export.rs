@@ -4,12 +4,11 @@
 //! exists already fails the job with IMG.0070.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::{ImsError, ImsResult, blocking, parse_body};
+use super::error::{Body, ImsError, ImsResult, blocking, parse_body};
 use super::submit;
 use crate::register::jobs::parse_object_url;
 use crate::register::{JobSpec, ims_errors};
@@ -67,7 +66,7 @@ pub async fn export(
     State(state): State<AppState>,
     caller: Caller,
     Path(image_id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ImsResult<Json<Value>> {
     let e: Export = parse_body(&body)?;
     let target = target(e.bucket_url.as_deref())?;

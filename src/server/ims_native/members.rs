@@ -4,12 +4,11 @@
 //! project fared.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::{ImsError, ImsResult, parse_body};
+use super::error::{Body, ImsError, ImsResult, parse_body};
 use super::submit;
 use crate::register::{JobSpec, MemberStatus, ims_errors};
 use crate::server::auth::Caller;
@@ -63,7 +62,7 @@ fn batch(body: &[u8]) -> ImsResult<(Vec<String>, Vec<String>)> {
 pub async fn add(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    Body(body): Body,
 ) -> ImsResult<Json<Value>> {
     let (images, projects) = batch(&body)?;
     let job = submit(&state, &caller, JobSpec::AddMembers { images, projects }).await?;
@@ -76,7 +75,7 @@ pub async fn add(
 pub async fn answer(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    Body(body): Body,
 ) -> ImsResult<Json<Value>> {
     let a: Answer = parse_body(&body)?;
     check_list("images", &a.images)?;
@@ -111,7 +110,7 @@ pub async fn answer(
 pub async fn remove(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    Body(body): Body,
 ) -> ImsResult<Json<Value>> {
     let (images, projects) = batch(&body)?;
     let job = submit(&state, &caller, JobSpec::DelMembers { images, projects }).await?;

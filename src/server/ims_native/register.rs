@@ -9,12 +9,11 @@
 //! ims always converts into its store format, so a quick import is an import.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::{ImsError, ImsResult};
+use super::error::{Body, ImsError, ImsResult};
 use super::submit;
 use crate::register::ims_errors;
 use crate::register::jobs::parse_object_url;
@@ -48,7 +47,7 @@ struct DataImage {
 
 /// The fields of a registration request ims reads (IMS's others are accepted and ignored).
 #[derive(Debug, Deserialize)]
-struct Body {
+struct Request {
     name: Option<String>,
     image_url: Option<String>,
     min_disk: Option<u64>,
@@ -131,7 +130,7 @@ fn description(d: Option<String>) -> ImsResult<String> {
 }
 
 /// The job of a registration request; `data` for the data-disk endpoint.
-fn spec(body: Body, data: bool) -> ImsResult<JobSpec> {
+fn spec(body: Request, data: bool) -> ImsResult<JobSpec> {
     if body.instance_id.is_some() || body.volume_id.is_some() {
         return Err(ImsError::new(
             ims_errors::UNSUPPORTED,
@@ -244,9 +243,9 @@ fn spec(body: Body, data: bool) -> ImsResult<JobSpec> {
 pub async fn register(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    Body(body): Body,
 ) -> ImsResult<Json<Value>> {
-    let body: Body = super::error::parse_body(&body)?;
+    let body: Request = super::error::parse_body(&body)?;
     let job = submit(&state, &caller, spec(body, false)?).await?;
     Ok(Json(json!({ "job_id": job })))
 }
@@ -258,9 +257,9 @@ pub async fn register(
 pub async fn register_data(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    Body(body): Body,
 ) -> ImsResult<Json<Value>> {
-    let body: Body = super::error::parse_body(&body)?;
+    let body: Request = super::error::parse_body(&body)?;
     let job = submit(&state, &caller, spec(body, true)?).await?;
     Ok(Json(json!({ "job_id": job })))
 }
@@ -280,7 +279,7 @@ pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
     Path(image_id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ImsResult<Json<Value>> {
     let u: Upload = super::error::parse_body(&body)?;
     let source = image_url(u.image_url.as_deref())?;
@@ -306,7 +305,7 @@ pub async fn upload(
 mod tests {
     use super::*;
 
-    fn body(v: Value) -> Body {
+    fn body(v: Value) -> Request {
         serde_json::from_value(v).unwrap()
     }
 

@@ -7,13 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::{ImsError, ImsResult, blocking, parse_body};
+use super::error::{Body, ImsError, ImsResult, blocking, parse_body};
 use super::image::tag_text;
 use super::register::KeyValue;
 use crate::register::{ListQuery, RecordUpdate, Scope, Tag, ims_errors};
@@ -79,7 +78,7 @@ struct PutV1 {
 pub async fn put_v1(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    Body(body): Body,
 ) -> ImsResult<StatusCode> {
     let b: PutV1 = parse_body(&body)?;
     let id = b
@@ -142,7 +141,7 @@ pub async fn add_v2(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ImsResult<StatusCode> {
     check_project(&caller, &project)?;
     let b: AddV2 = parse_body(&body)?;
@@ -173,7 +172,7 @@ pub async fn action_v2(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ImsResult<StatusCode> {
     check_project(&caller, &project)?;
     let b: ActionV2 = parse_body(&body)?;

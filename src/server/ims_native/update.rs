@@ -9,12 +9,11 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::{ImsError, ImsResult, blocking, parse_body};
+use super::error::{Body, ImsError, ImsResult, blocking, parse_body};
 use super::image::view;
 use crate::register::upload::ApiFields;
 use crate::register::{RecordUpdate, ims_errors, rules};
@@ -157,7 +156,7 @@ pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ImsResult<Json<Value>> {
     let ops: Vec<Op> = parse_body(&body)?;
     let change = change_of(&ops)?;
