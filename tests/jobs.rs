@@ -532,6 +532,7 @@ impl Objects for SlowObjects {
 const CHILD_HOME: &str = "IMS_TEST_JOBS_CHILD_HOME";
 const CHILD_CATALOG: &str = "IMS_TEST_JOBS_CHILD_CATALOG";
 const CHILD_FAST: &str = "IMS_TEST_JOBS_CHILD_FAST";
+const CHILD_REGISTER: &str = "IMS_TEST_JOBS_CHILD_REGISTER";
 
 /// Not a test on its own: the process that the crash tests start and kill. It runs a pool over
 /// the home and catalog they name, with slow objects, until it is killed.
@@ -550,7 +551,19 @@ fn child_runs_jobs_until_killed() {
     } else {
         Arc::new(SlowObjects(dir))
     };
-    let _pool = JobPool::start(ims, objects, fast_pool()).unwrap();
+    if std::env::var_os(CHILD_REGISTER).is_some() {
+        // A registration straight through the library, no job.
+        let input = objects.open("bkt:big.raw").unwrap();
+        let _ = ims.register(
+            &scope("p1"),
+            input,
+            &RegisterRequest::new("plain", ImageType::Data),
+            &mut |_| {},
+            &CancelToken::new(),
+        );
+    } else {
+        let _pool = JobPool::start(ims, objects, fast_pool()).unwrap();
+    }
     std::thread::sleep(Duration::from_secs(600));
 }
 
@@ -847,5 +860,59 @@ fn jobs_are_cancelled() {
             .all(|l| l.record.status == Status::Killed)
     );
     assert!(stray_files(&home).is_empty());
+    pool.shutdown();
+}
+
+/// A registration (no job) of another process killed while its image is `saving`, with a pool
+/// running here all along: the pool's periodic sweep settles it without any restart.
+#[test]
+fn a_running_pool_settles_what_a_dead_process_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let objects = home.join("objects/bkt");
+    std::fs::create_dir_all(&objects).unwrap();
+    random_raw(&objects.join("big.raw"), 64 * MIB, 48, 9);
+    let ims = Arc::new(Ims::open(home).unwrap());
+    let pool = JobPool::start(
+        ims.clone(),
+        Arc::new(DirObjects::new(&home.join("objects"))),
+        PoolOptions {
+            workers: 1,
+            lease: Duration::from_millis(600),
+            ..fast_pool()
+        },
+    )
+    .unwrap();
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "child_runs_jobs_until_killed",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env(CHILD_HOME, home)
+    .env(CHILD_REGISTER, "1");
+    let mut child = c.spawn().unwrap();
+    let s = scope("p1");
+    let status = |ims: &Ims| {
+        ims.list(&s, &Default::default())
+            .unwrap()
+            .first()
+            .map(|l| l.record.status)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&ims) != Some(Status::Saving) {
+        assert!(Instant::now() < deadline, "never saving");
+        assert!(child.try_wait().unwrap().is_none(), "the child ended");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&ims) != Some(Status::Killed) {
+        assert!(Instant::now() < deadline, "still {:?}", status(&ims));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(stray_files(home).is_empty(), "{:?}", stray_files(home));
     pool.shutdown();
 }

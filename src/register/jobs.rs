@@ -876,7 +876,8 @@ fn run_one(s: &Shared, job: Job) {
 
 /// Renews the leases of the pool's running jobs every third of a lease (a job whose renewal
 /// is refused was failed as stale elsewhere: it is cancelled here), and every lease fails stale
-/// jobs of other owners and removes the jobs that ended long ago (`keep_ended`).
+/// jobs of other owners, settles what dead processes left in the store ([`Ims::recover`]) and
+/// removes the jobs that ended long ago (`keep_ended`).
 fn keeper(s: &Shared) {
     let tick = (s.options.lease / 3).max(Duration::from_millis(10));
     let mut last_sweep = Instant::now();
@@ -901,6 +902,9 @@ fn keeper(s: &Shared) {
         if last_sweep.elapsed() >= s.options.lease {
             last_sweep = Instant::now();
             let _ = s.ims.fail_stale_jobs();
+            // A write another process left is settled once the store sees it dead, which for
+            // an object store is a lease after its process stopped: look again every period.
+            let _ = s.ims.recover();
             let keep = i64::try_from(s.options.keep_ended.as_millis()).unwrap_or(i64::MAX);
             let _ = s
                 .ims
