@@ -551,7 +551,7 @@ fn child_runs_jobs_until_killed() {
     } else {
         Arc::new(SlowObjects(dir))
     };
-    if std::env::var_os(CHILD_REGISTER).is_some() {
+    let _pool = if std::env::var_os(CHILD_REGISTER).is_some() {
         // A registration straight through the library, no job.
         let input = objects.open("bkt:big.raw").unwrap();
         let _ = ims.register(
@@ -561,10 +561,18 @@ fn child_runs_jobs_until_killed() {
             &mut |_| {},
             &CancelToken::new(),
         );
+        None
     } else {
-        let _pool = JobPool::start(ims, objects, fast_pool()).unwrap();
+        // Kept to the end: the pool runs jobs while it lives.
+        Some(JobPool::start(ims, objects, fast_pool()).unwrap())
+    };
+    // Until killed, or until the test that started it has ended (a failed test does not
+    // leave it behind).
+    let parent = std::os::unix::process::parent_id();
+    let end = Instant::now() + Duration::from_secs(600);
+    while std::os::unix::process::parent_id() == parent && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(600));
 }
 
 /// Starts the child test process running a pool on `home` and `catalog`.
