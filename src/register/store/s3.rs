@@ -49,6 +49,8 @@ const MAX_COPY_OBJECT: u64 = 5 << 30;
 const PARTS_PER_STEP: usize = 2_500;
 /// Part uploads running at once behind the one being filled.
 const PARTS_IN_FLIGHT: usize = 2;
+/// The longest lease a marker may give itself (an hour).
+const MAX_LEASE_SECS: u64 = 3600;
 /// The folder of the write markers, under the prefix.
 const WRITES: &str = ".ims-writes";
 
@@ -61,7 +63,8 @@ pub struct S3Options {
     /// 10,000 parts (1,171 GiB at most; 586 GiB from 16 MiB, 2,343 GiB from 64 MiB).
     pub part_size: usize,
     /// How long a write marker stays live without a heartbeat; its writer refreshes it every
-    /// quarter of this. The clocks of the processes sharing a store must agree to well within it.
+    /// quarter of this, and writes it in the marker: other processes judge the write by the
+    /// writer's lease, whatever their own. The clocks of the processes sharing a store must agree to well within it.
     pub lease: Duration,
     /// The block of the read cache: one ranged GET each.
     pub block_size: u64,
@@ -139,6 +142,11 @@ struct Marker {
     owner: String,
     /// Seconds since the Unix epoch when the writer last said it lives.
     heartbeat: u64,
+    /// The writer's lease in seconds: its marker is live this long after a heartbeat. Judged
+    /// by the writer's own lease, a process with a shorter one never takes a live write for a
+    /// dead one. 0 (a marker without it): the reader's lease.
+    #[serde(default)]
+    lease: u64,
 }
 
 /// Shared by the store and its writers and storages.
@@ -180,13 +188,14 @@ impl Inner {
     }
 }
 
-/// The body of a write marker for `upload_id`, with the heartbeat now.
-fn marker_bytes(upload_id: &str) -> Bytes {
+/// The body of a write marker for `upload_id`, with the heartbeat now and the writer's `lease`.
+fn marker_bytes(upload_id: &str, lease: Duration) -> Bytes {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let m = Marker {
         upload_id: upload_id.to_string(),
         owner: format!("{}:{}", host.trim(), std::process::id()),
         heartbeat: now_secs(),
+        lease: lease.as_secs().max(1),
     };
     Bytes::from(serde_json::to_vec(&m).unwrap_or_default())
 }
@@ -211,12 +220,24 @@ impl Inner {
             upload_id: String::new(),
             owner: String::new(),
             heartbeat: 0,
+            lease: 0,
         })))
     }
 
     fn live(&self, m: &Marker) -> bool {
-        now_secs().saturating_sub(m.heartbeat) < self.options.lease.as_secs().max(1)
+        marker_live(m, self.options.lease, now_secs())
     }
+}
+
+/// Whether the writer of marker `m` still lives at `now` (seconds since the epoch): its last
+/// heartbeat is younger than its own lease (`default` for a marker that gives none).
+fn marker_live(m: &Marker, default: Duration, now: u64) -> bool {
+    let lease = match m.lease {
+        0 => default.as_secs().max(1),
+        // Bounded, so that a wrong marker cannot keep a dead write for days.
+        n => n.min(MAX_LEASE_SECS),
+    };
+    now.saturating_sub(m.heartbeat) < lease
 }
 
 /// `REGION/NAME` with both parts plain names, as the local store takes them.
@@ -340,7 +361,7 @@ impl ImageStore for S3Store {
         let upload = inner
             .block_on(inner.s3.create_multipart(&path))?
             .map_err(|e| s3_error("start upload", &inner.url(&path), e))?;
-        let body = marker_bytes(&upload);
+        let body = marker_bytes(&upload, inner.options.lease);
         if let Err(e) = inner.block_on(inner.s3.put(&marker, PutPayload::from(body)))? {
             let _ = inner.block_on(inner.s3.abort_multipart(&path, &upload));
             return Err(s3_error("write", &inner.url(&marker), e));
@@ -350,11 +371,12 @@ impl ImageStore for S3Store {
             let s3 = Arc::clone(&inner.s3);
             let marker = marker.clone();
             let upload = upload.clone();
-            let every = (inner.options.lease / 4).max(Duration::from_millis(250));
+            let lease = inner.options.lease;
+            let every = (lease / 4).max(Duration::from_millis(250));
             inner.rt.spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    let body = marker_bytes(&upload);
+                    let body = marker_bytes(&upload, lease);
                     let _ = s3.put(&marker, PutPayload::from(body)).await;
                 }
             })
@@ -773,6 +795,28 @@ mod tests {
         assert_eq!(part_size(base, PARTS_PER_STEP), 64 << 20);
         assert_eq!(part_size(1, 0), MIN_PART);
         assert_eq!(part_size(usize::MAX, 9_999), MAX_PART);
+    }
+
+    #[test]
+    fn a_write_is_judged_by_its_writers_lease() {
+        let m = |heartbeat, lease| Marker {
+            upload_id: String::new(),
+            owner: String::new(),
+            heartbeat,
+            lease,
+        };
+        let reader = Duration::from_secs(60);
+        // The writer's 3 s lease, whatever the reader's.
+        assert!(marker_live(&m(100, 3), reader, 102));
+        assert!(!marker_live(&m(100, 3), reader, 103));
+        // A writer with a longer lease than the reader's is still live.
+        assert!(marker_live(&m(100, 600), Duration::from_secs(4), 500));
+        // No lease in the marker: the reader's; a huge one is cut to an hour.
+        assert!(marker_live(&m(100, 0), reader, 159));
+        assert!(!marker_live(&m(100, 0), reader, 160));
+        assert!(!marker_live(&m(0, u64::MAX), reader, MAX_LEASE_SECS));
+        // A heartbeat from the future (another clock ahead) is live.
+        assert!(marker_live(&m(200, 3), reader, 100));
     }
 
     #[test]
