@@ -2,7 +2,8 @@
 //! loopback port: tests/common/s3.rs): registrations stream into it and export back byte-equal,
 //! images copy between regions in it, a registration killed mid-upload leaves no active record
 //! and its multipart upload is aborted by the next process, and a stored image is read in
-//! ranges (inspection straight from the object).
+//! ranges (inspection straight from the object). The store trait itself is tested by the
+//! suite of tests/store.rs, which runs against the local directory and this server alike.
 
 mod common;
 
@@ -13,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::catalog::{data_disk, ok_json, random_raw};
 use common::s3::Server;
 use common::{have_qemu_img, qemu_img, s};
-use ims::CancelToken;
 use ims::register::{ImageStore, S3Options, S3Store};
 
 const MIB: u64 = 1 << 20;
@@ -69,12 +69,6 @@ fn builder(server: &Server) -> ims::register::AmazonS3Builder {
         .with_region("us-east-1")
         .with_access_key_id("test")
         .with_secret_access_key("test")
-}
-
-fn read_all(storage: &dyn ims::Storage) -> Vec<u8> {
-    let mut buf = vec![0u8; storage.len() as usize];
-    assert_eq!(storage.read_at(&mut buf, 0).unwrap(), buf.len());
-    buf
 }
 
 #[test]
@@ -320,99 +314,6 @@ fn a_stored_image_is_inspected_through_ranged_reads() {
         serde_json::to_string(&from_store).unwrap().contains("ext4"),
         "{from_store:?}"
     );
-}
-
-#[test]
-fn the_store_trait_on_a_real_server() {
-    let t = "the_store_trait_on_a_real_server";
-    let Some(server) = Server::start(t) else {
-        return;
-    };
-    server.create_bucket(BUCKET);
-    let store = store(&server);
-    let mut data = vec![0u8; 12 * MIB as usize + 5];
-    common::Rng::new(3).fill(&mut data);
-    let mut w = store.begin("r1/a.raw").unwrap();
-    w.append(&data[..7 * MIB as usize]).unwrap();
-    w.append_zeros(MIB).unwrap();
-    w.append(&data[8 * MIB as usize..]).unwrap();
-    w.finish().unwrap();
-    let unfinished = store.unfinished().unwrap();
-    assert_eq!(unfinished.len(), 1);
-    assert!(unfinished[0].live);
-    assert_eq!(unfinished[0].key, "r1/a.raw");
-    store.discard("r1/a.raw").unwrap();
-    assert_eq!(store.unfinished().unwrap().len(), 1, "a live write is kept");
-    assert!(store.open("r1/a.raw").is_err(), "visible before its commit");
-    assert_eq!(w.commit().unwrap(), data.len() as u64);
-    assert!(w.append(b"more").is_err());
-    drop(w);
-    assert!(store.unfinished().unwrap().is_empty());
-    data[7 * MIB as usize..8 * MIB as usize].fill(0);
-    let storage = store.open("r1/a.raw").unwrap();
-    assert_eq!(read_all(&*storage), data);
-    // Reads across blocks, at the end and past it.
-    let mut buf = vec![0u8; 3 * MIB as usize];
-    let at = 5 * MIB + 12_345;
-    assert_eq!(storage.read_at(&mut buf, at).unwrap(), buf.len());
-    assert!(buf[..] == data[at as usize..at as usize + buf.len()]);
-    let end = data.len() as u64;
-    assert_eq!(storage.read_at(&mut buf, end - 3).unwrap(), 3);
-    assert_eq!(storage.read_at(&mut buf, end).unwrap(), 0);
-
-    // What a process that died after its commit leaves: a marker whose heartbeat stopped,
-    // naming an upload that is over. Recovery drops the marker and keeps the object; a marker
-    // of an upload never completed gets that upload aborted.
-    let dead = br#"{"upload_id":"no-such-upload","owner":"gone:1","heartbeat":0}"#;
-    let (status, _) = server.request(
-        "PUT",
-        &format!("/{BUCKET}/ims/.ims-writes/r1/a.raw.json"),
-        dead,
-    );
-    assert_eq!(status, 200);
-    assert_eq!(
-        store.unfinished().unwrap(),
-        [ims::register::UnfinishedWrite::new("r1/a.raw", false)]
-    );
-    store.discard("r1/a.raw").unwrap();
-    assert!(store.unfinished().unwrap().is_empty());
-    assert_eq!(read_all(&*store.open("r1/a.raw").unwrap()), data);
-
-    // A server-side copy; a cancelled one leaves nothing.
-    assert_eq!(
-        store
-            .copy("r1/a.raw", "r2/a.raw", &CancelToken::new())
-            .unwrap(),
-        data.len() as u64
-    );
-    assert_eq!(read_all(&*store.open("r2/a.raw").unwrap()), data);
-    let cancelled = CancelToken::new();
-    cancelled.cancel();
-    assert!(store.copy("r1/a.raw", "r2/b.raw", &cancelled).is_err());
-    assert!(store.open("r2/b.raw").is_err());
-
-    // An aborted write leaves no upload and no marker; the committed object stays.
-    let mut w = store.begin("r2/a.raw").unwrap();
-    w.append(&[1; 100]).unwrap();
-    assert_eq!(server.uploads(BUCKET).len(), 1);
-    w.abort();
-    assert!(server.uploads(BUCKET).is_empty());
-    assert_eq!(read_all(&*store.open("r2/a.raw").unwrap()), data);
-    store.remove("r2/a.raw").unwrap();
-    store.remove("r2/a.raw").unwrap();
-    assert!(store.open("r2/a.raw").is_err());
-
-    // An object that changes after it was opened fails the reads, not serves mixed bytes.
-    let storage = store.open("r1/a.raw").unwrap();
-    let mut w = store.begin("r1/a.raw").unwrap();
-    w.append(b"other").unwrap();
-    w.commit().unwrap();
-    drop(w);
-    let mut buf = [0u8; 16];
-    assert!(storage.read_at(&mut buf, 0).is_err());
-
-    assert!(store.begin("../x").is_err());
-    assert!(store.begin("r1/.hidden").is_err());
 }
 
 #[test]
