@@ -55,6 +55,7 @@ fn suite(b: &dyn Backend) {
     killed_writers_leave_dead_writes_that_discard_clears(b);
     writers_of_several_threads_at_once(b);
     an_object_replaced_while_read_never_reads_mixed(b);
+    reads_in_an_announced_order(b);
     keys_are_region_and_name(b);
     assert!(b.leftovers().is_empty(), "{:?}", b.leftovers());
 }
@@ -275,6 +276,33 @@ fn an_object_replaced_while_read_never_reads_mixed(b: &dyn Backend) {
     assert!(object(&*store, "r1/x.raw") == new);
     store.remove("r1/x.raw").unwrap();
     store.remove("r1/y.raw").unwrap();
+}
+
+/// `will_read` (an image's map, announced before a conversion reads it) changes nothing but
+/// speed: reads in that order, out of it and past it give the object's bytes.
+fn reads_in_an_announced_order(b: &dyn Backend) {
+    let store = b.open();
+    let d = data(20 * MIB + 77, 17);
+    let mut w = store.begin("r1/map.raw").unwrap();
+    w.append(&d).unwrap();
+    w.commit().unwrap();
+    drop(w);
+    let storage = store.open("r1/map.raw").unwrap();
+    // Scattered, out of order, overlapping, and partly past the end.
+    let plan: Vec<std::ops::Range<u64>> = [(15, 2), (3, 1), (9, 4), (0, 1), (16, 10), (3, 2)]
+        .iter()
+        .map(|&(at, len)| at * MIB as u64 + 100..(at + len) * MIB as u64 + 100)
+        .collect();
+    storage.will_read(&plan[..3]);
+    storage.will_read(&plan[3..]);
+    for r in &plan {
+        let end = r.end.min(d.len() as u64);
+        let mut buf = vec![0u8; (end - r.start) as usize];
+        assert_eq!(storage.read_at(&mut buf, r.start).unwrap(), buf.len());
+        assert!(buf[..] == d[r.start as usize..end as usize], "{r:?}");
+    }
+    assert!(read_all(&*storage) == d);
+    store.remove("r1/map.raw").unwrap();
 }
 
 fn keys_are_region_and_name(b: &dyn Backend) {

@@ -13,10 +13,10 @@
 //! it. Its methods must therefore not be called from inside another tokio runtime's worker
 //! (they refuse with an error rather than panic).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -70,7 +70,9 @@ pub struct S3Options {
     pub block_size: u64,
     /// Blocks kept by the read cache of one opened object.
     pub cache_blocks: usize,
-    /// Blocks fetched at once (in parallel) when reads go front to back.
+    /// Blocks fetched ahead of the reads, several GETs at once (at most half the cache): the
+    /// next ones of the order [`Storage::will_read`] gave (an image's map), or the next ones
+    /// of the object when reads go front to back.
     pub read_ahead: usize,
 }
 
@@ -81,7 +83,7 @@ impl Default for S3Options {
             lease: Duration::from_secs(60),
             block_size: 1 << 20,
             cache_blocks: 64,
-            read_ahead: 8,
+            read_ahead: 16,
         }
     }
 }
@@ -316,14 +318,7 @@ impl S3Store {
         let meta = inner
             .block_on(inner.s3.head(&path))?
             .map_err(|e| s3_error("open", &inner.url(&path), e))?;
-        Ok(Arc::new(S3Storage {
-            inner: Arc::clone(inner),
-            path,
-            len: meta.size,
-            e_tag: meta.e_tag,
-            cache: Lru::new(inner.options.cache_blocks),
-            last_block: AtomicU64::new(u64::MAX),
-        }))
+        Ok(Arc::new(S3Storage::new(inner, path, meta.size, meta.e_tag)))
     }
 }
 
@@ -678,77 +673,213 @@ impl Drop for S3Writer {
     }
 }
 
-/// A committed object, read with ranged GETs through a bounded block cache.
+/// A committed object, read with ranged GETs of whole blocks through a bounded block cache,
+/// with blocks fetched ahead of the reads (several GETs at once) in the order they will be
+/// wanted: the order [`Storage::will_read`] gave (an image's map), else front to back when the
+/// reads go that way.
 struct S3Storage {
     inner: Arc<Inner>,
     path: Path,
     len: u64,
     /// The object's ETag when opened: every GET asks for it, so a changed object fails.
     e_tag: Option<String>,
-    cache: Lru<u64, Bytes>,
-    /// The block read last: a read of the next one starts a read-ahead.
+    cache: Arc<Lru<u64, Bytes>>,
+    /// The blocks being fetched, for a read of one of them to wait on.
+    fetching: Arc<Mutex<HashMap<u64, Arc<Fetch>>>>,
+    /// The blocks the reads will want, in order.
+    plan: Mutex<Plan>,
+    /// The block read last: a read of the next one means the reads go front to back.
     last_block: AtomicU64,
 }
 
+/// The blocks a reader said it will read ([`Storage::will_read`]), in order, and where each
+/// first is in that order.
+#[derive(Default)]
+struct Plan {
+    order: Vec<u64>,
+    at: HashMap<u64, usize>,
+}
+
+/// One block's GET, as the reads waiting for it see it.
+#[derive(Default)]
+struct Fetch {
+    done: Mutex<Option<std::result::Result<Bytes, String>>>,
+    ready: Condvar,
+}
+
+impl Fetch {
+    fn finish(&self, result: std::result::Result<Bytes, String>) {
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+        self.ready.notify_all();
+    }
+
+    fn wait(&self) -> std::result::Result<Bytes, String> {
+        let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(r) = done.as_ref() {
+                return r.clone();
+            }
+            done = self
+                .ready
+                .wait(done)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
 impl S3Storage {
+    fn new(inner: &Arc<Inner>, path: Path, len: u64, e_tag: Option<String>) -> S3Storage {
+        S3Storage {
+            inner: Arc::clone(inner),
+            path,
+            len,
+            e_tag,
+            cache: Arc::new(Lru::new(inner.options.cache_blocks)),
+            fetching: Arc::new(Mutex::new(HashMap::new())),
+            plan: Mutex::new(Plan::default()),
+            last_block: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn block_size(&self) -> u64 {
+        self.inner.options.block_size.max(1)
+    }
+
     fn range(&self, block: u64) -> Range<u64> {
-        let bs = self.inner.options.block_size.max(1);
+        let bs = self.block_size();
         let start = block.saturating_mul(bs);
         start..start.saturating_add(bs).min(self.len)
     }
 
-    /// Block `block`, from the cache or fetched with the blocks read-ahead wants.
+    /// Blocks fetched ahead at most: within half the cache, so that none is evicted before
+    /// it is read.
+    fn window(&self) -> usize {
+        self.inner
+            .options
+            .read_ahead
+            .min(self.inner.options.cache_blocks / 2)
+            .max(1)
+    }
+
+    /// Starts the GET of `block` unless it is cached or being fetched; the fetch, if any.
+    fn start(&self, block: u64) -> Option<Arc<Fetch>> {
+        let mut fetching = self.fetching.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = fetching.get(&block) {
+            return Some(Arc::clone(f));
+        }
+        if self.cache.get(&block).is_some() {
+            return None;
+        }
+        let fetch = Arc::new(Fetch::default());
+        fetching.insert(block, Arc::clone(&fetch));
+        drop(fetching);
+        let range = self.range(block);
+        let options = GetOptions {
+            if_match: self.e_tag.clone(),
+            range: Some(GetRange::Bounded(range.clone())),
+            ..Default::default()
+        };
+        // The task holds no `Inner` (see `Inner::s3`).
+        let (s3, path, url) = (
+            Arc::clone(&self.inner.s3),
+            self.path.clone(),
+            self.inner.url(&self.path),
+        );
+        let (cache, fetching, f) = (
+            Arc::clone(&self.cache),
+            Arc::clone(&self.fetching),
+            Arc::clone(&fetch),
+        );
+        self.inner.rt.spawn(async move {
+            let got = match s3.get_opts(&path, options).await {
+                Ok(r) => r.bytes().await,
+                Err(e) => Err(e),
+            };
+            let result = match got {
+                Ok(data) if data.len() as u64 == range.end - range.start => {
+                    cache.insert(block, data.clone());
+                    Ok(data)
+                }
+                Ok(data) => Err(format!(
+                    "{url}: {} bytes at {} where {} were asked for (truncated)",
+                    data.len(),
+                    range.start,
+                    range.end - range.start
+                )),
+                Err(e) => Err(format!("{url}: {e}")),
+            };
+            fetching
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&block);
+            f.finish(result);
+        });
+        Some(fetch)
+    }
+
+    /// Starts the GETs of the blocks to be read after `block`: the next ones of the plan, or
+    /// of the object when the reads go front to back.
+    fn ahead(&self, block: u64, sequential: bool) {
+        let window = self.window();
+        let next: Vec<u64> = {
+            let plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
+            match plan.at.get(&block) {
+                Some(&p) => plan
+                    .order
+                    .iter()
+                    .skip(p + 1)
+                    .take(window)
+                    .copied()
+                    .collect(),
+                None if sequential => {
+                    let blocks = self.len.div_ceil(self.block_size());
+                    (block.saturating_add(1)..block.saturating_add(1 + window as u64).min(blocks))
+                        .collect()
+                }
+                None => Vec::new(),
+            }
+        };
+        for b in next {
+            self.start(b);
+        }
+    }
+
+    /// Block `block`: from the cache, from a GET under way, or fetched now.
     fn block(&self, block: u64) -> Result<Bytes> {
+        let last = self.last_block.swap(block, Ordering::Relaxed);
+        let sequential = last.checked_add(1) == Some(block) || block == 0;
         if let Some(b) = self.cache.get(&block) {
-            self.last_block.store(block, Ordering::Relaxed);
+            self.ahead(block, sequential || last == block);
             return Ok(b);
         }
-        let last = self.last_block.swap(block, Ordering::Relaxed);
-        let bs = self.inner.options.block_size.max(1);
-        let blocks = self.len.div_ceil(bs);
-        // Front to back, by this thread or by the pipeline's workers reading neighbouring
-        // pieces: the block before was read last, or is cached.
-        let sequential = last.checked_add(1) == Some(block)
-            || last == block
-            || block == 0
-            || self.cache.get(&(block - 1)).is_some();
-        let ahead = if sequential {
-            self.inner.options.read_ahead.max(1) as u64
-        } else {
-            1
-        };
-        let want: Vec<u64> = (block..block.saturating_add(ahead).min(blocks))
-            .filter(|b| *b == block || self.cache.get(b).is_none())
-            .collect();
-        let fetched = self
-            .inner
-            .block_on(futures_util::future::try_join_all(want.iter().map(|b| {
-                let options = GetOptions {
-                    if_match: self.e_tag.clone(),
-                    range: Some(GetRange::Bounded(self.range(*b))),
-                    ..Default::default()
-                };
-                let (s3, path) = (&self.inner.s3, &self.path);
-                async move { s3.get_opts(path, options).await?.bytes().await }
-            })))?;
-        let fetched = fetched.map_err(|e| s3_error("read", &self.inner.url(&self.path), e))?;
-        let mut first = Bytes::new();
-        for (b, data) in want.iter().zip(fetched) {
-            let r = self.range(*b);
-            if data.len() as u64 != r.end - r.start {
-                return Err(Error::truncated(
-                    "stored object",
-                    r.start,
-                    r.end - r.start,
-                    r.start + data.len() as u64,
-                ));
-            }
-            if *b == block {
-                first = data.clone();
-            }
-            self.cache.insert(*b, data);
+        // A reader waits here without a runtime of its own: not from one of the store's
+        // runtime's threads (or another runtime's), which the GET may need.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::Internal(
+                "the S3 store was read from inside a tokio runtime; read it from a plain thread"
+                    .into(),
+            ));
         }
-        Ok(first)
+        let fetch = self.start(block);
+        self.ahead(block, sequential);
+        match fetch {
+            Some(f) => f
+                .wait()
+                .map_err(|e| Error::io("read", std::io::Error::other(e))),
+            // Fetched meanwhile (by a read ahead that ended just now).
+            None => match self.cache.get(&block) {
+                Some(b) => Ok(b),
+                None => match self.start(block) {
+                    Some(f) => f
+                        .wait()
+                        .map_err(|e| Error::io("read", std::io::Error::other(e))),
+                    None => Err(Error::Internal(format!(
+                        "{}: block {block} neither cached nor fetched",
+                        self.inner.url(&self.path)
+                    ))),
+                },
+            },
+        }
     }
 }
 
@@ -758,7 +889,7 @@ impl Storage for S3Storage {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        let bs = self.inner.options.block_size.max(1);
+        let bs = self.block_size();
         let mut done = 0usize;
         while done < buf.len() {
             let at = offset.saturating_add(done as u64);
@@ -776,6 +907,25 @@ impl Storage for S3Storage {
             done += n;
         }
         Ok(done)
+    }
+
+    fn will_read(&self, ranges: &[Range<u64>]) {
+        let bs = self.block_size();
+        let mut plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
+        for r in ranges {
+            let end = r.end.min(self.len);
+            if r.start >= end {
+                continue;
+            }
+            for b in r.start / bs..=(end - 1) / bs {
+                // A block once, where it is first wanted; the plan is bounded by the object.
+                if !plan.at.contains_key(&b) {
+                    let p = plan.order.len();
+                    plan.order.push(b);
+                    plan.at.insert(b, p);
+                }
+            }
+        }
     }
 }
 
