@@ -60,7 +60,9 @@ pub use record::{
 pub use register::{RegisterRequest, Registered, RegisteredGroup};
 pub use rules::{Limits, Publication};
 #[cfg(feature = "s3")]
-pub use store::{AmazonS3Builder, S3Options, S3Store, open_object};
+pub use store::{
+    AmazonS3Builder, S3Options, S3Store, SourceOptions, is_remote, open_object, open_source,
+};
 pub use store::{ImageStore, LocalStore, StoreWriter, UnfinishedWrite};
 pub use tag::Tag;
 pub use update::RecordUpdate;

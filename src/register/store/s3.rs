@@ -13,14 +13,14 @@
 //! it. Its methods must therefore not be called from inside another tokio runtime's worker
 //! (they refuse with an error rather than panic).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
@@ -29,12 +29,12 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-use crate::cache::Lru;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::io::AppendSink;
 use crate::storage::Storage;
 
+use super::remote::{Body, GetError, ReadOptions, Remote, RemoteStorage};
 use super::{ImageStore, StoreWriter, UnfinishedWrite};
 
 /// S3 takes at most this many parts in one multipart upload.
@@ -111,6 +111,16 @@ impl S3Options {
     }
 }
 
+impl S3Options {
+    pub(super) fn read_options(&self) -> ReadOptions {
+        ReadOptions {
+            block_size: self.block_size,
+            cache_blocks: self.cache_blocks,
+            read_ahead: self.read_ahead,
+        }
+    }
+}
+
 /// The size of part `index` (0-based) of an upload whose first parts are `base` bytes.
 fn part_size(base: usize, index: usize) -> usize {
     let step = (index / PARTS_PER_STEP).min(16) as u32;
@@ -153,7 +163,7 @@ struct Marker {
 
 /// Shared by the store and its writers and storages.
 struct Inner {
-    rt: Runtime,
+    rt: Arc<Runtime>,
     /// Shared with the tasks on `rt`, which must hold no `Inner`: the last `Inner` dropped on a
     /// worker of its own runtime would drop the runtime there.
     s3: Arc<AmazonS3>,
@@ -303,7 +313,7 @@ impl S3Store {
         };
         Ok(S3Store {
             inner: Arc::new(Inner {
-                rt,
+                rt: Arc::new(rt),
                 s3: Arc::new(s3),
                 bucket: bucket.to_string(),
                 prefix,
@@ -312,13 +322,28 @@ impl S3Store {
         })
     }
 
+    /// The object at `path` of version `e_tag`, for GETs.
+    fn remote(&self, path: Path, e_tag: Option<String>) -> S3Remote {
+        S3Remote {
+            s3: Arc::clone(&self.inner.s3),
+            name: self.inner.url(&path),
+            path,
+            e_tag,
+        }
+    }
+
     /// Any object of the bucket, by its full path, as a [`Storage`] of ranged GETs.
     fn open_path(&self, path: Path) -> Result<Arc<dyn Storage>> {
         let inner = &self.inner;
         let meta = inner
             .block_on(inner.s3.head(&path))?
             .map_err(|e| s3_error("open", &inner.url(&path), e))?;
-        Ok(Arc::new(S3Storage::new(inner, path, meta.size, meta.e_tag)))
+        Ok(Arc::new(RemoteStorage::new(
+            Arc::clone(&inner.rt),
+            Arc::new(self.remote(path, meta.e_tag)),
+            meta.size,
+            inner.options.read_options(),
+        )))
     }
 }
 
@@ -328,14 +353,42 @@ impl S3Store {
 /// at the start, so an object replaced while it is read fails the read; object_store retries
 /// requests that fail on the connection, with backoff.
 pub fn open_object(url: &str) -> Result<Arc<dyn Storage>> {
-    let bad = || Error::InvalidArgument(format!("'{url}' is not s3://BUCKET/KEY"));
-    let rest = url.strip_prefix("s3://").ok_or_else(bad)?;
-    let (bucket, key) = rest
-        .split_once('/')
-        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-        .ok_or_else(bad)?;
-    let store = S3Store::with_builder(builder_from_env(), bucket, "", S3Options::from_env()?)?;
-    store.open_path(Path::from(key))
+    let (rt, remote, len) = S3Store::object(url, None)?;
+    let read = S3Options::from_env()?.read_options();
+    Ok(Arc::new(RemoteStorage::new(
+        rt,
+        Arc::new(remote),
+        len,
+        read,
+    )))
+}
+
+impl S3Store {
+    /// The object `s3://BUCKET/KEY` through `builder` (`None`: the client of the `AWS_*`
+    /// variables): the runtime of its GETs, the object pinned to its ETag now, and its length.
+    pub(super) fn object(
+        url: &str,
+        builder: Option<AmazonS3Builder>,
+    ) -> Result<(Arc<Runtime>, S3Remote, u64)> {
+        let bad = || Error::InvalidArgument(format!("'{url}' is not s3://BUCKET/KEY"));
+        let rest = url.strip_prefix("s3://").ok_or_else(bad)?;
+        let (bucket, key) = rest
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(bad)?;
+        let builder = builder.unwrap_or_else(builder_from_env);
+        let store = S3Store::with_builder(builder, bucket, "", S3Options::from_env()?)?;
+        let inner = &store.inner;
+        let path = Path::from(key);
+        let meta = inner
+            .block_on(inner.s3.head(&path))?
+            .map_err(|e| s3_error("open", &inner.url(&path), e))?;
+        Ok((
+            Arc::clone(&inner.rt),
+            store.remote(path, meta.e_tag),
+            meta.size,
+        ))
+    }
 }
 
 /// A builder with the `AWS_*` variables; plain HTTP when the endpoint is `http://`.
@@ -673,259 +726,51 @@ impl Drop for S3Writer {
     }
 }
 
-/// A committed object, read with ranged GETs of whole blocks through a bounded block cache,
-/// with blocks fetched ahead of the reads (several GETs at once) in the order they will be
-/// wanted: the order [`Storage::will_read`] gave (an image's map), else front to back when the
-/// reads go that way.
-struct S3Storage {
-    inner: Arc<Inner>,
+/// An object of the bucket as a [`Remote`]: ranged GETs pinned to its ETag.
+pub(super) struct S3Remote {
+    s3: Arc<AmazonS3>,
     path: Path,
-    len: u64,
-    /// The object's ETag when opened: every GET asks for it, so a changed object fails.
     e_tag: Option<String>,
-    cache: Arc<Lru<u64, Bytes>>,
-    /// The blocks being fetched, for a read of one of them to wait on.
-    fetching: Arc<Mutex<HashMap<u64, Arc<Fetch>>>>,
-    /// The blocks the reads will want, in order.
-    plan: Mutex<Plan>,
-    /// The block read last: a read of the next one means the reads go front to back.
-    last_block: AtomicU64,
+    name: String,
 }
 
-/// The blocks a reader said it will read ([`Storage::will_read`]), in order, and where each
-/// first is in that order.
-#[derive(Default)]
-struct Plan {
-    order: Vec<u64>,
-    at: HashMap<u64, usize>,
-}
-
-/// One block's GET, as the reads waiting for it see it.
-#[derive(Default)]
-struct Fetch {
-    done: Mutex<Option<std::result::Result<Bytes, String>>>,
-    ready: Condvar,
-}
-
-impl Fetch {
-    fn finish(&self, result: std::result::Result<Bytes, String>) {
-        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
-        self.ready.notify_all();
+impl Remote for S3Remote {
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    fn wait(&self) -> std::result::Result<Bytes, String> {
-        let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(r) = done.as_ref() {
-                return r.clone();
-            }
-            done = self
-                .ready
-                .wait(done)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-}
-
-impl S3Storage {
-    fn new(inner: &Arc<Inner>, path: Path, len: u64, e_tag: Option<String>) -> S3Storage {
-        S3Storage {
-            inner: Arc::clone(inner),
-            path,
-            len,
-            e_tag,
-            cache: Arc::new(Lru::new(inner.options.cache_blocks)),
-            fetching: Arc::new(Mutex::new(HashMap::new())),
-            plan: Mutex::new(Plan::default()),
-            last_block: AtomicU64::new(u64::MAX),
-        }
-    }
-
-    fn block_size(&self) -> u64 {
-        self.inner.options.block_size.max(1)
-    }
-
-    fn range(&self, block: u64) -> Range<u64> {
-        let bs = self.block_size();
-        let start = block.saturating_mul(bs);
-        start..start.saturating_add(bs).min(self.len)
-    }
-
-    /// Blocks fetched ahead at most: within half the cache, so that none is evicted before
-    /// it is read.
-    fn window(&self) -> usize {
-        self.inner
-            .options
-            .read_ahead
-            .min(self.inner.options.cache_blocks / 2)
-            .max(1)
-    }
-
-    /// Starts the GET of `block` unless it is cached or being fetched; the fetch, if any.
-    fn start(&self, block: u64) -> Option<Arc<Fetch>> {
-        let mut fetching = self.fetching.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(f) = fetching.get(&block) {
-            return Some(Arc::clone(f));
-        }
-        if self.cache.get(&block).is_some() {
-            return None;
-        }
-        let fetch = Arc::new(Fetch::default());
-        fetching.insert(block, Arc::clone(&fetch));
-        drop(fetching);
-        let range = self.range(block);
+    fn get(&self, range: Range<u64>) -> BoxFuture<'static, std::result::Result<Body, GetError>> {
         let options = GetOptions {
             if_match: self.e_tag.clone(),
-            range: Some(GetRange::Bounded(range.clone())),
+            range: Some(GetRange::Bounded(range)),
             ..Default::default()
         };
-        // The task holds no `Inner` (see `Inner::s3`).
-        let (s3, path, url) = (
-            Arc::clone(&self.inner.s3),
-            self.path.clone(),
-            self.inner.url(&self.path),
-        );
-        let (cache, fetching, f) = (
-            Arc::clone(&self.cache),
-            Arc::clone(&self.fetching),
-            Arc::clone(&fetch),
-        );
-        self.inner.rt.spawn(async move {
-            let got = match s3.get_opts(&path, options).await {
-                Ok(r) => r.bytes().await,
-                Err(e) => Err(e),
+        let (s3, path, name) = (Arc::clone(&self.s3), self.path.clone(), self.name.clone());
+        async move {
+            let classify = move |e: object_store::Error| match e {
+                object_store::Error::Precondition { .. } => {
+                    GetError::Changed(format!("{name}: {e}"))
+                }
+                object_store::Error::NotFound { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. } => {
+                    GetError::Refused(format!("{name}: {e}"))
+                }
+                // object_store has retried what it retries already; a body cut short is
+                // picked up again by the reader.
+                e => GetError::Failed(format!("{name}: {e}")),
             };
-            let result = match got {
-                Ok(data) if data.len() as u64 == range.end - range.start => {
-                    cache.insert(block, data.clone());
-                    Ok(data)
-                }
-                Ok(data) => Err(format!(
-                    "{url}: {} bytes at {} where {} were asked for (truncated)",
-                    data.len(),
-                    range.start,
-                    range.end - range.start
-                )),
-                Err(e) => Err(format!("{url}: {e}")),
-            };
-            fetching
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&block);
-            f.finish(result);
-        });
-        Some(fetch)
-    }
-
-    /// Starts the GETs of the blocks to be read after `block`: the next ones of the plan, or
-    /// of the object when the reads go front to back.
-    fn ahead(&self, block: u64, sequential: bool) {
-        let window = self.window();
-        let next: Vec<u64> = {
-            let plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
-            match plan.at.get(&block) {
-                Some(&p) => plan
-                    .order
-                    .iter()
-                    .skip(p + 1)
-                    .take(window)
-                    .copied()
-                    .collect(),
-                None if sequential => {
-                    let blocks = self.len.div_ceil(self.block_size());
-                    (block.saturating_add(1)..block.saturating_add(1 + window as u64).min(blocks))
-                        .collect()
-                }
-                None => Vec::new(),
-            }
-        };
-        for b in next {
-            self.start(b);
+            let got = s3
+                .get_opts(&path, options)
+                .await
+                .map_err(classify.clone())?;
+            let body: Body = got
+                .into_stream()
+                .map(move |p| p.map_err(classify.clone()))
+                .boxed();
+            Ok(body)
         }
-    }
-
-    /// Block `block`: from the cache, from a GET under way, or fetched now.
-    fn block(&self, block: u64) -> Result<Bytes> {
-        let last = self.last_block.swap(block, Ordering::Relaxed);
-        let sequential = last.checked_add(1) == Some(block) || block == 0;
-        if let Some(b) = self.cache.get(&block) {
-            self.ahead(block, sequential || last == block);
-            return Ok(b);
-        }
-        // A reader waits here without a runtime of its own: not from one of the store's
-        // runtime's threads (or another runtime's), which the GET may need.
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(Error::Internal(
-                "the S3 store was read from inside a tokio runtime; read it from a plain thread"
-                    .into(),
-            ));
-        }
-        let fetch = self.start(block);
-        self.ahead(block, sequential);
-        match fetch {
-            Some(f) => f
-                .wait()
-                .map_err(|e| Error::io("read", std::io::Error::other(e))),
-            // Fetched meanwhile (by a read ahead that ended just now).
-            None => match self.cache.get(&block) {
-                Some(b) => Ok(b),
-                None => match self.start(block) {
-                    Some(f) => f
-                        .wait()
-                        .map_err(|e| Error::io("read", std::io::Error::other(e))),
-                    None => Err(Error::Internal(format!(
-                        "{}: block {block} neither cached nor fetched",
-                        self.inner.url(&self.path)
-                    ))),
-                },
-            },
-        }
-    }
-}
-
-impl Storage for S3Storage {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        let bs = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset.saturating_add(done as u64);
-            if at >= self.len {
-                break;
-            }
-            let data = self.block(at / bs)?;
-            let within = (at % bs) as usize;
-            let src = data.get(within..).unwrap_or(&[]);
-            if src.is_empty() {
-                break;
-            }
-            let n = src.len().min(buf.len() - done);
-            buf[done..done + n].copy_from_slice(&src[..n]);
-            done += n;
-        }
-        Ok(done)
-    }
-
-    fn will_read(&self, ranges: &[Range<u64>]) {
-        let bs = self.block_size();
-        let mut plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
-        for r in ranges {
-            let end = r.end.min(self.len);
-            if r.start >= end {
-                continue;
-            }
-            for b in r.start / bs..=(end - 1) / bs {
-                // A block once, where it is first wanted; the plan is bounded by the object.
-                if !plan.at.contains_key(&b) {
-                    let p = plan.order.len();
-                    plan.order.push(b);
-                    plan.at.insert(b, p);
-                }
-            }
-        }
+        .boxed()
     }
 }
 
