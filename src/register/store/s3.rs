@@ -89,7 +89,8 @@ impl Default for S3Options {
 }
 
 impl S3Options {
-    /// The defaults, changed by `IMS_S3_PART_SIZE` (bytes) and `IMS_S3_LEASE_SECS` where set.
+    /// The defaults, changed by `IMS_S3_PART_SIZE` (bytes), `IMS_S3_LEASE_SECS` and
+    /// `IMS_S3_BLOCK_SIZE` (bytes, 64 KiB to 64 MiB; the cache stays at 64 MiB) where set.
     pub fn from_env() -> Result<S3Options> {
         let mut o = S3Options::default();
         let num = |var: &str| -> Result<Option<u64>> {
@@ -106,6 +107,16 @@ impl S3Options {
         }
         if let Some(s) = num("IMS_S3_LEASE_SECS")? {
             o.lease = Duration::from_secs(s.max(1));
+        }
+        if let Some(b) = num("IMS_S3_BLOCK_SIZE")? {
+            // The cache keeps its 64 MiB (at least 4 blocks), and reads ahead half of it at
+            // most: bigger blocks mean fewer GETs, not more memory.
+            o.block_size = b.clamp(64 << 10, 64 << 20);
+            let blocks = usize::try_from((64 << 20) / o.block_size)
+                .unwrap_or(4)
+                .max(4);
+            o.cache_blocks = blocks;
+            o.read_ahead = o.read_ahead.min(blocks / 2);
         }
         Ok(o)
     }
