@@ -47,8 +47,11 @@ const MAX_PART: usize = 5 << 30;
 const MAX_COPY_OBJECT: u64 = 5 << 30;
 /// Parts after which the part size doubles, so that a 1 TiB image fits in 10,000 parts.
 const PARTS_PER_STEP: usize = 2_500;
-/// Part uploads running at once behind the one being filled.
+/// Part uploads running at once behind the one being filled, at most.
 const PARTS_IN_FLIGHT: usize = 2;
+/// The bytes of parts held by one write (filled and uploading) that more parts in flight may
+/// not pass: as parts grow, fewer upload at once, so memory stays bounded.
+const PARTS_MEMORY: usize = 128 << 20;
 /// The longest lease a marker may give itself (an hour).
 const MAX_LEASE_SECS: u64 = 3600;
 /// The folder of the write markers, under the prefix.
@@ -130,6 +133,14 @@ impl S3Options {
             read_ahead: self.read_ahead,
         }
     }
+}
+
+/// How many parts of `part` bytes may upload behind the one being filled: two, fewer when
+/// they are big (one of 64 MiB, none from 128 MiB: the part is sent before the next is filled).
+fn parts_in_flight(part: usize) -> usize {
+    (PARTS_MEMORY / part.max(1))
+        .saturating_sub(1)
+        .min(PARTS_IN_FLIGHT)
 }
 
 /// The size of part `index` (0-based) of an upload whose first parts are `base` bytes.
@@ -613,7 +624,8 @@ impl S3Writer {
 
     /// Sends the part filled so far.
     fn send(&mut self) -> Result<()> {
-        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+        let part = part_size(self.inner.options.part_size, self.next_part);
+        while self.in_flight.len() >= parts_in_flight(part) {
             self.wait_one()?;
         }
         if self.next_part >= MAX_PARTS {
@@ -800,6 +812,12 @@ mod tests {
         assert_eq!(part_size(base, 0), 32 << 20);
         assert_eq!(part_size(base, PARTS_PER_STEP), 64 << 20);
         assert_eq!(part_size(1, 0), MIN_PART);
+        // Parts held by a write: 96 MiB with 32 MiB parts, 128 MiB with 64 and 128 MiB ones.
+        assert_eq!(parts_in_flight(32 << 20), 2);
+        assert_eq!(parts_in_flight(64 << 20), 1);
+        assert_eq!(parts_in_flight(128 << 20), 0);
+        assert_eq!(parts_in_flight(256 << 20), 0);
+        assert_eq!(parts_in_flight(MIN_PART), 2);
         assert_eq!(part_size(usize::MAX, 9_999), MAX_PART);
     }
 
