@@ -587,6 +587,163 @@ impl Remote for HttpRemote {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::sync::atomic::AtomicU32;
+
+    /// An object in memory behind the `Remote` interface: records every GET, breaks the first
+    /// `broken` bodies half-way (a lost connection), and can be "replaced".
+    struct Fake {
+        data: Bytes,
+        gets: Mutex<Vec<Range<u64>>>,
+        broken: AtomicU32,
+        /// Only GETs from this offset break (any, when `None`).
+        break_only: Option<u64>,
+        replaced: std::sync::atomic::AtomicBool,
+    }
+
+    impl Fake {
+        fn new(len: usize, broken: u32, break_only: Option<u64>) -> Arc<Fake> {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            Arc::new(Fake {
+                data: Bytes::from(data),
+                gets: Mutex::new(Vec::new()),
+                broken: AtomicU32::new(broken),
+                break_only,
+                replaced: Default::default(),
+            })
+        }
+
+        fn gets(&self) -> Vec<Range<u64>> {
+            self.gets.lock().unwrap().clone()
+        }
+    }
+
+    impl Remote for Fake {
+        fn name(&self) -> &str {
+            "fake"
+        }
+
+        fn get(
+            &self,
+            range: Range<u64>,
+        ) -> BoxFuture<'static, std::result::Result<Body, GetError>> {
+            self.gets.lock().unwrap().push(range.clone());
+            let data = self.data.slice(range.start as usize..range.end as usize);
+            let replaced = self.replaced.load(Ordering::Relaxed);
+            let broken = self.break_only.is_none_or(|at| at == range.start)
+                && self
+                    .broken
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok();
+            async move {
+                if replaced {
+                    return Err(GetError::Changed("fake: replaced".into()));
+                }
+                let mut pieces: Vec<std::result::Result<Bytes, GetError>> = data
+                    .chunks(10_000)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect();
+                if broken {
+                    pieces.truncate(pieces.len().div_ceil(2));
+                    pieces.push(Err(GetError::Failed("fake: connection reset".into())));
+                }
+                let body: Body = futures_util::stream::iter(pieces).boxed();
+                Ok(body)
+            }
+            .boxed()
+        }
+    }
+
+    fn rt() -> Arc<Runtime> {
+        Arc::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_stream_is_one_get_picked_up_where_the_connection_broke() {
+        let fake = Fake::new(100_000, 2, None);
+        let mut stream = RemoteStream::new(rt(), fake.clone(), 100_000);
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).unwrap();
+        assert!(out == fake.data);
+        // One GET, then one from where each broken body stopped.
+        let gets = fake.gets();
+        assert_eq!(gets.len(), 3, "{gets:?}");
+        assert_eq!(gets[0], 0..100_000);
+        assert!(
+            gets[1].start > 0 && gets[2].start > gets[1].start,
+            "{gets:?}"
+        );
+        assert!(gets.iter().all(|g| g.end == 100_000));
+    }
+
+    #[test]
+    fn a_stream_of_a_replaced_object_fails_at_once() {
+        let fake = Fake::new(50_000, 0, None);
+        fake.replaced.store(true, Ordering::Relaxed);
+        let mut stream = RemoteStream::new(rt(), fake.clone(), 50_000);
+        let e = stream.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("changed"), "{e}");
+        assert_eq!(fake.gets().len(), 1, "a change is not retried");
+    }
+
+    #[test]
+    fn ranged_reads_retry_and_read_ahead_in_the_plans_order() {
+        const BS: u64 = 4096;
+        let fake = Fake::new(32 * BS as usize, 1, Some(20 * BS));
+        let options = ReadOptions {
+            block_size: BS,
+            cache_blocks: 16,
+            read_ahead: 3,
+        };
+        let storage = RemoteStorage::new(rt(), fake.clone(), 32 * BS, options);
+        // The map's order: blocks 20, 3, 11, 7, 29 (a range over 11 and 12 gives both).
+        let plan = [20, 3, 11, 7, 29].map(|b: u64| b * BS + 10..b * BS + 20);
+        storage.will_read(&plan);
+        storage.will_read(&[11 * BS..13 * BS]);
+        let mut buf = vec![0u8; 100];
+        // The first GET breaks: retried, and the bytes are right.
+        assert_eq!(storage.read_at(&mut buf, 20 * BS).unwrap(), 100);
+        assert!(buf[..] == fake.data[20 * BS as usize..20 * BS as usize + 100]);
+        // Then the next three blocks of the plan come, not the object's next ones.
+        let want = [3 * BS..4 * BS, 11 * BS..12 * BS, 7 * BS..8 * BS];
+        let start = std::time::Instant::now();
+        while !want.iter().all(|w| fake.gets().contains(w)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                fake.gets()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            !fake.gets().contains(&(21 * BS..22 * BS)),
+            "{:?}",
+            fake.gets()
+        );
+        // Reading them sends no GET of its own.
+        let before = fake.gets().len();
+        for b in [3u64, 11, 7] {
+            assert_eq!(storage.read_at(&mut buf, b * BS).unwrap(), 100);
+            assert!(buf[..] == fake.data[(b * BS) as usize..(b * BS) as usize + 100]);
+        }
+        let after: Vec<_> = fake.gets()[before..].to_vec();
+        assert!(
+            after
+                .iter()
+                .all(|g| [12 * BS..13 * BS, 29 * BS..30 * BS].contains(g)),
+            "{after:?}"
+        );
+        // Whole and past the end.
+        let mut all = vec![0u8; 32 * BS as usize + 5];
+        assert_eq!(storage.read_at(&mut all, 0).unwrap(), 32 * BS as usize);
+        assert!(all[..32 * BS as usize] == fake.data[..]);
+    }
 
     #[test]
     fn backoff_doubles_to_five_seconds() {
