@@ -705,7 +705,7 @@ mod tests {
         // The map's order: blocks 20, 3, 11, 7, 29 (a range over 11 and 12 gives both).
         let plan = [20, 3, 11, 7, 29].map(|b: u64| b * BS + 10..b * BS + 20);
         storage.will_read(&plan);
-        storage.will_read(&[11 * BS..13 * BS]);
+        storage.will_read(std::slice::from_ref(&(11 * BS..13 * BS)));
         let mut buf = vec![0u8; 100];
         // The first GET breaks: retried, and the bytes are right.
         assert_eq!(storage.read_at(&mut buf, 20 * BS).unwrap(), 100);
