@@ -145,6 +145,8 @@ pub mod probe;
 #[cfg(feature = "inspect")]
 pub mod register;
 pub mod resolve;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod storage;
 
 pub use block::{BlockReader, BlockWriter, Chunk, ChunkStream, Extent, ExtentState, Piece, Source};

@@ -13,6 +13,9 @@ use ims::{
 
 #[path = "ims/catalog.rs"]
 mod catalog;
+#[cfg(feature = "server")]
+#[path = "ims/serve.rs"]
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -136,6 +139,10 @@ enum Command {
     /// The image catalog: list, show, update, delete, share, unshare, members, accept,
     /// reject, copy (to another region), export.
     Images(catalog::ImagesArgs),
+    /// Serve the image service over HTTP(S): the OpenStack Image API v2 and IMS's API, for
+    /// the projects of a tokens file.
+    #[cfg(feature = "server")]
+    Serve(serve::ServeArgs),
 }
 
 /// A token the first SIGINT or SIGTERM cancels, so that an interrupted conversion,
@@ -201,6 +208,8 @@ fn main() -> ExitCode {
         } => check(input, output, file),
         Command::Register(args) => exit_code(catalog::register(args)),
         Command::Images(args) => exit_code(catalog::images(args)),
+        #[cfg(feature = "server")]
+        Command::Serve(args) => exit_code(serve::serve(args)),
         other => exit_code(run(other)),
     }
 }
@@ -438,6 +447,8 @@ fn run(command: Command) -> ims::Result<()> {
         | Command::Images(_) => Err(Error::InvalidArgument(
             "compare, check, register and images are run by main".into(),
         )),
+        #[cfg(feature = "server")]
+        Command::Serve(_) => Err(Error::InvalidArgument("serve is run by main".into())),
     }
 }
 

@@ -1,8 +1,9 @@
-//! The checksums of stored data: SHA-256 and SHA-512 computed as the bytes are appended
+//! The checksums of stored data: MD5 (Glance's `checksum`), SHA-256 and SHA-512 computed as the bytes are appended
 //! ([`HashingSink`]), or by reading a stored object back ([`hash_storage`]).
 
 use std::sync::{Arc, Mutex};
 
+use md5::Md5;
 use sha2::{Digest, Sha256, Sha512};
 
 use crate::cancel::CancelToken;
@@ -12,15 +13,16 @@ use crate::storage::Storage;
 
 use super::record::Checksum;
 
-/// The SHA-256 and SHA-512 of bytes as they go by; clones share the state.
+/// The SHA-256, SHA-512 and MD5 of bytes as they go by; clones share the state.
 #[derive(Clone, Default)]
-pub(crate) struct Hashes(Arc<Mutex<(Sha256, Sha512)>>);
+pub(crate) struct Hashes(Arc<Mutex<(Sha256, Sha512, Md5)>>);
 
 impl Hashes {
     pub(crate) fn update(&self, data: &[u8]) {
         let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
         h.0.update(data);
         h.1.update(data);
+        h.2.update(data);
     }
 
     /// Hashes `len` zero bytes.
@@ -40,6 +42,7 @@ impl Hashes {
         Checksum {
             sha256: hex(&h.0.clone().finalize()),
             sha512: hex(&h.1.clone().finalize()),
+            md5: hex(&h.2.clone().finalize()),
         }
     }
 }

@@ -15,6 +15,8 @@
 //! - [`Ims::list`], [`Ims::show`], [`Ims::update`] (a typed [`RecordUpdate`]; tags are
 //!   [`Tag`]s), [`Ims::delete`]: search and manage.
 //! - [`sharing`]: members; [`replicate`]: copies to other regions and exports.
+//! - [`upload`]: images whose data comes after the record (the OpenStack Image API's way):
+//!   [`Ims::create_empty`], then [`Ims::upload_as_is`] or [`Ims::register_into`].
 //! - [`Ims::recover`] (run by [`Ims::open`] and [`Ims::with`]): records left `queued`/`saving`
 //!   by a dead process become `killed`, and their data is removed.
 //!
@@ -25,6 +27,9 @@ pub mod catalog;
 mod error;
 mod group;
 mod hash;
+pub mod ims_errors;
+pub mod job;
+pub mod jobs;
 pub mod publish;
 pub mod record;
 #[allow(clippy::module_inception)]
@@ -36,6 +41,7 @@ pub mod sharing;
 pub mod store;
 mod tag;
 mod update;
+pub mod upload;
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -53,6 +59,8 @@ pub use catalog::PostgresCatalog;
 #[cfg(feature = "sqlite")]
 pub use catalog::SqliteCatalog;
 pub use error::{Result, RuleCode, ServiceError};
+pub use job::{Job, JobEntities, JobSpec, JobStatus, JobType, RegisterSpec};
+pub use jobs::{DirObjects, JobPool, Objects, PoolOptions};
 pub use record::{
     Checksum, Disk, Features, ImageClass, ImageRecord, ImageType, IsoMedium, Member, MemberStatus,
     Status, Visibility,
@@ -61,11 +69,13 @@ pub use register::{RegisterRequest, Registered, RegisteredGroup};
 pub use rules::{Limits, Publication};
 #[cfg(feature = "s3")]
 pub use store::{
-    AmazonS3Builder, S3Options, S3Store, SourceOptions, is_remote, open_object, open_source,
+    AmazonS3Builder, S3Objects, S3Options, S3Store, SourceOptions, is_remote, open_object,
+    open_source,
 };
 pub use store::{ImageStore, LocalStore, StoreWriter, UnfinishedWrite};
 pub use tag::Tag;
 pub use update::RecordUpdate;
+pub use upload::{ApiFields, NewImage};
 
 /// Who asks, and where.
 #[derive(Debug, Clone)]
@@ -264,7 +274,8 @@ impl Ims {
     /// Settles what dead processes left, through [`ImageStore::unfinished`] only:
     ///
     /// - each record in `queued`/`saving` whose write no live process owns (dead, or none)
-    ///   becomes `killed` ("interrupted") and its data is removed;
+    ///   becomes `killed` ("interrupted") and its data is removed, except a `queued` record
+    ///   created without data, which waits for its upload ([`upload`]);
     /// - each dead write is discarded once its record is settled: a record made after the
     ///   records were read is killed the same way; the data of a `killed` or `deleted` record,
     ///   or of none, is removed; an `active` record keeps its data (its process died after
@@ -287,6 +298,10 @@ impl Ims {
             .map(|w| (w.key, w.live))
             .collect();
         for r in &records {
+            // A record created without data waits for its upload (upload::awaits_data).
+            if upload::awaits_data(r) {
+                continue;
+            }
             // A record of several disks is live while any of its writes is.
             if !r.store_keys().iter().any(|k| writes.get(*k) == Some(&true)) {
                 self.kill(r, REASON, &mut out)?;

@@ -194,6 +194,10 @@ pub struct Checksum {
     pub sha256: String,
     /// SHA-512 of the stored file's bytes, hex.
     pub sha512: String,
+    /// MD5 of the stored file's bytes, hex: Glance's `checksum`, which its clients verify
+    /// downloads with (empty in records stored before it was kept).
+    #[serde(default)]
+    pub md5: String,
 }
 
 /// One disk of a full-ECS image, as stored: each disk of a server is registered through the
@@ -308,6 +312,10 @@ pub struct ImageRecord {
     pub price_note: Option<String>,
     /// The image this one was replicated from.
     pub copied_from: Option<String>,
+    /// Properties a client of the OpenStack Image API set that ims gives no meaning to
+    /// (Glance's custom properties and `container_format`), name to value.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
     /// When the record was made, RFC 3339, UTC.
     pub created_at: String,
     /// When the record last changed, RFC 3339, UTC.
@@ -356,6 +364,7 @@ impl ImageRecord {
             publisher: None,
             price_note: None,
             copied_from: None,
+            properties: BTreeMap::new(),
             created_at: now.clone(),
             updated_at: now,
         }

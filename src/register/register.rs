@@ -230,12 +230,12 @@ pub(crate) fn describe(record: &mut ImageRecord, found: &Inspection, os_version:
 /// it and keeps it until the record is settled.
 pub(crate) type SharedWriter = Arc<Mutex<Box<dyn StoreWriter>>>;
 
-fn lock(w: &SharedWriter) -> MutexGuard<'_, Box<dyn StoreWriter>> {
+pub(crate) fn lock(w: &SharedWriter) -> MutexGuard<'_, Box<dyn StoreWriter>> {
     w.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The pipeline's end of a [`SharedWriter`].
-struct SharedSink(SharedWriter);
+pub(crate) struct SharedSink(pub(crate) SharedWriter);
 
 impl AppendSink for SharedSink {
     fn append(&mut self, data: &[u8]) -> crate::Result<()> {

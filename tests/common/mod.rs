@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod postgres;
 pub mod s3;
+pub mod server;
 
 use std::path::Path;
 use std::process::{Command, Output};

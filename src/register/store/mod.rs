@@ -30,7 +30,7 @@ pub use local::LocalStore;
 #[cfg(feature = "s3")]
 pub use object_store::aws::AmazonS3Builder;
 #[cfg(feature = "s3")]
-pub use s3::{S3Options, S3Store, open_object};
+pub use s3::{S3Objects, S3Options, S3Store, open_object};
 #[cfg(feature = "s3")]
 pub use source::{SourceOptions, is_remote, open_source};
 

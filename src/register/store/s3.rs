@@ -413,6 +413,109 @@ impl S3Store {
     }
 }
 
+/// The objects of jobs (`bucket:object`, a registration's source and an export's target) in
+/// the S3 service the `AWS_*` variables name, as [`S3Store::open`] takes them: read through
+/// ranged GETs ([`open_object`]), written with a multipart upload streamed from the file.
+pub struct S3Objects {
+    buckets: std::sync::Mutex<std::collections::HashMap<String, Arc<S3Store>>>,
+}
+
+impl Default for S3Objects {
+    fn default() -> Self {
+        S3Objects::new()
+    }
+}
+
+impl S3Objects {
+    /// Objects of the S3 service of the `AWS_*` variables.
+    pub fn new() -> S3Objects {
+        S3Objects {
+            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The store of `bucket` (one client and runtime per bucket, made when first used) and the
+    /// object's path.
+    fn locate(&self, url: &str) -> super::super::Result<(Arc<S3Store>, Path)> {
+        let (bucket, object) = super::super::jobs::parse_object_url(url)?;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let store = match buckets.get(bucket) {
+            Some(s) => Arc::clone(s),
+            None => {
+                let s = Arc::new(S3Store::with_builder(
+                    builder_from_env(),
+                    bucket,
+                    "",
+                    S3Options::from_env()?,
+                )?);
+                buckets.insert(bucket.to_string(), Arc::clone(&s));
+                s
+            }
+        };
+        Ok((store, Path::from(object)))
+    }
+}
+
+/// Parts of an export's upload: 16 MiB (S3's limit of 10,000 parts then allows 160 GiB, more
+/// than an export may be).
+const EXPORT_PART: usize = 16 << 20;
+
+impl super::super::jobs::Objects for S3Objects {
+    fn open(&self, url: &str) -> super::super::Result<crate::open::Input> {
+        let (store, path) = self.locate(url)?;
+        Ok(crate::open::Input::Storage {
+            storage: store.open_path(path)?,
+            name: url.to_string(),
+        })
+    }
+
+    fn exists(&self, url: &str) -> super::super::Result<bool> {
+        let (store, path) = self.locate(url)?;
+        let inner = &store.inner;
+        match inner.block_on(inner.s3.head(&path))? {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(s3_error("look up", &inner.url(&path), e).into()),
+        }
+    }
+
+    fn put(&self, url: &str, file: &std::path::Path) -> super::super::Result<()> {
+        use std::io::Read;
+        let (store, path) = self.locate(url)?;
+        let inner = &store.inner;
+        let mut f = std::fs::File::open(file).map_err(|e| Error::io("open", e).in_file(file))?;
+        let target = inner.url(&path);
+        let done: Result<()> = inner.block_on(async {
+            let upload = inner
+                .s3
+                .put_multipart(&path)
+                .await
+                .map_err(|e| s3_error("start upload", &target, e))?;
+            let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, EXPORT_PART);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = w.abort().await;
+                        return Err(Error::io("read", e).in_file(file));
+                    }
+                };
+                if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                    return Err(s3_error("upload", &target, e));
+                }
+                w.write(&buf[..n]);
+            }
+            w.finish()
+                .await
+                .map(|_| ())
+                .map_err(|e| s3_error("finish upload", &target, e))
+        })?;
+        Ok(done?)
+    }
+}
+
 /// A builder with the `AWS_*` variables; plain HTTP when the endpoint is `http://`.
 fn builder_from_env() -> AmazonS3Builder {
     let builder = AmazonS3Builder::from_env();
