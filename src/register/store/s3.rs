@@ -414,8 +414,9 @@ impl S3Store {
 }
 
 /// The objects of jobs (`bucket:object`, a registration's source and an export's target) in
-/// the S3 service the `AWS_*` variables name, as [`S3Store::open`] takes them: read through
-/// ranged GETs ([`open_object`]), written with a multipart upload streamed from the file.
+/// the S3 service the `AWS_*` variables name, as [`S3Store::open`] takes them: read as
+/// [`open_source`](super::source::open_source) reads them, written with a multipart upload
+/// streamed from the file.
 pub struct S3Objects {
     buckets: std::sync::Mutex<std::collections::HashMap<String, Arc<S3Store>>>,
 }
@@ -462,11 +463,13 @@ const EXPORT_PART: usize = 16 << 20;
 
 impl super::super::jobs::Objects for S3Objects {
     fn open(&self, url: &str) -> super::super::Result<crate::open::Input> {
-        let (store, path) = self.locate(url)?;
-        Ok(crate::open::Input::Storage {
-            storage: store.open_path(path)?,
-            name: url.to_string(),
-        })
+        super::super::jobs::parse_object_url(url)?;
+        // As `ims register BUCKET:KEY` reads it: one GET stream or ranged GETs read ahead by
+        // the image's map, retried, pinned to the object's ETag.
+        Ok(super::source::open_source(
+            url,
+            &super::source::SourceOptions::default(),
+        )?)
     }
 
     fn exists(&self, url: &str) -> super::super::Result<bool> {
