@@ -13,7 +13,7 @@ set -euo pipefail
 data=${1:?usage: bench/s3.sh DATA [IMS]}
 ims=$(realpath "${2:-target/release/ims}")
 work=$(mktemp -d); port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 -m moto.server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 & moto=$!
+PYTHONUNBUFFERED=1 python3 -m moto.server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 & moto=$!
 trap 'kill $moto; rm -rf "$work"' EXIT
 export AWS_ENDPOINT=http://127.0.0.1:$port AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 until curl -s "$AWS_ENDPOINT" >/dev/null; do sleep 0.2; done

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
@@ -418,10 +418,13 @@ impl RemoteStorage {
                 }
                 // Drop what comes before the block, hand the block out.
                 let skip = usize::try_from(range.start.saturating_sub(at)).unwrap_or(usize::MAX);
-                let _ = held.split_to(skip.min(held.len()));
-                let data = held
-                    .split_to(usize::try_from(range.end - range.start).unwrap_or(0))
-                    .freeze();
+                held.advance(skip.min(held.len()));
+                // A block of its own: a piece of `held` would keep all of `held`'s buffer.
+                let n = usize::try_from(range.end - range.start)
+                    .unwrap_or(0)
+                    .min(held.len());
+                let data = Bytes::copy_from_slice(&held[..n]);
+                held.advance(n);
                 at = range.end;
                 cache.insert(b, data.clone());
                 fetching
