@@ -16,11 +16,11 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
@@ -133,7 +133,28 @@ pub(crate) struct RemoteStorage {
     plan: Mutex<Plan>,
     /// The block read last: a read of the next one means the reads go front to back.
     last_block: AtomicU64,
+    /// The furthest place in the plan the reads have reached: a run's GET stays within the
+    /// read-ahead window past it.
+    reached: Arc<AtomicUsize>,
+    /// Whether a run of the plan is being read as one GET.
+    streaming: Arc<AtomicBool>,
+    /// Set when the storage goes: a run's GET stops.
+    closed: Arc<AtomicBool>,
 }
+
+impl Drop for RemoteStorage {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Blocks of the plan read as one GET when they follow each other in the object (in the
+/// plan's order, with gaps of at most [`RUN_GAP`] blocks): at least this many...
+const RUN_MIN: usize = 16;
+/// ... at most this many (a GET of a few GiB at most; the next run follows).
+const RUN_MAX: usize = 4096;
+/// The most blocks a run's GET reads and drops between two blocks of the plan.
+const RUN_GAP: u64 = 4;
 
 /// The blocks a reader said it will read ([`Storage::will_read`]), in order, and where each
 /// first is in that order.
@@ -199,6 +220,9 @@ impl RemoteStorage {
             fetching: Arc::new(Mutex::new(HashMap::new())),
             plan: Mutex::new(Plan::default()),
             last_block: AtomicU64::new(u64::MAX),
+            reached: Arc::new(AtomicUsize::new(0)),
+            streaming: Arc::new(AtomicBool::new(false)),
+            closed: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -262,13 +286,21 @@ impl RemoteStorage {
         let next: Vec<u64> = {
             let plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
             match plan.at.get(&block) {
-                Some(&p) => plan
-                    .order
-                    .iter()
-                    .skip(p + 1)
-                    .take(window)
-                    .copied()
-                    .collect(),
+                Some(&p) => {
+                    self.reached.fetch_max(p, Ordering::Relaxed);
+                    if !self.streaming.load(Ordering::Relaxed) {
+                        let run = run_after(&plan.order, p);
+                        if run.len() >= RUN_MIN {
+                            self.stream_run(run.iter().map(|&q| (plan.order[q], q)).collect());
+                        }
+                    }
+                    plan.order
+                        .iter()
+                        .skip(p + 1)
+                        .take(window)
+                        .copied()
+                        .collect()
+                }
                 None if sequential => {
                     let blocks = self.len.div_ceil(self.block_size());
                     (block.saturating_add(1)..block.saturating_add(1 + window as u64).min(blocks))
@@ -280,6 +312,146 @@ impl RemoteStorage {
         for b in next {
             self.start(b);
         }
+    }
+
+    /// Reads the plan's blocks `run` ((block, place in the plan), ascending in the object) as
+    /// one GET, handing each out as it comes (reads of them wait for it, as for a block's own
+    /// GET) and never more than the read-ahead window past the furthest read; a broken
+    /// connection is picked up at the block it stopped in.
+    fn stream_run(&self, run: Vec<(u64, usize)>) {
+        // The blocks of the run are the GET's to fetch, but those already cached or fetched;
+        // too few left, and they are fetched block by block.
+        let mut mine: Vec<(u64, usize, Option<Arc<Fetch>>)> = {
+            let mut fetching = self.fetching.lock().unwrap_or_else(PoisonError::into_inner);
+            let todo: Vec<(u64, usize)> = run
+                .into_iter()
+                .filter(|(b, _)| !fetching.contains_key(b) && self.cache.get(b).is_none())
+                .collect();
+            if todo.len() < RUN_MIN {
+                return;
+            }
+            todo.into_iter()
+                .map(|(b, q)| {
+                    let f = Arc::new(Fetch::default());
+                    fetching.insert(b, Arc::clone(&f));
+                    (b, q, Some(f))
+                })
+                .collect()
+        };
+        let (Some(&(first, _, _)), Some(&(last, _, _))) = (mine.first(), mine.last()) else {
+            return;
+        };
+        self.streaming.store(true, Ordering::Relaxed);
+        let bs = self.block_size();
+        let len = self.len;
+        let window = self.window();
+        let (remote, cache, fetching, reached, streaming, closed) = (
+            Arc::clone(&self.remote),
+            Arc::clone(&self.cache),
+            Arc::clone(&self.fetching),
+            Arc::clone(&self.reached),
+            Arc::clone(&self.streaming),
+            Arc::clone(&self.closed),
+        );
+        self.rt.spawn(async move {
+            let end = last.saturating_add(1).saturating_mul(bs).min(len);
+            let mut at = first.saturating_mul(bs);
+            let mut body: Option<Body> = None;
+            let mut held = BytesMut::new();
+            let mut failures = 0u32;
+            let mut next = 0usize;
+            let mut failed: Option<GetError> = None;
+            while next < mine.len() && !closed.load(Ordering::Relaxed) {
+                let (b, q, f) = &mut mine[next];
+                let (b, q) = (*b, *q);
+                let range = b * bs..(b * bs + bs).min(len);
+                // Within the window past the furthest read, so none is evicted unread.
+                if q > reached.load(Ordering::Relaxed) + window {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
+                // The bytes up to the block's end; the ones before it are dropped.
+                if at + (held.len() as u64) < range.end {
+                    if body.is_none() {
+                        match remote.get(at + held.len() as u64..end).await {
+                            Ok(got) => body = Some(got),
+                            Err(e) => {
+                                failures += 1;
+                                if matches!(e, GetError::Failed(_)) && failures < RETRIES {
+                                    tokio::time::sleep(backoff(failures)).await;
+                                    continue;
+                                }
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    let piece = match body.as_mut() {
+                        Some(got) => got.next().await,
+                        None => None,
+                    };
+                    match piece {
+                        Some(Ok(piece)) => {
+                            failures = 0;
+                            held.extend_from_slice(&piece);
+                        }
+                        other => {
+                            body = None;
+                            failures += 1;
+                            let e = match other {
+                                Some(Err(e)) => e,
+                                _ => GetError::Failed(format!(
+                                    "{}: the GET ended before {}",
+                                    remote.name(),
+                                    range.end
+                                )),
+                            };
+                            if matches!(e, GetError::Failed(_)) && failures < RETRIES {
+                                tokio::time::sleep(backoff(failures)).await;
+                                continue;
+                            }
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                // Drop what comes before the block, hand the block out.
+                let skip = usize::try_from(range.start.saturating_sub(at)).unwrap_or(usize::MAX);
+                held.advance(skip.min(held.len()));
+                // A block of its own: a piece of `held` would keep all of `held`'s buffer.
+                let n = usize::try_from(range.end - range.start)
+                    .unwrap_or(0)
+                    .min(held.len());
+                let data = Bytes::copy_from_slice(&held[..n]);
+                held.advance(n);
+                at = range.end;
+                cache.insert(b, data.clone());
+                fetching
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&b);
+                // Handed out and let go: the block lives in the cache, and in the reads that
+                // waited for it, not in the run.
+                if let Some(f) = f.take() {
+                    f.finish(Ok(data));
+                }
+                next += 1;
+            }
+            // What was not handed out: the reads waiting for it fail with the GET's error, or
+            // (the storage gone) nobody waits.
+            let e =
+                failed.unwrap_or_else(|| GetError::Refused(format!("{}: closed", remote.name())));
+            let mut fetching = fetching.lock().unwrap_or_else(PoisonError::into_inner);
+            for (b, _, f) in &mine[next..] {
+                fetching.remove(b);
+                if let Some(f) = f {
+                    f.finish(Err(e.clone()));
+                }
+            }
+            drop(fetching);
+            streaming.store(false, Ordering::Relaxed);
+        });
     }
 
     /// Block `block`: from the cache, from a GET under way, or fetched now.
@@ -357,6 +529,23 @@ impl Storage for RemoteStorage {
             }
         }
     }
+}
+
+/// The places in `order` after `p` whose blocks follow each other in the object (ascending,
+/// with gaps of at most [`RUN_GAP`] blocks), at most [`RUN_MAX`] of them.
+fn run_after(order: &[u64], p: usize) -> Vec<usize> {
+    let mut run = Vec::new();
+    let mut prev: Option<u64> = None;
+    for (q, &b) in order.iter().enumerate().skip(p + 1).take(RUN_MAX) {
+        if let Some(prev) = prev
+            && !(b > prev && b - prev <= RUN_GAP + 1)
+        {
+            break;
+        }
+        run.push(q);
+        prev = Some(b);
+    }
+    run
 }
 
 /// A remote object read front to back as one GET: see the module documentation.
@@ -743,6 +932,48 @@ mod tests {
         let mut all = vec![0u8; 32 * BS as usize + 5];
         assert_eq!(storage.read_at(&mut all, 0).unwrap(), 32 * BS as usize);
         assert!(all[..32 * BS as usize] == fake.data[..]);
+    }
+
+    #[test]
+    fn a_run_of_the_plan_is_one_get_within_the_window() {
+        const BS: u64 = 4096;
+        let fake = Fake::new(64 * BS as usize, 1, Some(2 * BS));
+        let options = ReadOptions {
+            block_size: BS,
+            cache_blocks: 8,
+            read_ahead: 3,
+        };
+        let storage = RemoteStorage::new(rt(), fake.clone(), 64 * BS, options);
+        // Block 0, then 2 to 41 but 10 (a gap the run reads through), then 50 and 45 (out of
+        // the object's order: block by block).
+        let blocks: Vec<u64> = std::iter::once(0)
+            .chain((2..42).filter(|b| *b != 10))
+            .chain([50, 45])
+            .collect();
+        let plan: Vec<Range<u64>> = blocks.iter().map(|b| b * BS..b * BS + BS).collect();
+        storage.will_read(&plan);
+        let mut buf = vec![0u8; BS as usize];
+        for b in &blocks {
+            assert_eq!(storage.read_at(&mut buf, b * BS).unwrap(), buf.len());
+            assert!(
+                buf[..] == fake.data[(b * BS) as usize..((b + 1) * BS) as usize],
+                "{b}"
+            );
+        }
+        // Block 0's GET, the run's (broken once, picked up where it stopped), then 50 and 45.
+        let gets = fake.gets();
+        assert_eq!(gets[0], 0..BS, "{gets:?}");
+        assert_eq!(gets[1], 2 * BS..42 * BS, "{gets:?}");
+        assert!(gets[2].start > 2 * BS && gets[2].end == 42 * BS, "{gets:?}");
+        assert_eq!(gets.len(), 5, "{gets:?}");
+        assert!(gets[3..].contains(&(50 * BS..51 * BS)) && gets[3..].contains(&(45 * BS..46 * BS)));
+        // The run never ran more than the window ahead: nothing was evicted unread and fetched
+        // again (the cache holds 8 blocks for 39).
+        assert!(
+            !gets
+                .iter()
+                .any(|g| g.end - g.start == BS && g.start >= 2 * BS && g.start < 42 * BS)
+        );
     }
 
     #[test]
