@@ -321,7 +321,8 @@ impl Ims {
             ImageKind::Iso => ImageType::Iso,
             _ => ImageType::Data,
         };
-        describe(r, &found, None);
+        let given = r.properties.get("__os_version").cloned();
+        describe(r, &found, given.as_deref());
         r.source_size = total;
         r.store_size = stored_size;
         r.virtual_size = virtual_size;
@@ -361,7 +362,8 @@ impl Ims {
             RegisterRequest::new(if r.name.is_empty() { "image" } else { &r.name }, role);
         request.store_format = store_format;
         request.min_disk = Some(u64::from(r.min_disk)).filter(|&n| n != 0);
-        request.os_version = r.properties.get("os_version").cloned();
+        // IMS's name of the OS version a client may give (an ISO's).
+        request.os_version = r.properties.get("__os_version").cloned();
         // A refusal kills the record too: an import always ends `active` or `killed`.
         let mut prepared = match self.prepare(input, role, &request, cancel) {
             Ok(p) => p,

@@ -118,7 +118,8 @@ pub fn import_methods(state: &AppState) -> Vec<&'static str> {
 
 /// An image answer with the status and the staged flag looked up.
 pub fn image_json(state: &AppState, r: &ImageRecord) -> Value {
-    view::image(r, state.is_staged(&r.id))
+    let waiting = matches!(r.status, Status::Queued | Status::Saving);
+    view::image(r, waiting && state.is_staged(&r.id))
 }
 
 /// Creates an image, `queued`, without data.

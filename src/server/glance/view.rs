@@ -97,9 +97,10 @@ pub const READ_ONLY: &[&str] = &[
 ];
 
 /// The properties ims itself reports for every image (read-only, as strings), IMS's names.
+/// `__os_version` is not among them: a client may give it (an ISO's OS, as IMS takes it), and
+/// what inspection finds is shown instead when it finds one.
 pub const IMS_FACTS: &[&str] = &[
     "__os_type",
-    "__os_version",
     "__platform",
     "__os_bit",
     "__imagetype",
