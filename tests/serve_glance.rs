@@ -621,14 +621,28 @@ fn a_server_killed_during_an_upload_leaves_a_killed_image_and_no_data_after_rest
     );
     let stored = walk(&server.home.join("store"));
     assert!(stored.is_empty(), "no orphaned data: {stored:?}");
-    // A record created without data is not interrupted: it still waits.
+    // A record created without data is not interrupted: it still waits, with its staged data;
+    // a partial staging file, or staged data of an image that no longer waits, is dropped.
     let waiting = created_id(&create(
         &server,
         ALICE,
         json!({"name": "w", "disk_format": "raw"}),
     ));
+    let r = server.request(
+        "PUT",
+        &format!("/v2/images/{waiting}/stage"),
+        Some(ALICE),
+        &[("content-type", "application/octet-stream")],
+        Some(&[1u8; 4096]),
+    );
+    assert_eq!(r.status, 204);
+    let staging = server.home.join("staging");
+    std::fs::write(staging.join(format!("{id}.part")), b"cut").unwrap();
+    std::fs::write(staging.join(&id), b"stale").unwrap();
     let server = server.crash_and_restart(&[]);
-    assert_eq!(show(&server, ALICE, &waiting).json()["status"], "queued");
+    assert_eq!(show(&server, ALICE, &waiting).json()["status"], "uploading");
+    let left: Vec<_> = walk(&server.home.join("staging"));
+    assert_eq!(left, [server.home.join("staging").join(&waiting)]);
 }
 
 #[test]
@@ -674,7 +688,10 @@ fn web_download_imports_from_an_allowed_source_only() {
         assert!(Instant::now() < deadline, "the source server never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let server = Server::start_with(None, &["--allow-download", &source]);
+    let server = Server::start_with(
+        None,
+        &["--allow-download", &source, "--import-format", "qcow2"],
+    );
     let info = server.get("/v2/info/import", Some(ALICE)).json();
     assert_eq!(
         info["import-methods"]["value"],
@@ -708,7 +725,7 @@ fn web_download_imports_from_an_allowed_source_only() {
     };
     assert_eq!(
         (done["status"].as_str(), done["disk_format"].as_str()),
-        (Some("active"), Some("zvhd2")),
+        (Some("active"), Some("qcow2")),
         "{done}"
     );
     assert_eq!(

@@ -185,6 +185,12 @@ impl Ims {
         Ok(r)
     }
 
+    /// Whether the record `id` exists and waits for its data, whoever owns it: for a server's
+    /// housekeeping (its staged data of images that no longer wait is dropped at start).
+    pub fn awaits_data(&self, id: &str) -> Result<bool> {
+        Ok(self.catalog.get(id)?.is_some_and(|r| awaits_data(&r)))
+    }
+
     /// Ends a record that waits for its data as `killed` with `reason` (an import whose
     /// source failed before any data was stored); the owner's call. Nothing happens to a
     /// record that is no longer waiting.

@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// method is not offered).
     #[arg(long, value_name = "URL")]
     allow_download: Vec<String>,
+    /// The format an import converts into: zvhd2 (default), qcow2 or raw.
+    #[arg(long, value_name = "FMT", default_value = "zvhd2")]
+    import_format: String,
 }
 
 /// Runs `ims serve`.
@@ -61,5 +64,14 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     config.tls = args.tls_cert.zip(args.tls_key);
     config.max_json_body = args.max_json_body;
     config.web_download_allow = args.allow_download;
+    config.import_format = match args.import_format.parse()? {
+        f @ (ims::Format::Zvhd2 | ims::Format::Qcow2 | ims::Format::Raw) => f,
+        other => {
+            return Err(ims::Error::InvalidArgument(format!(
+                "--import-format {other}: images are stored as zvhd2, qcow2 or raw"
+            ))
+            .into());
+        }
+    };
     ims::server::serve(config)
 }
