@@ -485,6 +485,33 @@ fn json_patch_updates_properties_and_refuses_read_only_fields() {
     assert_eq!(r.status, 415);
     assert!(r.header("accept-patch").is_some());
     assert_eq!(show(&server, ALICE, &id).json()["k"], "w");
+
+    // Glance's protected: the project's own flag; undeletable until unset.
+    let r = patch(
+        json!([{"op": "replace", "path": "/protected", "value": true}]),
+        v21,
+    );
+    assert_eq!(r.json()["protected"], true);
+    let delete = || {
+        server
+            .request("DELETE", &path, Some(ALICE), &[], None)
+            .status
+    };
+    assert_eq!(delete(), 403);
+    assert_eq!(
+        server.get("/v2/images?protected=true", Some(ALICE)).json()["images"][0]["id"],
+        id.as_str()
+    );
+    patch(
+        json!([{"op": "replace", "path": "/protected", "value": false}]),
+        v21,
+    );
+    assert_eq!(delete(), 204);
+    let born = create(&server, ALICE, json!({"name": "p", "protected": true}));
+    assert_eq!(
+        (born.status, &born.json()["protected"]),
+        (201, &json!(true))
+    );
 }
 
 #[test]

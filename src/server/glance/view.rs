@@ -119,6 +119,16 @@ pub fn status(r: &ImageRecord, staged: bool) -> &'static str {
     }
 }
 
+/// The property that keeps Glance's `protected` flag of a project's own image (ims's own
+/// `protected` is an operator's: public images). Either makes the image undeletable here until
+/// it is unset, as Glance does.
+pub const PROTECTED: &str = "protected";
+
+/// Whether the image is protected, as Glance shows it: ims's flag or the project's.
+pub fn protected(r: &ImageRecord) -> bool {
+    r.protected || r.properties.get(PROTECTED).is_some_and(|v| v == "true")
+}
+
 /// A tag as a string: `KEY` for an empty value, else `KEY=VALUE`.
 pub fn tag_string(key: &str, value: &str) -> String {
     if value.is_empty() {
@@ -187,7 +197,7 @@ pub fn image(r: &ImageRecord, staged: bool) -> Value {
         "name": opt(&r.name),
         "status": status(r, staged),
         "visibility": r.visibility.name(),
-        "protected": r.protected,
+        "protected": protected(r),
         "os_hidden": os_hidden,
         "checksum": if active { opt(&r.checksum.md5) } else { Value::Null },
         "os_hash_algo": if active && !r.checksum.sha512.is_empty() { json!("sha512") } else { Value::Null },
