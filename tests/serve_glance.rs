@@ -211,6 +211,15 @@ fn a_project_sees_its_own_public_and_shared_images_and_nothing_else_exists() {
     assert_eq!(server.json("PUT", &path, BOB, None, &answer).status, 200);
     let listed = server.get("/v2/images", Some(BOB)).json();
     assert_eq!(listed["images"][0]["id"], id.as_str());
+    // Back to pending (out of the list), and accepted again.
+    let pending = json!({"status": "pending"});
+    assert_eq!(
+        server.json("PUT", &path, BOB, None, &pending).json()["status"],
+        "pending"
+    );
+    let listed = server.get("/v2/images", Some(BOB)).json();
+    assert!(listed["images"].as_array().unwrap().is_empty(), "{listed}");
+    assert_eq!(server.json("PUT", &path, BOB, None, &answer).status, 200);
     // A member may read, not change.
     assert!(server.get(&format!("/v2/images/{id}/file"), Some(BOB)).body == data);
     assert_eq!(
