@@ -549,7 +549,7 @@ fn postgres_schema_is_migrated_once_by_concurrent_starts() {
     assert_eq!(
         db.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version")
             .trim(),
-        "1"
+        "1,2"
     );
     let c = PostgresCatalog::open(&url).unwrap();
     c.insert(&record("kept", "owner", "r1"), &|_| Ok(()))
@@ -557,11 +557,11 @@ fn postgres_schema_is_migrated_once_by_concurrent_starts() {
     drop(c);
     let c = PostgresCatalog::open(&url).unwrap();
     assert_eq!(c.visible("r1", "owner").unwrap().len(), 1);
-    assert_eq!(db.psql("SELECT COUNT(*) FROM schema_version").trim(), "1");
+    assert_eq!(db.psql("SELECT COUNT(*) FROM schema_version").trim(), "2");
     // Sorted text columns compare bytes, whatever the database's locale.
     assert_eq!(
         db.psql(
-            "SELECT COUNT(*) FROM information_schema.columns WHERE table_name IN ('images', 'members')
+            "SELECT COUNT(*) FROM information_schema.columns WHERE table_name IN ('images', 'members', 'jobs')
              AND data_type = 'text' AND collation_name IS DISTINCT FROM 'C' AND column_name <> 'record'"
         )
         .trim(),
@@ -577,7 +577,7 @@ fn postgres_schema_is_migrated_once_by_concurrent_starts() {
     assert_eq!(db.psql("SELECT COUNT(*) FROM other.images").trim(), "1");
     assert_eq!(db.psql("SELECT COUNT(*) FROM public.images").trim(), "1");
     drop(other);
-    db.psql("INSERT INTO schema_version (version) VALUES (2)");
+    db.psql("INSERT INTO schema_version (version) VALUES (3)");
     let e = PostgresCatalog::open(&url).err().expect("a newer schema");
     assert!(e.to_string().contains("newer ims"), "{e}");
 }

@@ -27,6 +27,9 @@ pub mod catalog;
 mod error;
 mod group;
 mod hash;
+pub mod ims_errors;
+pub mod job;
+pub mod jobs;
 pub mod publish;
 pub mod record;
 #[allow(clippy::module_inception)]
@@ -56,6 +59,8 @@ pub use catalog::PostgresCatalog;
 #[cfg(feature = "sqlite")]
 pub use catalog::SqliteCatalog;
 pub use error::{Result, RuleCode, ServiceError};
+pub use job::{Job, JobEntities, JobSpec, JobStatus, JobType, RegisterSpec};
+pub use jobs::{DirObjects, JobPool, Objects, PoolOptions};
 pub use record::{
     Checksum, Disk, Features, ImageClass, ImageRecord, ImageType, IsoMedium, Member, MemberStatus,
     Status, Visibility,
@@ -63,7 +68,10 @@ pub use record::{
 pub use register::{RegisterRequest, Registered, RegisteredGroup};
 pub use rules::{Limits, Publication};
 #[cfg(feature = "s3")]
-pub use store::{AmazonS3Builder, S3Options, S3Store, open_object};
+pub use store::{
+    AmazonS3Builder, S3Objects, S3Options, S3Store, SourceOptions, is_remote, open_object,
+    open_source,
+};
 pub use store::{ImageStore, LocalStore, StoreWriter, UnfinishedWrite};
 pub use tag::Tag;
 pub use update::RecordUpdate;
@@ -180,7 +188,8 @@ impl Ims {
     /// catalog `catalog` names ([`catalog::open`]: `postgres://...` for a PostgreSQL database,
     /// or an SQLite file's path) instead of `HOME/catalog.db`; the store, the limits and the
     /// spool stay in the home directory. Processes that share a catalog must share the store
-    /// as well (today: the same home directory): recovery takes a queued or saving record whose
+    /// as well (with this call, the same home directory; [`Ims::open_with`] takes an S3 store
+    /// that processes on many machines share): recovery takes a queued or saving record whose
     /// write its own store does not see as live for the record of a dead process.
     pub fn open_with_catalog(home: &Path, catalog: &str) -> Result<Ims> {
         Ims::open_home(home, || catalog::open(catalog), None)
@@ -190,7 +199,9 @@ impl Ims {
     /// catalog `catalog` names (as [`Ims::open_with_catalog`]; `None`: `HOME/catalog.db`) and
     /// its image data in the store `store` names ([`store::open`]: `s3://BUCKET/PREFIX` for an
     /// object store, or a directory; `None`: `HOME/store/`). The limits and the QCOW2 spool stay
-    /// in the home directory. Processes that share a catalog must share the store.
+    /// in the home directory, which holds nothing shared: processes on many machines, each with
+    /// its own home, share a PostgreSQL catalog and an S3 store (tests/scale_out.rs). Processes
+    /// that share a catalog must share the store.
     pub fn open_with(home: &Path, catalog: Option<&str>, store: Option<&str>) -> Result<Ims> {
         let default_catalog = home.join("catalog.db");
         let catalog = match catalog {

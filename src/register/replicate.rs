@@ -181,7 +181,7 @@ impl Ims {
     }
 
     /// An active image `scope` may use: its own, public, or shared with it and accepted.
-    fn usable(&self, scope: &Scope, id: &str) -> Result<ImageRecord> {
+    pub(crate) fn usable(&self, scope: &Scope, id: &str) -> Result<ImageRecord> {
         let r = self.show(scope, id)?;
         if !self.may_see(&r, &scope.project, true)? {
             return Err(ServiceError::rule(

@@ -162,7 +162,9 @@ pub fn serve(config: ServeConfig) -> crate::register::Result<()> {
         .local_addr()
         .map_err(|e| crate::Error::io("listen", e))?;
     let tls = config.tls.clone();
-    let app = router(AppState::new(ims, config, tokens));
+    let state = AppState::new(ims, config, tokens);
+    let pool = ims_native::start_jobs(&state)?;
+    let app = router(state.with_jobs(pool));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

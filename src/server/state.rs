@@ -33,6 +33,14 @@ pub struct ServeConfig {
     pub max_json_body: usize,
     /// URL prefixes `web-download` imports may fetch from (none: the method is not offered).
     pub web_download_allow: Vec<String>,
+    /// Where IMS's `bucket:object` names point (`s3://` for the S3 service of the `AWS_*`
+    /// variables, or a directory holding a folder per bucket); else the store's S3 service
+    /// when the store is `s3://`, or `HOME/objects`.
+    pub source_store: Option<String>,
+    /// Jobs run at once (0: one per core).
+    pub workers: usize,
+    /// The other regions images may be copied to (IMS's cross-region copy).
+    pub copy_regions: Vec<String>,
     /// The format an `import` converts into (the store format, as Glance's image-conversion
     /// plugin converts to its output format): zvhd2 by default.
     pub import_format: crate::Format,
@@ -52,6 +60,9 @@ impl ServeConfig {
             tls: None,
             max_json_body: 1 << 20,
             web_download_allow: Vec::new(),
+            source_store: None,
+            workers: 0,
+            copy_regions: Vec::new(),
             import_format: crate::Format::Zvhd2,
         }
     }
@@ -66,6 +77,8 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     /// The known tokens.
     pub tokens: Arc<Tokens>,
+    /// The pool that runs the IMS API's jobs (none: its job calls answer 503).
+    pub jobs: Option<Arc<crate::register::JobPool>>,
 }
 
 impl AppState {
@@ -75,7 +88,14 @@ impl AppState {
             ims: Arc::new(ims),
             config: Arc::new(config),
             tokens: Arc::new(tokens),
+            jobs: None,
         }
+    }
+
+    /// The same state with a job pool.
+    pub fn with_jobs(mut self, pool: crate::register::JobPool) -> AppState {
+        self.jobs = Some(Arc::new(pool));
+        self
     }
 
     /// Where data staged for an import waits (`HOME/staging/ID`): a local file per image.

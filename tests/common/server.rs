@@ -56,6 +56,15 @@ impl Server {
     /// A server whose home holds `limits` as `limits.json` (when given), started with the extra
     /// arguments `args`.
     pub fn start_with(limits: Option<&serde_json::Value>, args: &[&str]) -> Server {
+        Server::start_env(limits, args, &[])
+    }
+
+    /// As [`Server::start_with`], with the variables `env` set for the server (an S3 service's).
+    pub fn start_env(
+        limits: Option<&serde_json::Value>,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
@@ -64,11 +73,17 @@ impl Server {
         }
         let tokens = dir.path().join("tokens.json");
         std::fs::write(&tokens, tokens_json()).unwrap();
-        Server::spawn(dir, home, args)
+        Server::spawn(dir, home, args, env)
     }
 
-    /// The server on `home`, its log appended to `DIR/server.log`, `https` with a certificate.
-    fn spawn(dir: tempfile::TempDir, home: PathBuf, args: &[&str]) -> Server {
+    /// The server on `home` with the variables `env`, its log appended to `DIR/server.log`,
+    /// `https` with a certificate.
+    fn spawn(
+        dir: tempfile::TempDir,
+        home: PathBuf,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Server {
         let tokens = dir.path().join("tokens.json");
         let log = dir.path().join("server.log");
         let log_file = std::fs::OpenOptions::new()
@@ -82,6 +97,7 @@ impl Server {
             .arg("--home")
             .arg(&home)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
@@ -127,7 +143,7 @@ impl Server {
         let _ = self.child.wait();
         let dir = tempfile::tempdir().expect("temp dir");
         let old = std::mem::replace(&mut self._dir, dir);
-        Server::spawn(old, self.home.clone(), args)
+        Server::spawn(old, self.home.clone(), args, &[])
     }
 
     /// The process id.

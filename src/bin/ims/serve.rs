@@ -46,6 +46,17 @@ pub struct ServeArgs {
     /// The format an import converts into: zvhd2 (default), qcow2 or raw.
     #[arg(long, value_name = "FMT", default_value = "zvhd2")]
     import_format: String,
+    /// Where IMS's `bucket:object` names point: `s3://` (the S3 service of the AWS_*
+    /// variables) or a directory with a folder per bucket (default: the store's S3 service
+    /// when --store is s3://, else HOME/objects).
+    #[arg(long, value_name = "ADDRESS")]
+    source_store: Option<String>,
+    /// Jobs (registrations, copies, exports, batch shares) run at once (0: one per core).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    workers: usize,
+    /// Another region images may be copied to (repeat for several).
+    #[arg(long, value_name = "REGION")]
+    copy_region: Vec<String>,
 }
 
 /// Runs `ims serve`.
@@ -73,5 +84,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             .into());
         }
     };
+    config.source_store = args.source_store;
+    config.workers = args.workers;
+    config.copy_regions = args.copy_region;
     ims::server::serve(config)
 }

@@ -14,6 +14,7 @@ pub use postgres::PostgresCatalog;
 pub use sqlite::SqliteCatalog;
 
 use super::error::Result;
+use super::job::Job;
 use super::record::{ImageRecord, Member, MemberStatus, Status};
 
 /// Opens the catalog `address` names: `postgres://...` or `postgresql://...` a PostgreSQL
@@ -108,4 +109,27 @@ pub trait Catalog: Send + Sync {
 
     /// Removes every member of an image.
     fn remove_members(&self, image_id: &str) -> Result<()>;
+
+    /// Inserts a new job (`INIT`).
+    fn insert_job(&self, job: &Job) -> Result<()>;
+
+    /// Claims the oldest `INIT` job for `owner` until `lease_until` (milliseconds since 1970):
+    /// it becomes `RUNNING` with its begin time ([`Job::claimed`]). Atomic: of workers claiming
+    /// at once, in this process or any other sharing the catalog, each job goes to one.
+    fn claim_job(&self, owner: &str, lease_until: i64) -> Result<Option<Job>>;
+
+    /// Replaces job `old.job_id` by `new` only if its status, owner and lease are still those
+    /// of `old` (a compare-and-set: a renewal, a progress report, the end of a job, or a
+    /// stale job failed by another process, whichever comes first); says whether it did.
+    fn replace_job(&self, old: &Job, new: &Job) -> Result<bool>;
+
+    /// The job `job_id`, if there is one.
+    fn get_job(&self, job_id: &str) -> Result<Option<Job>>;
+
+    /// The jobs in `RUNNING`, oldest first.
+    fn running_jobs(&self) -> Result<Vec<Job>>;
+
+    /// Removes the ended jobs (`SUCCESS`, `FAIL`) made before `created_before` (a job time,
+    /// [`ims_time`](super::job::ims_time)); says how many.
+    fn remove_ended_jobs(&self, created_before: &str) -> Result<u64>;
 }

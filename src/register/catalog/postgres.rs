@@ -23,6 +23,7 @@ use postgres::{Client, Config, GenericClient, NoTls};
 use crate::error::{Error, Result};
 
 use super::super::error::{Result as ServiceResult, ServiceError};
+use super::super::job::Job;
 use super::super::record::{ImageRecord, Member, MemberStatus, Status, now};
 use super::Catalog;
 
@@ -40,11 +41,12 @@ const LOCK_QUOTA: i32 = 0x494d_5301;
 const LOCK_MEMBERS: i32 = 0x494d_5302;
 
 /// The schema version [`MIGRATIONS`] reach.
-const VERSION: i32 = 1;
+const VERSION: i32 = 2;
 
 /// `MIGRATIONS[v]` brings a database of schema version `v` to `v + 1`; version 0 is a database
-/// without ims's tables.
-const MIGRATIONS: &[&str] = &[r#"
+/// without ims's tables, version 1 one without jobs.
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE images (
     id TEXT COLLATE "C" PRIMARY KEY,
     region TEXT COLLATE "C" NOT NULL,
@@ -67,7 +69,20 @@ CREATE TABLE members (
     PRIMARY KEY (image_id, project)
 );
 CREATE INDEX members_project ON members (project);
-"#];
+"#,
+    r#"
+CREATE TABLE jobs (
+    job_id TEXT COLLATE "C" PRIMARY KEY,
+    project TEXT COLLATE "C" NOT NULL,
+    status TEXT COLLATE "C" NOT NULL,
+    owner TEXT COLLATE "C",
+    lease_until BIGINT,
+    created_at TEXT COLLATE "C" NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX jobs_status ON jobs (status, created_at);
+"#,
+];
 
 /// A catalog in a PostgreSQL database, opened from a connection string.
 pub struct PostgresCatalog {
@@ -194,6 +209,33 @@ fn write(tx: &mut impl GenericClient, r: &ImageRecord, insert: bool) -> Step<u64
             &r.created_at,
             &text,
             &r.marketplace,
+        ],
+    )?)
+}
+
+fn decode_job(text: &str) -> Result<Job> {
+    serde_json::from_str(text).map_err(json)
+}
+
+fn write_job(tx: &mut impl GenericClient, job: &Job, insert: bool) -> Step<u64> {
+    let text = serde_json::to_string(job).map_err(json)?;
+    let sql = if insert {
+        "INSERT INTO jobs (job_id, project, status, owner, lease_until, created_at, record)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    } else {
+        "UPDATE jobs SET project = $2, status = $3, owner = $4, lease_until = $5,
+         created_at = $6, record = $7 WHERE job_id = $1"
+    };
+    Ok(tx.execute(
+        sql,
+        &[
+            &job.job_id,
+            &job.project,
+            &job.status.name(),
+            &job.owner,
+            &job.lease_until,
+            &job.created_at,
+            &text,
         ],
     )?)
 }
@@ -541,6 +583,89 @@ impl Catalog for PostgresCatalog {
         self.run(|client| {
             client.execute("DELETE FROM members WHERE image_id = $1", &[&image_id])?;
             Ok(())
+        })
+    }
+
+    fn insert_job(&self, job: &Job) -> ServiceResult<()> {
+        self.run(|client| {
+            write_job(client, job, true)?;
+            Ok(())
+        })
+    }
+
+    fn claim_job(&self, owner: &str, lease_until: i64) -> ServiceResult<Option<Job>> {
+        self.run(|client| {
+            let mut tx = client.transaction()?;
+            // The row stays locked to the commit; a worker claiming at the same time skips it
+            // and takes the next one rather than waiting for this one.
+            let Some(row) = tx.query_opt(
+                "SELECT record FROM jobs WHERE status = 'INIT' ORDER BY created_at, job_id
+                 LIMIT 1 FOR UPDATE SKIP LOCKED",
+                &[],
+            )?
+            else {
+                return Ok(None);
+            };
+            let job = decode_job(row.get(0))?.claimed(owner, lease_until);
+            write_job(&mut tx, &job, false)?;
+            tx.commit()?;
+            Ok(Some(job))
+        })
+    }
+
+    fn replace_job(&self, old: &Job, new: &Job) -> ServiceResult<bool> {
+        if new.job_id != old.job_id {
+            return Ok(false);
+        }
+        self.run(|client| {
+            let mut tx = client.transaction()?;
+            // Locked to the commit: a concurrent replacer waits, then sees this one's status.
+            let same = tx.query_opt(
+                "SELECT 1 FROM jobs WHERE job_id = $1 AND status = $2
+                 AND owner IS NOT DISTINCT FROM $3 AND lease_until IS NOT DISTINCT FROM $4
+                 FOR UPDATE",
+                &[
+                    &old.job_id,
+                    &old.status.name(),
+                    &old.owner,
+                    &old.lease_until,
+                ],
+            )?;
+            if same.is_none() {
+                return Ok(false);
+            }
+            write_job(&mut tx, new, false)?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn get_job(&self, job_id: &str) -> ServiceResult<Option<Job>> {
+        self.run(|client| {
+            let row = client.query_opt("SELECT record FROM jobs WHERE job_id = $1", &[&job_id])?;
+            Ok(row.map(|row| decode_job(row.get(0))).transpose()?)
+        })
+    }
+
+    fn remove_ended_jobs(&self, created_before: &str) -> ServiceResult<u64> {
+        self.run(|client| {
+            Ok(client.execute(
+                "DELETE FROM jobs WHERE status IN ('SUCCESS', 'FAIL') AND created_at < $1",
+                &[&created_before],
+            )?)
+        })
+    }
+
+    fn running_jobs(&self) -> ServiceResult<Vec<Job>> {
+        self.run(|client| {
+            let mut out = Vec::new();
+            for row in client.query(
+                "SELECT record FROM jobs WHERE status = 'RUNNING' ORDER BY created_at, job_id",
+                &[],
+            )? {
+                out.push(decode_job(row.get(0))?);
+            }
+            Ok(out)
         })
     }
 }

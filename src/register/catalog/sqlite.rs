@@ -12,6 +12,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::error::{Error, Result};
 
 use super::super::error::Result as ServiceResult;
+use super::super::job::Job;
 use super::super::record::{ImageRecord, Member, MemberStatus, Status, now};
 use super::Catalog;
 
@@ -52,18 +53,43 @@ CREATE TABLE IF NOT EXISTS members (
     PRIMARY KEY (image_id, project)
 );
 CREATE INDEX IF NOT EXISTS members_project ON members (project);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    status TEXT NOT NULL,
+    owner TEXT,
+    lease_until INTEGER,
+    created_at TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
 ";
 
 /// The schema version [`SCHEMA`] makes (SQLite's `user_version`).
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 
 /// The steps from each older version: `MIGRATIONS[v]` brings version `v` to `v + 1`. Version
 /// 0 is the catalog before marketplace images: its `images` table has no `marketplace`
 /// column, which every project's list needs, so it is added and filled from the records.
-const MIGRATIONS: &[&str] = &["
+/// Version 1 is the catalog before jobs: it gets their table.
+const MIGRATIONS: &[&str] = &[
+    "
 ALTER TABLE images ADD COLUMN marketplace INTEGER NOT NULL DEFAULT 0;
 UPDATE images SET marketplace = 1 WHERE json_extract(record, '$.marketplace') = 1;
-"];
+",
+    "
+CREATE TABLE jobs (
+    job_id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    status TEXT NOT NULL,
+    owner TEXT,
+    lease_until INTEGER,
+    created_at TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX jobs_status ON jobs (status, created_at);
+",
+];
 
 /// Brings the catalog to [`VERSION`], one step per transaction, each step setting the version
 /// it reaches, so an interrupted migration resumes where it stopped. A new file gets the
@@ -159,6 +185,34 @@ fn write(conn: &Connection, r: &ImageRecord, insert: bool) -> Result<usize> {
             r.created_at,
             text,
             r.marketplace
+        ],
+    )
+    .map_err(db)
+}
+
+fn decode_job(text: &str) -> Result<Job> {
+    serde_json::from_str(text).map_err(json)
+}
+
+fn write_job(conn: &Connection, job: &Job, insert: bool) -> Result<usize> {
+    let text = serde_json::to_string(job).map_err(json)?;
+    let sql = if insert {
+        "INSERT INTO jobs (job_id, project, status, owner, lease_until, created_at, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    } else {
+        "UPDATE jobs SET project = ?2, status = ?3, owner = ?4, lease_until = ?5,
+         created_at = ?6, record = ?7 WHERE job_id = ?1"
+    };
+    conn.execute(
+        sql,
+        params![
+            job.job_id,
+            job.project,
+            job.status.name(),
+            job.owner,
+            job.lease_until,
+            job.created_at,
+            text
         ],
     )
     .map_err(db)
@@ -413,6 +467,91 @@ impl Catalog for SqliteCatalog {
             .execute("DELETE FROM members WHERE image_id = ?1", [image_id])
             .map_err(db)?;
         Ok(())
+    }
+
+    fn insert_job(&self, job: &Job) -> ServiceResult<()> {
+        write_job(&self.conn(), job, true)?;
+        Ok(())
+    }
+
+    fn claim_job(&self, owner: &str, lease_until: i64) -> ServiceResult<Option<Job>> {
+        let mut conn = self.conn();
+        // The write lock from the start: another process claiming waits for the commit, then
+        // reads this one's claim.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let text: Option<String> = tx
+            .query_row(
+                "SELECT record FROM jobs WHERE status = 'INIT' ORDER BY created_at, job_id LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        let Some(text) = text else { return Ok(None) };
+        let job = decode_job(&text)?.claimed(owner, lease_until);
+        write_job(&tx, &job, false)?;
+        tx.commit().map_err(db)?;
+        Ok(Some(job))
+    }
+
+    fn replace_job(&self, old: &Job, new: &Job) -> ServiceResult<bool> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        // `IS` compares NULLs as equal: an unclaimed job has neither owner nor lease.
+        let same: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM jobs WHERE job_id = ?1 AND status = ?2 AND owner IS ?3
+                 AND lease_until IS ?4",
+                params![old.job_id, old.status.name(), old.owner, old.lease_until],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        if same.is_none() || new.job_id != old.job_id {
+            return Ok(false);
+        }
+        write_job(&tx, new, false)?;
+        tx.commit().map_err(db)?;
+        Ok(true)
+    }
+
+    fn get_job(&self, job_id: &str) -> ServiceResult<Option<Job>> {
+        let text: Option<String> = self
+            .conn()
+            .query_row("SELECT record FROM jobs WHERE job_id = ?1", [job_id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db)?;
+        Ok(text.as_deref().map(decode_job).transpose()?)
+    }
+
+    fn remove_ended_jobs(&self, created_before: &str) -> ServiceResult<u64> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM jobs WHERE status IN ('SUCCESS', 'FAIL') AND created_at < ?1",
+                [created_before],
+            )
+            .map_err(db)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn running_jobs(&self) -> ServiceResult<Vec<Job>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT record FROM jobs WHERE status = 'RUNNING' ORDER BY created_at, job_id")
+            .map_err(db)?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(decode_job(&row.map_err(db)?)?);
+        }
+        Ok(out)
     }
 }
 
