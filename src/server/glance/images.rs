@@ -118,7 +118,8 @@ pub fn import_methods(state: &AppState) -> Vec<&'static str> {
 
 /// An image answer with the status and the staged flag looked up.
 pub fn image_json(state: &AppState, r: &ImageRecord) -> Value {
-    view::image(r, state.is_staged(&r.id))
+    let waiting = matches!(r.status, Status::Queued | Status::Saving);
+    view::image(r, waiting && state.is_staged(&r.id))
 }
 
 /// Creates an image, `queued`, without data.
@@ -143,7 +144,12 @@ async fn create(
             }
             "name" => new.name = name(v)?,
             "visibility" => new.visibility = Some(visibility(v)?),
-            "protected" => new.protected = boolean(k, v)?,
+            // An operator's image is protected as ims protects public images; a project's
+            // own is protected as Glance does (undeletable until unset).
+            "protected" if caller.admin => new.protected = boolean(k, v)?,
+            "protected" if boolean(k, v)? => {
+                new.properties.insert(view::PROTECTED.into(), "true".into());
+            }
             "os_hidden" if boolean(k, v)? => {
                 new.properties.insert("os_hidden".into(), "true".into());
             }
@@ -362,7 +368,7 @@ fn passes(p: &ListParams, r: &ImageRecord) -> bool {
         && p.container_format
             .as_ref()
             .is_none_or(|f| r.properties.get("container_format") == Some(f))
-        && p.protected.is_none_or(|v| r.protected == v)
+        && p.protected.is_none_or(|v| view::protected(r) == v)
         && p.os_hidden.unwrap_or(false) == hidden
         && p.properties
             .iter()
@@ -517,6 +523,13 @@ async fn delete(
     let staged = state.staged_path(&id);
     state
         .run(move |ims| {
+            let r = ims.show(&scope, &id)?;
+            if view::protected(&r) {
+                return Err(crate::register::ServiceError::rule(
+                    crate::register::RuleCode::ImageProtected,
+                    format!("Image {id} is protected and cannot be deleted: unset protected first"),
+                ));
+            }
             ims.delete(&scope, &id)?;
             let _ = std::fs::remove_file(&staged);
             Ok(())
@@ -615,7 +628,21 @@ async fn update(
             "min_ram" if kind != "remove" => update.min_ram = Some(count(&path, &v)?),
             "tags" if kind != "remove" => tags = Some(tag_list(&v)?),
             "disk_format" if kind != "remove" => fields.disk_format = disk_format(&v)?,
-            "protected" if kind != "remove" => fields.protected = Some(boolean(&path, &v)?),
+            "protected" if kind != "remove" && caller.admin => {
+                let on = boolean(&path, &v)?;
+                fields.protected = Some(on);
+                if !on && properties.remove(view::PROTECTED).is_some() {
+                    props_changed = true;
+                }
+            }
+            "protected" if kind != "remove" => {
+                props_changed = true;
+                if boolean(&path, &v)? {
+                    properties.insert(view::PROTECTED.into(), "true".into());
+                } else {
+                    properties.remove(view::PROTECTED);
+                }
+            }
             "os_hidden" if kind != "remove" => {
                 props_changed = true;
                 if boolean(&path, &v)? {
