@@ -19,6 +19,8 @@
 
 mod local;
 #[cfg(feature = "s3")]
+mod objects;
+#[cfg(feature = "s3")]
 mod remote;
 #[cfg(feature = "s3")]
 mod s3;
@@ -30,7 +32,9 @@ pub use local::LocalStore;
 #[cfg(feature = "s3")]
 pub use object_store::aws::AmazonS3Builder;
 #[cfg(feature = "s3")]
-pub use s3::{S3Objects, S3Options, S3Store, open_object};
+pub use objects::S3Objects;
+#[cfg(feature = "s3")]
+pub use s3::{S3Options, S3Store, open_object};
 #[cfg(feature = "s3")]
 pub use source::{SourceOptions, is_remote, open_source};
 

@@ -413,85 +413,32 @@ impl S3Store {
     }
 }
 
-/// The objects of jobs (`bucket:object`, a registration's source and an export's target) in
-/// the S3 service the `AWS_*` variables name, as [`S3Store::open`] takes them: read as
-/// [`open_source`](super::source::open_source) reads them, written with a multipart upload
-/// streamed from the file.
-pub struct S3Objects {
-    buckets: std::sync::Mutex<std::collections::HashMap<String, Arc<S3Store>>>,
-}
-
-impl Default for S3Objects {
-    fn default() -> Self {
-        S3Objects::new()
-    }
-}
-
-impl S3Objects {
-    /// Objects of the S3 service of the `AWS_*` variables.
-    pub fn new() -> S3Objects {
-        S3Objects {
-            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
-    /// The store of `bucket` (one client and runtime per bucket, made when first used) and the
-    /// object's path.
-    fn locate(&self, url: &str) -> super::super::Result<(Arc<S3Store>, Path)> {
-        let (bucket, object) = super::super::jobs::parse_object_url(url)?;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let store = match buckets.get(bucket) {
-            Some(s) => Arc::clone(s),
-            None => {
-                let s = Arc::new(S3Store::with_builder(
-                    builder_from_env(),
-                    bucket,
-                    "",
-                    S3Options::from_env()?,
-                )?);
-                buckets.insert(bucket.to_string(), Arc::clone(&s));
-                s
-            }
-        };
-        Ok((store, Path::from(object)))
-    }
-}
-
 /// Parts of an export's upload: 16 MiB (S3's limit of 10,000 parts then allows 160 GiB, more
 /// than an export may be).
 const EXPORT_PART: usize = 16 << 20;
 
-impl super::super::jobs::Objects for S3Objects {
-    fn open(&self, url: &str) -> super::super::Result<crate::open::Input> {
-        super::super::jobs::parse_object_url(url)?;
-        // As `ims register BUCKET:KEY` reads it: one GET stream or ranged GETs read ahead by
-        // the image's map, retried, pinned to the object's ETag.
-        Ok(super::source::open_source(
-            url,
-            &super::source::SourceOptions::default(),
-        )?)
-    }
-
-    fn exists(&self, url: &str) -> super::super::Result<bool> {
-        let (store, path) = self.locate(url)?;
-        let inner = &store.inner;
-        match inner.block_on(inner.s3.head(&path))? {
+impl S3Store {
+    /// Whether the object at `path` (in the bucket, outside the prefix) exists.
+    pub(super) fn object_exists(&self, path: &Path) -> Result<bool> {
+        let inner = &self.inner;
+        match inner.block_on(inner.s3.head(path))? {
             Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(s3_error("look up", &inner.url(&path), e).into()),
+            Err(e) => Err(s3_error("look up", &inner.url(path), e)),
         }
     }
 
-    fn put(&self, url: &str, file: &std::path::Path) -> super::super::Result<()> {
+    /// Stores the local file `file` as the object at `path` with a multipart upload streamed
+    /// from the file (an export's target).
+    pub(super) fn put_file(&self, path: &Path, file: &std::path::Path) -> Result<()> {
         use std::io::Read;
-        let (store, path) = self.locate(url)?;
-        let inner = &store.inner;
+        let inner = &self.inner;
         let mut f = std::fs::File::open(file).map_err(|e| Error::io("open", e).in_file(file))?;
-        let target = inner.url(&path);
-        let done: Result<()> = inner.block_on(async {
+        let target = inner.url(path);
+        inner.block_on(async {
             let upload = inner
                 .s3
-                .put_multipart(&path)
+                .put_multipart(path)
                 .await
                 .map_err(|e| s3_error("start upload", &target, e))?;
             let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, EXPORT_PART);
@@ -514,13 +461,12 @@ impl super::super::jobs::Objects for S3Objects {
                 .await
                 .map(|_| ())
                 .map_err(|e| s3_error("finish upload", &target, e))
-        })?;
-        Ok(done?)
+        })?
     }
 }
 
 /// A builder with the `AWS_*` variables; plain HTTP when the endpoint is `http://`.
-fn builder_from_env() -> AmazonS3Builder {
+pub(super) fn builder_from_env() -> AmazonS3Builder {
     let builder = AmazonS3Builder::from_env();
     if std::env::var("AWS_ENDPOINT").is_ok_and(|e| e.starts_with("http://")) {
         builder.with_allow_http(true)
