@@ -393,16 +393,29 @@ impl Ims {
 
     /// The images `scope` sees in its region, filtered, sorted and paged.
     pub fn list(&self, scope: &Scope, q: &ListQuery) -> Result<Vec<Listed>> {
+        self.list_where(scope, q, &|_| true)
+    }
+
+    /// [`Ims::list`] with one more filter, `keep`, applied before the marker and the limit (a
+    /// caller's own filters, such as the Image API's, page as the list's do). Only the records
+    /// returned are copied.
+    pub fn list_where(
+        &self,
+        scope: &Scope,
+        q: &ListQuery,
+        keep: &dyn Fn(&ImageRecord) -> bool,
+    ) -> Result<Vec<Listed>> {
         let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
         let (os_type, platform) = (lower(&q.os_type), lower(&q.platform));
         let tag = q.tag.as_ref().map(|t| match t.split_once('=') {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
             None => (t.clone(), None),
         });
-        let mut items: Vec<Listed> = self
+        let visible = self
             .catalog
-            .visible(&scope.region, &scope.project)?
-            .into_iter()
+            .visible_shared(&scope.region, &scope.project)?;
+        let mut items: Vec<(&ImageRecord, Option<MemberStatus>)> = visible
+            .iter()
             .filter(|(r, m)| {
                 let own_or_public = r.owner == scope.project || r.offered_to_all();
                 match (q.member_status, m) {
@@ -433,14 +446,15 @@ impl Ims {
                         (Some(_), None) => true,
                         (None, _) => false,
                     })
+                    && keep(r)
             })
-            .map(|(record, member_status)| Listed {
-                member_status: if record.owner == scope.project {
+            .map(|(record, member_status)| {
+                let status = if record.owner == scope.project {
                     None
                 } else {
-                    member_status
-                },
-                record,
+                    *member_status
+                };
+                (record, status)
             })
             .collect();
         let key = q.sort_key.as_deref().unwrap_or("created_at");
@@ -471,22 +485,29 @@ impl Ims {
             .into());
         }
         items.sort_by(|a, b| {
-            let o = cmp(&a.record, &b.record);
+            let o = cmp(a.0, b.0);
             if q.ascending { o } else { o.reverse() }
         });
+        let mut from = 0;
         if let Some(marker) = &q.marker {
             let at = items
                 .iter()
-                .position(|l| &l.record.id == marker)
+                .position(|(r, _)| &r.id == marker)
                 .ok_or_else(|| {
                     Error::InvalidArgument(format!("marker {marker} is not an image of this list"))
                 })?;
-            items.drain(..=at);
+            from = at + 1;
         }
-        if let Some(limit) = q.limit {
-            items.truncate(limit);
-        }
-        Ok(items)
+        let end = q
+            .limit
+            .map_or(items.len(), |n| from.saturating_add(n).min(items.len()));
+        Ok(items[from..end]
+            .iter()
+            .map(|&(record, member_status)| Listed {
+                record: record.clone(),
+                member_status,
+            })
+            .collect())
     }
 
     /// Deletes an image: the record becomes `deleted`, its members go (they need not agree)

@@ -198,7 +198,7 @@ async fn create(
 }
 
 /// What a list asks, parsed from the query.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct ListParams {
     limit: usize,
     marker: Option<String>,
@@ -424,6 +424,22 @@ async fn list(
     query.sort_key = Some(p.sort_key.clone());
     query.ascending = p.ascending;
     let member_all = p.member_all;
+    if !member_all {
+        // The common case in one pass: the filters, the marker and the page (one more image
+        // than the page tells whether there is a next one) applied before anything is copied.
+        query.marker = p.marker.clone();
+        query.limit = Some(p.limit.saturating_add(1));
+        let params = p.clone();
+        let mut items: Vec<ImageRecord> = state
+            .run(move |ims| ims.list_where(&scope, &query, &|r| passes(&params, r)))
+            .await?
+            .into_iter()
+            .map(|l| l.record)
+            .collect();
+        let more = items.len() > p.limit;
+        items.truncate(p.limit);
+        return Ok(page(&state, &q, &items, more));
+    }
     let records = state
         .run(move |ims| {
             let mut all = ims.list(&scope, &query)?;
@@ -459,14 +475,19 @@ async fn list(
     }
     let more = items.len() > p.limit;
     items.truncate(p.limit);
-    let base_query = query_without_marker(&q);
+    Ok(page(&state, &q, &items, more))
+}
+
+/// A page of the list: its images, the `first` link and, when `more`, the `next` one.
+fn page(state: &AppState, q: &[(String, String)], items: &[ImageRecord], more: bool) -> Response {
+    let base_query = query_without_marker(q);
     let first = if base_query.is_empty() {
         "/v2/images".to_string()
     } else {
         format!("/v2/images?{base_query}")
     };
     let mut body = json!({
-        "images": items.iter().map(|r| image_json(&state, r)).collect::<Vec<_>>(),
+        "images": items.iter().map(|r| image_json(state, r)).collect::<Vec<_>>(),
         "first": first,
         "schema": "/v2/schemas/images",
     });
@@ -474,7 +495,7 @@ async fn list(
         let sep = if base_query.is_empty() { "" } else { "&" };
         body["next"] = json!(format!("/v2/images?{base_query}{sep}marker={}", last.id));
     }
-    Ok(axum::Json(body).into_response())
+    axum::Json(body).into_response()
 }
 
 /// The order of [`Ims::list`](crate::register::Ims::list), for merging several lists.
