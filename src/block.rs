@@ -22,6 +22,10 @@ pub enum ExtentState {
     Data,
     /// Known to read as zeros without being stored.
     Zero,
+    /// Stored by the format in a file where that file has a hole (never written): reads as
+    /// zeros. `qemu-img map` reports it as both data and zero; readers and converters treat it
+    /// as [`ExtentState::Zero`].
+    Hole,
     /// Not stored in this image: falls through to a backing image, or reads as zeros when there is none.
     Unallocated,
 }

@@ -214,6 +214,11 @@ impl<D: MappedDisk> MappedReader<D> {
                     data_runs(storage, host, host.saturating_add(e.length))?
                 {
                     let located = ranges == StoredRanges::LocatedSplitByHoles;
+                    // The format stored these bytes; the file's hole only says they are zeros.
+                    let state = match state {
+                        ExtentState::Zero => ExtentState::Hole,
+                        other => other,
+                    };
                     push_extent(
                         out,
                         Extent {

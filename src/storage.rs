@@ -55,6 +55,15 @@ pub trait Storage: Send + Sync {
     fn allocated(&self) -> Option<u64> {
         None
     }
+
+    /// A hint: the byte ranges `[start, end)` that will be read next, in the order they will
+    /// be read (an image's map in disk order, when a conversion is about to read it). Called
+    /// again, it adds to the ranges given before. A storage that is far away (an object store)
+    /// fetches them ahead of the reads, several at once; reads elsewhere still work. The
+    /// default ignores it.
+    fn will_read(&self, ranges: &[std::ops::Range<u64>]) {
+        let _ = ranges;
+    }
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`; a read past the end is an

@@ -200,6 +200,39 @@ fn info_and_map_speak_qemu_img_json() {
     }
 }
 
+/// Preallocated images whose file has holes: the format stored those bytes, the file system
+/// says they are zeros, and qemu-img reports them as data and zero (and prints only real data
+/// in the human form).
+#[test]
+fn map_reports_holes_under_stored_ranges_as_qemu_img() {
+    if !have_qemu_img("map_reports_holes_under_stored_ranges_as_qemu_img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (name, fmt, opts) in [
+        ("p.qcow2", "qcow2", "preallocation=metadata"),
+        ("f.vhd", "vpc", "subformat=fixed"),
+        ("s.vdi", "vdi", "static=on"),
+    ] {
+        let image = dir.path().join(name);
+        qemu_img(&["create", "-q", "-f", fmt, "-o", opts, s(&image), "4M"]);
+        let written = std::process::Command::new("qemu-io")
+            .args(["-f", fmt, "-c", "write -P 7 64k 64k", s(&image)])
+            .output()
+            .unwrap();
+        assert!(written.status.success(), "qemu-io on {name}");
+        for output in ["json", "human"] {
+            let ours = ims(&["map", "--output", output, s(&image)]);
+            let theirs = qemu_img(&["map", "-f", fmt, "--output", output, s(&image)]);
+            assert_eq!(
+                String::from_utf8_lossy(&ours.stdout).trim(),
+                String::from_utf8_lossy(&theirs.stdout).trim(),
+                "{name} {output}"
+            );
+        }
+    }
+}
+
 #[test]
 fn compare_agrees_with_qemu_img() {
     let dir = tempfile::tempdir().unwrap();

@@ -120,18 +120,19 @@ fn merge(rows: impl IntoIterator<Item = Row>) -> Vec<Row> {
     out
 }
 
-/// `qemu-img map --output json`, as rows: present and not zero is data; present and zero
-/// (including qemu's "data and zero" for a preallocated cluster in a hole of the file) is zero;
-/// not present is unallocated.
+/// `qemu-img map --output json`, as rows: present and not zero is data; present, zero and
+/// data (a preallocated cluster in a hole of the file) is a hole; present and zero only is
+/// zero; not present is unallocated.
 fn qemu_map(path: &Path) -> Vec<Row> {
     let out = qemu_img(&["map", "--output", "json", s(path)]);
     let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     merge(entries.iter().map(|e| {
         let flag = |k: &str| e[k].as_bool().unwrap_or(false);
-        let state = match (flag("present"), flag("zero")) {
-            (false, _) => ExtentState::Unallocated,
-            (true, true) => ExtentState::Zero,
-            (true, false) => ExtentState::Data,
+        let state = match (flag("present"), flag("zero"), flag("data")) {
+            (false, _, _) => ExtentState::Unallocated,
+            (true, true, true) => ExtentState::Hole,
+            (true, true, false) => ExtentState::Zero,
+            (true, false, _) => ExtentState::Data,
         };
         (
             e["start"].as_u64().unwrap(),

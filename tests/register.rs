@@ -35,6 +35,64 @@ fn sha256_file(path: &Path) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The formats of the second round register through the same command as the first: each is
+/// read, inspected (the guest's OS is found), stored as ZVHD2, and exports as the same disk.
+#[test]
+fn vhdx_vdi_qed_and_qcow_register_as_system_disks() {
+    let t = "vhdx_vdi_qed_and_qcow_register_as_system_disks";
+    if !have(t, GUEST_TOOLS) || !have_qemu_img(t) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let home = d.join("home");
+    let guest = linux_guest(d, "guest", 0x3e, Some("BOOTX64.EFI"));
+    for (format, qemu_format, options) in [
+        ("vhdx", "vhdx", "subformat=dynamic"),
+        ("vdi", "vdi", "static=off"),
+        ("qed", "qed", "cluster_size=65536"),
+        ("qcow", "qcow", "encryption=off"),
+    ] {
+        let file = d.join(format!("guest.{format}"));
+        qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            qemu_format,
+            "-o",
+            options,
+            s(&guest),
+            s(&file),
+        ]);
+        let r = register(&home, &file, &format!("guest-{format}"), &[]);
+        assert_eq!(r["status"], "active", "{format}");
+        assert_eq!(r["source_format"], format);
+        assert_eq!(r["store_format"], "zvhd2");
+        assert_eq!(r["os_version"], "Ubuntu 22.04 64bit", "{format}");
+        assert_eq!(r["firmware"], "uefi", "{format}");
+        let exported = d.join(format!("exported-{format}.raw"));
+        let out = cli(
+            &home,
+            "owner",
+            &[
+                "images",
+                "export",
+                r["id"].as_str().unwrap(),
+                "-O",
+                "raw",
+                s(&exported),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(qemu_compare(&guest, "raw", &exported, "raw"), "{format}");
+    }
+}
+
 #[test]
 fn end_to_end_formats_list_share_replicate_export_delete() {
     let t = "end_to_end_formats_list_share_replicate_export_delete";

@@ -2,7 +2,8 @@
 //! loopback port: tests/common/s3.rs): registrations stream into it and export back byte-equal,
 //! images copy between regions in it, a registration killed mid-upload leaves no active record
 //! and its multipart upload is aborted by the next process, and a stored image is read in
-//! ranges (inspection straight from the object).
+//! ranges (inspection straight from the object). The store trait itself is tested by the
+//! suite of tests/store.rs, which runs against the local directory and this server alike.
 
 mod common;
 
@@ -13,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::catalog::{data_disk, ok_json, random_raw};
 use common::s3::Server;
 use common::{have_qemu_img, qemu_img, s};
-use ims::CancelToken;
 use ims::register::{ImageStore, S3Options, S3Store};
 
 const MIB: u64 = 1 << 20;
@@ -69,12 +69,6 @@ fn builder(server: &Server) -> ims::register::AmazonS3Builder {
         .with_region("us-east-1")
         .with_access_key_id("test")
         .with_secret_access_key("test")
-}
-
-fn read_all(storage: &dyn ims::Storage) -> Vec<u8> {
-    let mut buf = vec![0u8; storage.len() as usize];
-    assert_eq!(storage.read_at(&mut buf, 0).unwrap(), buf.len());
-    buf
 }
 
 #[test]
@@ -323,99 +317,6 @@ fn a_stored_image_is_inspected_through_ranged_reads() {
 }
 
 #[test]
-fn the_store_trait_on_a_real_server() {
-    let t = "the_store_trait_on_a_real_server";
-    let Some(server) = Server::start(t) else {
-        return;
-    };
-    server.create_bucket(BUCKET);
-    let store = store(&server);
-    let mut data = vec![0u8; 12 * MIB as usize + 5];
-    common::Rng::new(3).fill(&mut data);
-    let mut w = store.begin("r1/a.raw").unwrap();
-    w.append(&data[..7 * MIB as usize]).unwrap();
-    w.append_zeros(MIB).unwrap();
-    w.append(&data[8 * MIB as usize..]).unwrap();
-    w.finish().unwrap();
-    let unfinished = store.unfinished().unwrap();
-    assert_eq!(unfinished.len(), 1);
-    assert!(unfinished[0].live);
-    assert_eq!(unfinished[0].key, "r1/a.raw");
-    store.discard("r1/a.raw").unwrap();
-    assert_eq!(store.unfinished().unwrap().len(), 1, "a live write is kept");
-    assert!(store.open("r1/a.raw").is_err(), "visible before its commit");
-    assert_eq!(w.commit().unwrap(), data.len() as u64);
-    assert!(w.append(b"more").is_err());
-    drop(w);
-    assert!(store.unfinished().unwrap().is_empty());
-    data[7 * MIB as usize..8 * MIB as usize].fill(0);
-    let storage = store.open("r1/a.raw").unwrap();
-    assert_eq!(read_all(&*storage), data);
-    // Reads across blocks, at the end and past it.
-    let mut buf = vec![0u8; 3 * MIB as usize];
-    let at = 5 * MIB + 12_345;
-    assert_eq!(storage.read_at(&mut buf, at).unwrap(), buf.len());
-    assert!(buf[..] == data[at as usize..at as usize + buf.len()]);
-    let end = data.len() as u64;
-    assert_eq!(storage.read_at(&mut buf, end - 3).unwrap(), 3);
-    assert_eq!(storage.read_at(&mut buf, end).unwrap(), 0);
-
-    // What a process that died after its commit leaves: a marker whose heartbeat stopped,
-    // naming an upload that is over. Recovery drops the marker and keeps the object; a marker
-    // of an upload never completed gets that upload aborted.
-    let dead = br#"{"upload_id":"no-such-upload","owner":"gone:1","heartbeat":0}"#;
-    let (status, _) = server.request(
-        "PUT",
-        &format!("/{BUCKET}/ims/.ims-writes/r1/a.raw.json"),
-        dead,
-    );
-    assert_eq!(status, 200);
-    assert_eq!(
-        store.unfinished().unwrap(),
-        [ims::register::UnfinishedWrite::new("r1/a.raw", false)]
-    );
-    store.discard("r1/a.raw").unwrap();
-    assert!(store.unfinished().unwrap().is_empty());
-    assert_eq!(read_all(&*store.open("r1/a.raw").unwrap()), data);
-
-    // A server-side copy; a cancelled one leaves nothing.
-    assert_eq!(
-        store
-            .copy("r1/a.raw", "r2/a.raw", &CancelToken::new())
-            .unwrap(),
-        data.len() as u64
-    );
-    assert_eq!(read_all(&*store.open("r2/a.raw").unwrap()), data);
-    let cancelled = CancelToken::new();
-    cancelled.cancel();
-    assert!(store.copy("r1/a.raw", "r2/b.raw", &cancelled).is_err());
-    assert!(store.open("r2/b.raw").is_err());
-
-    // An aborted write leaves no upload and no marker; the committed object stays.
-    let mut w = store.begin("r2/a.raw").unwrap();
-    w.append(&[1; 100]).unwrap();
-    assert_eq!(server.uploads(BUCKET).len(), 1);
-    w.abort();
-    assert!(server.uploads(BUCKET).is_empty());
-    assert_eq!(read_all(&*store.open("r2/a.raw").unwrap()), data);
-    store.remove("r2/a.raw").unwrap();
-    store.remove("r2/a.raw").unwrap();
-    assert!(store.open("r2/a.raw").is_err());
-
-    // An object that changes after it was opened fails the reads, not serves mixed bytes.
-    let storage = store.open("r1/a.raw").unwrap();
-    let mut w = store.begin("r1/a.raw").unwrap();
-    w.append(b"other").unwrap();
-    w.commit().unwrap();
-    drop(w);
-    let mut buf = [0u8; 16];
-    assert!(storage.read_at(&mut buf, 0).is_err());
-
-    assert!(store.begin("../x").is_err());
-    assert!(store.begin("r1/.hidden").is_err());
-}
-
-#[test]
 fn register_straight_from_an_uploaded_object() {
     let t = "register_straight_from_an_uploaded_object";
     if !have_qemu_img(t) {
@@ -493,4 +394,218 @@ fn register_straight_from_an_uploaded_object() {
     );
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("none.qcow2"));
+}
+
+/// A presigned GET link to `key` of the test's bucket, valid for an hour.
+fn presigned(server: &Server, key: &str) -> String {
+    use object_store::signer::{Method, Signer};
+    let s3 = builder(server).with_bucket_name(BUCKET).build().unwrap();
+    let path = object_store::path::Path::from(key);
+    let mut sign = std::pin::pin!(s3.signed_url(Method::GET, &path, Duration::from_secs(3600)));
+    // Signing with fixed credentials does not wait on anything: one poll ends it.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match sign.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(url) => url.unwrap().to_string(),
+        std::task::Poll::Pending => panic!("signing waited"),
+    }
+}
+
+/// Puts `data` under `key` of the test's bucket, as a user's upload (behind the store's back).
+fn upload(server: &Server, key: &str, data: &[u8]) {
+    let (status, body) = server.request("PUT", &format!("/{BUCKET}/{key}"), data);
+    assert_eq!(status, 200, "PUT {key} ({} bytes): {body}", data.len());
+}
+
+/// Puts `data` under `key` (`DIR/NAME`) of the test's bucket with signed requests (moto
+/// refuses an unsigned PUT over an object), through the store's writer at the bucket's root.
+fn put_signed(server: &Server, key: &str, data: &[u8]) {
+    let root = S3Store::with_builder(builder(server), BUCKET, "", S3Options::default()).unwrap();
+    let mut w = root.begin(key).unwrap();
+    w.append(data).unwrap();
+    w.commit().unwrap();
+}
+
+/// The IMS form `BUCKET:KEY` (raw, read as one GET stream) and presigned links (a
+/// streamOptimized VMDK, read as one GET stream, and a QCOW2, read by ranges): each registers
+/// and exports back byte-equal. A plain http:// link is refused unless allowed.
+#[test]
+fn register_from_bucket_key_and_presigned_links() {
+    let t = "register_from_bucket_key_and_presigned_links";
+    if !have_qemu_img(t) {
+        return;
+    }
+    let Some(server) = Server::start(t) else {
+        return;
+    };
+    server.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let home = d.join("home");
+    let raw = d.join("disk.raw");
+    random_raw(&raw, 24 * MIB, 11, 29);
+    let original = std::fs::read(&raw).unwrap();
+    let vmdk = d.join("disk.vmdk");
+    let qcow2 = d.join("disk.qcow2");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        s(&raw),
+        s(&vmdk),
+    ]);
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&qcow2)]);
+    for (key, file) in [
+        ("uploads/disk.raw", &raw),
+        ("uploads/disk.vmdk", &vmdk),
+        ("uploads/disk.qcow2", &qcow2),
+    ] {
+        upload(&server, key, &std::fs::read(file).unwrap());
+    }
+    let url = store_url();
+    let vmdk_link = presigned(&server, "uploads/disk.vmdk");
+    let qcow2_link = presigned(&server, "uploads/disk.qcow2");
+    assert!(vmdk_link.starts_with("http://") && vmdk_link.contains("X-Amz-Signature="));
+
+    // Plain http is refused, saying how to allow it, and the link's signature stays out.
+    let refused = ims_s3(
+        &server,
+        &home,
+        &[
+            "register", &vmdk_link, "--name", "no", "--type", "data", "--store", &url,
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("--allow-http"), "{err}");
+    assert!(!err.contains("X-Amz-Signature"), "{err}");
+
+    let bucket_key = format!("{BUCKET}:uploads/disk.raw");
+    for (name, source, format, extra, env) in [
+        ("raw", bucket_key.as_str(), "raw", None, None),
+        (
+            "vmdk",
+            vmdk_link.as_str(),
+            "vmdk",
+            Some("--allow-http"),
+            None,
+        ),
+        (
+            "qcow2",
+            qcow2_link.as_str(),
+            "qcow2",
+            None,
+            Some(("IMS_ALLOW_HTTP", "1")),
+        ),
+    ] {
+        let mut args = vec![
+            "register", source, "--name", name, "--type", "data", "--output", "json", "--store",
+            &url,
+        ];
+        args.extend(extra);
+        let r = ok_json(&ims_s3(&server, &home, &args, &Vec::from_iter(env)));
+        assert_eq!(r["status"], "active", "{r}");
+        assert_eq!(r["source_format"], format, "{r}");
+        let out = d.join(format!("{name}.out.raw"));
+        let id = r["id"].as_str().unwrap();
+        let exported = ims_s3(
+            &server,
+            &home,
+            &[
+                "images",
+                "export",
+                id,
+                "-O",
+                "raw",
+                s(&out),
+                "--store",
+                &url,
+            ],
+            &[],
+        );
+        assert!(
+            exported.status.success(),
+            "{}",
+            String::from_utf8_lossy(&exported.stderr)
+        );
+        assert!(
+            std::fs::read(&out).unwrap() == original,
+            "{name}: export differs"
+        );
+    }
+}
+
+/// An upload replaced after it was opened (its ETag changed) fails the registration, whether
+/// it is read as one GET stream (raw) or by ranges (QCOW2): nothing of two versions is stored.
+#[test]
+fn a_source_that_changes_while_read_fails_the_registration() {
+    let t = "a_source_that_changes_while_read_fails_the_registration";
+    if !have_qemu_img(t) {
+        return;
+    }
+    let Some(server) = Server::start(t) else {
+        return;
+    };
+    server.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = d.join("disk.raw");
+    // More data than inspection's reads fetch ahead, so the conversion's GETs meet the change.
+    random_raw(&raw, 80 * MIB, 64, 43);
+    let qcow2 = d.join("disk.qcow2");
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&qcow2)]);
+    let other = d.join("other.raw");
+    random_raw(&other, 80 * MIB, 64, 44);
+    let ims = ims::register::Ims::open(&d.join("home")).unwrap();
+    let scope = ims::register::Scope::new("owner", "r1");
+    for (key, file, streamed) in [
+        ("uploads/disk.raw", &raw, true),
+        ("uploads/disk.qcow2", &qcow2, false),
+    ] {
+        put_signed(&server, key, &std::fs::read(file).unwrap());
+        let options = ims::register::SourceOptions::default().s3(builder(&server));
+        let source = format!("s3://{BUCKET}/{key}");
+        let input = ims::register::open_source(&source, &options).unwrap();
+        assert_eq!(
+            matches!(input, ims::Input::Stream { .. }),
+            streamed,
+            "{key}"
+        );
+        // The user uploads again, over the object being registered.
+        let replaced = if streamed {
+            std::fs::read(&other).unwrap()
+        } else {
+            let q = d.join("other.qcow2");
+            qemu_img(&["convert", "-f", "raw", "-O", "qcow2", s(&other), s(&q)]);
+            std::fs::read(&q).unwrap()
+        };
+        put_signed(&server, key, &replaced);
+        let request = ims::register::RegisterRequest::new(key, ims::register::ImageType::Data);
+        let e = ims
+            .register(
+                &scope,
+                input,
+                &request,
+                &mut |_| {},
+                &ims::CancelToken::new(),
+            )
+            .expect_err("a registration of a changed source");
+        assert!(e.to_string().contains("changed"), "{key}: {e}");
+        // The same upload opened again registers.
+        let input = ims::register::open_source(&source, &options).unwrap();
+        let r = ims
+            .register(
+                &scope,
+                input,
+                &request,
+                &mut |_| {},
+                &ims::CancelToken::new(),
+            )
+            .unwrap();
+        assert_eq!(r.record.status, ims::register::Status::Active);
+    }
 }

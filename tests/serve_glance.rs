@@ -211,6 +211,15 @@ fn a_project_sees_its_own_public_and_shared_images_and_nothing_else_exists() {
     assert_eq!(server.json("PUT", &path, BOB, None, &answer).status, 200);
     let listed = server.get("/v2/images", Some(BOB)).json();
     assert_eq!(listed["images"][0]["id"], id.as_str());
+    // Back to pending (out of the list), and accepted again.
+    let pending = json!({"status": "pending"});
+    assert_eq!(
+        server.json("PUT", &path, BOB, None, &pending).json()["status"],
+        "pending"
+    );
+    let listed = server.get("/v2/images", Some(BOB)).json();
+    assert!(listed["images"].as_array().unwrap().is_empty(), "{listed}");
+    assert_eq!(server.json("PUT", &path, BOB, None, &answer).status, 200);
     // A member may read, not change.
     assert!(server.get(&format!("/v2/images/{id}/file"), Some(BOB)).body == data);
     assert_eq!(
@@ -485,6 +494,33 @@ fn json_patch_updates_properties_and_refuses_read_only_fields() {
     assert_eq!(r.status, 415);
     assert!(r.header("accept-patch").is_some());
     assert_eq!(show(&server, ALICE, &id).json()["k"], "w");
+
+    // Glance's protected: the project's own flag; undeletable until unset.
+    let r = patch(
+        json!([{"op": "replace", "path": "/protected", "value": true}]),
+        v21,
+    );
+    assert_eq!(r.json()["protected"], true);
+    let delete = || {
+        server
+            .request("DELETE", &path, Some(ALICE), &[], None)
+            .status
+    };
+    assert_eq!(delete(), 403);
+    assert_eq!(
+        server.get("/v2/images?protected=true", Some(ALICE)).json()["images"][0]["id"],
+        id.as_str()
+    );
+    patch(
+        json!([{"op": "replace", "path": "/protected", "value": false}]),
+        v21,
+    );
+    assert_eq!(delete(), 204);
+    let born = create(&server, ALICE, json!({"name": "p", "protected": true}));
+    assert_eq!(
+        (born.status, &born.json()["protected"]),
+        (201, &json!(true))
+    );
 }
 
 #[test]
@@ -621,14 +657,28 @@ fn a_server_killed_during_an_upload_leaves_a_killed_image_and_no_data_after_rest
     );
     let stored = walk(&server.home.join("store"));
     assert!(stored.is_empty(), "no orphaned data: {stored:?}");
-    // A record created without data is not interrupted: it still waits.
+    // A record created without data is not interrupted: it still waits, with its staged data;
+    // a partial staging file, or staged data of an image that no longer waits, is dropped.
     let waiting = created_id(&create(
         &server,
         ALICE,
         json!({"name": "w", "disk_format": "raw"}),
     ));
+    let r = server.request(
+        "PUT",
+        &format!("/v2/images/{waiting}/stage"),
+        Some(ALICE),
+        &[("content-type", "application/octet-stream")],
+        Some(&[1u8; 4096]),
+    );
+    assert_eq!(r.status, 204);
+    let staging = server.home.join("staging");
+    std::fs::write(staging.join(format!("{id}.part")), b"cut").unwrap();
+    std::fs::write(staging.join(&id), b"stale").unwrap();
     let server = server.crash_and_restart(&[]);
-    assert_eq!(show(&server, ALICE, &waiting).json()["status"], "queued");
+    assert_eq!(show(&server, ALICE, &waiting).json()["status"], "uploading");
+    let left: Vec<_> = walk(&server.home.join("staging"));
+    assert_eq!(left, [server.home.join("staging").join(&waiting)]);
 }
 
 #[test]
@@ -674,7 +724,10 @@ fn web_download_imports_from_an_allowed_source_only() {
         assert!(Instant::now() < deadline, "the source server never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let server = Server::start_with(None, &["--allow-download", &source]);
+    let server = Server::start_with(
+        None,
+        &["--allow-download", &source, "--import-format", "qcow2"],
+    );
     let info = server.get("/v2/info/import", Some(ALICE)).json();
     assert_eq!(
         info["import-methods"]["value"],
@@ -708,7 +761,7 @@ fn web_download_imports_from_an_allowed_source_only() {
     };
     assert_eq!(
         (done["status"].as_str(), done["disk_format"].as_str()),
-        (Some("active"), Some("zvhd2")),
+        (Some("active"), Some("qcow2")),
         "{done}"
     );
     assert_eq!(

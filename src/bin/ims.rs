@@ -585,6 +585,7 @@ fn map_json(e: &ims::Extent) -> String {
     let (present, zero, data) = match e.state {
         ExtentState::Data => (true, false, true),
         ExtentState::Zero => (true, true, false),
+        ExtentState::Hole => (true, true, true),
         // Not in this image (nor, where one is attached, in its backing chain).
         _ => (false, true, false),
     };

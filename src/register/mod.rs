@@ -68,7 +68,10 @@ pub use record::{
 pub use register::{RegisterRequest, Registered, RegisteredGroup};
 pub use rules::{Limits, Publication};
 #[cfg(feature = "s3")]
-pub use store::{AmazonS3Builder, S3Objects, S3Options, S3Store, open_object};
+pub use store::{
+    AmazonS3Builder, S3Objects, S3Options, S3Store, SourceOptions, is_remote, open_object,
+    open_source,
+};
 pub use store::{ImageStore, LocalStore, StoreWriter, UnfinishedWrite};
 pub use tag::Tag;
 pub use update::RecordUpdate;
@@ -185,7 +188,8 @@ impl Ims {
     /// catalog `catalog` names ([`catalog::open`]: `postgres://...` for a PostgreSQL database,
     /// or an SQLite file's path) instead of `HOME/catalog.db`; the store, the limits and the
     /// spool stay in the home directory. Processes that share a catalog must share the store
-    /// as well (today: the same home directory): recovery takes a queued or saving record whose
+    /// as well (with this call, the same home directory; [`Ims::open_with`] takes an S3 store
+    /// that processes on many machines share): recovery takes a queued or saving record whose
     /// write its own store does not see as live for the record of a dead process.
     pub fn open_with_catalog(home: &Path, catalog: &str) -> Result<Ims> {
         Ims::open_home(home, || catalog::open(catalog), None)
@@ -195,7 +199,9 @@ impl Ims {
     /// catalog `catalog` names (as [`Ims::open_with_catalog`]; `None`: `HOME/catalog.db`) and
     /// its image data in the store `store` names ([`store::open`]: `s3://BUCKET/PREFIX` for an
     /// object store, or a directory; `None`: `HOME/store/`). The limits and the QCOW2 spool stay
-    /// in the home directory. Processes that share a catalog must share the store.
+    /// in the home directory, which holds nothing shared: processes on many machines, each with
+    /// its own home, share a PostgreSQL catalog and an S3 store (tests/scale_out.rs). Processes
+    /// that share a catalog must share the store.
     pub fn open_with(home: &Path, catalog: Option<&str>, store: Option<&str>) -> Result<Ims> {
         let default_catalog = home.join("catalog.db");
         let catalog = match catalog {
@@ -387,16 +393,29 @@ impl Ims {
 
     /// The images `scope` sees in its region, filtered, sorted and paged.
     pub fn list(&self, scope: &Scope, q: &ListQuery) -> Result<Vec<Listed>> {
+        self.list_where(scope, q, &|_| true)
+    }
+
+    /// [`Ims::list`] with one more filter, `keep`, applied before the marker and the limit (a
+    /// caller's own filters, such as the Image API's, page as the list's do). Only the records
+    /// returned are copied.
+    pub fn list_where(
+        &self,
+        scope: &Scope,
+        q: &ListQuery,
+        keep: &dyn Fn(&ImageRecord) -> bool,
+    ) -> Result<Vec<Listed>> {
         let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
         let (os_type, platform) = (lower(&q.os_type), lower(&q.platform));
         let tag = q.tag.as_ref().map(|t| match t.split_once('=') {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
             None => (t.clone(), None),
         });
-        let mut items: Vec<Listed> = self
+        let visible = self
             .catalog
-            .visible(&scope.region, &scope.project)?
-            .into_iter()
+            .visible_shared(&scope.region, &scope.project)?;
+        let mut items: Vec<(&ImageRecord, Option<MemberStatus>)> = visible
+            .iter()
             .filter(|(r, m)| {
                 let own_or_public = r.owner == scope.project || r.offered_to_all();
                 match (q.member_status, m) {
@@ -427,14 +446,15 @@ impl Ims {
                         (Some(_), None) => true,
                         (None, _) => false,
                     })
+                    && keep(r)
             })
-            .map(|(record, member_status)| Listed {
-                member_status: if record.owner == scope.project {
+            .map(|(record, member_status)| {
+                let status = if record.owner == scope.project {
                     None
                 } else {
-                    member_status
-                },
-                record,
+                    *member_status
+                };
+                (record, status)
             })
             .collect();
         let key = q.sort_key.as_deref().unwrap_or("created_at");
@@ -465,22 +485,29 @@ impl Ims {
             .into());
         }
         items.sort_by(|a, b| {
-            let o = cmp(&a.record, &b.record);
+            let o = cmp(a.0, b.0);
             if q.ascending { o } else { o.reverse() }
         });
+        let mut from = 0;
         if let Some(marker) = &q.marker {
             let at = items
                 .iter()
-                .position(|l| &l.record.id == marker)
+                .position(|(r, _)| &r.id == marker)
                 .ok_or_else(|| {
                     Error::InvalidArgument(format!("marker {marker} is not an image of this list"))
                 })?;
-            items.drain(..=at);
+            from = at + 1;
         }
-        if let Some(limit) = q.limit {
-            items.truncate(limit);
-        }
-        Ok(items)
+        let end = q
+            .limit
+            .map_or(items.len(), |n| from.saturating_add(n).min(items.len()));
+        Ok(items[from..end]
+            .iter()
+            .map(|&(record, member_status)| Listed {
+                record: record.clone(),
+                member_status,
+            })
+            .collect())
     }
 
     /// Deletes an image: the record becomes `deleted`, its members go (they need not agree)

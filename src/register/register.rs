@@ -392,6 +392,36 @@ impl Drop for Spool {
     }
 }
 
+/// Tells `storage` which of its ranges a conversion of `reader` reads, in the order it reads
+/// them: the image's map in disk order, a GiB of disk at a time (bounded memory), the stored
+/// data only ([`Storage::will_read`]). Compressed units have no place in the map and are left
+/// to the storage's own read-ahead.
+fn announce_reads(
+    reader: &dyn crate::BlockReader,
+    storage: &dyn Storage,
+    cancel: &CancelToken,
+) -> crate::Result<()> {
+    const STEP: u64 = 1 << 30;
+    let size = reader.virtual_size();
+    let mut at = 0u64;
+    while at < size {
+        cancel.check()?;
+        let len = STEP.min(size - at);
+        let ranges: Vec<std::ops::Range<u64>> = reader
+            .map(at, len)?
+            .iter()
+            .filter(|e| e.state == ExtentState::Data)
+            .filter_map(|e| {
+                e.host_offset
+                    .and_then(|h| Some(h..h.checked_add(e.length)?))
+            })
+            .collect();
+        storage.will_read(&ranges);
+        at += len;
+    }
+    Ok(())
+}
+
 impl Ims {
     /// Registers the image `input` (a path, an [`Input::Storage`] or an [`Input::Stream`]) as
     /// a private image of `scope` (see the module doc). An image that cannot be opened is
@@ -581,6 +611,12 @@ impl Ims {
     ) -> Result<Prepared> {
         // Bytes read from a stream upload (none for a file or a storage).
         let streamed = Arc::new(AtomicU64::new(0));
+        // A storage given (an object store's object, perhaps) hears which ranges the
+        // conversion will read, once inspection's reads are done.
+        let given = match &input {
+            Input::Storage { storage, .. } => Some(Arc::clone(storage)),
+            _ => None,
+        };
         let image = self
             .open_upload(input, &streamed)
             .map_err(|e| self.over_limit(&streamed, rules::open_refusal(e)))?;
@@ -628,6 +664,9 @@ impl Ims {
         let mut warnings = Vec::new();
         if let Some(found) = &found {
             warnings.extend(self.validate(role, request, found)?);
+        }
+        if let (Some(storage), Source::Random(reader)) = (&given, &source) {
+            announce_reads(&**reader, &**storage, cancel)?;
         }
         Ok(Prepared {
             role,

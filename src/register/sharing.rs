@@ -91,6 +91,12 @@ impl Ims {
         self.answer(scope, id, MemberStatus::Rejected)
     }
 
+    /// The member `scope.project` takes its answer back: image `id` is pending again (seen,
+    /// not listed), as the OpenStack Image API lets a member do.
+    pub fn reconsider(&self, scope: &Scope, id: &str) -> Result<()> {
+        self.answer(scope, id, MemberStatus::Pending)
+    }
+
     fn answer(&self, scope: &Scope, id: &str, status: MemberStatus) -> Result<()> {
         self.show(scope, id)?;
         if !self.catalog.set_member(id, &scope.project, status)? {

@@ -185,6 +185,12 @@ impl Ims {
         Ok(r)
     }
 
+    /// Whether the record `id` exists and waits for its data, whoever owns it: for a server's
+    /// housekeeping (its staged data of images that no longer wait is dropped at start).
+    pub fn awaits_data(&self, id: &str) -> Result<bool> {
+        Ok(self.catalog.get(id)?.is_some_and(|r| awaits_data(&r)))
+    }
+
     /// Ends a record that waits for its data as `killed` with `reason` (an import whose
     /// source failed before any data was stored); the owner's call. Nothing happens to a
     /// record that is no longer waiting.
@@ -321,7 +327,8 @@ impl Ims {
             ImageKind::Iso => ImageType::Iso,
             _ => ImageType::Data,
         };
-        describe(r, &found, None);
+        let given = r.properties.get("__os_version").cloned();
+        describe(r, &found, given.as_deref());
         r.source_size = total;
         r.store_size = stored_size;
         r.virtual_size = virtual_size;
@@ -361,7 +368,8 @@ impl Ims {
             RegisterRequest::new(if r.name.is_empty() { "image" } else { &r.name }, role);
         request.store_format = store_format;
         request.min_disk = Some(u64::from(r.min_disk)).filter(|&n| n != 0);
-        request.os_version = r.properties.get("os_version").cloned();
+        // IMS's name of the OS version a client may give (an ISO's).
+        request.os_version = r.properties.get("__os_version").cloned();
         // A refusal kills the record too: an import always ends `active` or `killed`.
         let mut prepared = match self.prepare(input, role, &request, cancel) {
             Ok(p) => p,

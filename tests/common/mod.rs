@@ -130,10 +130,11 @@ pub fn sparse_file(path: &Path, len: u64, at: u64, data: &[u8]) {
     f.write_all_at(data, at).unwrap();
 }
 
-/// `(start, length)` of each data extent of an `ims map --output json` answer.
+/// `(start, length)` of each data extent of an `ims map --output json` answer (data that is not
+/// a hole of the file, as qemu-img's human map prints).
 pub fn data_runs(map: &[serde_json::Value]) -> Vec<(u64, u64)> {
     map.iter()
-        .filter(|e| e["data"] == true)
+        .filter(|e| e["data"] == true && e["zero"] == false)
         .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
         .collect()
 }

@@ -75,10 +75,13 @@ impl ScopeArgs {
 
 #[derive(Args)]
 pub struct RegisterArgs {
-    /// The image file (raw, qcow2, vmdk, vhd, zvhd, zvhd2), or an uploaded object
-    /// `s3://BUCKET/KEY` (read with ranged GETs; AWS_* variables); for a full-ECS image, the
-    /// server's system disk.
+    /// The image file (raw, qcow2, vmdk, vhd, zvhd, zvhd2), or an uploaded object:
+    /// `s3://BUCKET/KEY` or `BUCKET:KEY` (on the AWS_* variables' endpoint), or an `https://`
+    /// URL such as a presigned link; for a full-ECS image, the server's system disk.
     file: PathBuf,
+    /// Allow plain `http://` URLs (env IMS_ALLOW_HTTP=1): nothing protects the image on the way.
+    #[arg(long)]
+    allow_http: bool,
     /// 1 to 128 characters.
     #[arg(long)]
     name: String,
@@ -333,10 +336,14 @@ pub fn register(args: RegisterArgs) -> Result<()> {
     let mut reporter = Reporter::new(args.progress, total);
     let mut progress = |p| reporter.report(p);
     let cancel = super::cancel_on_signals();
-    let input = input_of(&args.file)?;
+    let input = input_of(&args.file, args.allow_http)?;
     let output = args.scope.output;
     if image_type == ImageType::FullEcs {
-        let data = args.data_disks.into_iter().map(ims::Input::Path).collect();
+        let data = args
+            .data_disks
+            .iter()
+            .map(|f| input_of(f, args.allow_http))
+            .collect::<Result<Vec<_>>>()?;
         let result = ims.register_full_ecs(&scope, input, data, &request, &mut progress, &cancel);
         reporter.finish();
         let done = result?;
@@ -357,9 +364,9 @@ pub fn register(args: RegisterArgs) -> Result<()> {
                     kms_key_id: request.kms_key_id.clone(),
                     ..RegisterRequest::new(&name, ImageType::Data)
                 };
-                (ims::Input::Path(file), data_request)
+                Ok((input_of(&file, args.allow_http)?, data_request))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let result =
             ims.register_with_data_images(&scope, input, &request, data, &mut progress, &cancel);
         reporter.finish();
@@ -723,19 +730,25 @@ pub fn images(args: ImagesArgs) -> Result<()> {
 
 /// The image to register: a local file, or with the `s3` feature an object `s3://BUCKET/KEY`
 /// read with ranged GETs (endpoint and credentials from the AWS_* variables).
-fn input_of(file: &std::path::Path) -> Result<ims::Input> {
+/// The image to register: a local file, or (when no file has that name) an object
+/// `s3://BUCKET/KEY` or `BUCKET:KEY`, or an `https://` URL (`http://` with `allow_http`).
+fn input_of(file: &std::path::Path, allow_http: bool) -> Result<ims::Input> {
     let name = file.to_string_lossy();
-    if name.starts_with("s3://") {
+    let remote = name.contains("://") || (!file.exists() && name.contains(':'));
+    if remote {
         #[cfg(feature = "s3")]
-        return Ok(ims::Input::Storage {
-            storage: ims::register::open_object(&name)?,
-            name: name.into_owned(),
-        });
+        if ims::register::is_remote(&name) {
+            let options = ims::register::SourceOptions::default().allow_http(allow_http);
+            return Ok(ims::register::open_source(&name, &options)?);
+        }
         #[cfg(not(feature = "s3"))]
-        return Err(Error::unsupported(
-            "s3:// sources: this ims was built without the `s3` feature",
-        )
-        .into());
+        if name.contains("://") {
+            let _ = allow_http;
+            return Err(Error::unsupported(
+                "s3://, https:// and BUCKET:KEY sources: this ims was built without the `s3` feature",
+            )
+            .into());
+        }
     }
     Ok(ims::Input::Path(file.to_path_buf()))
 }

@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// method is not offered).
     #[arg(long, value_name = "URL")]
     allow_download: Vec<String>,
+    /// The format an import converts into: zvhd2 (default), qcow2 or raw.
+    #[arg(long, value_name = "FMT", default_value = "zvhd2")]
+    import_format: String,
     /// Where IMS's `bucket:object` names point: `s3://` (the S3 service of the AWS_*
     /// variables) or a directory with a folder per bucket (default: the store's S3 service
     /// when --store is s3://, else HOME/objects).
@@ -72,6 +75,15 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     config.tls = args.tls_cert.zip(args.tls_key);
     config.max_json_body = args.max_json_body;
     config.web_download_allow = args.allow_download;
+    config.import_format = match args.import_format.parse()? {
+        f @ (ims::Format::Zvhd2 | ims::Format::Qcow2 | ims::Format::Raw) => f,
+        other => {
+            return Err(ims::Error::InvalidArgument(format!(
+                "--import-format {other}: images are stored as zvhd2, qcow2 or raw"
+            ))
+            .into());
+        }
+    };
     config.source_store = args.source_store;
     config.workers = args.workers;
     config.copy_regions = args.copy_region;

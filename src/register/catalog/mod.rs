@@ -17,6 +17,12 @@ use super::error::Result;
 use super::job::Job;
 use super::record::{ImageRecord, Member, MemberStatus, Status};
 
+use std::sync::Arc;
+
+/// The records a project sees in a region, each with its member status when it is shared with
+/// the project ([`Catalog::visible`]).
+pub type VisibleRecords = Vec<(ImageRecord, Option<MemberStatus>)>;
+
 /// Opens the catalog `address` names: `postgres://...` or `postgresql://...` a PostgreSQL
 /// database ([`PostgresCatalog::open`], feature `postgres`); any other address with a `://`
 /// is refused; anything else is the path of an SQLite file (feature `sqlite`), created when
@@ -91,6 +97,12 @@ pub trait Catalog: Send + Sync {
         region: &str,
         project: &str,
     ) -> Result<Vec<(ImageRecord, Option<MemberStatus>)>>;
+
+    /// [`Catalog::visible`], shared: a catalog may answer from a cache it keeps exact (the
+    /// default asks `visible` every time). Lists read it on every request.
+    fn visible_shared(&self, region: &str, project: &str) -> Result<Arc<VisibleRecords>> {
+        Ok(Arc::new(self.visible(region, project)?))
+    }
 
     /// Records in queued or saving, in every region.
     fn unfinished(&self) -> Result<Vec<ImageRecord>>;

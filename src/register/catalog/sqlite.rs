@@ -3,8 +3,9 @@
 //!
 //! A record is kept as JSON with its searchable columns beside it; members in their own table.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -14,12 +15,25 @@ use crate::error::{Error, Result};
 use super::super::error::Result as ServiceResult;
 use super::super::job::Job;
 use super::super::record::{ImageRecord, Member, MemberStatus, Status, now};
-use super::Catalog;
+use super::{Catalog, VisibleRecords};
 
 /// A catalog in one SQLite file.
 pub struct SqliteCatalog {
     conn: Mutex<Connection>,
+    visible: Mutex<VisibleCache>,
 }
+
+/// Decoded answers of `visible`, for lists: valid while the database is unchanged, which
+/// SQLite tells exactly by this connection's change count and `PRAGMA data_version` (which
+/// moves when another connection, of this process or another, commits).
+#[derive(Default)]
+struct VisibleCache {
+    generation: (u64, i64),
+    answers: HashMap<(String, String), Arc<VisibleRecords>>,
+}
+
+/// Answers kept at most (one per region and project asking): past it the cache starts over.
+const VISIBLE_CACHE_ANSWERS: usize = 256;
 
 fn db(e: rusqlite::Error) -> Error {
     Error::io("use the catalog database", std::io::Error::other(e))
@@ -152,6 +166,7 @@ impl SqliteCatalog {
         migrate(&mut conn)?;
         Ok(SqliteCatalog {
             conn: Mutex::new(conn),
+            visible: Mutex::new(VisibleCache::default()),
         })
     }
 
@@ -162,6 +177,35 @@ impl SqliteCatalog {
 
 fn decode(text: &str) -> Result<ImageRecord> {
     serde_json::from_str(text).map_err(json)
+}
+
+/// The records of `region` that `project` sees, decoded, oldest first.
+fn visible_rows(conn: &Connection, region: &str, project: &str) -> Result<VisibleRecords> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT i.record, m.status FROM images i
+             LEFT JOIN members m ON m.image_id = i.id AND m.project = ?2
+             WHERE i.region = ?1 AND i.status != 'deleted'
+               AND (i.owner = ?2 OR i.visibility = 'public' OR i.marketplace = 1
+                    OR m.project IS NOT NULL)
+             ORDER BY i.created_at, i.id",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![region, project], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })
+        .map_err(db)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (text, status) = row.map_err(db)?;
+        let status = status
+            .map(|s| s.parse::<MemberStatus>())
+            .transpose()
+            .map_err(|e| Error::InvalidArgument(format!("catalog member status: {e}")))?;
+        out.push((decode(&text)?, status));
+    }
+    Ok(out)
 }
 
 fn write(conn: &Connection, r: &ImageRecord, insert: bool) -> Result<usize> {
@@ -328,34 +372,28 @@ impl Catalog for SqliteCatalog {
         Ok(text.as_deref().map(decode).transpose()?)
     }
 
-    fn visible(
-        &self,
-        region: &str,
-        project: &str,
-    ) -> ServiceResult<Vec<(ImageRecord, Option<MemberStatus>)>> {
+    fn visible(&self, region: &str, project: &str) -> ServiceResult<VisibleRecords> {
+        Ok(visible_rows(&self.conn(), region, project)?)
+    }
+
+    fn visible_shared(&self, region: &str, project: &str) -> ServiceResult<Arc<VisibleRecords>> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT i.record, m.status FROM images i
-                 LEFT JOIN members m ON m.image_id = i.id AND m.project = ?2
-                 WHERE i.region = ?1 AND i.status != 'deleted'
-                   AND (i.owner = ?2 OR i.visibility = 'public' OR i.marketplace = 1
-                        OR m.project IS NOT NULL)
-                 ORDER BY i.created_at, i.id",
-            )
+        let data_version: i64 = conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
             .map_err(db)?;
-        let rows = stmt
-            .query_map(params![region, project], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-            })
-            .map_err(db)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (text, status) = row.map_err(db)?;
-            let status = status.map(|s| s.parse()).transpose()?;
-            out.push((decode(&text)?, status));
+        let generation = (conn.total_changes(), data_version);
+        let mut cache = self.visible.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation != generation || cache.answers.len() >= VISIBLE_CACHE_ANSWERS {
+            cache.generation = generation;
+            cache.answers.clear();
         }
-        Ok(out)
+        let key = (region.to_string(), project.to_string());
+        if let Some(answer) = cache.answers.get(&key) {
+            return Ok(Arc::clone(answer));
+        }
+        let answer = Arc::new(visible_rows(&conn, region, project)?);
+        cache.answers.insert(key, Arc::clone(&answer));
+        Ok(answer)
     }
 
     fn unfinished(&self) -> ServiceResult<Vec<ImageRecord>> {
@@ -571,6 +609,42 @@ CREATE TABLE members (image_id TEXT NOT NULL, project TEXT NOT NULL, status TEXT
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (image_id, project));
 CREATE INDEX members_project ON members (project);
 ";
+
+    /// The cached answers of `visible_shared` follow every change: this connection's own, and
+    /// another connection's (another process on the same file).
+    #[test]
+    fn shared_visible_answers_follow_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let here = SqliteCatalog::open(&path).unwrap();
+        let there = SqliteCatalog::open(&path).unwrap();
+        let names = |c: &SqliteCatalog| -> Vec<String> {
+            c.visible_shared("r1", "owner")
+                .unwrap()
+                .iter()
+                .map(|(r, _)| r.name.clone())
+                .collect()
+        };
+        let mut a = ImageRecord::new("a", "owner", "r1", ImageType::System);
+        a.status = Status::Active;
+        here.insert(&a, &|_| Ok(())).unwrap();
+        assert_eq!(names(&here), ["a"]);
+        let first = here.visible_shared("r1", "owner").unwrap();
+        assert!(Arc::ptr_eq(&first, &here.visible_shared("r1", "owner").unwrap()));
+
+        a.name = "renamed".into();
+        here.update(&a).unwrap();
+        assert_eq!(names(&here), ["renamed"]);
+
+        let mut b = ImageRecord::new("b", "owner", "r1", ImageType::Data);
+        b.status = Status::Active;
+        there.insert(&b, &|_| Ok(())).unwrap();
+        assert_eq!(names(&here).len(), 2);
+        a.name = "again".into();
+        there.update(&a).unwrap();
+        assert!(names(&here).contains(&"again".to_string()));
+        assert_eq!(names(&there), names(&here));
+    }
 
     fn old_record(name: &str, marketplace: bool) -> (String, String) {
         let mut r = ImageRecord::new(name, "owner", "r1", ImageType::System);

@@ -19,14 +19,24 @@
 
 mod local;
 #[cfg(feature = "s3")]
+mod objects;
+#[cfg(feature = "s3")]
+mod remote;
+#[cfg(feature = "s3")]
 mod s3;
+#[cfg(feature = "s3")]
+mod source;
 
 pub use local::LocalStore;
 /// The builder of the S3 client an [`S3Store`] takes (endpoint, region, credentials).
 #[cfg(feature = "s3")]
 pub use object_store::aws::AmazonS3Builder;
 #[cfg(feature = "s3")]
-pub use s3::{S3Objects, S3Options, S3Store, open_object};
+pub use objects::S3Objects;
+#[cfg(feature = "s3")]
+pub use s3::{S3Options, S3Store, open_object};
+#[cfg(feature = "s3")]
+pub use source::{SourceOptions, is_remote, open_source};
 
 use std::sync::Arc;
 

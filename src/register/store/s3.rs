@@ -16,11 +16,11 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
@@ -29,12 +29,12 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-use crate::cache::Lru;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::io::AppendSink;
 use crate::storage::Storage;
 
+use super::remote::{Body, GetError, ReadOptions, Remote, RemoteStorage};
 use super::{ImageStore, StoreWriter, UnfinishedWrite};
 
 /// S3 takes at most this many parts in one multipart upload.
@@ -47,8 +47,13 @@ const MAX_PART: usize = 5 << 30;
 const MAX_COPY_OBJECT: u64 = 5 << 30;
 /// Parts after which the part size doubles, so that a 1 TiB image fits in 10,000 parts.
 const PARTS_PER_STEP: usize = 2_500;
-/// Part uploads running at once behind the one being filled.
+/// Part uploads running at once behind the one being filled, at most.
 const PARTS_IN_FLIGHT: usize = 2;
+/// The bytes of parts held by one write (filled and uploading) that more parts in flight may
+/// not pass: as parts grow, fewer upload at once, so memory stays bounded.
+const PARTS_MEMORY: usize = 128 << 20;
+/// The longest lease a marker may give itself (an hour).
+const MAX_LEASE_SECS: u64 = 3600;
 /// The folder of the write markers, under the prefix.
 const WRITES: &str = ".ims-writes";
 
@@ -61,13 +66,16 @@ pub struct S3Options {
     /// 10,000 parts (1,171 GiB at most; 586 GiB from 16 MiB, 2,343 GiB from 64 MiB).
     pub part_size: usize,
     /// How long a write marker stays live without a heartbeat; its writer refreshes it every
-    /// quarter of this. The clocks of the processes sharing a store must agree to well within it.
+    /// quarter of this, and writes it in the marker: other processes judge the write by the
+    /// writer's lease, whatever their own. The clocks of the processes sharing a store must agree to well within it.
     pub lease: Duration,
     /// The block of the read cache: one ranged GET each.
     pub block_size: u64,
     /// Blocks kept by the read cache of one opened object.
     pub cache_blocks: usize,
-    /// Blocks fetched at once (in parallel) when reads go front to back.
+    /// Blocks fetched ahead of the reads, several GETs at once (at most half the cache): the
+    /// next ones of the order [`Storage::will_read`] gave (an image's map), or the next ones
+    /// of the object when reads go front to back.
     pub read_ahead: usize,
 }
 
@@ -78,13 +86,14 @@ impl Default for S3Options {
             lease: Duration::from_secs(60),
             block_size: 1 << 20,
             cache_blocks: 64,
-            read_ahead: 8,
+            read_ahead: 16,
         }
     }
 }
 
 impl S3Options {
-    /// The defaults, changed by `IMS_S3_PART_SIZE` (bytes) and `IMS_S3_LEASE_SECS` where set.
+    /// The defaults, changed by `IMS_S3_PART_SIZE` (bytes), `IMS_S3_LEASE_SECS` and
+    /// `IMS_S3_BLOCK_SIZE` (bytes, 64 KiB to 64 MiB; the cache stays at 64 MiB) where set.
     pub fn from_env() -> Result<S3Options> {
         let mut o = S3Options::default();
         let num = |var: &str| -> Result<Option<u64>> {
@@ -102,8 +111,36 @@ impl S3Options {
         if let Some(s) = num("IMS_S3_LEASE_SECS")? {
             o.lease = Duration::from_secs(s.max(1));
         }
+        if let Some(b) = num("IMS_S3_BLOCK_SIZE")? {
+            // The cache keeps its 64 MiB (at least 4 blocks), and reads ahead half of it at
+            // most: bigger blocks mean fewer GETs, not more memory.
+            o.block_size = b.clamp(64 << 10, 64 << 20);
+            let blocks = usize::try_from((64 << 20) / o.block_size)
+                .unwrap_or(4)
+                .max(4);
+            o.cache_blocks = blocks;
+            o.read_ahead = o.read_ahead.min(blocks / 2);
+        }
         Ok(o)
     }
+}
+
+impl S3Options {
+    pub(super) fn read_options(&self) -> ReadOptions {
+        ReadOptions {
+            block_size: self.block_size,
+            cache_blocks: self.cache_blocks,
+            read_ahead: self.read_ahead,
+        }
+    }
+}
+
+/// How many parts of `part` bytes may upload behind the one being filled: two, fewer when
+/// they are big (one of 64 MiB, none from 128 MiB: the part is sent before the next is filled).
+fn parts_in_flight(part: usize) -> usize {
+    (PARTS_MEMORY / part.max(1))
+        .saturating_sub(1)
+        .min(PARTS_IN_FLIGHT)
 }
 
 /// The size of part `index` (0-based) of an upload whose first parts are `base` bytes.
@@ -139,11 +176,16 @@ struct Marker {
     owner: String,
     /// Seconds since the Unix epoch when the writer last said it lives.
     heartbeat: u64,
+    /// The writer's lease in seconds: its marker is live this long after a heartbeat. Judged
+    /// by the writer's own lease, a process with a shorter one never takes a live write for a
+    /// dead one. 0 (a marker without it): the reader's lease.
+    #[serde(default)]
+    lease: u64,
 }
 
 /// Shared by the store and its writers and storages.
 struct Inner {
-    rt: Runtime,
+    rt: Arc<Runtime>,
     /// Shared with the tasks on `rt`, which must hold no `Inner`: the last `Inner` dropped on a
     /// worker of its own runtime would drop the runtime there.
     s3: Arc<AmazonS3>,
@@ -180,13 +222,14 @@ impl Inner {
     }
 }
 
-/// The body of a write marker for `upload_id`, with the heartbeat now.
-fn marker_bytes(upload_id: &str) -> Bytes {
+/// The body of a write marker for `upload_id`, with the heartbeat now and the writer's `lease`.
+fn marker_bytes(upload_id: &str, lease: Duration) -> Bytes {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let m = Marker {
         upload_id: upload_id.to_string(),
         owner: format!("{}:{}", host.trim(), std::process::id()),
         heartbeat: now_secs(),
+        lease: lease.as_secs().max(1),
     };
     Bytes::from(serde_json::to_vec(&m).unwrap_or_default())
 }
@@ -211,12 +254,24 @@ impl Inner {
             upload_id: String::new(),
             owner: String::new(),
             heartbeat: 0,
+            lease: 0,
         })))
     }
 
     fn live(&self, m: &Marker) -> bool {
-        now_secs().saturating_sub(m.heartbeat) < self.options.lease.as_secs().max(1)
+        marker_live(m, self.options.lease, now_secs())
     }
+}
+
+/// Whether the writer of marker `m` still lives at `now` (seconds since the epoch): its last
+/// heartbeat is younger than its own lease (`default` for a marker that gives none).
+fn marker_live(m: &Marker, default: Duration, now: u64) -> bool {
+    let lease = match m.lease {
+        0 => default.as_secs().max(1),
+        // Bounded, so that a wrong marker cannot keep a dead write for days.
+        n => n.min(MAX_LEASE_SECS),
+    };
+    now.saturating_sub(m.heartbeat) < lease
 }
 
 /// `REGION/NAME` with both parts plain names, as the local store takes them.
@@ -280,7 +335,7 @@ impl S3Store {
         };
         Ok(S3Store {
             inner: Arc::new(Inner {
-                rt,
+                rt: Arc::new(rt),
                 s3: Arc::new(s3),
                 bucket: bucket.to_string(),
                 prefix,
@@ -289,20 +344,28 @@ impl S3Store {
         })
     }
 
+    /// The object at `path` of version `e_tag`, for GETs.
+    fn remote(&self, path: Path, e_tag: Option<String>) -> S3Remote {
+        S3Remote {
+            s3: Arc::clone(&self.inner.s3),
+            name: self.inner.url(&path),
+            path,
+            e_tag,
+        }
+    }
+
     /// Any object of the bucket, by its full path, as a [`Storage`] of ranged GETs.
     fn open_path(&self, path: Path) -> Result<Arc<dyn Storage>> {
         let inner = &self.inner;
         let meta = inner
             .block_on(inner.s3.head(&path))?
             .map_err(|e| s3_error("open", &inner.url(&path), e))?;
-        Ok(Arc::new(S3Storage {
-            inner: Arc::clone(inner),
-            path,
-            len: meta.size,
-            e_tag: meta.e_tag,
-            cache: Lru::new(inner.options.cache_blocks),
-            last_block: AtomicU64::new(u64::MAX),
-        }))
+        Ok(Arc::new(RemoteStorage::new(
+            Arc::clone(&inner.rt),
+            Arc::new(self.remote(path, meta.e_tag)),
+            meta.size,
+            inner.options.read_options(),
+        )))
     }
 }
 
@@ -312,56 +375,41 @@ impl S3Store {
 /// at the start, so an object replaced while it is read fails the read; object_store retries
 /// requests that fail on the connection, with backoff.
 pub fn open_object(url: &str) -> Result<Arc<dyn Storage>> {
-    let bad = || Error::InvalidArgument(format!("'{url}' is not s3://BUCKET/KEY"));
-    let rest = url.strip_prefix("s3://").ok_or_else(bad)?;
-    let (bucket, key) = rest
-        .split_once('/')
-        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-        .ok_or_else(bad)?;
-    let store = S3Store::with_builder(builder_from_env(), bucket, "", S3Options::from_env()?)?;
-    store.open_path(Path::from(key))
+    let (rt, remote, len) = S3Store::object(url, None)?;
+    let read = S3Options::from_env()?.read_options();
+    Ok(Arc::new(RemoteStorage::new(
+        rt,
+        Arc::new(remote),
+        len,
+        read,
+    )))
 }
 
-/// The objects of jobs (`bucket:object`, a registration's source and an export's target) in
-/// the S3 service the `AWS_*` variables name, as [`S3Store::open`] takes them: read through
-/// ranged GETs ([`open_object`]), written with a multipart upload streamed from the file.
-pub struct S3Objects {
-    buckets: std::sync::Mutex<std::collections::HashMap<String, Arc<S3Store>>>,
-}
-
-impl Default for S3Objects {
-    fn default() -> Self {
-        S3Objects::new()
-    }
-}
-
-impl S3Objects {
-    /// Objects of the S3 service of the `AWS_*` variables.
-    pub fn new() -> S3Objects {
-        S3Objects {
-            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
-    /// The store of `bucket` (one client and runtime per bucket, made when first used) and the
-    /// object's path.
-    fn locate(&self, url: &str) -> super::super::Result<(Arc<S3Store>, Path)> {
-        let (bucket, object) = super::super::jobs::parse_object_url(url)?;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let store = match buckets.get(bucket) {
-            Some(s) => Arc::clone(s),
-            None => {
-                let s = Arc::new(S3Store::with_builder(
-                    builder_from_env(),
-                    bucket,
-                    "",
-                    S3Options::from_env()?,
-                )?);
-                buckets.insert(bucket.to_string(), Arc::clone(&s));
-                s
-            }
-        };
-        Ok((store, Path::from(object)))
+impl S3Store {
+    /// The object `s3://BUCKET/KEY` through `builder` (`None`: the client of the `AWS_*`
+    /// variables): the runtime of its GETs, the object pinned to its ETag now, and its length.
+    pub(super) fn object(
+        url: &str,
+        builder: Option<AmazonS3Builder>,
+    ) -> Result<(Arc<Runtime>, S3Remote, u64)> {
+        let bad = || Error::InvalidArgument(format!("'{url}' is not s3://BUCKET/KEY"));
+        let rest = url.strip_prefix("s3://").ok_or_else(bad)?;
+        let (bucket, key) = rest
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(bad)?;
+        let builder = builder.unwrap_or_else(builder_from_env);
+        let store = S3Store::with_builder(builder, bucket, "", S3Options::from_env()?)?;
+        let inner = &store.inner;
+        let path = Path::from(key);
+        let meta = inner
+            .block_on(inner.s3.head(&path))?
+            .map_err(|e| s3_error("open", &inner.url(&path), e))?;
+        Ok((
+            Arc::clone(&inner.rt),
+            store.remote(path, meta.e_tag),
+            meta.size,
+        ))
     }
 }
 
@@ -369,35 +417,28 @@ impl S3Objects {
 /// than an export may be).
 const EXPORT_PART: usize = 16 << 20;
 
-impl super::super::jobs::Objects for S3Objects {
-    fn open(&self, url: &str) -> super::super::Result<crate::open::Input> {
-        let (store, path) = self.locate(url)?;
-        Ok(crate::open::Input::Storage {
-            storage: store.open_path(path)?,
-            name: url.to_string(),
-        })
-    }
-
-    fn exists(&self, url: &str) -> super::super::Result<bool> {
-        let (store, path) = self.locate(url)?;
-        let inner = &store.inner;
-        match inner.block_on(inner.s3.head(&path))? {
+impl S3Store {
+    /// Whether the object at `path` (in the bucket, outside the prefix) exists.
+    pub(super) fn object_exists(&self, path: &Path) -> Result<bool> {
+        let inner = &self.inner;
+        match inner.block_on(inner.s3.head(path))? {
             Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(s3_error("look up", &inner.url(&path), e).into()),
+            Err(e) => Err(s3_error("look up", &inner.url(path), e)),
         }
     }
 
-    fn put(&self, url: &str, file: &std::path::Path) -> super::super::Result<()> {
+    /// Stores the local file `file` as the object at `path` with a multipart upload streamed
+    /// from the file (an export's target).
+    pub(super) fn put_file(&self, path: &Path, file: &std::path::Path) -> Result<()> {
         use std::io::Read;
-        let (store, path) = self.locate(url)?;
-        let inner = &store.inner;
+        let inner = &self.inner;
         let mut f = std::fs::File::open(file).map_err(|e| Error::io("open", e).in_file(file))?;
-        let target = inner.url(&path);
-        let done: Result<()> = inner.block_on(async {
+        let target = inner.url(path);
+        inner.block_on(async {
             let upload = inner
                 .s3
-                .put_multipart(&path)
+                .put_multipart(path)
                 .await
                 .map_err(|e| s3_error("start upload", &target, e))?;
             let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, EXPORT_PART);
@@ -420,13 +461,12 @@ impl super::super::jobs::Objects for S3Objects {
                 .await
                 .map(|_| ())
                 .map_err(|e| s3_error("finish upload", &target, e))
-        })?;
-        Ok(done?)
+        })?
     }
 }
 
 /// A builder with the `AWS_*` variables; plain HTTP when the endpoint is `http://`.
-fn builder_from_env() -> AmazonS3Builder {
+pub(super) fn builder_from_env() -> AmazonS3Builder {
     let builder = AmazonS3Builder::from_env();
     if std::env::var("AWS_ENDPOINT").is_ok_and(|e| e.starts_with("http://")) {
         builder.with_allow_http(true)
@@ -443,7 +483,7 @@ impl ImageStore for S3Store {
         let upload = inner
             .block_on(inner.s3.create_multipart(&path))?
             .map_err(|e| s3_error("start upload", &inner.url(&path), e))?;
-        let body = marker_bytes(&upload);
+        let body = marker_bytes(&upload, inner.options.lease);
         if let Err(e) = inner.block_on(inner.s3.put(&marker, PutPayload::from(body)))? {
             let _ = inner.block_on(inner.s3.abort_multipart(&path, &upload));
             return Err(s3_error("write", &inner.url(&marker), e));
@@ -453,11 +493,12 @@ impl ImageStore for S3Store {
             let s3 = Arc::clone(&inner.s3);
             let marker = marker.clone();
             let upload = upload.clone();
-            let every = (inner.options.lease / 4).max(Duration::from_millis(250));
+            let lease = inner.options.lease;
+            let every = (lease / 4).max(Duration::from_millis(250));
             inner.rt.spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    let body = marker_bytes(&upload);
+                    let body = marker_bytes(&upload, lease);
                     let _ = s3.put(&marker, PutPayload::from(body)).await;
                 }
             })
@@ -635,7 +676,8 @@ impl S3Writer {
 
     /// Sends the part filled so far.
     fn send(&mut self) -> Result<()> {
-        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+        let part = part_size(self.inner.options.part_size, self.next_part);
+        while self.in_flight.len() >= parts_in_flight(part) {
             self.wait_one()?;
         }
         if self.next_part >= MAX_PARTS {
@@ -759,104 +801,51 @@ impl Drop for S3Writer {
     }
 }
 
-/// A committed object, read with ranged GETs through a bounded block cache.
-struct S3Storage {
-    inner: Arc<Inner>,
+/// An object of the bucket as a [`Remote`]: ranged GETs pinned to its ETag.
+pub(super) struct S3Remote {
+    s3: Arc<AmazonS3>,
     path: Path,
-    len: u64,
-    /// The object's ETag when opened: every GET asks for it, so a changed object fails.
     e_tag: Option<String>,
-    cache: Lru<u64, Bytes>,
-    /// The block read last: a read of the next one starts a read-ahead.
-    last_block: AtomicU64,
+    name: String,
 }
 
-impl S3Storage {
-    fn range(&self, block: u64) -> Range<u64> {
-        let bs = self.inner.options.block_size.max(1);
-        let start = block.saturating_mul(bs);
-        start..start.saturating_add(bs).min(self.len)
+impl Remote for S3Remote {
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    /// Block `block`, from the cache or fetched with the blocks read-ahead wants.
-    fn block(&self, block: u64) -> Result<Bytes> {
-        if let Some(b) = self.cache.get(&block) {
-            self.last_block.store(block, Ordering::Relaxed);
-            return Ok(b);
-        }
-        let last = self.last_block.swap(block, Ordering::Relaxed);
-        let bs = self.inner.options.block_size.max(1);
-        let blocks = self.len.div_ceil(bs);
-        // Front to back, by this thread or by the pipeline's workers reading neighbouring
-        // pieces: the block before was read last, or is cached.
-        let sequential = last.checked_add(1) == Some(block)
-            || last == block
-            || block == 0
-            || self.cache.get(&(block - 1)).is_some();
-        let ahead = if sequential {
-            self.inner.options.read_ahead.max(1) as u64
-        } else {
-            1
+    fn get(&self, range: Range<u64>) -> BoxFuture<'static, std::result::Result<Body, GetError>> {
+        let options = GetOptions {
+            if_match: self.e_tag.clone(),
+            range: Some(GetRange::Bounded(range)),
+            ..Default::default()
         };
-        let want: Vec<u64> = (block..block.saturating_add(ahead).min(blocks))
-            .filter(|b| *b == block || self.cache.get(b).is_none())
-            .collect();
-        let fetched = self
-            .inner
-            .block_on(futures_util::future::try_join_all(want.iter().map(|b| {
-                let options = GetOptions {
-                    if_match: self.e_tag.clone(),
-                    range: Some(GetRange::Bounded(self.range(*b))),
-                    ..Default::default()
-                };
-                let (s3, path) = (&self.inner.s3, &self.path);
-                async move { s3.get_opts(path, options).await?.bytes().await }
-            })))?;
-        let fetched = fetched.map_err(|e| s3_error("read", &self.inner.url(&self.path), e))?;
-        let mut first = Bytes::new();
-        for (b, data) in want.iter().zip(fetched) {
-            let r = self.range(*b);
-            if data.len() as u64 != r.end - r.start {
-                return Err(Error::truncated(
-                    "stored object",
-                    r.start,
-                    r.end - r.start,
-                    r.start + data.len() as u64,
-                ));
-            }
-            if *b == block {
-                first = data.clone();
-            }
-            self.cache.insert(*b, data);
+        let (s3, path, name) = (Arc::clone(&self.s3), self.path.clone(), self.name.clone());
+        async move {
+            let classify = move |e: object_store::Error| match e {
+                object_store::Error::Precondition { .. } => {
+                    GetError::Changed(format!("{name}: {e}"))
+                }
+                object_store::Error::NotFound { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. } => {
+                    GetError::Refused(format!("{name}: {e}"))
+                }
+                // object_store has retried what it retries already; a body cut short is
+                // picked up again by the reader.
+                e => GetError::Failed(format!("{name}: {e}")),
+            };
+            let got = s3
+                .get_opts(&path, options)
+                .await
+                .map_err(classify.clone())?;
+            let body: Body = got
+                .into_stream()
+                .map(move |p| p.map_err(classify.clone()))
+                .boxed();
+            Ok(body)
         }
-        Ok(first)
-    }
-}
-
-impl Storage for S3Storage {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        let bs = self.inner.options.block_size.max(1);
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset.saturating_add(done as u64);
-            if at >= self.len {
-                break;
-            }
-            let data = self.block(at / bs)?;
-            let within = (at % bs) as usize;
-            let src = data.get(within..).unwrap_or(&[]);
-            if src.is_empty() {
-                break;
-            }
-            let n = src.len().min(buf.len() - done);
-            buf[done..done + n].copy_from_slice(&src[..n]);
-            done += n;
-        }
-        Ok(done)
+        .boxed()
     }
 }
 
@@ -875,7 +864,35 @@ mod tests {
         assert_eq!(part_size(base, 0), 32 << 20);
         assert_eq!(part_size(base, PARTS_PER_STEP), 64 << 20);
         assert_eq!(part_size(1, 0), MIN_PART);
+        // Parts held by a write: 96 MiB with 32 MiB parts, 128 MiB with 64 and 128 MiB ones.
+        assert_eq!(parts_in_flight(32 << 20), 2);
+        assert_eq!(parts_in_flight(64 << 20), 1);
+        assert_eq!(parts_in_flight(128 << 20), 0);
+        assert_eq!(parts_in_flight(256 << 20), 0);
+        assert_eq!(parts_in_flight(MIN_PART), 2);
         assert_eq!(part_size(usize::MAX, 9_999), MAX_PART);
+    }
+
+    #[test]
+    fn a_write_is_judged_by_its_writers_lease() {
+        let m = |heartbeat, lease| Marker {
+            upload_id: String::new(),
+            owner: String::new(),
+            heartbeat,
+            lease,
+        };
+        let reader = Duration::from_secs(60);
+        // The writer's 3 s lease, whatever the reader's.
+        assert!(marker_live(&m(100, 3), reader, 102));
+        assert!(!marker_live(&m(100, 3), reader, 103));
+        // A writer with a longer lease than the reader's is still live.
+        assert!(marker_live(&m(100, 600), Duration::from_secs(4), 500));
+        // No lease in the marker: the reader's; a huge one is cut to an hour.
+        assert!(marker_live(&m(100, 0), reader, 159));
+        assert!(!marker_live(&m(100, 0), reader, 160));
+        assert!(!marker_live(&m(0, u64::MAX), reader, MAX_LEASE_SECS));
+        // A heartbeat from the future (another clock ahead) is live.
+        assert!(marker_live(&m(200, 3), reader, 100));
     }
 
     #[test]

@@ -24,19 +24,31 @@ use crate::server::state::AppState;
 const QUEUE: usize = 8;
 
 /// A request body as a blocking reader: chunks arrive through a bounded channel from the task
-/// that reads the connection, so at most a few chunks are held at once.
+/// that reads the connection, so at most a few chunks are held at once. The body ends only
+/// when the task says so: a connection dropped midway (the task gone without saying it) is an
+/// error, never a short but complete-looking upload.
 pub struct BodyReader {
-    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    rx: mpsc::Receiver<Result<Option<Bytes>, std::io::Error>>,
     chunk: Bytes,
+    done: bool,
 }
 
 impl Read for BodyReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.chunk.is_empty() {
+            if self.done {
+                return Ok(0);
+            }
             match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => self.chunk = chunk,
+                Some(Ok(Some(chunk))) => self.chunk = chunk,
+                Some(Ok(None)) => self.done = true,
                 Some(Err(e)) => return Err(e),
-                None => return Ok(0),
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the upload was cut short",
+                    ));
+                }
             }
         }
         let n = buf.len().min(self.chunk.len());
@@ -52,10 +64,14 @@ pub fn body_reader(body: Body) -> (BodyReader, impl std::future::Future<Output =
     let (tx, rx) = mpsc::channel(QUEUE);
     let pump = async move {
         let mut stream = body.into_data_stream();
-        while let Some(item) = stream.next().await {
-            let item = item.map_err(std::io::Error::other);
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
+        loop {
+            let item = match stream.next().await {
+                Some(Ok(chunk)) => Ok(Some(chunk)),
+                Some(Err(e)) => Err(std::io::Error::other(e)),
+                None => Ok(None),
+            };
+            let last = !matches!(item, Ok(Some(_)));
+            if tx.send(item).await.is_err() || last {
                 break;
             }
         }
@@ -64,6 +80,7 @@ pub fn body_reader(body: Body) -> (BodyReader, impl std::future::Future<Output =
         BodyReader {
             rx,
             chunk: Bytes::new(),
+            done: false,
         },
         pump,
     )
@@ -113,11 +130,9 @@ async fn upload(
     let size = declared_size(&headers)?;
     let (mut reader, pump) = body_reader(body);
     let scope = caller.scope.clone();
-    let cancel = CancelToken::new();
-    let stop = cancel.clone();
-    let call = state.run(move |ims| ims.upload_as_is(&scope, &id, &mut reader, size, &cancel));
+    let call =
+        state.run(move |ims| ims.upload_as_is(&scope, &id, &mut reader, size, &CancelToken::new()));
     let (result, ()) = tokio::join!(call, pump);
-    drop(stop);
     result.map_err(refusal_status)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -262,6 +277,36 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::RANGE, v.parse().unwrap());
         h
+    }
+
+    fn reader(items: Vec<Result<Option<Bytes>, std::io::Error>>) -> BodyReader {
+        let (tx, rx) = mpsc::channel(items.len().max(1));
+        for i in items {
+            tx.try_send(i).unwrap();
+        }
+        BodyReader {
+            rx,
+            chunk: Bytes::new(),
+            done: false,
+        }
+    }
+
+    #[test]
+    fn a_body_ends_only_when_the_connection_says_so() {
+        let mut whole = reader(vec![
+            Ok(Some(Bytes::from_static(b"ab"))),
+            Ok(Some(Bytes::from_static(b"c"))),
+            Ok(None),
+        ]);
+        let mut out = Vec::new();
+        whole.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"abc");
+        let mut cut = reader(vec![Ok(Some(Bytes::from_static(b"ab")))]);
+        let mut out = Vec::new();
+        let e = cut.read_to_end(&mut out).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        let mut failed = reader(vec![Err(std::io::Error::other("reset"))]);
+        assert!(failed.read(&mut [0u8; 4]).is_err());
     }
 
     #[test]

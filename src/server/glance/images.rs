@@ -118,7 +118,8 @@ pub fn import_methods(state: &AppState) -> Vec<&'static str> {
 
 /// An image answer with the status and the staged flag looked up.
 pub fn image_json(state: &AppState, r: &ImageRecord) -> Value {
-    view::image(r, state.is_staged(&r.id))
+    let waiting = matches!(r.status, Status::Queued | Status::Saving);
+    view::image(r, waiting && state.is_staged(&r.id))
 }
 
 /// Creates an image, `queued`, without data.
@@ -143,7 +144,12 @@ async fn create(
             }
             "name" => new.name = name(v)?,
             "visibility" => new.visibility = Some(visibility(v)?),
-            "protected" => new.protected = boolean(k, v)?,
+            // An operator's image is protected as ims protects public images; a project's
+            // own is protected as Glance does (undeletable until unset).
+            "protected" if caller.admin => new.protected = boolean(k, v)?,
+            "protected" if boolean(k, v)? => {
+                new.properties.insert(view::PROTECTED.into(), "true".into());
+            }
             "os_hidden" if boolean(k, v)? => {
                 new.properties.insert("os_hidden".into(), "true".into());
             }
@@ -192,7 +198,7 @@ async fn create(
 }
 
 /// What a list asks, parsed from the query.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct ListParams {
     limit: usize,
     marker: Option<String>,
@@ -362,7 +368,7 @@ fn passes(p: &ListParams, r: &ImageRecord) -> bool {
         && p.container_format
             .as_ref()
             .is_none_or(|f| r.properties.get("container_format") == Some(f))
-        && p.protected.is_none_or(|v| r.protected == v)
+        && p.protected.is_none_or(|v| view::protected(r) == v)
         && p.os_hidden.unwrap_or(false) == hidden
         && p.properties
             .iter()
@@ -418,6 +424,22 @@ async fn list(
     query.sort_key = Some(p.sort_key.clone());
     query.ascending = p.ascending;
     let member_all = p.member_all;
+    if !member_all {
+        // The common case in one pass: the filters, the marker and the page (one more image
+        // than the page tells whether there is a next one) applied before anything is copied.
+        query.marker = p.marker.clone();
+        query.limit = Some(p.limit.saturating_add(1));
+        let params = p.clone();
+        let mut items: Vec<ImageRecord> = state
+            .run(move |ims| ims.list_where(&scope, &query, &|r| passes(&params, r)))
+            .await?
+            .into_iter()
+            .map(|l| l.record)
+            .collect();
+        let more = items.len() > p.limit;
+        items.truncate(p.limit);
+        return Ok(page(&state, &q, &items, more));
+    }
     let records = state
         .run(move |ims| {
             let mut all = ims.list(&scope, &query)?;
@@ -453,14 +475,19 @@ async fn list(
     }
     let more = items.len() > p.limit;
     items.truncate(p.limit);
-    let base_query = query_without_marker(&q);
+    Ok(page(&state, &q, &items, more))
+}
+
+/// A page of the list: its images, the `first` link and, when `more`, the `next` one.
+fn page(state: &AppState, q: &[(String, String)], items: &[ImageRecord], more: bool) -> Response {
+    let base_query = query_without_marker(q);
     let first = if base_query.is_empty() {
         "/v2/images".to_string()
     } else {
         format!("/v2/images?{base_query}")
     };
     let mut body = json!({
-        "images": items.iter().map(|r| image_json(&state, r)).collect::<Vec<_>>(),
+        "images": items.iter().map(|r| image_json(state, r)).collect::<Vec<_>>(),
         "first": first,
         "schema": "/v2/schemas/images",
     });
@@ -468,7 +495,7 @@ async fn list(
         let sep = if base_query.is_empty() { "" } else { "&" };
         body["next"] = json!(format!("/v2/images?{base_query}{sep}marker={}", last.id));
     }
-    Ok(axum::Json(body).into_response())
+    axum::Json(body).into_response()
 }
 
 /// The order of [`Ims::list`](crate::register::Ims::list), for merging several lists.
@@ -517,6 +544,13 @@ async fn delete(
     let staged = state.staged_path(&id);
     state
         .run(move |ims| {
+            let r = ims.show(&scope, &id)?;
+            if view::protected(&r) {
+                return Err(crate::register::ServiceError::rule(
+                    crate::register::RuleCode::ImageProtected,
+                    format!("Image {id} is protected and cannot be deleted: unset protected first"),
+                ));
+            }
             ims.delete(&scope, &id)?;
             let _ = std::fs::remove_file(&staged);
             Ok(())
@@ -615,7 +649,21 @@ async fn update(
             "min_ram" if kind != "remove" => update.min_ram = Some(count(&path, &v)?),
             "tags" if kind != "remove" => tags = Some(tag_list(&v)?),
             "disk_format" if kind != "remove" => fields.disk_format = disk_format(&v)?,
-            "protected" if kind != "remove" => fields.protected = Some(boolean(&path, &v)?),
+            "protected" if kind != "remove" && caller.admin => {
+                let on = boolean(&path, &v)?;
+                fields.protected = Some(on);
+                if !on && properties.remove(view::PROTECTED).is_some() {
+                    props_changed = true;
+                }
+            }
+            "protected" if kind != "remove" => {
+                props_changed = true;
+                if boolean(&path, &v)? {
+                    properties.insert(view::PROTECTED.into(), "true".into());
+                } else {
+                    properties.remove(view::PROTECTED);
+                }
+            }
             "os_hidden" if kind != "remove" => {
                 props_changed = true;
                 if boolean(&path, &v)? {

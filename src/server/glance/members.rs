@@ -111,10 +111,11 @@ async fn show(
     Ok(axum::Json(member_json(&m)).into_response())
 }
 
-/// A member's answer: `accepted` or `rejected` (only the member project answers).
+/// A member's answer: `accepted`, `rejected` or back to `pending` (only the member project
+/// answers).
 #[utoipa::path(put, path = "/v2/images/{image_id}/members/{member_id}", tag = "glance",
     params(("image_id" = String, Path), ("member_id" = String, Path)),
-    request_body(content = Object, description = "{\"status\": \"accepted\"|\"rejected\"}"),
+    request_body(content = Object, description = "{\"status\": \"accepted\"|\"rejected\"|\"pending\"}"),
     responses((status = 200, description = "The member"), (status = 400), (status = 403), (status = 404)))]
 async fn update(
     State(state): State<AppState>,
@@ -141,10 +142,7 @@ async fn update(
         .run(move |ims| match status {
             MemberStatus::Accepted => ims.accept(&scope, &id2),
             MemberStatus::Rejected => ims.reject(&scope, &id2),
-            _ => Err(crate::Error::InvalidArgument(
-                "an answer is accepted or rejected; a share is pending until answered".into(),
-            )
-            .into()),
+            _ => ims.reconsider(&scope, &id2),
         })
         .await?;
     let m = find(&state, &caller, id, project).await?;

@@ -97,9 +97,10 @@ pub const READ_ONLY: &[&str] = &[
 ];
 
 /// The properties ims itself reports for every image (read-only, as strings), IMS's names.
+/// `__os_version` is not among them: a client may give it (an ISO's OS, as IMS takes it), and
+/// what inspection finds is shown instead when it finds one.
 pub const IMS_FACTS: &[&str] = &[
     "__os_type",
-    "__os_version",
     "__platform",
     "__os_bit",
     "__imagetype",
@@ -116,6 +117,16 @@ pub fn status(r: &ImageRecord, staged: bool) -> &'static str {
         (Status::Saving, true) => "importing",
         (s, _) => s.name(),
     }
+}
+
+/// The property that keeps Glance's `protected` flag of a project's own image (ims's own
+/// `protected` is an operator's: public images). Either makes the image undeletable here until
+/// it is unset, as Glance does.
+pub const PROTECTED: &str = "protected";
+
+/// Whether the image is protected, as Glance shows it: ims's flag or the project's.
+pub fn protected(r: &ImageRecord) -> bool {
+    r.protected || r.properties.get(PROTECTED).is_some_and(|v| v == "true")
 }
 
 /// A tag as a string: `KEY` for an empty value, else `KEY=VALUE`.
@@ -186,7 +197,7 @@ pub fn image(r: &ImageRecord, staged: bool) -> Value {
         "name": opt(&r.name),
         "status": status(r, staged),
         "visibility": r.visibility.name(),
-        "protected": r.protected,
+        "protected": protected(r),
         "os_hidden": os_hidden,
         "checksum": if active { opt(&r.checksum.md5) } else { Value::Null },
         "os_hash_algo": if active && !r.checksum.sha512.is_empty() { json!("sha512") } else { Value::Null },
