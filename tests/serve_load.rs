@@ -71,7 +71,8 @@ fn call(
 }
 
 fn json(body: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
 }
 
 /// Resident-set high-water mark of a process, in MiB.
@@ -122,7 +123,12 @@ fn register_through_glance(url: &str, name: &str, file: &Path) {
         &format!("{url}/v2/images/{id}/import"),
         Some(serde_json::json!({"method": {"name": "glance-direct"}})),
     );
-    assert_eq!(status, 202, "import {name}: {}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        202,
+        "import {name}: {}",
+        String::from_utf8_lossy(&body)
+    );
     let deadline = Instant::now() + Duration::from_secs(1200);
     loop {
         let (status, body) = call(&agent, "GET", &format!("{url}/v2/images/{id}"), None);
@@ -147,7 +153,16 @@ fn list_latency_and_registrations_under_load() {
     let raw = dir.path().join("big.raw");
     mixed_raw(&raw, BIG, 7);
     let big = dir.path().join("big.qcow2");
-    qemu_img(&["convert", "-q", "-f", "raw", "-O", "qcow2", s(&raw), s(&big)]);
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        s(&raw),
+        s(&big),
+    ]);
     std::fs::remove_file(&raw).unwrap();
 
     // The same registrations through the CLI, each into the same fresh home, at once.
@@ -156,7 +171,14 @@ fn list_latency_and_registrations_under_load() {
     let children: Vec<_> = (0..REGISTRATIONS)
         .map(|i| {
             Command::new(env!("CARGO_BIN_EXE_ims"))
-                .args(["register", s(&big), "--name", &format!("cli-{i}"), "--type", "data"])
+                .args([
+                    "register",
+                    s(&big),
+                    "--name",
+                    &format!("cli-{i}"),
+                    "--type",
+                    "data",
+                ])
                 .env("IMS_HOME", &cli_home)
                 .env("IMS_PROJECT", "alice")
                 .stdout(std::process::Stdio::piped())
@@ -227,7 +249,8 @@ fn list_latency_and_registrations_under_load() {
                         "limit=25&sort_key=name&sort_dir=asc".to_string(),
                         format!("limit=50&disk_format={}", FORMATS[c % FORMATS.len()]),
                         format!("limit=20&tag=batch-{}", c % 10),
-                        "limit=25&status=queued&visibility=private&sort=created_at:desc".to_string(),
+                        "limit=25&status=queued&visibility=private&sort=created_at:desc"
+                            .to_string(),
                         format!("name=img-{:04}", (c * 13) % IMAGES),
                     ];
                     let mut times = Vec::new();

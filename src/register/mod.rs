@@ -411,9 +411,7 @@ impl Ims {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
             None => (t.clone(), None),
         });
-        let visible = self
-            .catalog
-            .visible_shared(&scope.region, &scope.project)?;
+        let visible = self.catalog.visible_shared(&scope.region, &scope.project)?;
         let mut items: Vec<(&ImageRecord, Option<MemberStatus>)> = visible
             .iter()
             .filter(|(r, m)| {

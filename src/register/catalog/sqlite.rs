@@ -630,7 +630,10 @@ CREATE INDEX members_project ON members (project);
         here.insert(&a, &|_| Ok(())).unwrap();
         assert_eq!(names(&here), ["a"]);
         let first = here.visible_shared("r1", "owner").unwrap();
-        assert!(Arc::ptr_eq(&first, &here.visible_shared("r1", "owner").unwrap()));
+        assert!(Arc::ptr_eq(
+            &first,
+            &here.visible_shared("r1", "owner").unwrap()
+        ));
 
         a.name = "renamed".into();
         here.update(&a).unwrap();
