@@ -79,16 +79,24 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     /// The pool that runs the IMS API's jobs (none: its job calls answer 503).
     pub jobs: Option<Arc<crate::register::JobPool>>,
+    /// Conversions the Image API's imports may run at once (`--workers`, default one per
+    /// core, as the job pool): an import waits for a permit, `importing`, before it converts.
+    pub imports: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     /// State over an open service.
     pub fn new(ims: Ims, config: ServeConfig, tokens: Tokens) -> AppState {
+        let imports = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         AppState {
             ims: Arc::new(ims),
             config: Arc::new(config),
             tokens: Arc::new(tokens),
             jobs: None,
+            imports: Arc::new(tokio::sync::Semaphore::new(imports)),
         }
     }
 

@@ -6,6 +6,7 @@
 //! does): `disk_format` becomes the stored format and the hashes those of the stored bytes.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -220,6 +221,10 @@ async fn import(
     let format = state.config.import_format;
     let worker = state.clone();
     tokio::spawn(async move {
+        // Bounded like the job pool: the image stays `importing` until a permit is free.
+        let Ok(_permit) = Arc::clone(&worker.imports).acquire_owned().await else {
+            return;
+        };
         let id2 = id.clone();
         let result = worker
             .run(move |ims| {
