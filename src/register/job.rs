@@ -362,7 +362,7 @@ pub struct Job {
     pub begin_time: Option<String>,
     /// When it ended.
     pub end_time: Option<String>,
-    /// On `FAIL`, the IMG error code ([`super::img_error`]).
+    /// On `FAIL`, the IMG error code ([`super::ims_errors::img_error`]).
     pub error_code: Option<String>,
     /// On `FAIL`, why.
     pub fail_reason: Option<String>,
