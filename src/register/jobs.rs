@@ -602,6 +602,10 @@ pub struct PoolOptions {
     pub progress_interval: Duration,
     /// How long an ended job is kept (then removed, as IMS forgets old jobs).
     pub keep_ended: Duration,
+    /// Niceness added to the workers (and so to the conversion threads they start: Linux
+    /// keeps it per thread and new threads inherit it). 0 keeps the process's; a server sets
+    /// it so that its requests are answered before the conversions run.
+    pub nice: i32,
 }
 
 impl Default for PoolOptions {
@@ -613,7 +617,16 @@ impl Default for PoolOptions {
             poll: Duration::from_secs(1),
             progress_interval: Duration::from_secs(1),
             keep_ended: Duration::from_secs(7 * 24 * 3600),
+            nice: 0,
         }
+    }
+}
+
+/// Adds `nice` to the calling thread's niceness (Linux: per thread, inherited by the threads
+/// it starts). Best effort: a thread that may not change it runs as it is.
+pub fn lower_priority(nice: i32) {
+    if nice > 0 {
+        let _ = rustix::process::nice(nice);
     }
 }
 
@@ -709,7 +722,10 @@ impl JobPool {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ims-job-{i}"))
-                    .spawn(move || worker(&s))
+                    .spawn(move || {
+                        lower_priority(s.options.nice);
+                        worker(&s)
+                    })
                     .map_err(|e| Error::io("start a job worker", e))?,
             );
         }

@@ -68,6 +68,10 @@ impl ServeConfig {
     }
 }
 
+/// Niceness added to the threads that convert (jobs and imports): lists and other requests
+/// keep answering quickly while conversions use the cores.
+pub const BACKGROUND_NICE: i32 = 10;
+
 /// The state handlers share (cheap to clone).
 #[derive(Clone)]
 pub struct AppState {
@@ -119,6 +123,28 @@ impl AppState {
     /// Whether image `id` has staged data.
     pub fn is_staged(&self, id: &str) -> bool {
         uuid::Uuid::parse_str(id).is_ok() && self.staged_path(id).exists()
+    }
+
+    /// Runs a conversion on a thread of its own at [`BACKGROUND_NICE`] (its pipeline threads
+    /// inherit it), so that requests are answered first while it runs; its error becomes an
+    /// answer.
+    pub async fn run_background<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Ims) -> crate::register::Result<T> + Send + 'static,
+    {
+        let ims = self.ims.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("ims-import".into())
+            .spawn(move || {
+                crate::register::jobs::lower_priority(BACKGROUND_NICE);
+                let _ = tx.send(f(&ims));
+            })
+            .map_err(|e| ApiError::internal(format!("could not start a conversion: {e}")))?;
+        rx.await
+            .map_err(|e| ApiError::internal(format!("a conversion failed: {e}")))?
+            .map_err(ApiError::from)
     }
 
     /// Runs a blocking library call on the blocking pool; its error becomes an answer.

@@ -227,7 +227,7 @@ async fn import(
         };
         let id2 = id.clone();
         let result = worker
-            .run(move |ims| {
+            .run_background(move |ims| {
                 if let Some(uri) = &uri
                     && let Err(e) = download(uri, &dir, &id2, ims.limits())
                 {

@@ -64,6 +64,7 @@ pub fn start_jobs(state: &AppState) -> crate::register::Result<JobPool> {
         objects(&state.config),
         PoolOptions {
             workers: state.config.workers,
+            nice: crate::server::state::BACKGROUND_NICE,
             ..PoolOptions::default()
         },
     )
