@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use byteorder::{BigEndian, ByteOrder};
-
 use super::consistency::Pass;
 use super::header::{HEADER_LEN, QcowHeader};
 use super::info::QcowInfo;
@@ -14,6 +12,7 @@ use crate::cache::Lru;
 use crate::compress::{InflateProblem, Inflated, inflate};
 use crate::error::{Error, Result};
 use crate::formats::info::FormatInfo;
+use crate::formats::qcow2::tables::read_table;
 use crate::limits::QCOW1_L2_CACHE_TABLES;
 use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, Unit, only_file};
 use crate::storage::{Storage, read_exact_at};
@@ -66,17 +65,6 @@ impl Entry {
             Entry::Data(e)
         }
     }
-}
-
-fn read_table(
-    storage: &dyn Storage,
-    offset: u64,
-    entries: u64,
-    what: &'static str,
-) -> Result<Vec<u64>> {
-    let mut raw = vec![0u8; usize_len(entries * 8)?];
-    read_exact_at(storage, &mut raw, offset, what)?;
-    Ok(raw.chunks_exact(8).map(BigEndian::read_u64).collect())
 }
 
 impl QcowDisk {
@@ -334,6 +322,7 @@ mod tests {
     use super::*;
     use crate::formats::qcow1::header::CRYPT_NONE;
     use crate::storage::MemoryStorage;
+    use byteorder::{BigEndian, ByteOrder};
 
     /// A 512-byte-cluster image (64 entries per L2 table): header, L1 (one entry) at 48, the
     /// L2 table at 512, then `tail` bytes; `l2` lists (entry, value).

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::header::Qcow2Header;
 use super::tables::{
     CompressedDescriptor, Geometry, L1Entry, L2Entry, OFLAG_COMPRESSED, decode_table, get_refcount,
-    refcount_block_offset,
+    read_table, refcount_block_offset,
 };
 use crate::error::{Error, Result};
 use crate::limits::MAX_CHECK_CLUSTERS;
@@ -330,22 +330,6 @@ fn walk_l1(
         }
     }
     Ok(())
-}
-
-/// Reads a table of `entries` big-endian u64s at `offset`.
-fn read_table(
-    storage: &dyn Storage,
-    offset: u64,
-    entries: u64,
-    structure: &'static str,
-) -> Result<Vec<u64>> {
-    let len = entries
-        .checked_mul(8)
-        .and_then(|l| usize::try_from(l).ok())
-        .ok_or_else(|| Error::limit(structure, offset, "table too large"))?;
-    let mut buf = vec![0u8; len];
-    read_exact_at(storage, &mut buf, offset, structure)?;
-    Ok(decode_table(&buf))
 }
 
 /// Walks the snapshot table: its length in bytes and each snapshot's L1 table (offset, size).
