@@ -86,6 +86,23 @@ pub fn body_reader(body: Body) -> (BodyReader, impl std::future::Future<Output =
     )
 }
 
+/// Image data comes as `application/octet-stream` (the default when no type is given);
+/// anything else is 415, as Glance answers.
+pub fn require_octet_stream(headers: &HeaderMap) -> ApiResult<()> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream");
+    if ctype.starts_with("application/octet-stream") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type {ctype} is not application/octet-stream"),
+        ))
+    }
+}
+
 /// The size a client declared: `X-OpenStack-Image-Size`, else `Content-Length`.
 fn declared_size(headers: &HeaderMap) -> ApiResult<Option<u64>> {
     for name in ["x-openstack-image-size", "content-length"] {
@@ -117,16 +134,7 @@ async fn upload(
     body: Body,
 ) -> ApiResult<Response> {
     let id = image_id(&id)?;
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream");
-    if !ctype.starts_with("application/octet-stream") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Type {ctype} is not application/octet-stream"),
-        ));
-    }
+    require_octet_stream(&headers)?;
     let size = declared_size(&headers)?;
     let (mut reader, pump) = body_reader(body);
     let scope = caller.scope.clone();

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::{Map, Value, json};
 
-use super::data::body_reader;
+use super::data::{body_reader, require_octet_stream};
 use super::images::{image_id, import_methods};
 use super::view::GlanceJson;
 use crate::cancel::CancelToken;
@@ -114,16 +114,7 @@ async fn stage(
     body: Body,
 ) -> ApiResult<Response> {
     let id = image_id(&id)?;
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream");
-    if !ctype.starts_with("application/octet-stream") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Type {ctype} is not application/octet-stream"),
-        ));
-    }
+    require_octet_stream(&headers)?;
     queued_own(&state, &caller, &id).await?;
     if state.is_staged(&id) {
         return Err(ApiError::conflict(format!(
