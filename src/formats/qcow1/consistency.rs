@@ -5,6 +5,7 @@
 //! clusters that nothing else may touch, each used by one guest cluster only.
 
 use crate::error::{Error, Result};
+use crate::formats::cluster_set::ClusterSet;
 use crate::limits::{MAX_QCOW1_COMPRESSED_CLUSTERS, MAX_QCOW1_MAP_CLUSTERS};
 
 /// A byte range of the file and what it is, for errors.
@@ -22,23 +23,10 @@ pub(crate) struct Range {
 pub(crate) struct Pass {
     ranges: Vec<Range>,
     compressed: usize,
-    touched: Vec<u64>,
-    data: Vec<u64>,
+    touched: ClusterSet,
+    data: ClusterSet,
     clusters: u64,
     cluster_bits: u8,
-}
-
-fn bit(set: &[u64], c: u64) -> bool {
-    usize::try_from(c / 64)
-        .ok()
-        .and_then(|w| set.get(w))
-        .is_some_and(|w| w & (1 << (c % 64)) != 0)
-}
-
-fn set(set: &mut [u64], c: u64) {
-    if let Some(w) = usize::try_from(c / 64).ok().and_then(|w| set.get_mut(w)) {
-        *w |= 1 << (c % 64);
-    }
 }
 
 impl Pass {
@@ -55,13 +43,11 @@ impl Pass {
                 ),
             ));
         }
-        let words = usize::try_from(clusters.div_ceil(64))
-            .map_err(|_| Error::limit("qcow image", 0, "too many host clusters"))?;
         Ok(Pass {
             ranges: Vec::new(),
             compressed: 0,
-            touched: vec![0; words],
-            data: vec![0; words],
+            touched: ClusterSet::new(clusters, "qcow image")?,
+            data: ClusterSet::new(clusters, "qcow image")?,
             clusters,
             cluster_bits,
         })
@@ -135,7 +121,7 @@ impl Pass {
             let first = r.start >> self.cluster_bits;
             let last = (r.end - 1) >> self.cluster_bits;
             for c in first..=last.min(self.clusters.saturating_sub(1)) {
-                set(&mut self.touched, c);
+                self.touched.insert(c);
             }
         }
         Ok(())
@@ -145,7 +131,7 @@ impl Pass {
     /// entry pointing at it is at `entry_at`.
     pub fn data(&mut self, offset: u64, entry_at: u64) -> Result<()> {
         let c = offset >> self.cluster_bits;
-        if bit(&self.data, c) {
+        if self.data.contains(c) {
             return Err(Error::malformed(
                 "qcow L2 table",
                 entry_at,
@@ -155,7 +141,7 @@ impl Pass {
                 ),
             ));
         }
-        if bit(&self.touched, c) {
+        if self.touched.contains(c) {
             let end = offset + (1 << self.cluster_bits);
             let what = self
                 .ranges
@@ -171,7 +157,7 @@ impl Pass {
                 format!("data cluster at {offset:#x} overlaps {what}"),
             ));
         }
-        set(&mut self.data, c);
+        self.data.insert(c);
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! cluster for each of the two uses.
 
 use crate::error::{Error, Result};
+use crate::formats::cluster_set::ClusterSet;
 use crate::limits::MAX_QED_MAP_CLUSTERS;
 
 /// What the pass found at a host cluster.
@@ -19,8 +20,8 @@ pub(crate) enum Use {
 
 /// Two bitmaps over the file's clusters, and the named metadata regions for errors.
 pub(crate) struct ClusterUse {
-    metadata: Vec<u64>,
-    data: Vec<u64>,
+    metadata: ClusterSet,
+    data: ClusterSet,
     clusters: u64,
     cluster_size: u64,
     regions: Vec<(u64, u64, &'static str)>,
@@ -41,35 +42,20 @@ impl ClusterUse {
                 ),
             ));
         }
-        let words = usize::try_from(clusters.div_ceil(64))
-            .map_err(|_| Error::limit("qed image", 0, "too many host clusters"))?;
         Ok(ClusterUse {
-            metadata: vec![0; words],
-            data: vec![0; words],
+            metadata: ClusterSet::new(clusters, "qed image")?,
+            data: ClusterSet::new(clusters, "qed image")?,
             clusters,
             cluster_size,
             regions: Vec::new(),
         })
     }
 
-    fn bit(set: &[u64], c: u64) -> bool {
-        usize::try_from(c / 64)
-            .ok()
-            .and_then(|w| set.get(w))
-            .is_some_and(|w| w & (1 << (c % 64)) != 0)
-    }
-
-    fn set(set: &mut [u64], c: u64) {
-        if let Some(w) = usize::try_from(c / 64).ok().and_then(|w| set.get_mut(w)) {
-            *w |= 1 << (c % 64);
-        }
-    }
-
     /// What host cluster `c` is used for.
     pub fn get(&self, c: u64) -> Use {
-        if Self::bit(&self.metadata, c) {
+        if self.metadata.contains(c) {
             Use::Metadata
-        } else if Self::bit(&self.data, c) {
+        } else if self.data.contains(c) {
             Use::Data
         } else {
             Use::Free
@@ -110,7 +96,7 @@ impl ClusterUse {
             if self.get(c) != Use::Free {
                 return Err(self.describe(c * self.cluster_size));
             }
-            Self::set(&mut self.metadata, c);
+            self.metadata.insert(c);
         }
         if let Some(name) = name {
             self.regions
@@ -128,7 +114,7 @@ impl ClusterUse {
         if self.get(c) != Use::Free {
             return Err(self.describe(offset));
         }
-        Self::set(&mut self.data, c);
+        self.data.insert(c);
         Ok(())
     }
 }
