@@ -127,6 +127,7 @@ pub struct ReadmeDoctests;
 pub mod block;
 pub mod cache;
 pub mod cancel;
+mod cluster_set;
 pub mod compare;
 pub mod compress;
 pub mod convert;

@@ -11,6 +11,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
 
+use byteorder::{BigEndian, ByteOrder};
 use bytes::Bytes;
 use rustix::fs::{SeekFrom, seek};
 
@@ -84,6 +85,24 @@ pub fn read_exact_at(
         ));
     }
     Ok(())
+}
+
+/// Reads a table of `entries` big-endian 64-bit entries at `offset` (qcow2's and qcow version
+/// 1's L1 and L2 tables); a size that cannot be held in memory is a limit error naming
+/// `structure`.
+pub fn read_be_u64_table(
+    storage: &dyn Storage,
+    offset: u64,
+    entries: u64,
+    structure: &'static str,
+) -> Result<Vec<u64>> {
+    let len = entries
+        .checked_mul(8)
+        .and_then(|l| usize::try_from(l).ok())
+        .ok_or_else(|| Error::limit(structure, offset, "table too large"))?;
+    let mut buf = vec![0u8; len];
+    read_exact_at(storage, &mut buf, offset, structure)?;
+    Ok(buf.chunks_exact(8).map(BigEndian::read_u64).collect())
 }
 
 /// `[offset, end)` as runs `(start, length, state)`: `Zero` for the holes the storage reports,

@@ -1,7 +1,6 @@
 //! The image formats. Each one lives in its own module and talks to the rest of the crate only
 //! through the traits in [`crate::block`].
 
-mod cluster_set;
 pub mod info;
 pub mod iso;
 pub mod qcow1;

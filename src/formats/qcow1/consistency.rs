@@ -4,8 +4,8 @@
 //! packs compressed clusters) but not bytes; uncompressed data clusters are whole aligned host
 //! clusters that nothing else may touch, each used by one guest cluster only.
 
+use crate::cluster_set::ClusterSet;
 use crate::error::{Error, Result};
-use crate::formats::cluster_set::ClusterSet;
 use crate::limits::{MAX_QCOW1_COMPRESSED_CLUSTERS, MAX_QCOW1_MAP_CLUSTERS};
 
 /// A byte range of the file and what it is, for errors.

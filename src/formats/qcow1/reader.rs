@@ -12,10 +12,9 @@ use crate::cache::Lru;
 use crate::compress::{InflateProblem, Inflated, inflate};
 use crate::error::{Error, Result};
 use crate::formats::info::FormatInfo;
-use crate::formats::qcow2::tables::read_table;
 use crate::limits::QCOW1_L2_CACHE_TABLES;
 use crate::mapped::{MappedDisk, MappedReader, Mapping, Segment, Unit, only_file};
-use crate::storage::{Storage, read_exact_at};
+use crate::storage::{Storage, read_be_u64_table, read_exact_at};
 
 /// Bit 63 of an L2 entry: the cluster is compressed.
 pub const OFLAG_COMPRESSED: u64 = 1 << 63;
@@ -99,7 +98,7 @@ impl QcowDisk {
         if l1_at.saturating_add(l1_size * 8) > len {
             return Err(Error::truncated("qcow L1 table", l1_at, l1_size * 8, len));
         }
-        let l1 = read_table(&*storage, l1_at, l1_size, "qcow L1 table")?;
+        let l1 = read_be_u64_table(&*storage, l1_at, l1_size, "qcow L1 table")?;
         let disk = QcowDisk {
             storage,
             header,
@@ -147,7 +146,7 @@ impl QcowDisk {
             if t == 0 {
                 continue;
             }
-            let table = read_table(&*self.storage, t, h.l2_entries(), "qcow L2 table")?;
+            let table = read_be_u64_table(&*self.storage, t, h.l2_entries(), "qcow L2 table")?;
             for (j, &e) in table.iter().enumerate() {
                 let at = t + 8 * j as u64;
                 let guest = (i as u64 * h.l2_entries() + j as u64).saturating_mul(cs);
@@ -193,7 +192,7 @@ impl QcowDisk {
         if let Some(t) = self.l2.get(&offset) {
             return Ok(t);
         }
-        let t = Arc::new(read_table(
+        let t = Arc::new(read_be_u64_table(
             &*self.storage,
             offset,
             self.header.l2_entries(),

@@ -11,11 +11,11 @@ use serde::Serialize;
 use super::header::Qcow2Header;
 use super::tables::{
     CompressedDescriptor, Geometry, L1Entry, L2Entry, OFLAG_COMPRESSED, decode_table, get_refcount,
-    read_table, refcount_block_offset,
+    refcount_block_offset,
 };
 use crate::error::{Error, Result};
 use crate::limits::MAX_CHECK_CLUSTERS;
-use crate::storage::{Storage, read_exact_at};
+use crate::storage::{Storage, read_be_u64_table, read_exact_at};
 
 /// What a check found, with qemu-img check's JSON keys (zero counts left out, as qemu-img does).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -131,7 +131,7 @@ pub fn check(storage: &dyn Storage) -> Result<CheckReport> {
     if let Some(enc) = header.extensions.encryption_header {
         t.reference(enc.offset, enc.length, "encryption header");
     }
-    let l1 = read_table(
+    let l1 = read_be_u64_table(
         storage,
         h.l1_table_offset,
         u64::from(h.l1_size),
@@ -153,7 +153,8 @@ pub fn check(storage: &dyn Storage) -> Result<CheckReport> {
                 continue;
             }
             t.reference(offset, u64::from(size) * 8, "snapshot L1 table");
-            let l1 = read_table(storage, offset, u64::from(size), "qcow2 snapshot L1 table")?;
+            let l1 =
+                read_be_u64_table(storage, offset, u64::from(size), "qcow2 snapshot L1 table")?;
             walk_l1(storage, &l1, &geometry, h.version, &mut t, None)?;
         }
     }
@@ -194,7 +195,7 @@ fn read_refcounts(
     let h = &header.header;
     let cs = geometry.cluster_size();
     let table_entries = (u64::from(h.refcount_table_clusters) << h.cluster_bits) / 8;
-    let table = read_table(
+    let table = read_be_u64_table(
         storage,
         h.refcount_table_offset,
         table_entries,

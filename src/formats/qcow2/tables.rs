@@ -2,16 +2,13 @@
 //! their subcluster bitmaps) and refcount table and block entries. The geometry that follows
 //! from the header is in `geometry.rs`, the internal snapshot table in `snapshot.rs`.
 //!
-//! Everything here is pure decoding and arithmetic (and `read_table`, which only fetches a table
-//! to decode), so the reader, the writer and the checker share one definition of each bit. The layouts are described in `formats/qcow2.md`.
+//! Everything here is pure decoding and arithmetic, so the reader, the writer and the checker
+//! share one definition of each bit. The layouts are described in `formats/qcow2.md`.
 
 pub use super::geometry::{Geometry, SUBCLUSTERS_PER_CLUSTER, TABLE_ENTRY_SIZE};
 pub use super::snapshot::{Snapshot, read_snapshot_table};
 
 use byteorder::{BigEndian, ByteOrder};
-
-use crate::error::{Error, Result};
-use crate::storage::{Storage, read_exact_at};
 
 /// Bits 9-55 of an L1 entry: the offset of an L2 table.
 pub const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -219,23 +216,6 @@ impl CompressedDescriptor {
 /// entry is ignored.
 pub fn decode_table(bytes: &[u8]) -> Vec<u64> {
     bytes.chunks_exact(8).map(BigEndian::read_u64).collect()
-}
-
-/// Reads a table of `entries` big-endian u64s at `offset` (qcow2's and qcow version 1's
-/// tables); a size that does not fit in memory is a limit error naming `structure`.
-pub fn read_table(
-    storage: &dyn Storage,
-    offset: u64,
-    entries: u64,
-    structure: &'static str,
-) -> Result<Vec<u64>> {
-    let len = entries
-        .checked_mul(8)
-        .and_then(|l| usize::try_from(l).ok())
-        .ok_or_else(|| Error::limit(structure, offset, "table too large"))?;
-    let mut buf = vec![0u8; len];
-    read_exact_at(storage, &mut buf, offset, structure)?;
-    Ok(decode_table(&buf))
 }
 
 /// Offset of the refcount block a refcount table entry points to (0: not allocated).

@@ -3,8 +3,8 @@
 //! data), and no host cluster may hold two guest clusters (amplification). One bit per host
 //! cluster for each of the two uses.
 
+use crate::cluster_set::ClusterSet;
 use crate::error::{Error, Result};
-use crate::formats::cluster_set::ClusterSet;
 use crate::limits::MAX_QED_MAP_CLUSTERS;
 
 /// What the pass found at a host cluster.
