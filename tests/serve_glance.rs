@@ -575,6 +575,11 @@ fn stage_and_import_convert_into_the_store_format() {
     assert_eq!(done["status"], "active", "{done}");
     assert_eq!(done["disk_format"], "zvhd2");
     assert_eq!(done["virtual_size"], 4u64 << 20);
+    let left = walk(&server.home.join("store"));
+    assert!(
+        left.len() == 1 && left[0].to_string_lossy().ends_with(".zvhd2"),
+        "the staged data is dropped once imported: {left:?}"
+    );
     let stored = server
         .get(&format!("/v2/images/{id}/file"), Some(ALICE))
         .body;
@@ -657,8 +662,8 @@ fn a_server_killed_during_an_upload_leaves_a_killed_image_and_no_data_after_rest
     );
     let stored = walk(&server.home.join("store"));
     assert!(stored.is_empty(), "no orphaned data: {stored:?}");
-    // A record created without data is not interrupted: it still waits, with its staged data;
-    // a partial staging file, or staged data of an image that no longer waits, is dropped.
+    // A record created without data is not interrupted: it still waits, with its staged data
+    // (kept in the store); a stage cut short leaves nothing, and its image waits still.
     let waiting = created_id(&create(
         &server,
         ALICE,
@@ -672,13 +677,125 @@ fn a_server_killed_during_an_upload_leaves_a_killed_image_and_no_data_after_rest
         Some(&[1u8; 4096]),
     );
     assert_eq!(r.status, 204);
-    let staging = server.home.join("staging");
-    std::fs::write(staging.join(format!("{id}.part")), b"cut").unwrap();
-    std::fs::write(staging.join(&id), b"stale").unwrap();
+    let staged = walk(&server.home.join("store"));
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    let cut = created_id(&create(
+        &server,
+        ALICE,
+        json!({"name": "cut", "disk_format": "raw"}),
+    ));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = Stalled {
+        first: 3 << 20,
+        stop: stop.clone(),
+    };
+    let (url, path) = (server.url.clone(), format!("/v2/images/{cut}/stage"));
+    let client = std::thread::spawn(move || {
+        common::server::put_reader_at(&url, &path, ALICE, reader).map(|r| r.status)
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while walk(&server.home.join("store")).len() < 2 {
+        assert!(Instant::now() < deadline, "the stage never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
     let server = server.crash_and_restart(&[]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = client.join();
     assert_eq!(show(&server, ALICE, &waiting).json()["status"], "uploading");
-    let left: Vec<_> = walk(&server.home.join("staging"));
-    assert_eq!(left, [server.home.join("staging").join(&waiting)]);
+    assert_eq!(show(&server, ALICE, &cut).json()["status"], "queued");
+    assert_eq!(
+        walk(&server.home.join("store")),
+        staged,
+        "the cut stage left nothing"
+    );
+    // The restarted server imports what the first one staged, and drops the staged data.
+    let r = server.json(
+        "POST",
+        &format!("/v2/images/{waiting}/import"),
+        ALICE,
+        None,
+        &json!({"method": {"name": "glance-direct"}}),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let v = wait_until_settled(&server, &waiting);
+    assert_eq!(v["status"], "active", "{v}");
+    let left = walk(&server.home.join("store"));
+    assert!(
+        left.len() == 1 && left[0].to_string_lossy().ends_with(".zvhd2"),
+        "only the imported image is stored: {left:?}"
+    );
+}
+
+/// The image `id` once it is `active` or `killed` (within 60 s).
+fn wait_until_settled(server: &Server, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = show(server, ALICE, id).json();
+        if v["status"] == "active" || v["status"] == "killed" {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "the import never ended: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_server_killed_during_an_import_fails_it_with_a_reason_after_restart() {
+    // A source that sends the start of a 64 MiB file, then nothing until the test ends.
+    let source = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = source.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    std::thread::spawn(move || {
+        for conn in source.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut request = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut request);
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 67108864\r\n\r\n",
+            );
+            let _ = std::io::Write::write_all(&mut conn, &vec![0u8; 2 << 20]);
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    let allowed = format!("http://127.0.0.1:{port}/");
+    let server = Server::start_with(None, &["--allow-download", &allowed]);
+    let id = created_id(&create(
+        &server,
+        ALICE,
+        json!({"name": "slow", "disk_format": "raw"}),
+    ));
+    let r = server.json(
+        "POST",
+        &format!("/v2/images/{id}/import"),
+        ALICE,
+        None,
+        &json!({"method": {"name": "web-download", "uri": format!("{allowed}disk.raw")}}),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while walk(&server.home.join("store")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the download never began to stage"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let server = server.crash_and_restart(&["--allow-download", &allowed]);
+    let v = wait_until_settled(&server, &id);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(v["status"], "killed", "{v}");
+    assert!(
+        v["status_reason"].as_str().unwrap().contains("interrupted"),
+        "{v}"
+    );
+    let left = walk(&server.home.join("store"));
+    assert!(left.is_empty(), "no orphaned data: {left:?}");
 }
 
 #[test]

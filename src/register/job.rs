@@ -252,6 +252,18 @@ pub enum JobSpec {
         /// The object.
         source: String,
     },
+    /// Import data into the queued image `image_id` (the OpenStack Image API's `import`),
+    /// converted into `format`: the data staged for it (`glance-direct`), or first the URL `uri`
+    /// staged (`web-download`).
+    Import {
+        /// The queued image.
+        image_id: String,
+        /// The URL to fetch first (`web-download`); none: the data is staged already.
+        #[serde(default)]
+        uri: Option<String>,
+        /// The store format's name.
+        format: String,
+    },
     /// Copy an image within its region.
     Copy {
         /// The image.
@@ -312,7 +324,9 @@ impl JobSpec {
     /// What a worker does for it, in a few words (IMS's `current_task` while it runs).
     pub fn task(&self) -> &'static str {
         match self {
-            JobSpec::Register { .. } | JobSpec::RegisterInto { .. } => "importing the image file",
+            JobSpec::Register { .. } | JobSpec::RegisterInto { .. } | JobSpec::Import { .. } => {
+                "importing the image file"
+            }
             JobSpec::Copy { .. } => "copying the image",
             JobSpec::Replicate { .. } => "copying the image to another region",
             JobSpec::Export { .. } => "exporting the image",
@@ -329,7 +343,7 @@ impl JobSpec {
                 JobType::ImportDataImage
             }
             JobSpec::Register { .. } => JobType::ImportImage,
-            JobSpec::RegisterInto { .. } => JobType::NativeImportImage,
+            JobSpec::RegisterInto { .. } | JobSpec::Import { .. } => JobType::NativeImportImage,
             JobSpec::Copy { .. } => JobType::CopyImageInRegion,
             JobSpec::Replicate { .. } => JobType::CopyImageCrossRegion,
             JobSpec::Export { .. } => JobType::NativeExportImage,

@@ -48,6 +48,16 @@ pub trait Objects: Send + Sync {
 
     /// Stores the local file `file` as the object `url`.
     fn put(&self, url: &str, file: &Path) -> Result<()>;
+
+    /// The bytes at the web address `url`, read once front to back, for an import's
+    /// `web-download`. By default no address is fetched: a service that offers the method
+    /// says which addresses it allows.
+    fn fetch(&self, url: &str) -> Result<Box<dyn std::io::Read + Send>> {
+        Err(Error::InvalidArgument(format!(
+            "web-download of {url}: this service fetches no URLs"
+        ))
+        .into())
+    }
 }
 
 /// A `bucket:object` name split and checked: a bucket of letters, digits, `-`, `.` and `_`,
@@ -185,6 +195,9 @@ impl Ims {
             }
             JobSpec::RegisterInto { source, .. } => {
                 parse_object_url(source)?;
+            }
+            JobSpec::Import { format, .. } => {
+                format.parse::<Format>()?;
             }
             JobSpec::Export { target, format, .. } => {
                 parse_object_url(target)?;
@@ -324,6 +337,31 @@ impl Ims {
                         &mut on_progress,
                         cancel,
                     )
+                    .map_err(registering)?;
+                entities.image_id = Some(r.id);
+                entities.image_name = Some(r.name);
+            }
+            JobSpec::Import {
+                image_id,
+                uri,
+                format,
+            } => {
+                let registering = |e: ServiceError| JobFailure::of(&e, true);
+                let format = format
+                    .parse::<Format>()
+                    .map_err(|e| registering(e.into()))?;
+                if let Some(uri) = uri {
+                    let staged = objects
+                        .fetch(uri)
+                        .and_then(|mut data| self.stage(&scope, image_id, &mut data));
+                    if let Err(e) = staged {
+                        // The image waits for data no more: its import failed.
+                        let _ = self.abandon_import(image_id, &e.to_string());
+                        return Err(JobFailure::new(ims_errors::FILE_UNREADABLE, e.to_string()));
+                    }
+                }
+                let r = self
+                    .import_staged(&scope, image_id, format, &mut on_progress, cancel)
                     .map_err(registering)?;
                 entities.image_id = Some(r.id);
                 entities.image_name = Some(r.name);
@@ -540,6 +578,10 @@ impl Ims {
                 );
                 let new = job.clone().failed(ims_errors::UNKNOWN.code, &why);
                 if self.catalog.replace_job(&job, &new)? {
+                    // An import's image waits no more, and its staged data is dropped.
+                    if let JobSpec::Import { image_id, .. } = &job.spec {
+                        self.abandon_import(image_id, &why)?;
+                    }
                     failed.push(job.job_id);
                 }
             }

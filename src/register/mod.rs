@@ -38,6 +38,7 @@ pub mod replicate;
 mod resized;
 pub mod rules;
 pub mod sharing;
+mod staging;
 pub mod store;
 mod tag;
 mod update;
@@ -528,6 +529,9 @@ impl Ims {
         self.catalog.remove_members(id)?;
         for key in r.store_keys() {
             self.store.remove(key)?;
+        }
+        if upload::awaits_data(&r) {
+            self.store.remove(&staging::staging_key(&r.region, &r.id))?;
         }
         Ok(())
     }

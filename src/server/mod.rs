@@ -152,7 +152,6 @@ pub fn serve(config: ServeConfig) -> crate::register::Result<()> {
         .try_init();
     let tokens = auth::Tokens::load(&config.tokens)?;
     let ims = open_service(&config)?;
-    drop_stale_staging(&ims, &config.home.join("staging"));
     let listener =
         std::net::TcpListener::bind(config.listen).map_err(|e| crate::Error::io("listen", e))?;
     listener
@@ -203,23 +202,6 @@ pub fn serve(config: ServeConfig) -> crate::register::Result<()> {
         served.map_err(|e| crate::Error::io("serve", e))?;
         Ok(())
     })
-}
-
-/// Drops what a previous run left in the staging directory: partial files (a stage or download
-/// cut short) and the staged data of images that no longer wait for data (an import that was
-/// interrupted: recovery killed its image).
-fn drop_stale_staging(ims: &Ims, dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let keep = uuid::Uuid::parse_str(&name).is_ok() && ims.awaits_data(&name).unwrap_or(true);
-        if !keep {
-            tracing::info!(file = %name, "dropping stale staged data");
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
 }
 
 /// SIGINT or SIGTERM.

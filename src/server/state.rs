@@ -68,7 +68,7 @@ impl ServeConfig {
     }
 }
 
-/// Niceness added to the threads that convert (jobs and imports): lists and other requests
+/// Niceness added to the threads that run jobs (conversions among them): lists and other requests
 /// keep answering quickly while conversions use the cores.
 pub const BACKGROUND_NICE: i32 = 10;
 
@@ -81,26 +81,19 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     /// The known tokens.
     pub tokens: Arc<Tokens>,
-    /// The pool that runs the IMS API's jobs (none: its job calls answer 503).
+    /// The pool that runs the jobs: the IMS API's, and the Image API's imports (none: those
+    /// calls answer 503).
     pub jobs: Option<Arc<crate::register::JobPool>>,
-    /// Conversions the Image API's imports may run at once (`--workers`, default one per
-    /// core, as the job pool): an import waits for a permit, `importing`, before it converts.
-    pub imports: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     /// State over an open service.
     pub fn new(ims: Ims, config: ServeConfig, tokens: Tokens) -> AppState {
-        let imports = match config.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
         AppState {
             ims: Arc::new(ims),
             config: Arc::new(config),
             tokens: Arc::new(tokens),
             jobs: None,
-            imports: Arc::new(tokio::sync::Semaphore::new(imports)),
         }
     }
 
@@ -108,43 +101,6 @@ impl AppState {
     pub fn with_jobs(mut self, pool: crate::register::JobPool) -> AppState {
         self.jobs = Some(Arc::new(pool));
         self
-    }
-
-    /// Where data staged for an import waits (`HOME/staging/ID`): a local file per image.
-    pub fn staging_dir(&self) -> PathBuf {
-        self.config.home.join("staging")
-    }
-
-    /// The staged data of image `id` (a UUID, checked by the caller: it names a file).
-    pub fn staged_path(&self, id: &str) -> PathBuf {
-        self.staging_dir().join(id)
-    }
-
-    /// Whether image `id` has staged data.
-    pub fn is_staged(&self, id: &str) -> bool {
-        uuid::Uuid::parse_str(id).is_ok() && self.staged_path(id).exists()
-    }
-
-    /// Runs a conversion on a thread of its own at [`BACKGROUND_NICE`] (its pipeline threads
-    /// inherit it), so that requests are answered first while it runs; its error becomes an
-    /// answer.
-    pub async fn run_background<T, F>(&self, f: F) -> ApiResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Ims) -> crate::register::Result<T> + Send + 'static,
-    {
-        let ims = self.ims.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("ims-import".into())
-            .spawn(move || {
-                crate::register::jobs::lower_priority(BACKGROUND_NICE);
-                let _ = tx.send(f(&ims));
-            })
-            .map_err(|e| ApiError::internal(format!("could not start a conversion: {e}")))?;
-        rx.await
-            .map_err(|e| ApiError::internal(format!("a conversion failed: {e}")))?
-            .map_err(ApiError::from)
     }
 
     /// Runs a blocking library call on the blocking pool; its error becomes an answer.

@@ -116,10 +116,20 @@ pub fn import_methods(state: &AppState) -> Vec<&'static str> {
     m
 }
 
-/// An image answer with the status and the staged flag looked up.
-pub fn image_json(state: &AppState, r: &ImageRecord) -> Value {
+/// An image answer, with whether it has staged data looked up in the store when it waits for
+/// data or is being imported.
+pub async fn image_json(state: &AppState, r: &ImageRecord) -> Value {
     let waiting = matches!(r.status, Status::Queued | Status::Saving);
-    view::image(r, waiting && state.is_staged(&r.id))
+    let staged = if waiting {
+        let (region, id) = (r.region.clone(), r.id.clone());
+        state
+            .run(move |ims| Ok(ims.is_staged(&region, &id)))
+            .await
+            .unwrap_or(false)
+    } else {
+        false
+    };
+    view::image(r, staged)
 }
 
 /// Creates an image, `queued`, without data.
@@ -186,7 +196,7 @@ async fn create(
             _ => e,
         })?;
     let base = super::versions::base_url(&headers);
-    let mut response = (StatusCode::CREATED, axum::Json(image_json(&state, &r))).into_response();
+    let mut response = (StatusCode::CREATED, axum::Json(view::image(&r, false))).into_response();
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&format!("{base}/v2/images/{}", r.id)) {
         h.insert(header::LOCATION, v);
@@ -438,7 +448,7 @@ async fn list(
             .collect();
         let more = items.len() > p.limit;
         items.truncate(p.limit);
-        return Ok(page(&state, &q, &items, more));
+        return Ok(page(&state, &q, &items, more).await);
     }
     let records = state
         .run(move |ims| {
@@ -475,19 +485,28 @@ async fn list(
     }
     let more = items.len() > p.limit;
     items.truncate(p.limit);
-    Ok(page(&state, &q, &items, more))
+    Ok(page(&state, &q, &items, more).await)
 }
 
 /// A page of the list: its images, the `first` link and, when `more`, the `next` one.
-fn page(state: &AppState, q: &[(String, String)], items: &[ImageRecord], more: bool) -> Response {
+async fn page(
+    state: &AppState,
+    q: &[(String, String)],
+    items: &[ImageRecord],
+    more: bool,
+) -> Response {
     let base_query = query_without_marker(q);
     let first = if base_query.is_empty() {
         "/v2/images".to_string()
     } else {
         format!("/v2/images?{base_query}")
     };
+    let mut images = Vec::with_capacity(items.len());
+    for r in items {
+        images.push(image_json(state, r).await);
+    }
     let mut body = json!({
-        "images": items.iter().map(|r| image_json(state, r)).collect::<Vec<_>>(),
+        "images": images,
         "first": first,
         "schema": "/v2/schemas/images",
     });
@@ -527,7 +546,7 @@ async fn show(
     let id = image_id(&id)?;
     let scope = caller.scope.clone();
     let r = state.run(move |ims| ims.show(&scope, &id)).await?;
-    Ok(axum::Json(image_json(&state, &r)).into_response())
+    Ok(axum::Json(image_json(&state, &r).await).into_response())
 }
 
 /// Deletes an image (204).
@@ -541,7 +560,6 @@ async fn delete(
 ) -> ApiResult<Response> {
     let id = image_id(&id)?;
     let scope = caller.scope.clone();
-    let staged = state.staged_path(&id);
     state
         .run(move |ims| {
             let r = ims.show(&scope, &id)?;
@@ -551,9 +569,7 @@ async fn delete(
                     format!("Image {id} is protected and cannot be deleted: unset protected first"),
                 ));
             }
-            ims.delete(&scope, &id)?;
-            let _ = std::fs::remove_file(&staged);
-            Ok(())
+            ims.delete(&scope, &id)
         })
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -751,7 +767,7 @@ async fn update(
             ims.show(&scope, &id)
         })
         .await?;
-    Ok(axum::Json(image_json(&state, &r)).into_response())
+    Ok(axum::Json(image_json(&state, &r).await).into_response())
 }
 
 /// The routes.

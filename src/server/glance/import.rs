@@ -1,11 +1,12 @@
-//! Interoperable import: `GET /v2/info/import`, `PUT .../stage` (the data waits in
-//! `HOME/staging/ID`; the image shows `uploading`) and `POST .../import` (202; `importing`,
-//! then `active` or `killed` with a reason). `glance-direct` imports the staged data;
+//! Interoperable import: `GET /v2/info/import`, `PUT .../stage` (the data waits in the image
+//! store, [`Ims::stage`](crate::register::Ims::stage); the image shows `uploading`) and
+//! `POST .../import` (202; a persisted job of the pool, so any server sharing the catalog and
+//! the store runs it, and a crash fails it with a reason; the image shows `importing`, then
+//! `active` or `killed` with a reason). `glance-direct` imports the staged data;
 //! `web-download` first fetches a URL from the operator's allowed list into staging. The
 //! import converts into the store format as it reads (as Glance's image-conversion plugin
 //! does): `disk_format` becomes the stored format and the hashes those of the stored bytes.
 
-use std::io::Write;
 use std::sync::Arc;
 
 use axum::Router;
@@ -19,8 +20,8 @@ use serde_json::{Map, Value, json};
 use super::data::{body_reader, require_octet_stream};
 use super::images::{image_id, import_methods};
 use super::view::GlanceJson;
-use crate::cancel::CancelToken;
-use crate::register::{ImageRecord, Limits, rules, upload::awaits_data};
+use crate::register::jobs::Objects;
+use crate::register::{ImageRecord, JobSpec, rules, upload::awaits_data};
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::state::AppState;
@@ -38,20 +39,22 @@ async fn info(State(state): State<AppState>) -> impl IntoResponse {
     }))
 }
 
-/// The image `id` if the caller owns it and it waits for data (else 403/404/409).
-async fn queued_own(state: &AppState, caller: &Caller, id: &str) -> ApiResult<ImageRecord> {
+/// The image `id` if the caller owns it and it waits for data (else 403/404/409), and whether
+/// it has staged data.
+async fn queued_own(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(ImageRecord, bool)> {
     let scope = caller.scope.clone();
     let id = id.to_string();
     state
         .run(move |ims| {
             let r = ims.show(&scope, &id)?;
             rules::check_owner(&r, &scope.project)?;
-            Ok(r)
+            let staged = awaits_data(&r) && ims.is_staged(&r.region, &r.id);
+            Ok((r, staged))
         })
         .await
-        .and_then(|r| {
+        .and_then(|(r, staged)| {
             if awaits_data(&r) {
-                Ok(r)
+                Ok((r, staged))
             } else {
                 Err(ApiError::conflict(format!(
                     "image {} is {}: data is staged and imported only into a queued image",
@@ -61,47 +64,8 @@ async fn queued_own(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Im
         })
 }
 
-/// Copies `reader` into the staging file of `id` (through `ID.part`, renamed when whole),
-/// at most the file-size limit.
-fn stage_file(
-    dir: &std::path::Path,
-    id: &str,
-    reader: &mut dyn std::io::Read,
-    limits: &Limits,
-) -> crate::register::Result<u64> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| crate::Error::io("create the staging directory", e))?;
-    let part = dir.join(format!("{id}.part"));
-    let done = dir.join(id);
-    let result = (|| {
-        let mut file = std::fs::File::create(&part)
-            .map_err(|e| crate::Error::io("create a staging file", e))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(crate::Error::io("read the staged data", e).into()),
-            };
-            total = total.saturating_add(n as u64);
-            rules::check_sizes(total, 0, limits)?;
-            file.write_all(&buf[..n])
-                .map_err(|e| crate::Error::io("write a staging file", e))?;
-        }
-        file.sync_all()
-            .map_err(|e| crate::Error::io("write a staging file", e))?;
-        std::fs::rename(&part, &done).map_err(|e| crate::Error::io("stage", e))?;
-        Ok(total)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&part);
-    }
-    result
-}
-
-/// Stages an image's data for a later import (204; the image shows `uploading`).
+/// Stages an image's data for a later import (204; the image shows `uploading`). The data
+/// waits in the image store, so any server sharing it may run the import.
 #[utoipa::path(put, path = "/v2/images/{image_id}/stage", tag = "glance",
     params(("image_id" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
@@ -115,42 +79,71 @@ async fn stage(
 ) -> ApiResult<Response> {
     let id = image_id(&id)?;
     require_octet_stream(&headers)?;
-    queued_own(&state, &caller, &id).await?;
-    if state.is_staged(&id) {
+    if queued_own(&state, &caller, &id).await?.1 {
         return Err(ApiError::conflict(format!(
             "image {id} has staged data already"
         )));
     }
     let (mut reader, pump) = body_reader(body);
-    let dir = state.staging_dir();
-    let call = state.run(move |ims| stage_file(&dir, &id, &mut reader, ims.limits()));
+    let scope = caller.scope.clone();
+    let call = state.run(move |ims| ims.stage(&scope, &id, &mut reader));
     let (result, ()) = tokio::join!(call, pump);
     result?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Fetches `uri` (on the allowed list) into the staging file of `id`.
-fn download(
-    uri: &str,
-    dir: &std::path::Path,
-    id: &str,
-    limits: &Limits,
-) -> crate::register::Result<u64> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(true)
-        .max_redirects(0)
-        .build()
-        .into();
-    let response = agent
-        .get(uri)
-        .call()
-        .map_err(|e| crate::Error::InvalidArgument(format!("web-download of {uri}: {e}")))?;
-    let mut reader = response.into_body().into_reader();
-    stage_file(dir, id, &mut reader, limits)
+/// The objects of the server's jobs, with the addresses `web-download` may fetch: those that
+/// begin with one of the operator's allowed prefixes, over plain HTTP (ureq, no redirects).
+pub struct WebDownloadObjects {
+    /// The objects of `bucket:object` names.
+    pub inner: Arc<dyn Objects>,
+    /// The allowed URL prefixes.
+    pub allow: Vec<String>,
+}
+
+impl WebDownloadObjects {
+    /// Whether `uri` is on the allowed list.
+    pub fn allows(allow: &[String], uri: &str) -> bool {
+        allow.iter().any(|prefix| uri.starts_with(prefix.as_str()))
+    }
+}
+
+impl Objects for WebDownloadObjects {
+    fn open(&self, url: &str) -> crate::register::Result<crate::Input> {
+        self.inner.open(url)
+    }
+
+    fn exists(&self, url: &str) -> crate::register::Result<bool> {
+        self.inner.exists(url)
+    }
+
+    fn put(&self, url: &str, file: &std::path::Path) -> crate::register::Result<()> {
+        self.inner.put(url, file)
+    }
+
+    fn fetch(&self, url: &str) -> crate::register::Result<Box<dyn std::io::Read + Send>> {
+        if !Self::allows(&self.allow, url) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "{url} is not on the server's list of allowed download sources"
+            ))
+            .into());
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(true)
+            .max_redirects(0)
+            .build()
+            .into();
+        let response = agent
+            .get(url)
+            .call()
+            .map_err(|e| crate::Error::InvalidArgument(format!("web-download of {url}: {e}")))?;
+        Ok(Box::new(response.into_body().into_reader()))
+    }
 }
 
 /// Imports an image's data (202): the staged data (`glance-direct`) or a URL on the allowed
-/// list (`web-download`), converted into the store format.
+/// list (`web-download`), converted into the store format by a job of the pool, which any
+/// server sharing the catalog may run.
 #[utoipa::path(post, path = "/v2/images/{image_id}/import", tag = "glance",
     params(("image_id" = String, Path)),
     request_body(content = Object, description = "{\"method\": {\"name\": \"glance-direct\"|\"web-download\", \"uri\": URL}}"),
@@ -173,24 +166,23 @@ async fn import(
             import_methods(&state).join(", ")
         )));
     }
-    queued_own(&state, &caller, &id).await?;
+    let pool = state.jobs.clone().ok_or_else(|| {
+        ApiError::internal("this server runs no imports")
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)
+    })?;
+    let staged = queued_own(&state, &caller, &id).await?.1;
     let uri = match name {
         "web-download" => {
             let uri = method
                 .get("uri")
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::bad_request("web-download needs a uri"))?;
-            if !state
-                .config
-                .web_download_allow
-                .iter()
-                .any(|prefix| uri.starts_with(prefix.as_str()))
-            {
+            if !WebDownloadObjects::allows(&state.config.web_download_allow, uri) {
                 return Err(ApiError::bad_request(format!(
                     "{uri} is not on the server's list of allowed download sources"
                 )));
             }
-            if state.is_staged(&id) {
+            if staged {
                 return Err(ApiError::conflict(format!(
                     "image {id} has staged data already"
                 )));
@@ -198,7 +190,7 @@ async fn import(
             Some(uri.to_string())
         }
         _ => {
-            if !state.is_staged(&id) {
+            if !staged {
                 return Err(ApiError::conflict(format!(
                     "image {id} has no staged data: PUT it to /v2/images/{id}/stage first"
                 )));
@@ -206,42 +198,14 @@ async fn import(
             None
         }
     };
+    let spec = JobSpec::Import {
+        image_id: id.clone(),
+        uri,
+        format: state.config.import_format.name().to_string(),
+    };
     let scope = caller.scope.clone();
-    let staged = state.staged_path(&id);
-    let dir = state.staging_dir();
-    let format = state.config.import_format;
-    let worker = state.clone();
-    tokio::spawn(async move {
-        // Bounded like the job pool: the image stays `importing` until a permit is free.
-        let Ok(_permit) = Arc::clone(&worker.imports).acquire_owned().await else {
-            return;
-        };
-        let id2 = id.clone();
-        let result = worker
-            .run_background(move |ims| {
-                if let Some(uri) = &uri
-                    && let Err(e) = download(uri, &dir, &id2, ims.limits())
-                {
-                    ims.kill_waiting(&scope, &id2, &e.to_string())?;
-                    return Err(e);
-                }
-                let result = ims.register_into(
-                    &scope,
-                    &id2,
-                    crate::Input::Path(staged.clone()),
-                    format,
-                    &mut |_| {},
-                    &CancelToken::new(),
-                );
-                let _ = std::fs::remove_file(&staged);
-                result
-            })
-            .await;
-        match result {
-            Ok(_) => tracing::info!(image = %id, "import done"),
-            Err(e) => tracing::warn!(image = %id, error = %e.message, "import failed"),
-        }
-    });
+    let job = state.run(move |_| pool.submit(&scope, spec)).await?;
+    tracing::info!(image = %id, job = %job.job_id, "import queued");
     Ok(StatusCode::ACCEPTED.into_response())
 }
 

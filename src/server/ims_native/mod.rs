@@ -59,9 +59,13 @@ pub fn objects(config: &super::ServeConfig) -> Arc<dyn Objects> {
 /// Starts the pool that runs the jobs: `--workers` at once, failing first the jobs of processes
 /// that stopped.
 pub fn start_jobs(state: &AppState) -> crate::register::Result<JobPool> {
+    let objects = crate::server::glance::import::WebDownloadObjects {
+        inner: objects(&state.config),
+        allow: state.config.web_download_allow.clone(),
+    };
     JobPool::start(
         state.ims.clone(),
-        objects(&state.config),
+        Arc::new(objects),
         PoolOptions {
             workers: state.config.workers,
             nice: crate::server::state::BACKGROUND_NICE,
