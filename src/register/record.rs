@@ -316,6 +316,10 @@ pub struct ImageRecord {
     /// (Glance's custom properties and `container_format`), name to value.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// While the record waits for its data: the bytes staged for an import (the OpenStack
+    /// Image API's `stage`, kept in the store until the import), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged_size: Option<u64>,
     /// When the record was made, RFC 3339, UTC.
     pub created_at: String,
     /// When the record last changed, RFC 3339, UTC.
@@ -365,6 +369,7 @@ impl ImageRecord {
             price_note: None,
             copied_from: None,
             properties: BTreeMap::new(),
+            staged_size: None,
             created_at: now.clone(),
             updated_at: now,
         }

@@ -94,6 +94,7 @@ impl Ims {
             publisher: None,
             price_note: None,
             copied_from: Some(src.id.clone()),
+            staged_size: None,
             created_at: keep.created_at.clone(),
             updated_at: keep.updated_at.clone(),
             ..src.clone()

@@ -4,9 +4,12 @@
 //!
 //! They live in the store, not on one server's disk, so that any process sharing the catalog
 //! and the store may run the import (a persisted job). Staged data is written like image data
-//! (a multipart upload on an object store, no local copy), and cleared when its image is
-//! imported, fails, or is deleted. A stage cut short leaves a dead write, which recovery
-//! removes ([`Ims::recover`]); its image stays queued and may be staged again.
+//! (a multipart upload on an object store, no local copy); once committed, the record says so
+//! ([`ImageRecord::staged_size`], so that a list needs no look into the store). It is cleared
+//! when its image is imported, fails, or is deleted. A stage cut short leaves a dead write,
+//! which recovery removes ([`Ims::recover`]); its image stays queued and may be staged again,
+//! as it may after a crash between the commit and the record's change (the orphaned object is
+//! replaced).
 
 use std::io::Read;
 
@@ -56,15 +59,25 @@ impl Ims {
             writer.finish()?;
             Ok(writer.commit()?)
         })();
-        if written.is_err() {
-            writer.abort();
+        let size = match written {
+            Ok(size) => size,
+            Err(e) => {
+                writer.abort();
+                return Err(e);
+            }
+        };
+        drop(writer);
+        // The record again, as it is now: it may have changed (or gone) while the data came.
+        let recorded = self.waiting(scope, id).and_then(|mut r| {
+            r.staged_size = Some(size);
+            r.updated_at = super::record::now();
+            self.catalog.update(&r)
+        });
+        if let Err(e) = recorded {
+            let _ = self.store.remove(&key);
+            return Err(e);
         }
-        written
-    }
-
-    /// Whether image `id` (queued, of `region`) has staged data.
-    pub fn is_staged(&self, region: &str, id: &str) -> bool {
-        self.store.open(&staging_key(region, id)).is_ok()
+        Ok(size)
     }
 
     /// Imports the data staged for the queued image `id` into it, converted into
@@ -122,5 +135,91 @@ impl Ims {
             .into());
         }
         Ok(r)
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::register::record::Status;
+    use crate::register::upload::NewImage;
+
+    fn raw_disk() -> Vec<u8> {
+        (0..1u32 << 20).map(|i| (i % 251) as u8).collect()
+    }
+
+    fn stored_files(dir: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.join("store")];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    todo.push(e.path());
+                } else {
+                    out.push(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn staged_data_waits_in_the_store_until_imported_and_is_dropped_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let ims = Ims::open(dir.path()).unwrap();
+        let scope = Scope::new("p1", "r1");
+        let r = ims.create_empty(&scope, &NewImage::default()).unwrap();
+        let disk = raw_disk();
+        assert_eq!(ims.stage(&scope, &r.id, &mut &disk[..]).unwrap(), 1 << 20);
+        let staged = ims.show(&scope, &r.id).unwrap();
+        assert_eq!(
+            (staged.status, staged.staged_size),
+            (Status::Queued, Some(1 << 20))
+        );
+        assert_eq!(stored_files(dir.path()), [format!("{}.staged", r.id)]);
+        // Once staged, not again; another project does not see the image.
+        assert!(ims.stage(&scope, &r.id, &mut &disk[..]).is_err());
+        let other = Scope::new("p2", "r1");
+        assert!(ims.stage(&other, &r.id, &mut &disk[..]).is_err());
+        // Another process (a fresh service over the same home) imports it.
+        let again = Ims::open(dir.path()).unwrap();
+        let done = again
+            .import_staged(
+                &scope,
+                &r.id,
+                Format::Zvhd2,
+                &mut |_| {},
+                &CancelToken::new(),
+            )
+            .unwrap();
+        assert_eq!((done.status, done.staged_size), (Status::Active, None));
+        assert_eq!(stored_files(dir.path()), [format!("{}.zvhd2", r.id)]);
+        assert!(ims.stage(&scope, &r.id, &mut &disk[..]).is_err(), "active");
+    }
+
+    #[test]
+    fn an_abandoned_or_deleted_import_leaves_no_staged_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ims = Ims::open(dir.path()).unwrap();
+        let scope = Scope::new("p1", "r1");
+        let disk = raw_disk();
+        let a = ims.create_empty(&scope, &NewImage::default()).unwrap();
+        ims.stage(&scope, &a.id, &mut &disk[..]).unwrap();
+        ims.abandon_import(&a.id, "interrupted").unwrap();
+        let killed = ims.show(&scope, &a.id).unwrap();
+        assert_eq!(killed.status, Status::Killed);
+        assert_eq!(killed.status_reason.as_deref(), Some("interrupted"));
+        let b = ims.create_empty(&scope, &NewImage::default()).unwrap();
+        ims.stage(&scope, &b.id, &mut &disk[..]).unwrap();
+        ims.delete(&scope, &b.id).unwrap();
+        assert!(stored_files(dir.path()).is_empty());
+        // Data past the file-size limit is refused, and nothing of it stays.
+        let mut small = ims.limits().clone();
+        small.max_file_size = 1000;
+        ims.set_limits(small);
+        let c = ims.create_empty(&scope, &NewImage::default()).unwrap();
+        assert!(ims.stage(&scope, &c.id, &mut &disk[..]).is_err());
+        assert_eq!(ims.show(&scope, &c.id).unwrap().staged_size, None);
+        assert!(stored_files(dir.path()).is_empty());
     }
 }

@@ -404,6 +404,7 @@ impl Ims {
             r.image_type
         };
         r.status = Status::Active;
+        r.staged_size = None;
         r.updated_at = now();
         if let Err(e) = self.catalog.update(&r) {
             self.settle_failed(&r, &e.to_string());

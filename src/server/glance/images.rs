@@ -116,22 +116,6 @@ pub fn import_methods(state: &AppState) -> Vec<&'static str> {
     m
 }
 
-/// An image answer, with whether it has staged data looked up in the store when it waits for
-/// data or is being imported.
-pub async fn image_json(state: &AppState, r: &ImageRecord) -> Value {
-    let waiting = matches!(r.status, Status::Queued | Status::Saving);
-    let staged = if waiting {
-        let (region, id) = (r.region.clone(), r.id.clone());
-        state
-            .run(move |ims| Ok(ims.is_staged(&region, &id)))
-            .await
-            .unwrap_or(false)
-    } else {
-        false
-    };
-    view::image(r, staged)
-}
-
 /// Creates an image, `queued`, without data.
 #[utoipa::path(post, path = "/v2/images", tag = "glance",
     request_body(content = Object, description = "name, disk_format, container_format, visibility, protected, min_disk, min_ram, tags, id, custom properties"),
@@ -196,7 +180,7 @@ async fn create(
             _ => e,
         })?;
     let base = super::versions::base_url(&headers);
-    let mut response = (StatusCode::CREATED, axum::Json(view::image(&r, false))).into_response();
+    let mut response = (StatusCode::CREATED, axum::Json(view::image(&r))).into_response();
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&format!("{base}/v2/images/{}", r.id)) {
         h.insert(header::LOCATION, v);
@@ -448,7 +432,7 @@ async fn list(
             .collect();
         let more = items.len() > p.limit;
         items.truncate(p.limit);
-        return Ok(page(&state, &q, &items, more).await);
+        return Ok(page(&q, &items, more));
     }
     let records = state
         .run(move |ims| {
@@ -485,28 +469,19 @@ async fn list(
     }
     let more = items.len() > p.limit;
     items.truncate(p.limit);
-    Ok(page(&state, &q, &items, more).await)
+    Ok(page(&q, &items, more))
 }
 
 /// A page of the list: its images, the `first` link and, when `more`, the `next` one.
-async fn page(
-    state: &AppState,
-    q: &[(String, String)],
-    items: &[ImageRecord],
-    more: bool,
-) -> Response {
+fn page(q: &[(String, String)], items: &[ImageRecord], more: bool) -> Response {
     let base_query = query_without_marker(q);
     let first = if base_query.is_empty() {
         "/v2/images".to_string()
     } else {
         format!("/v2/images?{base_query}")
     };
-    let mut images = Vec::with_capacity(items.len());
-    for r in items {
-        images.push(image_json(state, r).await);
-    }
     let mut body = json!({
-        "images": images,
+        "images": items.iter().map(view::image).collect::<Vec<_>>(),
         "first": first,
         "schema": "/v2/schemas/images",
     });
@@ -546,7 +521,7 @@ async fn show(
     let id = image_id(&id)?;
     let scope = caller.scope.clone();
     let r = state.run(move |ims| ims.show(&scope, &id)).await?;
-    Ok(axum::Json(image_json(&state, &r).await).into_response())
+    Ok(axum::Json(view::image(&r)).into_response())
 }
 
 /// Deletes an image (204).
@@ -767,7 +742,7 @@ async fn update(
             ims.show(&scope, &id)
         })
         .await?;
-    Ok(axum::Json(image_json(&state, &r).await).into_response())
+    Ok(axum::Json(view::image(&r)).into_response())
 }
 
 /// The routes.

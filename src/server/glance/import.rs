@@ -48,7 +48,7 @@ async fn queued_own(state: &AppState, caller: &Caller, id: &str) -> ApiResult<(I
         .run(move |ims| {
             let r = ims.show(&scope, &id)?;
             rules::check_owner(&r, &scope.project)?;
-            let staged = awaits_data(&r) && ims.is_staged(&r.region, &r.id);
+            let staged = r.staged_size.is_some();
             Ok((r, staged))
         })
         .await

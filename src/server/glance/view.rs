@@ -111,8 +111,8 @@ pub const IMS_FACTS: &[&str] = &[
 
 /// How the image's life looks to Glance: `queued` with staged data is `uploading`, `saving`
 /// while its staged data is imported is `importing`.
-pub fn status(r: &ImageRecord, staged: bool) -> &'static str {
-    match (r.status, staged) {
+pub fn status(r: &ImageRecord) -> &'static str {
+    match (r.status, r.staged_size.is_some()) {
         (Status::Queued, true) => "uploading",
         (Status::Saving, true) => "importing",
         (s, _) => s.name(),
@@ -153,7 +153,7 @@ pub fn tags(r: &ImageRecord) -> Vec<String> {
 }
 
 /// The image object of `r`.
-pub fn image(r: &ImageRecord, staged: bool) -> Value {
+pub fn image(r: &ImageRecord) -> Value {
     let active = r.status == Status::Active;
     let mut m = Map::new();
     // Custom properties first: the core fields and ims's facts below win over them.
@@ -195,7 +195,7 @@ pub fn image(r: &ImageRecord, staged: bool) -> Value {
     let core = json!({
         "id": r.id,
         "name": opt(&r.name),
-        "status": status(r, staged),
+        "status": status(r),
         "visibility": r.visibility.name(),
         "protected": protected(r),
         "os_hidden": os_hidden,
@@ -327,15 +327,18 @@ mod tests {
             .insert("container_format".into(), "bare".into());
         r.properties.insert("hw_disk_bus".into(), "virtio".into());
         r.properties.insert("status".into(), "sneaky".into());
-        let v = image(&r, false);
+        let v = image(&r);
         assert_eq!(v["status"], "queued");
         assert_eq!(v["name"], Value::Null);
         assert_eq!(v["checksum"], Value::Null);
         assert_eq!(v["size"], Value::Null);
         assert_eq!(v["container_format"], "bare");
         assert_eq!(v["hw_disk_bus"], "virtio");
-        assert_eq!(image(&r, true)["status"], "uploading");
         assert_eq!(v["self"], format!("/v2/images/{}", r.id));
+        r.staged_size = Some(4096);
+        assert_eq!(image(&r)["status"], "uploading");
+        r.status = crate::register::Status::Saving;
+        assert_eq!(image(&r)["status"], "importing");
     }
 
     #[test]
