@@ -63,12 +63,7 @@ fn store(server: &Server) -> S3Store {
 }
 
 fn builder(server: &Server) -> ims::register::AmazonS3Builder {
-    ims::register::AmazonS3Builder::new()
-        .with_endpoint(server.endpoint())
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_access_key_id("test")
-        .with_secret_access_key("test")
+    server.builder()
 }
 
 #[test]

@@ -381,7 +381,7 @@ fn the_local_store() {
 mod s3 {
     use super::*;
     use common::s3::Server;
-    use ims::register::{AmazonS3Builder, S3Options, S3Store};
+    use ims::register::{S3Options, S3Store};
 
     const BUCKET: &str = "store";
     /// The lease of the child writers (and of this process's), short so the suite is quick.
@@ -394,12 +394,7 @@ mod s3 {
 
     impl Backend for S3 {
         fn open(&self) -> Box<dyn ImageStore> {
-            let builder = AmazonS3Builder::new()
-                .with_endpoint(self.server.endpoint())
-                .with_allow_http(true)
-                .with_region("us-east-1")
-                .with_access_key_id("test")
-                .with_secret_access_key("test");
+            let builder = self.server.builder();
             let mut options = S3Options::default();
             options.part_size = 5 << 20;
             options.lease = LEASE;

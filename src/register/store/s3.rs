@@ -745,8 +745,9 @@ impl AppendSink for S3Writer {
             return Ok(());
         }
         self.writable()?;
-        // The last part (S3 wants at least one, which may be short or empty).
-        if !self.buf.is_empty() || self.next_part == 0 {
+        // The last part, which may be short. An empty object has none: some servers (Garage)
+        // refuse an empty part, and `commit` writes it with one PUT.
+        if !self.buf.is_empty() {
             self.send()?;
         }
         while !self.in_flight.is_empty() {
@@ -767,13 +768,18 @@ impl StoreWriter for S3Writer {
         }
         self.finish()?;
         let parts = std::mem::take(&mut self.parts);
-        self.inner
-            .block_on(
-                self.inner
-                    .s3
-                    .complete_multipart(&self.path, &self.upload, parts),
-            )?
-            .map_err(|e| s3_error("complete upload", &self.inner.url(&self.path), e))?;
+        let inner = &self.inner;
+        if parts.is_empty() {
+            // Nothing was appended: the upload has no part to complete with.
+            let _ = inner.block_on(inner.s3.abort_multipart(&self.path, &self.upload));
+            inner
+                .block_on(inner.s3.put(&self.path, PutPayload::new()))?
+                .map_err(|e| s3_error("write an empty object", &inner.url(&self.path), e))?;
+        } else {
+            inner
+                .block_on(inner.s3.complete_multipart(&self.path, &self.upload, parts))?
+                .map_err(|e| s3_error("complete upload", &inner.url(&self.path), e))?;
+        }
         self.committed = true;
         Ok(self.position)
     }
