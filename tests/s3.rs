@@ -1,5 +1,5 @@
-//! The object-store image store against a real S3 server (moto's, a separate process on a free
-//! loopback port: tests/common/s3.rs): registrations stream into it and export back byte-equal,
+//! The object-store image store against a real S3 server (Garage, or moto's, a separate process
+//! on free loopback ports: tests/common/s3.rs): registrations stream into it and export back byte-equal,
 //! images copy between regions in it, a registration killed mid-upload leaves no active record
 //! and its multipart upload is aborted by the next process, and a stored image is read in
 //! ranges (inspection straight from the object). The store trait itself is tested by the
@@ -411,8 +411,8 @@ fn upload(server: &Server, key: &str, data: &[u8]) {
     assert_eq!(status, 200, "PUT {key} ({} bytes): {body}", data.len());
 }
 
-/// Puts `data` under `key` (`DIR/NAME`) of the test's bucket with signed requests (moto
-/// refuses an unsigned PUT over an object), through the store's writer at the bucket's root.
+/// Puts `data` under `key` (`DIR/NAME`) of the test's bucket through the store's writer at
+/// the bucket's root (a multipart upload, as large user uploads are).
 fn put_signed(server: &Server, key: &str, data: &[u8]) {
     let root = S3Store::with_builder(builder(server), BUCKET, "", S3Options::default()).unwrap();
     let mut w = root.begin(key).unwrap();

@@ -1,5 +1,5 @@
 //! Many processes, many machines: `ims` processes that share only a PostgreSQL catalog and an
-//! S3 bucket (moto's server), each with a home directory of its own (its own limits file and
+//! S3 bucket (Garage's or moto's server), each with a home directory of its own (its own limits file and
 //! spool; nothing else in common), register, share and recover at once, and nothing is lost:
 //!
 //! - 60 registrations at once against a quota of 50: exactly 50 images `active` and 10 clear
@@ -38,7 +38,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `None` (the test skipped, saying why) without PostgreSQL or moto.
+    /// `None` (the test skipped, saying why) without PostgreSQL or an S3 server.
     fn start(test: &str) -> Option<Cluster> {
         let db = Database::new(test)?;
         let server = Server::start(test)?;

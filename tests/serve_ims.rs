@@ -1,5 +1,5 @@
 //! The IMS native API of `ims serve` over plain HTTP: registration from an object in a real
-//! S3 server (moto) and from a directory of objects, jobs polled to SUCCESS or FAIL with their
+//! S3 server (Garage, or moto) and from a directory of objects, jobs polled to SUCCESS or FAIL with their
 //! IMG codes, batch sharing and its answers, copies in and across regions, export to an
 //! object, quota, tags, updates, lists with IMS's filters and paging, and error bodies.
 
@@ -81,7 +81,7 @@ fn names(list: &[Value]) -> Vec<&str> {
     list.iter().map(|i| i["name"].as_str().unwrap()).collect()
 }
 
-/// Everything against objects in moto: register, share, copy, export, with their jobs.
+/// Everything against objects in the S3 server: register, share, copy, export, with their jobs.
 #[test]
 fn ims_native_api_against_s3_objects() {
     let Some(s3) = common::s3::Server::start("ims_native_api_against_s3_objects") else {

@@ -1,5 +1,5 @@
 //! One conformance suite for the image stores, run unchanged against the local directory
-//! (`LocalStore`) and the object store (`S3Store` on moto's S3 server, a separate process):
+//! (`LocalStore`) and the object store (`S3Store` on a real S3 server, Garage or moto, a separate process):
 //! what `ImageStore` promises (tests/library_store.rs shows a service's own store; this checks
 //! the two that come with ims). A backend gives only how to open the store (again, as another
 //! process would) and what is left of writes on it; the cases are the same.
@@ -387,7 +387,7 @@ mod s3 {
     /// The lease of the child writers (and of this process's), short so the suite is quick.
     const LEASE: Duration = Duration::from_secs(2);
 
-    /// The S3 store on moto's server, under the prefix `ims`, parts of 5 MiB (S3's smallest).
+    /// The S3 store on the test's S3 server, under the prefix `ims`, parts of 5 MiB (S3's smallest).
     struct S3 {
         server: Server,
     }
