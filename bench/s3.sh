@@ -5,6 +5,11 @@
 # order of its map). Prints wall time, CPU and peak RSS of each (/usr/bin/time -v), and the S3
 # server's own CPU time during the run.
 #
+# Two rounds: "shared", where ims and the S3 server share every core (on a small machine the
+# server's own CPU, hashing and serving every byte, is then on the critical path), and
+# "pinned", where the server runs on the last core and ims, local and S3 alike, on the others
+# (taskset), as if the server were another machine.
+#
 # The server is Garage (`cargo install garage`; GARAGE names the binary), a one-node cluster
 # started here in a temporary directory on free ports and stopped at the end; with
 # S3_SERVER=moto, moto's server instead (it copies the whole object for each ranged GET, so
@@ -28,6 +33,7 @@ metadata_dir = "$work/meta"
 data_dir = "$work/data"
 db_engine = "lmdb"
 replication_factor = 1
+compression_level = "none"
 rpc_bind_addr = "127.0.0.1:$rpc"
 rpc_public_addr = "127.0.0.1:$rpc"
 rpc_secret = "$secret"
@@ -57,10 +63,11 @@ for name in ["disk.stream.vmdk", "disk.qcow2"]:
                    Config=TransferConfig(multipart_chunksize=64 << 20, max_concurrency=4))
 EOF
 server_cpu() { awk '{print $14 + $15}' "/proc/$server/stat"; }
+pin=()
 run() { # NAME ARGS...: one registration, its figures
   local name=$1; shift
   local before; before=$(server_cpu)
-  /usr/bin/time -v "$@" --name "$name" --type data --home "$work/$name" --output json \
+  /usr/bin/time -v "${pin[@]}" "$@" --name "$name" --type data --home "$work/$name" --output json \
     >"$work/$name.json" 2>"$work/$name.time"
   printf '%-12s %s  wall %s  cpu %s%%  rss %s KiB  server cpu %s s\n' "$name" \
     "$(grep -o '"status": "[a-z]*"' "$work/$name.json")" \
@@ -70,8 +77,14 @@ run() { # NAME ARGS...: one registration, its figures
     "$(( ($(server_cpu) - before) / 100 ))"
 }
 uptime
-for round in 1 2; do
+cores=$(nproc)
+for round in shared pinned; do
   echo "round $round"
+  if [ "$round" = pinned ]; then
+    [ "$cores" -ge 2 ] || { echo "one core: no pinned round"; break; }
+    taskset -a -cp "$((cores - 1))" "$server" >/dev/null
+    pin=(taskset -c "0-$((cores - 2))")
+  fi
   run vmdk-local "$ims" register "$data/disk.stream.vmdk"
   run vmdk-s3 "$ims" register s3://bench/uploads/disk.stream.vmdk --store s3://bench/ims
   run qcow2-local "$ims" register "$data/disk.qcow2"
