@@ -604,3 +604,217 @@ fn a_source_that_changes_while_read_fails_the_registration() {
         assert_eq!(r.record.status, ims::register::Status::Active);
     }
 }
+
+/// A TLS front for the S3 server: a Python process that takes TLS connections on a free port
+/// with `cert`/`key` and passes the bytes to and from the server unchanged (the signed `Host`
+/// is the front's, as the link was signed for it). Killed when dropped.
+struct TlsFront {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const TLS_FRONT: &str = r#"
+import socket, ssl, sys, threading
+cert, key, upstream = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(64)
+print(listener.getsockname()[1], flush=True)
+def pipe(src, dst):
+    try:
+        while True:
+            data = src.recv(1 << 16)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+def serve(conn):
+    try:
+        tls = ctx.wrap_socket(conn, server_side=True)
+    except (OSError, ssl.SSLError):
+        conn.close()
+        return
+    up = socket.create_connection(("127.0.0.1", upstream))
+    threading.Thread(target=pipe, args=(up, tls), daemon=True).start()
+    pipe(tls, up)
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
+impl TlsFront {
+    fn start(upstream: u16, cert: &Path, key: &Path) -> TlsFront {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .args(["-c", TLS_FRONT])
+            .arg(cert)
+            .arg(key)
+            .arg(upstream.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the TLS front");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the TLS front's port");
+        TlsFront { child, port }
+    }
+}
+
+/// Presigned `https://` links, through a TLS front of the S3 server whose certificate the
+/// client trusts by `SSL_CERT_FILE`: a streamOptimized VMDK (one GET stream) and a QCOW2 (ranged
+/// GETs) register and export back byte-equal; a certificate the client does not trust is
+/// refused.
+#[test]
+fn register_from_https_links() {
+    let t = "register_from_https_links";
+    if !have_qemu_img(t) || !common::have(t, &["openssl", "python3"]) {
+        return;
+    }
+    let Some(server) = Server::start(t) else {
+        return;
+    };
+    server.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        // A server's certificate, not a CA's (rustls refuses a CA certificate as a server's).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let front = TlsFront::start(server.port, &cert, &key);
+    let home = d.join("home");
+    let raw = d.join("disk.raw");
+    random_raw(&raw, 24 * MIB, 5, 17);
+    let original = std::fs::read(&raw).unwrap();
+    let (vmdk, qcow2) = (d.join("disk.vmdk"), d.join("disk.qcow2"));
+    qemu_img(
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+        ]
+        .into_iter()
+        .chain([s(&raw), s(&vmdk)])
+        .collect::<Vec<_>>(),
+    );
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&qcow2)]);
+    upload(&server, "uploads/disk.vmdk", &std::fs::read(&vmdk).unwrap());
+    upload(
+        &server,
+        "uploads/disk.qcow2",
+        &std::fs::read(&qcow2).unwrap(),
+    );
+    // Links signed for the front's address.
+    let https = |key: &str| {
+        use object_store::signer::{Method, Signer};
+        let s3 = server
+            .builder()
+            .with_endpoint(format!("https://localhost:{}", front.port))
+            .with_allow_http(false)
+            .with_bucket_name(BUCKET)
+            .build()
+            .unwrap();
+        let path = object_store::path::Path::from(key);
+        let mut sign = std::pin::pin!(s3.signed_url(Method::GET, &path, Duration::from_secs(3600)));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match sign.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(url) => url.unwrap().to_string(),
+            std::task::Poll::Pending => panic!("signing waited"),
+        }
+    };
+    let url = store_url();
+    let cert_file = s(&cert).to_string();
+    for (name, source, format) in [
+        ("vmdk", https("uploads/disk.vmdk"), "vmdk"),
+        ("qcow2", https("uploads/disk.qcow2"), "qcow2"),
+    ] {
+        assert!(source.starts_with("https://localhost:"), "{source}");
+        // Not trusted: the certificate is refused, and nothing is registered.
+        let refused = ims_s3(
+            &server,
+            &home,
+            &[
+                "register", &source, "--name", name, "--type", "data", "--store", &url,
+            ],
+            &[],
+        );
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{err}");
+        assert!(err.contains("certificate"), "{err}");
+        assert!(!err.contains("X-Amz-Signature"), "{err}");
+        let r = ok_json(&ims_s3(
+            &server,
+            &home,
+            &[
+                "register", &source, "--name", name, "--type", "data", "--output", "json",
+                "--store", &url,
+            ],
+            &[("SSL_CERT_FILE", &cert_file)],
+        ));
+        assert_eq!(r["status"], "active", "{r}");
+        assert_eq!(r["source_format"], format, "{r}");
+        let out = d.join(format!("{name}.out.raw"));
+        let exported = ims_s3(
+            &server,
+            &home,
+            &[
+                "images",
+                "export",
+                r["id"].as_str().unwrap(),
+                "-O",
+                "raw",
+                s(&out),
+                "--store",
+                &url,
+            ],
+            &[],
+        );
+        assert!(
+            exported.status.success(),
+            "{}",
+            String::from_utf8_lossy(&exported.stderr)
+        );
+        assert!(
+            std::fs::read(&out).unwrap() == original,
+            "{name}: export differs"
+        );
+    }
+}

@@ -662,6 +662,45 @@ fn status_error(name: &str, status: reqwest::StatusCode) -> GetError {
     }
 }
 
+/// What a failed request of `name` says, with its causes and without its URL (a presigned
+/// link's signature stays out of messages). A TLS handshake that failed (a certificate not
+/// trusted, for one) is refused at once; anything else may pass, and is retried.
+fn request_error(name: &str, e: reqwest::Error) -> GetError {
+    let mut causes = String::new();
+    let mut tls = false;
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        tls |= is_tls_error(cause);
+        causes.push_str(": ");
+        causes.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let m = format!("{name}: {}{causes}", e.without_url());
+    if tls {
+        GetError::Refused(m)
+    } else {
+        GetError::Failed(m)
+    }
+}
+
+/// Whether `e` is rustls's, itself or wrapped in I/O errors (which name no source of their
+/// own: their inner error is reached through `get_ref`).
+fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = e;
+    loop {
+        if at.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        match at
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => at = inner,
+            None => return false,
+        }
+    }
+}
+
 impl HttpRemote {
     /// Opens `url`: one GET of its first byte gives its length (Content-Range) and version
     /// (ETag). A presigned link allows GET only, so there is no HEAD.
@@ -672,7 +711,7 @@ impl HttpRemote {
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| err(format!("{name}: {e}")))?;
+            .map_err(|e| err(format!("{name}: {}", e.without_url())))?;
         let mut remote = HttpRemote {
             client,
             url: url.to_string(),
@@ -688,7 +727,7 @@ impl HttpRemote {
                     .header(reqwest::header::RANGE, "bytes=0-0")
                     .send()
                     .await
-                    .map_err(|e| GetError::Failed(format!("{name}: {e}")))?;
+                    .map_err(|e| request_error(&name, e))?;
                 let header = |h| {
                     resp.headers()
                         .get(h)
@@ -744,10 +783,7 @@ impl Remote for HttpRemote {
         }
         let (name, e_tag) = (self.name.clone(), self.e_tag.clone());
         async move {
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| GetError::Failed(format!("{name}: {e}")))?;
+            let resp = req.send().await.map_err(|e| request_error(&name, e))?;
             if resp.status().as_u16() != 206 {
                 return Err(status_error(&name, resp.status()));
             }
@@ -765,7 +801,7 @@ impl Remote for HttpRemote {
             }
             let body: Body = resp
                 .bytes_stream()
-                .map(move |piece| piece.map_err(|e| GetError::Failed(format!("{name}: {e}"))))
+                .map(move |piece| piece.map_err(|e| request_error(&name, e)))
                 .boxed();
             Ok(body)
         }
@@ -983,6 +1019,18 @@ mod tests {
         assert_eq!(backoff(5), Duration::from_millis(3200));
         assert_eq!(backoff(6), Duration::from_millis(3200));
         assert!(backoff(u32::MAX) <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_tls_error_is_found_inside_io_errors() {
+        let tls = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::General("bad certificate".into()),
+        ));
+        assert!(is_tls_error(&tls));
+        let reset =
+            std::io::Error::other(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!is_tls_error(&reset));
     }
 
     #[test]
