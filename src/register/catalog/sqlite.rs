@@ -39,6 +39,23 @@ fn db(e: rusqlite::Error) -> Error {
     Error::io("use the catalog database", std::io::Error::other(e))
 }
 
+/// Whether `e` is SQLite's "busy" (or "locked") answer.
+fn is_busy(e: &Error) -> bool {
+    let Error::Io { source, .. } = e else {
+        return false;
+    };
+    source
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rusqlite::Error>())
+        .and_then(rusqlite::Error::sqlite_error_code)
+        .is_some_and(|c| {
+            matches!(
+                c,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            )
+        })
+}
+
 fn json(e: serde_json::Error) -> Error {
     Error::io("decode a catalog record", std::io::Error::other(e))
 }
@@ -158,12 +175,24 @@ impl SqliteCatalog {
             .map_err(db)
             .map_err(|e| e.in_file(path))?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db)?;
         let mut conn = conn;
-        migrate(&mut conn)?;
+        // Turning on WAL (on a new file) takes its lock without the busy handler's wait when
+        // other connections do the same at once, and SQLite answers "busy" rather than risk a
+        // deadlock: such answers are waited out here.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let set_up = conn
+                .pragma_update(None, "journal_mode", "WAL")
+                .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
+                .map_err(db)
+                .and_then(|()| migrate(&mut conn));
+            match set_up {
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        }
         Ok(SqliteCatalog {
             conn: Mutex::new(conn),
             visible: Mutex::new(VisibleCache::default()),
@@ -609,6 +638,31 @@ CREATE TABLE members (image_id TEXT NOT NULL, project TEXT NOT NULL, status TEXT
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (image_id, project));
 CREATE INDEX members_project ON members (project);
 ";
+
+    /// Processes that open one new catalog at the same moment (eight `ims register` into a
+    /// fresh home) all open it: the locks that making it and turning on WAL take are waited
+    /// for, not refused.
+    #[test]
+    fn many_connections_open_one_new_catalog_at_once() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("catalog.db");
+            let barrier = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                let opened: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            SqliteCatalog::open(&path).map(|_| ())
+                        })
+                    })
+                    .collect();
+                for o in opened {
+                    o.join().unwrap().unwrap();
+                }
+            });
+        }
+    }
 
     /// The cached answers of `visible_shared` follow every change: this connection's own, and
     /// another connection's (another process on the same file).
