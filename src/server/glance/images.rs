@@ -180,7 +180,7 @@ async fn create(
             _ => e,
         })?;
     let base = super::versions::base_url(&headers);
-    let mut response = (StatusCode::CREATED, axum::Json(view::image(&r))).into_response();
+    let mut response = (StatusCode::CREATED, axum::Json(view::ImageObject(&r))).into_response();
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&format!("{base}/v2/images/{}", r.id)) {
         h.insert(header::LOCATION, v);
@@ -474,22 +474,32 @@ async fn list(
 
 /// A page of the list: its images, the `first` link and, when `more`, the `next` one.
 fn page(q: &[(String, String)], items: &[ImageRecord], more: bool) -> Response {
+    /// A page as it is written: the images straight from their records.
+    #[derive(serde::Serialize)]
+    struct Page<'a> {
+        images: Vec<view::ImageObject<'a>>,
+        first: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+        schema: &'static str,
+    }
     let base_query = query_without_marker(q);
     let first = if base_query.is_empty() {
         "/v2/images".to_string()
     } else {
         format!("/v2/images?{base_query}")
     };
-    let mut body = json!({
-        "images": items.iter().map(view::image).collect::<Vec<_>>(),
-        "first": first,
-        "schema": "/v2/schemas/images",
-    });
-    if more && let Some(last) = items.last() {
+    let next = items.last().filter(|_| more).map(|last| {
         let sep = if base_query.is_empty() { "" } else { "&" };
-        body["next"] = json!(format!("/v2/images?{base_query}{sep}marker={}", last.id));
-    }
-    axum::Json(body).into_response()
+        format!("/v2/images?{base_query}{sep}marker={}", last.id)
+    });
+    axum::Json(Page {
+        images: items.iter().map(view::ImageObject).collect(),
+        first,
+        next,
+        schema: "/v2/schemas/images",
+    })
+    .into_response()
 }
 
 /// The order of [`Ims::list`](crate::register::Ims::list), for merging several lists.
@@ -521,7 +531,7 @@ async fn show(
     let id = image_id(&id)?;
     let scope = caller.scope.clone();
     let r = state.run(move |ims| ims.show(&scope, &id)).await?;
-    Ok(axum::Json(view::image(&r)).into_response())
+    Ok(axum::Json(view::ImageObject(&r)).into_response())
 }
 
 /// Deletes an image (204).
@@ -742,7 +752,7 @@ async fn update(
             ims.show(&scope, &id)
         })
         .await?;
-    Ok(axum::Json(view::image(&r)).into_response())
+    Ok(axum::Json(view::ImageObject(&r)).into_response())
 }
 
 /// The routes.

@@ -152,74 +152,125 @@ pub fn tags(r: &ImageRecord) -> Vec<String> {
     r.tags.iter().map(|(k, v)| tag_string(k, v)).collect()
 }
 
-/// The image object of `r`.
-pub fn image(r: &ImageRecord) -> Value {
-    let active = r.status == Status::Active;
-    let mut m = Map::new();
-    // Custom properties first: the core fields and ims's facts below win over them.
-    for (k, v) in &r.properties {
-        if k != "os_hidden" {
-            m.insert(k.clone(), json!(v));
+/// The keys of an image object that are not custom properties: a property of the same name
+/// is not shown (the core field is).
+const CORE_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "status",
+    "visibility",
+    "protected",
+    "os_hidden",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "owner",
+    "size",
+    "virtual_size",
+    "container_format",
+    "disk_format",
+    "min_ram",
+    "min_disk",
+    "created_at",
+    "updated_at",
+    "tags",
+    "self",
+    "file",
+    "schema",
+];
+
+/// The image object of a record, serialized as it is written (a list page writes many of them
+/// without building a JSON tree): the custom properties, then ims's facts, then the core
+/// fields, each key once (what comes later wins over a property of the same name).
+pub struct ImageObject<'a>(pub &'a ImageRecord);
+
+impl serde::Serialize for ImageObject<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.0;
+        let active = r.status == Status::Active;
+        let os_bit = r.os_bit.map(|b| b.to_string()).unwrap_or_default();
+        let facts: [(&str, &str); 8] = [
+            ("__os_type", &r.os_type),
+            ("__os_version", &r.os_version),
+            ("__platform", &r.platform),
+            ("__os_bit", &os_bit),
+            ("__imagetype", r.class().name()),
+            ("__image_kind", r.image_type.name()),
+            ("__description", &r.description),
+            (
+                "status_reason",
+                r.status_reason.as_deref().unwrap_or_default(),
+            ),
+        ];
+        // What inspection found wins over what a client said; a client's word stays where
+        // inspection found nothing.
+        let found: [(&str, Option<&str>); 2] = [
+            (
+                "architecture",
+                (active && r.architecture != "unknown").then_some(r.architecture.as_str()),
+            ),
+            (
+                "hw_firmware_type",
+                (active && r.firmware != "unknown").then_some(r.firmware.as_str()),
+            ),
+        ];
+        let shown_later = |k: &str| {
+            CORE_FIELDS.contains(&k)
+                || facts.iter().any(|(f, v)| *f == k && !v.is_empty())
+                || found.iter().any(|(f, v)| *f == k && v.is_some())
+        };
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in &r.properties {
+            if !shown_later(k) {
+                m.serialize_entry(k, v)?;
+            }
         }
-    }
-    let opt = |s: &str| {
-        if s.is_empty() { Value::Null } else { json!(s) }
-    };
-    let facts: [(&str, String); 8] = [
-        ("__os_type", r.os_type.clone()),
-        ("__os_version", r.os_version.clone()),
-        ("__platform", r.platform.clone()),
-        (
-            "__os_bit",
-            r.os_bit.map(|b| b.to_string()).unwrap_or_default(),
-        ),
-        ("__imagetype", r.class().name().to_string()),
-        ("__image_kind", r.image_type.name().to_string()),
-        ("__description", r.description.clone()),
-        ("status_reason", r.status_reason.clone().unwrap_or_default()),
-    ];
-    for (k, v) in facts {
-        if !v.is_empty() {
-            m.insert(k.into(), json!(v));
+        for (k, v) in facts {
+            if !v.is_empty() {
+                m.serialize_entry(k, v)?;
+            }
         }
+        for (k, v) in found {
+            if let Some(v) = v {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.serialize_entry("id", &r.id)?;
+        m.serialize_entry("name", &opt(&r.name))?;
+        m.serialize_entry("status", status(r))?;
+        m.serialize_entry("visibility", r.visibility.name())?;
+        m.serialize_entry("protected", &protected(r))?;
+        m.serialize_entry(
+            "os_hidden",
+            &r.properties.get("os_hidden").is_some_and(|v| v == "true"),
+        )?;
+        m.serialize_entry("checksum", &opt(&r.checksum.md5).filter(|_| active))?;
+        m.serialize_entry(
+            "os_hash_algo",
+            &(active && !r.checksum.sha512.is_empty()).then_some("sha512"),
+        )?;
+        m.serialize_entry("os_hash_value", &opt(&r.checksum.sha512).filter(|_| active))?;
+        m.serialize_entry("owner", &r.owner)?;
+        m.serialize_entry("size", &active.then_some(r.store_size))?;
+        m.serialize_entry("virtual_size", &active.then_some(r.virtual_size))?;
+        m.serialize_entry("container_format", &r.properties.get("container_format"))?;
+        m.serialize_entry("disk_format", &opt(&r.store_format))?;
+        m.serialize_entry("min_ram", &r.min_ram)?;
+        m.serialize_entry("min_disk", &r.min_disk)?;
+        m.serialize_entry("created_at", &r.created_at)?;
+        m.serialize_entry("updated_at", &r.updated_at)?;
+        m.serialize_entry("tags", &tags(r))?;
+        m.serialize_entry("self", &format_args!("/v2/images/{}", r.id))?;
+        m.serialize_entry("file", &format_args!("/v2/images/{}/file", r.id))?;
+        m.serialize_entry("schema", "/v2/schemas/image")?;
+        m.end()
     }
-    // What inspection found wins over what a client said; a client's word stays where
-    // inspection found nothing.
-    if active && r.architecture != "unknown" {
-        m.insert("architecture".into(), json!(r.architecture));
-    }
-    if active && r.firmware != "unknown" {
-        m.insert("hw_firmware_type".into(), json!(r.firmware));
-    }
-    let os_hidden = r.properties.get("os_hidden").is_some_and(|v| v == "true");
-    let core = json!({
-        "id": r.id,
-        "name": opt(&r.name),
-        "status": status(r),
-        "visibility": r.visibility.name(),
-        "protected": protected(r),
-        "os_hidden": os_hidden,
-        "checksum": if active { opt(&r.checksum.md5) } else { Value::Null },
-        "os_hash_algo": if active && !r.checksum.sha512.is_empty() { json!("sha512") } else { Value::Null },
-        "os_hash_value": if active { opt(&r.checksum.sha512) } else { Value::Null },
-        "owner": r.owner,
-        "size": if active { json!(r.store_size) } else { Value::Null },
-        "virtual_size": if active { json!(r.virtual_size) } else { Value::Null },
-        "container_format": r.properties.get("container_format").map_or(Value::Null, |c| json!(c)),
-        "disk_format": opt(&r.store_format),
-        "min_ram": r.min_ram,
-        "min_disk": r.min_disk,
-        "created_at": r.created_at,
-        "updated_at": r.updated_at,
-        "tags": tags(r),
-        "self": format!("/v2/images/{}", r.id),
-        "file": format!("/v2/images/{}/file", r.id),
-        "schema": "/v2/schemas/image",
-    });
-    if let Value::Object(core) = core {
-        m.extend(core);
-    }
-    Value::Object(m)
+}
+
+/// A text field shown as null when empty.
+fn opt(v: &str) -> Option<&str> {
+    (!v.is_empty()).then_some(v)
 }
 
 /// A member object.
@@ -309,6 +360,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for GlanceJson<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The image object of `r`, as a JSON value.
+    fn image(r: &ImageRecord) -> Value {
+        serde_json::to_value(ImageObject(r)).unwrap()
+    }
     use crate::register::ImageType;
 
     #[test]
