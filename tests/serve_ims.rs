@@ -836,7 +836,18 @@ fn serve_on(
     tokens: &std::path::Path,
     extra: &[&str],
 ) -> (std::process::Child, String) {
+    serve_on_env(home, tokens, extra, &[])
+}
+
+/// [`serve_on`] with more environment variables (an S3 server's).
+fn serve_on_env(
+    home: &std::path::Path,
+    tokens: &std::path::Path,
+    extra: &[&str],
+    env: &[(&'static str, String)],
+) -> (std::process::Child, String) {
     use std::io::BufRead;
+    std::fs::create_dir_all(home).unwrap();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -855,6 +866,7 @@ fn serve_on(
         .arg("--home")
         .arg(home)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(std::process::Stdio::piped())
         .stderr(log)
         .spawn()
@@ -1131,4 +1143,165 @@ fn ims_native_iso_images() {
         400,
         "IMG.0166",
     );
+}
+
+/// The Image API's import across servers: two servers, each with a home of its own, over one
+/// PostgreSQL catalog and one S3 store. Data staged through the first waits in the bucket; the
+/// first is killed; the import asked of the second is a job it runs, and the bucket then holds
+/// the imported image and nothing staged. Then the Image API's upload, download and delete on
+/// the S3 store (its handlers call the store from the server's blocking threads).
+#[test]
+fn data_staged_through_one_server_is_imported_by_another() {
+    use common::server::request;
+    let t = "data_staged_through_one_server_is_imported_by_another";
+    let Some(db) = common::postgres::Database::new(t) else {
+        return;
+    };
+    let Some(s3) = common::s3::Server::start(t) else {
+        return;
+    };
+    s3.create_bucket("store");
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    random_raw(&disk, 8 * MIB, 4, 9);
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(&tokens, common::server::tokens_json()).unwrap();
+    let url = db.url();
+    let args = [
+        "--catalog",
+        url.as_str(),
+        "--store",
+        "s3://store/ims",
+        "--workers",
+        "1",
+    ];
+    let (mut a, url_a) = serve_on_env(&dir.path().join("a"), &tokens, &args, &s3.env());
+    let (mut b, url_b) = serve_on_env(&dir.path().join("b"), &tokens, &args, &s3.env());
+    let created = request(
+        "POST",
+        &format!("{url_a}/v2/images"),
+        Some(ALICE),
+        &[("content-type", "application/json")],
+        Some(br#"{"name": "moved", "disk_format": "raw", "container_format": "bare"}"#),
+    );
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let staged = request(
+        "PUT",
+        &format!("{url_a}/v2/images/{id}/stage"),
+        Some(ALICE),
+        &[("content-type", "application/octet-stream")],
+        Some(&std::fs::read(&disk).unwrap()),
+    );
+    assert_eq!(
+        staged.status,
+        204,
+        "{}",
+        String::from_utf8_lossy(&staged.body)
+    );
+    let show = |base: &str| {
+        request(
+            "GET",
+            &format!("{base}/v2/images/{id}"),
+            Some(ALICE),
+            &[],
+            None,
+        )
+        .json()
+    };
+    assert_eq!(show(&url_b)["status"], "uploading");
+    let keys = s3.keys("store");
+    assert!(
+        keys.len() == 1 && keys[0].ends_with(&format!("{id}.staged")),
+        "{keys:?}"
+    );
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let import = request(
+        "POST",
+        &format!("{url_b}/v2/images/{id}/import"),
+        Some(ALICE),
+        &[("content-type", "application/json")],
+        Some(br#"{"method": {"name": "glance-direct"}}"#),
+    );
+    assert_eq!(
+        import.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&import.body)
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let v = show(&url_b);
+        if v["status"] == "active" || v["status"] == "killed" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (done["status"].as_str(), done["disk_format"].as_str()),
+        (Some("active"), Some("zvhd2")),
+        "{done}"
+    );
+    assert_eq!(done["virtual_size"], 8 * MIB);
+    let keys = s3.keys("store");
+    assert!(
+        keys.len() == 1 && keys[0].ends_with(&format!("{id}.zvhd2")),
+        "only the imported image: {keys:?}"
+    );
+    assert!(s3.uploads("store").is_empty());
+    // The Image API's own data path on the S3 store: an upload kept as uploaded, downloaded
+    // byte-equal (whole and by a range), then deleted with its object.
+    let data = std::fs::read(&disk).unwrap();
+    let created = request(
+        "POST",
+        &format!("{url_b}/v2/images"),
+        Some(ALICE),
+        &[("content-type", "application/json")],
+        Some(br#"{"name": "kept", "disk_format": "raw", "container_format": "bare"}"#),
+    );
+    let kept = created.json()["id"].as_str().unwrap().to_string();
+    let put = request(
+        "PUT",
+        &format!("{url_b}/v2/images/{kept}/file"),
+        Some(ALICE),
+        &[("content-type", "application/octet-stream")],
+        Some(&data),
+    );
+    assert_eq!(put.status, 204, "{}", String::from_utf8_lossy(&put.body));
+    let file = format!("{url_b}/v2/images/{kept}/file");
+    let got = request("GET", &file, Some(ALICE), &[], None);
+    assert_eq!(got.status, 200);
+    assert!(got.body == data, "the download differs from the upload");
+    let part = request(
+        "GET",
+        &file,
+        Some(ALICE),
+        &[("range", "bytes=4096-8191")],
+        None,
+    );
+    assert_eq!(part.status, 206);
+    assert!(part.body[..] == data[4096..8192]);
+    assert_eq!(s3.keys("store").len(), 2);
+    let deleted = request(
+        "DELETE",
+        &format!("{url_b}/v2/images/{kept}"),
+        Some(ALICE),
+        &[],
+        None,
+    );
+    assert_eq!(deleted.status, 204);
+    let keys = s3.keys("store");
+    assert!(
+        keys.len() == 1 && keys[0].ends_with(&format!("{id}.zvhd2")),
+        "the deleted image's object is gone: {keys:?}"
+    );
+    b.kill().unwrap();
+    b.wait().unwrap();
 }

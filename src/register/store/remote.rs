@@ -191,16 +191,19 @@ impl Fetch {
     }
 }
 
-/// Refuses a blocking call from inside a tokio runtime: the store's own runtime may need the
-/// very thread to answer it.
-fn outside_runtime(what: &str) -> Result<()> {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return Err(Error::Internal(format!(
-            "{what} was called from inside a tokio runtime; call it from a plain thread \
-             (tokio::task::spawn_blocking)"
-        )));
+/// Runs `f` to its end on `rt` for a blocking call: on this thread, or on a short-lived thread
+/// of its own when this one is in a tokio runtime already (a blocking task of a server, such as
+/// `ims serve`'s handlers), since tokio enters no runtime from inside another.
+pub(crate) fn block_on<F>(rt: &Runtime, f: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_err() {
+        return rt.block_on(f);
     }
-    Ok(())
+    std::thread::scope(|s| s.spawn(|| rt.block_on(f)).join())
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 impl RemoteStorage {
@@ -464,7 +467,6 @@ impl RemoteStorage {
             self.ahead(block, sequential || last == block);
             return Ok(b);
         }
-        outside_runtime("a read of a remote object")?;
         // Twice at most: a read ahead may end between the cache's answer and the start.
         for _ in 0..2 {
             let fetch = self.start(block);
@@ -602,10 +604,9 @@ impl std::io::Read for RemoteStream {
                 self.pos += n as u64;
                 return Ok(n);
             }
-            outside_runtime("a read of a remote object").map_err(std::io::Error::other)?;
             if self.body.is_none() {
                 let get = self.remote.get(self.pos..self.len);
-                match self.rt.block_on(get) {
+                match block_on(&self.rt, get) {
                     Ok(body) => self.body = Some(body),
                     Err(e) => {
                         self.failed(e)?;
@@ -616,7 +617,7 @@ impl std::io::Read for RemoteStream {
             let Some(body) = self.body.as_mut() else {
                 continue;
             };
-            match self.rt.block_on(body.next()) {
+            match block_on(&self.rt, body.next()) {
                 Some(Ok(mut piece)) => {
                     // Never more than the object's length, whatever the server sends.
                     piece.truncate(usize::try_from(self.len - self.pos).unwrap_or(usize::MAX));
@@ -720,7 +721,7 @@ impl HttpRemote {
         };
         let mut attempt = 0;
         let (len, e_tag) = loop {
-            let head = rt.block_on(async {
+            let head = block_on(rt, async {
                 let resp = remote
                     .client
                     .get(&remote.url)

@@ -196,15 +196,12 @@ struct Inner {
 
 impl Inner {
     /// Runs `f` to its end on the store's runtime.
-    fn block_on<F: Future>(&self, f: F) -> Result<F::Output> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(Error::Internal(
-                "the S3 store was called from inside a tokio runtime; call it from a plain \
-                 thread (tokio::task::spawn_blocking)"
-                    .into(),
-            ));
-        }
-        Ok(self.rt.block_on(f))
+    fn block_on<F>(&self, f: F) -> Result<F::Output>
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        Ok(super::remote::block_on(&self.rt, f))
     }
 
     fn path(&self, key: &str) -> Result<Path> {
