@@ -356,6 +356,17 @@ pub fn have_clients(test: &str) -> bool {
 /// Runs a client command with a clean client environment (no OS_* variables, a temporary
 /// HOME so glanceclient's schema cache starts empty); returns its output.
 pub fn client(cmd: &str, args: &[&str], home: &Path) -> std::process::Output {
+    client_with_input(cmd, args, home, None)
+}
+
+/// [`client`] with `input` as its standard input (the image data glanceclient reads from a
+/// pipe or a redirected file), else none.
+pub fn client_with_input(
+    cmd: &str,
+    args: &[&str],
+    home: &Path,
+    input: Option<&Path>,
+) -> std::process::Output {
     let mut c = Command::new(cmd);
     c.args(args);
     for (k, _) in std::env::vars() {
@@ -363,7 +374,12 @@ pub fn client(cmd: &str, args: &[&str], home: &Path) -> std::process::Output {
             c.env_remove(k);
         }
     }
+    let stdin = match input {
+        Some(file) => Stdio::from(std::fs::File::open(file).expect("the client's input")),
+        None => Stdio::null(),
+    };
     c.env("HOME", home)
+        .stdin(stdin)
         .output()
         .unwrap_or_else(|e| panic!("run {cmd}: {e}"))
 }
