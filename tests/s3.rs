@@ -121,30 +121,7 @@ fn register_export_and_copy_through_s3() {
 
         // Exported back from the object, byte for byte the disk.
         let out = d.join(format!("{fmt}.out.raw"));
-        let exported = ims_s3(
-            &server,
-            &home,
-            &[
-                "images",
-                "export",
-                &id,
-                "-O",
-                "raw",
-                s(&out),
-                "--store",
-                &url,
-            ],
-            &[],
-        );
-        assert!(
-            exported.status.success(),
-            "{}",
-            String::from_utf8_lossy(&exported.stderr)
-        );
-        assert!(
-            std::fs::read(&out).unwrap() == original,
-            "{fmt} export differs"
-        );
+        exports_equal(&server, &home, &url, &id, &out, &original, fmt);
 
         // Copied to another region inside the bucket, and that copy exports the same.
         let copy = ok_json(&ims_s3(
@@ -405,6 +382,34 @@ fn presigned(server: &Server, key: &str) -> String {
     }
 }
 
+/// Exports image `id` of the store `url` to `out` as raw: it must be `original`, byte for byte
+/// (`what` names the image in the failure).
+fn exports_equal(
+    server: &Server,
+    home: &Path,
+    url: &str,
+    id: &str,
+    out: &Path,
+    original: &[u8],
+    what: &str,
+) {
+    let exported = ims_s3(
+        server,
+        home,
+        &["images", "export", id, "-O", "raw", s(out), "--store", url],
+        &[],
+    );
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    assert!(
+        std::fs::read(out).unwrap() == original,
+        "{what}: export differs"
+    );
+}
+
 /// Puts `data` under `key` of the test's bucket, as a user's upload (behind the store's back).
 fn upload(server: &Server, key: &str, data: &[u8]) {
     let (status, body) = server.request("PUT", &format!("/{BUCKET}/{key}"), data);
@@ -507,30 +512,7 @@ fn register_from_bucket_key_and_presigned_links() {
         assert_eq!(r["source_format"], format, "{r}");
         let out = d.join(format!("{name}.out.raw"));
         let id = r["id"].as_str().unwrap();
-        let exported = ims_s3(
-            &server,
-            &home,
-            &[
-                "images",
-                "export",
-                id,
-                "-O",
-                "raw",
-                s(&out),
-                "--store",
-                &url,
-            ],
-            &[],
-        );
-        assert!(
-            exported.status.success(),
-            "{}",
-            String::from_utf8_lossy(&exported.stderr)
-        );
-        assert!(
-            std::fs::read(&out).unwrap() == original,
-            "{name}: export differs"
-        );
+        exports_equal(&server, &home, &url, id, &out, &original, name);
     }
 }
 
@@ -792,29 +774,14 @@ fn register_from_https_links() {
         assert_eq!(r["status"], "active", "{r}");
         assert_eq!(r["source_format"], format, "{r}");
         let out = d.join(format!("{name}.out.raw"));
-        let exported = ims_s3(
+        exports_equal(
             &server,
             &home,
-            &[
-                "images",
-                "export",
-                r["id"].as_str().unwrap(),
-                "-O",
-                "raw",
-                s(&out),
-                "--store",
-                &url,
-            ],
-            &[],
-        );
-        assert!(
-            exported.status.success(),
-            "{}",
-            String::from_utf8_lossy(&exported.stderr)
-        );
-        assert!(
-            std::fs::read(&out).unwrap() == original,
-            "{name}: export differs"
+            &url,
+            r["id"].as_str().unwrap(),
+            &out,
+            &original,
+            name,
         );
     }
 }

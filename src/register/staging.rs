@@ -21,7 +21,7 @@ use crate::open::Input;
 
 use super::error::Result;
 use super::record::ImageRecord;
-use super::upload::awaits_data;
+use super::upload::{append_within_limits, awaits_data};
 use super::{Ims, Scope, rules};
 
 /// The store key of the data staged for image `id` of `region`.
@@ -43,19 +43,14 @@ impl Ims {
         }
         let mut writer = self.store.begin(&key)?;
         let written = (|| -> Result<u64> {
-            let mut buf = vec![0u8; 1 << 20];
-            let mut total = 0u64;
-            loop {
-                let n = match data.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::io("read the data to stage", e).into()),
-                };
-                total = total.saturating_add(n as u64);
-                rules::check_sizes(total, 0, &self.limits)?;
-                writer.append(&buf[..n])?;
-            }
+            let cancel = CancelToken::new();
+            append_within_limits(
+                data,
+                &mut *writer,
+                &self.limits,
+                &cancel,
+                "read the data to stage",
+            )?;
             writer.finish()?;
             Ok(writer.commit()?)
         })();

@@ -67,6 +67,31 @@ pub struct ApiFields {
     pub protected: Option<bool>,
 }
 
+/// Appends all of `data` (`what` is the error's action: "read the upload") to `sink`, refusing it once it is past the
+/// file-size limit, and returns its length.
+pub(crate) fn append_within_limits(
+    data: &mut dyn Read,
+    sink: &mut dyn AppendSink,
+    limits: &rules::Limits,
+    cancel: &CancelToken,
+    what: &'static str,
+) -> Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        cancel.check()?;
+        let n = match data.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(what, e).into()),
+        };
+        total = total.saturating_add(n as u64);
+        rules::check_sizes(total, 0, limits)?;
+        sink.append(buf.get(..n).unwrap_or_default())?;
+    }
+}
+
 /// Whether `r` is a record waiting for its data: `queued`, nothing stored.
 pub fn awaits_data(r: &ImageRecord) -> bool {
     r.status == Status::Queued && r.store_keys().is_empty()
@@ -280,20 +305,7 @@ impl Ims {
             hashes: hashes.clone(),
             on_append: Box::new(|_| {}),
         };
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            cancel.check()?;
-            let n = match data.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("read the upload", e).into()),
-            };
-            total = total.saturating_add(n as u64);
-            rules::check_sizes(total, 0, &self.limits)?;
-            sink.append(buf.get(..n).unwrap_or_default())?;
-        }
+        let total = append_within_limits(data, &mut sink, &self.limits, cancel, "read the upload")?;
         if let Some(want) = size.filter(|&want| want != total) {
             return Err(Error::InvalidArgument(format!(
                 "the upload is {total} bytes; {want} were declared"

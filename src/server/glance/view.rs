@@ -152,33 +152,6 @@ pub fn tags(r: &ImageRecord) -> Vec<String> {
     r.tags.iter().map(|(k, v)| tag_string(k, v)).collect()
 }
 
-/// The keys of an image object that are not custom properties: a property of the same name
-/// is not shown (the core field is).
-const CORE_FIELDS: &[&str] = &[
-    "id",
-    "name",
-    "status",
-    "visibility",
-    "protected",
-    "os_hidden",
-    "checksum",
-    "os_hash_algo",
-    "os_hash_value",
-    "owner",
-    "size",
-    "virtual_size",
-    "container_format",
-    "disk_format",
-    "min_ram",
-    "min_disk",
-    "created_at",
-    "updated_at",
-    "tags",
-    "self",
-    "file",
-    "schema",
-];
-
 /// The image object of a record, serialized as it is written (a list page writes many of them
 /// without building a JSON tree): the custom properties, then ims's facts, then the core
 /// fields, each key once (what comes later wins over a property of the same name).
@@ -216,7 +189,7 @@ impl serde::Serialize for ImageObject<'_> {
             ),
         ];
         let shown_later = |k: &str| {
-            CORE_FIELDS.contains(&k)
+            CORE.contains(&k)
                 || facts.iter().any(|(f, v)| *f == k && !v.is_empty())
                 || found.iter().any(|(f, v)| *f == k && v.is_some())
         };
