@@ -677,26 +677,7 @@ fn register_from_https_links() {
     server.create_bucket(BUCKET);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost"])
-        // A server's certificate, not a CA's (rustls refuses a CA certificate as a server's).
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, key) = common::self_signed_cert(d);
     let front = TlsFront::start(server.port, &cert, &key);
     let home = d.join("home");
     let raw = d.join("disk.raw");

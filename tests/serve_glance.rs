@@ -924,30 +924,7 @@ fn tls_serves_https_with_the_given_certificate() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, key) = common::self_signed_cert(dir.path());
     let server = Server::start_with(None, &["--tls-cert", s(&cert), "--tls-key", s(&key)]);
     assert!(server.url.starts_with("https://"), "{}", server.url);
     let script = [

@@ -7,7 +7,7 @@ pub mod postgres;
 pub mod s3;
 pub mod server;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// A path as the `&str` argument of a command.
@@ -251,4 +251,30 @@ pub fn convert_to_raw(args: &[&str], out: &Path) -> Vec<u8> {
         String::from_utf8_lossy(&r.stderr)
     );
     std::fs::read(out).unwrap()
+}
+
+/// A self-signed server certificate for `localhost` and its key, made by `openssl` in `dir`
+/// (`cert.pem`, `key.pem`): a server's, not a CA's, which rustls refuses as a server's.
+#[allow(dead_code)]
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (cert, key)
 }
