@@ -1226,3 +1226,108 @@ fn openstacksdk_creates_gets_updates_downloads_and_deletes() {
         assert!(text.contains(step), "{text}");
     }
 }
+
+/// Deactivate and reactivate (Image API v2.3): an admin only; a deactivated image stays listed
+/// with its size and hashes, its data withheld from all but an admin; both calls may be
+/// repeated; an image without data cannot be deactivated. The admin uses the `glance` client.
+#[test]
+fn an_admin_deactivates_and_reactivates_an_image() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = std::fs::read(small_qcow2(dir.path(), "d", 3)).unwrap();
+    let id = created_id(&create(
+        &server,
+        ADMIN,
+        json!({"name": "base", "disk_format": "qcow2", "container_format": "bare",
+               "visibility": "public"}),
+    ));
+    assert_eq!(upload(&server, ADMIN, &id, &data).status, 204);
+    let action = |token: &str, what: &str| {
+        server
+            .request(
+                "POST",
+                &format!("/v2/images/{id}/actions/{what}"),
+                Some(token),
+                &[],
+                None,
+            )
+            .status
+    };
+    let download = |token: &str| {
+        server
+            .get(&format!("/v2/images/{id}/file"), Some(token))
+            .status
+    };
+    assert_eq!(action(ALICE, "deactivate"), 403, "a member may not");
+    assert_eq!(action(ADMIN, "deactivate"), 204);
+    assert_eq!(action(ADMIN, "deactivate"), 204, "again: no change");
+    let v = show(&server, ALICE, &id).json();
+    assert_eq!(v["status"], "deactivated");
+    assert_eq!(v["size"], data.len() as u64);
+    assert_eq!(v["os_hash_value"], sha512(&data).as_str());
+    let listed = server
+        .get("/v2/images?status=deactivated", Some(ALICE))
+        .json();
+    assert_eq!(listed["images"][0]["id"], id.as_str(), "{listed}");
+    assert_eq!(download(ALICE), 403);
+    assert_eq!(download(ADMIN), 200);
+    assert_eq!(action(ADMIN, "reactivate"), 204);
+    assert_eq!(action(ADMIN, "reactivate"), 204, "again: no change");
+    assert_eq!(show(&server, ALICE, &id).json()["status"], "active");
+    assert_eq!(download(ALICE), 200);
+    // An image without data is neither active nor deactivated.
+    let queued = created_id(&create(
+        &server,
+        ADMIN,
+        json!({"name": "empty", "disk_format": "raw"}),
+    ));
+    let r = server.request(
+        "POST",
+        &format!("/v2/images/{queued}/actions/deactivate"),
+        Some(ADMIN),
+        &[],
+        None,
+    );
+    assert_eq!(r.status, 400);
+    let other = format!("/v2/images/{}/actions/deactivate", uuid_like());
+    assert_eq!(
+        server
+            .request("POST", &other, Some(ADMIN), &[], None)
+            .status,
+        404
+    );
+    // The glance client's image-deactivate and image-reactivate.
+    if !have_clients("an_admin_deactivates_and_reactivates_an_image") {
+        return;
+    }
+    let home = dir.path().join("client-home");
+    std::fs::create_dir_all(&home).unwrap();
+    for (cmd, status) in [
+        ("image-deactivate", "deactivated"),
+        ("image-reactivate", "active"),
+    ] {
+        let out = client(
+            "glance",
+            &[
+                "--os-image-url",
+                server.url.as_str(),
+                "--os-auth-token",
+                ADMIN,
+                cmd,
+                &id,
+            ],
+            &home,
+        );
+        assert!(
+            out.status.success(),
+            "glance {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(show(&server, ALICE, &id).json()["status"], status);
+    }
+}
+
+/// A UUID no image has.
+fn uuid_like() -> String {
+    "00000000-0000-4000-8000-000000000000".to_string()
+}

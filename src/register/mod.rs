@@ -322,7 +322,7 @@ impl Ims {
                 match id_of_key(key).map(|id| self.catalog.get(id)).transpose()? {
                     Some(Some(r)) if r.store_keys().contains(&key.as_str()) => match r.status {
                         Status::Queued | Status::Saving => self.kill(&r, REASON, &mut out)?,
-                        Status::Active => {}
+                        Status::Active | Status::Deactivated => {}
                         Status::Killed | Status::Deleted => self.store.remove(key)?,
                     },
                     // No record holds the key: nothing refers to its data.
@@ -528,7 +528,12 @@ impl Ims {
         self.check_may_change(&r, scope)?;
         if !self.catalog.transition(
             id,
-            &[Status::Active, Status::Killed, Status::Queued],
+            &[
+                Status::Active,
+                Status::Killed,
+                Status::Queued,
+                Status::Deactivated,
+            ],
             Status::Deleted,
             None,
         )? {
@@ -545,6 +550,40 @@ impl Ims {
             self.store.remove(&staging::staging_key(&r.region, &r.id))?;
         }
         Ok(())
+    }
+
+    /// Withholds the data of the active image `id` (`deactivated: true`: the OpenStack Image
+    /// API's `deactivate`; it stays listed, and nothing reads its data) or gives it back
+    /// (`false`, `reactivate`). Its owner's call (an operator's, for a protected image); asking
+    /// for the state it is in already changes nothing. Any other status is refused
+    /// (`image_not_active`).
+    pub fn set_deactivated(
+        &self,
+        scope: &Scope,
+        id: &str,
+        deactivated: bool,
+    ) -> Result<ImageRecord> {
+        let r = self.show(scope, id)?;
+        self.check_may_change(&r, scope)?;
+        let (from, to) = if deactivated {
+            (Status::Active, Status::Deactivated)
+        } else {
+            (Status::Deactivated, Status::Active)
+        };
+        if r.status != to && !self.catalog.transition(id, &[from], to, None)? {
+            let now = self.show(scope, id)?;
+            if now.status != to {
+                return Err(ServiceError::rule(
+                    RuleCode::ImageNotActive,
+                    format!(
+                        "image {id} is {}: only an active image is deactivated, and only a \
+                         deactivated one reactivated",
+                        now.status
+                    ),
+                ));
+            }
+        }
+        self.show(scope, id)
     }
 
     /// Who may change or delete `r`: a protected image an operator only (any operator: the

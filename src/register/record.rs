@@ -67,6 +67,9 @@ pub enum Status {
     Killed,
     /// Deleted by its owner; kept for the record, invisible in lists.
     Deleted,
+    /// Active, with its data withheld by its owner or an operator (the OpenStack Image API's
+    /// `deactivate`): it stays listed, but nothing reads its data until it is reactivated.
+    Deactivated,
 }
 
 /// A member project's answer to a share.
@@ -141,7 +144,8 @@ names!(
     Saving = "saving",
     Active = "active",
     Killed = "killed",
-    Deleted = "deleted"
+    Deleted = "deleted",
+    Deactivated = "deactivated"
 );
 names!(
     MemberStatus,
@@ -401,7 +405,8 @@ impl ImageRecord {
 
     /// Offered to every project of its region: public, or on the marketplace, and active.
     pub fn offered_to_all(&self) -> bool {
-        (self.visibility == Visibility::Public || self.marketplace) && self.status == Status::Active
+        (self.visibility == Visibility::Public || self.marketplace)
+            && matches!(self.status, Status::Active | Status::Deactivated)
     }
 
     /// Counts against the owner's private-image quota: neither killed nor deleted, not public.

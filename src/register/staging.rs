@@ -76,8 +76,9 @@ impl Ims {
     }
 
     /// Imports the data staged for the queued image `id` into it, converted into
-    /// `store_format` ([`Ims::register_into`]), then drops the staged data, whatever the
-    /// outcome: an import ends `active` or `killed`.
+    /// `store_format` ([`Ims::register_into`]), and drops the staged data whatever the outcome
+    /// (an import ends `active` or `killed`): before the image is `active`, so that an active
+    /// image has none left.
     pub fn import_staged(
         &self,
         scope: &Scope,
@@ -100,7 +101,19 @@ impl Ims {
             storage,
             name: format!("the data staged for image {id}"),
         };
-        let done = self.register_into(scope, id, input, store_format, progress, cancel);
+        let mut drop_staged = || {
+            let _ = self.store.remove(&key);
+        };
+        let done = self.register_into_then(
+            scope,
+            id,
+            input,
+            store_format,
+            progress,
+            cancel,
+            &mut drop_staged,
+        );
+        // A failed import drops it too.
         let _ = self.store.remove(&key);
         done
     }

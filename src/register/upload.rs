@@ -366,6 +366,22 @@ impl Ims {
         progress: &mut dyn FnMut(Progress),
         cancel: &CancelToken,
     ) -> Result<ImageRecord> {
+        self.register_into_then(scope, id, input, store_format, progress, cancel, &mut || {})
+    }
+
+    /// [`Ims::register_into`], calling `on_saved` once the data is stored and before the record
+    /// becomes `active` (an import drops its staged data there: an active image has none).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn register_into_then(
+        &self,
+        scope: &Scope,
+        id: &str,
+        input: Input,
+        store_format: Format,
+        progress: &mut dyn FnMut(Progress),
+        cancel: &CancelToken,
+        on_saved: &mut dyn FnMut(),
+    ) -> Result<ImageRecord> {
         let mut r = self.show(scope, id)?;
         self.check_may_change(&r, scope)?;
         if !awaits_data(&r) {
@@ -415,6 +431,7 @@ impl Ims {
         } else {
             r.image_type
         };
+        on_saved();
         r.status = Status::Active;
         r.staged_size = None;
         r.updated_at = now();
@@ -572,5 +589,52 @@ mod tests {
         );
         ims.kill_waiting(&scope, &r.id, "source gone").unwrap();
         assert_eq!(ims.show(&scope, &r.id).unwrap().status, Status::Killed);
+    }
+
+    #[test]
+    fn a_deactivated_image_is_listed_but_not_copied_until_reactivated() {
+        let (_dir, ims) = service();
+        let scope = Scope::new("p1", "r1");
+        let new = NewImage {
+            name: "withheld".into(),
+            disk_format: Some(Format::Raw),
+            ..Default::default()
+        };
+        let r = ims.create_empty(&scope, &new).unwrap();
+        let disk = raw_disk();
+        let cancel = CancelToken::new();
+        ims.upload_as_is(&scope, &r.id, &mut &disk[..], None, &cancel)
+            .unwrap();
+        let other = Scope::new("p2", "r1");
+        assert_eq!(
+            code(ims.set_deactivated(&other, &r.id, true)),
+            RuleCode::ImageNotFound
+        );
+        let off = ims.set_deactivated(&scope, &r.id, true).unwrap();
+        assert_eq!(off.status, Status::Deactivated);
+        assert_eq!(
+            ims.set_deactivated(&scope, &r.id, true).unwrap().status,
+            Status::Deactivated
+        );
+        let listed = ims
+            .list(&scope, &super::super::ListQuery::default())
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            code(ims.copy(&scope, &r.id, None, &cancel)),
+            RuleCode::ImageNotActive
+        );
+        let on = ims.set_deactivated(&scope, &r.id, false).unwrap();
+        assert_eq!(on.status, Status::Active);
+        let copied = ims.copy(&scope, &r.id, None, &cancel);
+        assert!(copied.is_ok(), "{copied:?}");
+        // A queued image is neither; a deactivated one is deleted like any other.
+        let queued = ims.create_empty(&scope, &NewImage::default()).unwrap();
+        assert_eq!(
+            code(ims.set_deactivated(&scope, &queued.id, true)),
+            RuleCode::ImageNotActive
+        );
+        ims.set_deactivated(&scope, &r.id, true).unwrap();
+        ims.delete(&scope, &r.id).unwrap();
     }
 }

@@ -206,10 +206,21 @@ async fn download(
 ) -> ApiResult<Response> {
     let id = image_id(&id)?;
     let scope = caller.scope.clone();
+    let admin = caller.admin;
     let (r, storage) = state
         .run(move |ims| {
             let r = ims.show(&scope, &id)?;
-            if r.status != Status::Active {
+            // A deactivated image's data is withheld from all but an admin.
+            if r.status == Status::Deactivated && !admin {
+                return Err(crate::register::ServiceError::rule(
+                    crate::register::RuleCode::NotOperator,
+                    format!(
+                        "image {id} is deactivated: its data is not downloaded until it is \
+                         reactivated"
+                    ),
+                ));
+            }
+            if !matches!(r.status, Status::Active | Status::Deactivated) {
                 return Ok((r, None));
             }
             let storage = ims.stored(&r)?;

@@ -6,9 +6,11 @@
 //! - [`images`]: create, list, show, update (json-patch), delete.
 //! - [`data`]: upload (kept as uploaded, once inspected) and download.
 //! - [`import`]: stage and import (converted into the store format).
+//! - [`actions`]: deactivate and reactivate.
 //! - [`members`], [`tags`].
 //! - [`view`]: the image object, statuses, tags and the JSON body extractor.
 
+pub mod actions;
 pub mod data;
 pub mod images;
 pub mod import;
@@ -32,6 +34,7 @@ pub fn routes() -> Router<AppState> {
         .merge(import::routes())
         .merge(members::routes())
         .merge(tags::routes())
+        .merge(actions::routes())
 }
 
 /// The Image API's part of the OpenAPI document.
@@ -44,6 +47,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         import::openapi(),
         members::openapi(),
         tags::openapi(),
+        actions::openapi(),
     ] {
         doc.merge(part);
     }
