@@ -363,6 +363,53 @@ fn concurrency(fresh: &dyn Fn() -> Box<Opener>) {
     two_hundred_shares_give_exactly_128_members(&*fresh());
     one_project_shared_with_at_once_is_one_member(&*fresh());
     of_concurrent_status_moves_exactly_one_wins(&*fresh());
+    shared_visible_answers_follow_changes_of_every_connection(&*fresh());
+}
+
+/// `visible_shared` (which a catalog may answer from a cache) answers what `visible` does after
+/// every change, made through this connection or another (another process).
+fn shared_visible_answers_follow_changes_of_every_connection(open: &Opener) {
+    let (here, there) = (open(), open());
+    let check = |project: &str| {
+        let shared = here.visible_shared("r1", project).unwrap();
+        let fresh = here.visible("r1", project).unwrap();
+        assert_eq!(*shared, fresh, "{project}");
+        ids(&fresh)
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut a = record("a", "me", "r1");
+    a.status = Status::Active;
+    here.insert(&a, &|_| Ok(())).unwrap();
+    assert_eq!(check("me"), [a.id.clone()]);
+    assert_eq!(check("me"), [a.id.clone()], "asked again, unchanged");
+    let mut b = record("b", "me", "r1");
+    b.status = Status::Active;
+    there.insert(&b, &|_| Ok(())).unwrap();
+    assert_eq!(check("me").len(), 2);
+    a.name = "renamed".into();
+    there.update(&a).unwrap();
+    let seen = here.visible_shared("r1", "me").unwrap();
+    assert!(seen.iter().any(|(r, _)| r.name == "renamed"));
+    assert!(check("friend").is_empty());
+    there
+        .add_member(
+            &member(&b.id, "friend", "2026-01-01T00:00:00Z"),
+            &|_| Ok(()),
+        )
+        .unwrap();
+    assert_eq!(check("friend"), [b.id.clone()]);
+    there
+        .set_member(&b.id, "friend", MemberStatus::Accepted)
+        .unwrap();
+    let seen = here.visible_shared("r1", "friend").unwrap();
+    assert_eq!(seen[0].1, Some(MemberStatus::Accepted));
+    check("friend");
+    there
+        .transition(&a.id, &[Status::Active], Status::Deleted, None)
+        .unwrap();
+    assert_eq!(check("me"), [b.id.clone()]);
 }
 
 fn registrations_at_the_quota_never_pass_it(open: &Opener) {
@@ -691,4 +738,44 @@ fn cli_concurrent_registrations_stop_at_the_quota() {
     let listed = list(&home, "owner", &["--catalog", &url]);
     assert_eq!(listed.len(), 4);
     assert!(listed.iter().all(|r| r["status"] == "active"));
+}
+
+/// How long a list's read of the catalog takes on PostgreSQL with 1,000 records: `visible`
+/// (every record fetched and decoded) against `visible_shared` (the cache of ids and row
+/// versions), unchanged and after one change. By hand, in release:
+/// `cargo test --release --test catalog postgres_visible_timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn postgres_visible_timing() {
+    let t = "postgres_visible_timing";
+    let Some(db) = Database::new(t) else {
+        return;
+    };
+    let c = PostgresCatalog::open(&db.url()).unwrap();
+    let mut records: Vec<ImageRecord> = (0..1000)
+        .map(|i| {
+            let mut r = record(&format!("img-{i:04}"), "me", "r1");
+            r.status = Status::Active;
+            r
+        })
+        .collect();
+    c.insert_all(&records, &|_| Ok(())).unwrap();
+    let time = |f: &dyn Fn()| {
+        let start = std::time::Instant::now();
+        for _ in 0..100 {
+            f();
+        }
+        start.elapsed() / 100
+    };
+    let full = time(&|| assert_eq!(c.visible("r1", "me").unwrap().len(), 1000));
+    let cached = time(&|| assert_eq!(c.visible_shared("r1", "me").unwrap().len(), 1000));
+    records[7].name = "changed".into();
+    let changed = time(&|| {
+        c.update(&records[7]).unwrap();
+        assert_eq!(c.visible_shared("r1", "me").unwrap().len(), 1000);
+    });
+    println!(
+        "PostgreSQL, 1,000 visible records, per list: visible {full:?}, visible_shared \
+         unchanged {cached:?}, after one change {changed:?} (the change's own write included)"
+    );
 }

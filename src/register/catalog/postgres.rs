@@ -14,7 +14,8 @@
 //! Text columns that are sorted or compared use the "C" collation, so lists come out in the
 //! byte order the SQLite catalog gives whatever locale the database was made with.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use postgres::error::SqlState;
@@ -25,7 +26,7 @@ use crate::error::{Error, Result};
 use super::super::error::{Result as ServiceResult, ServiceError};
 use super::super::job::Job;
 use super::super::record::{ImageRecord, Member, MemberStatus, Status, now};
-use super::Catalog;
+use super::{Catalog, VisibleRecords};
 
 /// The connections one catalog keeps open at most; more callers at once wait for one.
 const MAX_CONNECTIONS: usize = 8;
@@ -89,7 +90,26 @@ pub struct PostgresCatalog {
     config: Config,
     pool: Mutex<Pool>,
     freed: Condvar,
+    /// The last answer of `visible_shared` for each region and project, with what it was made
+    /// from ([`VisibleEntry`]).
+    visible: Mutex<HashMap<(String, String), VisibleEntry>>,
 }
+
+/// One visible list as it was answered, and the rows it was made from: each image's id and row
+/// version (PostgreSQL's `xmin`, new in every write of the row) and the project's member status.
+/// The same rows again (a query of ids and versions only) mean the same list: the answer is
+/// reused without fetching or decoding a record; otherwise only the records whose version
+/// changed are fetched.
+struct VisibleEntry {
+    rows: Vec<VisibleRow>,
+    records: Arc<VisibleRecords>,
+}
+
+/// An image id, its row version, and the member status of the project asking.
+type VisibleRow = (String, String, Option<String>);
+
+/// At most this many lists are kept (regions times projects): past it, the cache starts over.
+const VISIBLE_ENTRIES: usize = 1024;
 
 /// Connections not in use, and how many are open in all.
 struct Pool {
@@ -129,6 +149,28 @@ fn db(e: postgres::Error) -> Error {
 
 fn json(e: serde_json::Error) -> Error {
     Error::io("decode a catalog record", std::io::Error::other(e))
+}
+
+/// The ids, row versions and member statuses of what `project` sees in `region`, in the list's
+/// order ([`VisibleEntry`]).
+fn visible_rows(
+    client: &mut impl GenericClient,
+    region: &str,
+    project: &str,
+) -> std::result::Result<Vec<VisibleRow>, postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT i.id, i.xmin::text, m.status FROM images i
+             LEFT JOIN members m ON m.image_id = i.id AND m.project = $2
+             WHERE i.region = $1 AND i.status <> 'deleted'
+               AND (i.owner = $2 OR i.visibility = 'public' OR i.marketplace
+                    OR m.project IS NOT NULL)
+             ORDER BY i.created_at, i.id",
+            &[&region, &project],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 fn decode(text: &str) -> Result<ImageRecord> {
@@ -262,6 +304,7 @@ impl PostgresCatalog {
                 open: 0,
             }),
             freed: Condvar::new(),
+            visible: Mutex::new(HashMap::new()),
         };
         // A migration fails only on the database or on a version it does not know.
         catalog.run(migrate).map_err(|e| match e {
@@ -473,6 +516,85 @@ impl Catalog for PostgresCatalog {
                 out.push((decode(row.get(0))?, status));
             }
             Ok(out)
+        })
+    }
+
+    fn visible_shared(&self, region: &str, project: &str) -> ServiceResult<Arc<VisibleRecords>> {
+        let key = (region.to_string(), project.to_string());
+        let cached = |rows: &[VisibleRow]| -> Option<Arc<VisibleRecords>> {
+            let cache = self.visible.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .get(&key)
+                .filter(|entry| entry.rows == rows)
+                .map(|entry| Arc::clone(&entry.records))
+        };
+        self.run(|client| {
+            // The common case: nothing changed, one light query.
+            let rows = visible_rows(client, region, project)?;
+            if let Some(records) = cached(&rows) {
+                return Ok(records);
+            }
+            // Rebuilt in one snapshot, so that the versions and the records agree.
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let rows = visible_rows(&mut tx, region, project)?;
+            // The records of the last answer, by id and version: moved out of it when no list
+            // holds it any more, else copied.
+            let mut known: HashMap<(String, String), ImageRecord> = HashMap::new();
+            let last = self
+                .visible
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            if let Some(entry) = last {
+                let records =
+                    Arc::try_unwrap(entry.records).unwrap_or_else(|shared| (*shared).clone());
+                for ((id, version, _), (record, _)) in entry.rows.into_iter().zip(records) {
+                    known.insert((id, version), record);
+                }
+            }
+            let missing: Vec<&str> = rows
+                .iter()
+                .filter(|(id, version, _)| !known.contains_key(&(id.clone(), version.clone())))
+                .map(|(id, _, _)| id.as_str())
+                .collect();
+            let mut fetched: HashMap<String, ImageRecord> = HashMap::new();
+            if !missing.is_empty() {
+                for row in tx.query(
+                    "SELECT id, record FROM images WHERE id = ANY($1)",
+                    &[&missing],
+                )? {
+                    fetched.insert(row.get(0), decode(row.get(1))?);
+                }
+            }
+            tx.commit()?;
+            let mut records = Vec::with_capacity(rows.len());
+            for (id, version, status) in &rows {
+                let record = match known.remove(&(id.clone(), version.clone())) {
+                    Some(r) => r,
+                    None => fetched.remove(id).ok_or_else(|| {
+                        Error::Internal(format!("catalog record {id} went missing"))
+                    })?,
+                };
+                let status = status.as_deref().map(str::parse).transpose()?;
+                records.push((record, status));
+            }
+            let records = Arc::new(records);
+            let mut cache = self.visible.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= VISIBLE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(
+                key.clone(),
+                VisibleEntry {
+                    rows,
+                    records: Arc::clone(&records),
+                },
+            );
+            Ok(records)
         })
     }
 
