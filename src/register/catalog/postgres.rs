@@ -151,6 +151,24 @@ fn json(e: serde_json::Error) -> Error {
     Error::io("decode a catalog record", std::io::Error::other(e))
 }
 
+/// A query of `$cols` over what project `$2` sees in region `$1` (its own images, public and
+/// marketplace ones, and those shared with it, with its member status `m.status`), in the
+/// list's order.
+macro_rules! visible_query {
+    ($cols:literal) => {
+        concat!(
+            "SELECT ",
+            $cols,
+            " FROM images i
+             LEFT JOIN members m ON m.image_id = i.id AND m.project = $2
+             WHERE i.region = $1 AND i.status <> 'deleted'
+               AND (i.owner = $2 OR i.visibility = 'public' OR i.marketplace
+                    OR m.project IS NOT NULL)
+             ORDER BY i.created_at, i.id"
+        )
+    };
+}
+
 /// The ids, row versions and member statuses of what `project` sees in `region`, in the list's
 /// order ([`VisibleEntry`]).
 fn visible_rows(
@@ -160,12 +178,7 @@ fn visible_rows(
 ) -> std::result::Result<Vec<VisibleRow>, postgres::Error> {
     Ok(client
         .query(
-            "SELECT i.id, i.xmin::text, m.status FROM images i
-             LEFT JOIN members m ON m.image_id = i.id AND m.project = $2
-             WHERE i.region = $1 AND i.status <> 'deleted'
-               AND (i.owner = $2 OR i.visibility = 'public' OR i.marketplace
-                    OR m.project IS NOT NULL)
-             ORDER BY i.created_at, i.id",
+            visible_query!("i.id, i.xmin::text, m.status"),
             &[&region, &project],
         )?
         .iter()
@@ -500,15 +513,7 @@ impl Catalog for PostgresCatalog {
         project: &str,
     ) -> ServiceResult<Vec<(ImageRecord, Option<MemberStatus>)>> {
         self.run(|client| {
-            let rows = client.query(
-                "SELECT i.record, m.status FROM images i
-                 LEFT JOIN members m ON m.image_id = i.id AND m.project = $2
-                 WHERE i.region = $1 AND i.status <> 'deleted'
-                   AND (i.owner = $2 OR i.visibility = 'public' OR i.marketplace
-                        OR m.project IS NOT NULL)
-                 ORDER BY i.created_at, i.id",
-                &[&region, &project],
-            )?;
+            let rows = client.query(visible_query!("i.record, m.status"), &[&region, &project])?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 let status: Option<&str> = row.get(1);
