@@ -35,12 +35,14 @@ impl Ims {
     /// or already has staged data.
     pub fn stage(&self, scope: &Scope, id: &str, data: &mut dyn Read) -> Result<u64> {
         let r = self.waiting(scope, id)?;
-        let key = staging_key(&r.region, &r.id);
-        if self.store.open(&key).is_ok() {
+        if r.staged_size.is_some() {
             return Err(
                 Error::InvalidArgument(format!("image {id} has staged data already")).into(),
             );
         }
+        let key = staging_key(&r.region, &r.id);
+        // What a stage that stopped between its commit and the record's change left.
+        self.store.remove(&key)?;
         let mut writer = self.store.begin(&key)?;
         let written = (|| -> Result<u64> {
             let cancel = CancelToken::new();
@@ -113,8 +115,11 @@ impl Ims {
             cancel,
             &mut drop_staged,
         );
-        // A failed import drops it too.
-        let _ = self.store.remove(&key);
+        // A failed import drops it too (dropping it twice, when it failed after the data was
+        // stored, is harmless).
+        if done.is_err() {
+            drop_staged();
+        }
         done
     }
 
