@@ -403,10 +403,16 @@ impl ImageRecord {
         }
     }
 
-    /// Offered to every project of its region: public, or on the marketplace, and active.
+    /// Offered to every project of its region: public, or on the marketplace, and active
+    /// (deactivated too: it stays listed).
     pub fn offered_to_all(&self) -> bool {
-        (self.visibility == Visibility::Public || self.marketplace)
-            && matches!(self.status, Status::Active | Status::Deactivated)
+        (self.visibility == Visibility::Public || self.marketplace) && self.has_data()
+    }
+
+    /// Whether its data is stored and whole: active, or deactivated (withheld, still there).
+    /// Only then do its sizes and hashes describe stored bytes.
+    pub fn has_data(&self) -> bool {
+        matches!(self.status, Status::Active | Status::Deactivated)
     }
 
     /// Counts against the owner's private-image quota: neither killed nor deleted, not public.

@@ -220,7 +220,7 @@ async fn download(
                     ),
                 ));
             }
-            if !matches!(r.status, Status::Active | Status::Deactivated) {
+            if !r.has_data() {
                 return Ok((r, None));
             }
             let storage = ims.stored(&r)?;

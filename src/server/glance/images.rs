@@ -342,8 +342,7 @@ fn parse_list(q: &[(String, String)]) -> ApiResult<ListParams> {
 
 /// Whether `r` passes the filters ims's list does not apply itself.
 fn passes(p: &ListParams, r: &ImageRecord) -> bool {
-    // Whether it has data, with a size and hashes to filter by.
-    let active = matches!(r.status, Status::Active | Status::Deactivated);
+    let active = r.has_data();
     let hidden = r.properties.get("os_hidden").is_some_and(|v| v == "true");
     !p.community
         && p.owner.as_ref().is_none_or(|o| &r.owner == o)

@@ -161,8 +161,7 @@ impl serde::Serialize for ImageObject<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let r = self.0;
-        // Whether it has data to describe (a deactivated image keeps its size and hashes).
-        let active = matches!(r.status, Status::Active | Status::Deactivated);
+        let active = r.has_data();
         let os_bit = r.os_bit.map(|b| b.to_string()).unwrap_or_default();
         let facts: [(&str, &str); 8] = [
             ("__os_type", &r.os_type),
