@@ -170,6 +170,24 @@ pub struct ListQuery {
     pub marker: Option<String>,
 }
 
+impl ListQuery {
+    /// The order of the list: by the sort key (its value, then the id, so that no two
+    /// images tie), ascending or descending as asked. An unknown key orders as `created_at`;
+    /// [`Ims::list`] refuses it.
+    pub fn order(&self, a: &ImageRecord, b: &ImageRecord) -> Ordering {
+        let o = match self.sort_key.as_deref().unwrap_or("created_at") {
+            "name" => a.name.cmp(&b.name),
+            "updated_at" => a.updated_at.cmp(&b.updated_at),
+            "min_disk" => a.min_disk.cmp(&b.min_disk),
+            "virtual_size" => a.virtual_size.cmp(&b.virtual_size),
+            "id" => Ordering::Equal,
+            _ => a.created_at.cmp(&b.created_at),
+        }
+        .then_with(|| a.id.cmp(&b.id));
+        if self.ascending { o } else { o.reverse() }
+    }
+}
+
 impl Ims {
     /// Opens the service on a home directory: `HOME/catalog.db` and `HOME/store/` (a
     /// [`LocalStore`]), created when absent, with the limits of `HOME/limits.json` when it
@@ -457,17 +475,6 @@ impl Ims {
             })
             .collect();
         let key = q.sort_key.as_deref().unwrap_or("created_at");
-        let cmp = |a: &ImageRecord, b: &ImageRecord| -> Ordering {
-            match key {
-                "name" => a.name.cmp(&b.name),
-                "updated_at" => a.updated_at.cmp(&b.updated_at),
-                "min_disk" => a.min_disk.cmp(&b.min_disk),
-                "virtual_size" => a.virtual_size.cmp(&b.virtual_size),
-                "id" => Ordering::Equal,
-                _ => a.created_at.cmp(&b.created_at),
-            }
-            .then_with(|| a.id.cmp(&b.id))
-        };
         if ![
             "created_at",
             "updated_at",
@@ -483,10 +490,7 @@ impl Ims {
             ))
             .into());
         }
-        let order = |a: &ImageRecord, b: &ImageRecord| {
-            let o = cmp(a, b);
-            if q.ascending { o } else { o.reverse() }
-        };
+        let order = |a: &ImageRecord, b: &ImageRecord| q.order(a, b);
         // Only what follows the marker, and of that only the page, is sorted: a page of a
         // long list costs one pass over it, not a sort of all of it. The order is total (the
         // id breaks ties), so this is the page a full sort would give.

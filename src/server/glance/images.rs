@@ -448,10 +448,7 @@ async fn list(
                     )?;
                     all.extend(more);
                 }
-                all.sort_by(|a, b| {
-                    let o = ListOrder(&query).cmp(&a.record, &b.record);
-                    if query.ascending { o } else { o.reverse() }
-                });
+                all.sort_by(|a, b| query.order(&a.record, &b.record));
             }
             Ok(all)
         })
@@ -500,23 +497,6 @@ fn page(q: &[(String, String)], items: &[ImageRecord], more: bool) -> Response {
         schema: "/v2/schemas/images",
     })
     .into_response()
-}
-
-/// The order of [`Ims::list`](crate::register::Ims::list), for merging several lists.
-struct ListOrder<'a>(&'a ListQuery);
-
-impl ListOrder<'_> {
-    fn cmp(&self, a: &ImageRecord, b: &ImageRecord) -> std::cmp::Ordering {
-        match self.0.sort_key.as_deref().unwrap_or("created_at") {
-            "name" => a.name.cmp(&b.name),
-            "updated_at" => a.updated_at.cmp(&b.updated_at),
-            "min_disk" => a.min_disk.cmp(&b.min_disk),
-            "virtual_size" => a.virtual_size.cmp(&b.virtual_size),
-            "id" => std::cmp::Ordering::Equal,
-            _ => a.created_at.cmp(&b.created_at),
-        }
-        .then_with(|| a.id.cmp(&b.id))
-    }
 }
 
 /// Shows an image the project sees (any other is 404).
