@@ -959,10 +959,16 @@ fn keeper(s: &Shared) {
         }
         if last_sweep.elapsed() >= s.options.lease {
             last_sweep = Instant::now();
-            let _ = s.ims.fail_stale_jobs();
             // A write another process left is settled once the store sees it dead, which for
-            // an object store is a lease after its process stopped: look again every period.
-            let _ = s.ims.recover();
+            // an object store is a lease after its process stopped: look again every period
+            // (failing stale jobs recovers already when it failed any).
+            if !s
+                .ims
+                .fail_stale_jobs()
+                .is_ok_and(|failed| !failed.is_empty())
+            {
+                let _ = s.ims.recover();
+            }
             let keep = i64::try_from(s.options.keep_ended.as_millis()).unwrap_or(i64::MAX);
             let _ = s
                 .ims

@@ -67,8 +67,8 @@ pub struct ApiFields {
     pub protected: Option<bool>,
 }
 
-/// Appends all of `data` (`what` is the error's action: "read the upload") to `sink`, refusing it once it is past the
-/// file-size limit, and returns its length.
+/// Appends all of `data` to `sink`, refusing it once it is past the file-size limit, and
+/// returns its length; `what` is a read error's action ("read the upload").
 pub(crate) fn append_within_limits(
     data: &mut dyn Read,
     sink: &mut dyn AppendSink,
