@@ -370,8 +370,13 @@ fn register_straight_from_an_uploaded_object() {
 
 /// A presigned GET link to `key` of the test's bucket, valid for an hour.
 fn presigned(server: &Server, key: &str) -> String {
+    presigned_by(builder(server), key)
+}
+
+/// A presigned GET link of `key` in the test's bucket, for the endpoint `builder` names.
+fn presigned_by(builder: ims::register::AmazonS3Builder, key: &str) -> String {
     use object_store::signer::{Method, Signer};
-    let s3 = builder(server).with_bucket_name(BUCKET).build().unwrap();
+    let s3 = builder.with_bucket_name(BUCKET).build().unwrap();
     let path = object_store::path::Path::from(key);
     let mut sign = std::pin::pin!(s3.signed_url(Method::GET, &path, Duration::from_secs(3600)));
     // Signing with fixed credentials does not wait on anything: one poll ends it.
@@ -707,21 +712,11 @@ fn register_from_https_links() {
     );
     // Links signed for the front's address.
     let https = |key: &str| {
-        use object_store::signer::{Method, Signer};
-        let s3 = server
+        let front_end = server
             .builder()
             .with_endpoint(format!("https://localhost:{}", front.port))
-            .with_allow_http(false)
-            .with_bucket_name(BUCKET)
-            .build()
-            .unwrap();
-        let path = object_store::path::Path::from(key);
-        let mut sign = std::pin::pin!(s3.signed_url(Method::GET, &path, Duration::from_secs(3600)));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match sign.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(url) => url.unwrap().to_string(),
-            std::task::Poll::Pending => panic!("signing waited"),
-        }
+            .with_allow_http(false);
+        presigned_by(front_end, key)
     };
     let url = store_url();
     let cert_file = s(&cert).to_string();
