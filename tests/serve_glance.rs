@@ -555,13 +555,7 @@ fn stage_and_import_convert_into_the_store_format() {
     );
     assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(show(&server, ALICE, &id).json()["status"], "uploading");
-    let r = server.json(
-        "POST",
-        &format!("/v2/images/{id}/import"),
-        ALICE,
-        None,
-        &json!({"method": {"name": "glance-direct"}}),
-    );
+    let r = import(&server, &id, json!({"method": {"name": "glance-direct"}}));
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     let deadline = Instant::now() + Duration::from_secs(60);
     let done = loop {
@@ -710,12 +704,10 @@ fn a_server_killed_during_an_upload_leaves_a_killed_image_and_no_data_after_rest
         "the cut stage left nothing"
     );
     // The restarted server imports what the first one staged, and drops the staged data.
-    let r = server.json(
-        "POST",
-        &format!("/v2/images/{waiting}/import"),
-        ALICE,
-        None,
-        &json!({"method": {"name": "glance-direct"}}),
+    let r = import(
+        &server,
+        &waiting,
+        json!({"method": {"name": "glance-direct"}}),
     );
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     let v = wait_until_settled(&server, &waiting);
@@ -725,6 +717,17 @@ fn a_server_killed_during_an_upload_leaves_a_killed_image_and_no_data_after_rest
         left.len() == 1 && left[0].to_string_lossy().ends_with(".zvhd2"),
         "only the imported image is stored: {left:?}"
     );
+}
+
+/// `POST /v2/images/ID/import` of Alice's image `id` with `body` (its method).
+fn import(server: &Server, id: &str, body: Value) -> Reply {
+    server.json(
+        "POST",
+        &format!("/v2/images/{id}/import"),
+        ALICE,
+        None,
+        &body,
+    )
 }
 
 /// The image `id` once it is `active` or `killed` (within 60 s).
@@ -769,12 +772,10 @@ fn a_server_killed_during_an_import_fails_it_with_a_reason_after_restart() {
         ALICE,
         json!({"name": "slow", "disk_format": "raw"}),
     ));
-    let r = server.json(
-        "POST",
-        &format!("/v2/images/{id}/import"),
-        ALICE,
-        None,
-        &json!({"method": {"name": "web-download", "uri": format!("{allowed}disk.raw")}}),
+    let r = import(
+        &server,
+        &id,
+        json!({"method": {"name": "web-download", "uri": format!("{allowed}disk.raw")}}),
     );
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -855,17 +856,15 @@ fn web_download_imports_from_an_allowed_source_only() {
         ALICE,
         json!({"name": "web", "disk_format": "qcow2"}),
     ));
-    let import = |uri: &str| {
-        server.json(
-            "POST",
-            &format!("/v2/images/{id}/import"),
-            ALICE,
-            None,
-            &json!({"method": {"name": "web-download", "uri": uri}}),
+    let import_from = |uri: &str| {
+        import(
+            &server,
+            &id,
+            json!({"method": {"name": "web-download", "uri": uri}}),
         )
     };
-    assert_eq!(import("http://127.0.0.2:1/web.qcow2").status, 400);
-    let r = import(&format!("{source}web.qcow2"));
+    assert_eq!(import_from("http://127.0.0.2:1/web.qcow2").status, 400);
+    let r = import_from(&format!("{source}web.qcow2"));
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     let deadline = Instant::now() + Duration::from_secs(60);
     let done = loop {
@@ -882,7 +881,7 @@ fn web_download_imports_from_an_allowed_source_only() {
         "{done}"
     );
     assert_eq!(
-        import(&format!("{source}web.qcow2")).status,
+        import_from(&format!("{source}web.qcow2")).status,
         409,
         "imported once"
     );
@@ -892,12 +891,10 @@ fn web_download_imports_from_an_allowed_source_only() {
         ALICE,
         json!({"name": "gone", "disk_format": "qcow2"}),
     ));
-    let r = server.json(
-        "POST",
-        &format!("/v2/images/{id2}/import"),
-        ALICE,
-        None,
-        &json!({"method": {"name": "web-download", "uri": format!("{source}missing.qcow2")}}),
+    let r = import(
+        &server,
+        &id2,
+        json!({"method": {"name": "web-download", "uri": format!("{source}missing.qcow2")}}),
     );
     assert_eq!(r.status, 202);
     let deadline = Instant::now() + Duration::from_secs(30);
